@@ -1,0 +1,204 @@
+"""stmorph side by side with the published implementations, on the same inputs in one run.
+
+Setup (once): the published packages live in the benchmark's own environment, never in
+stmorph's dependencies::
+
+    python3.11 -m venv .benchmarks_env
+    .benchmarks_env/bin/pip install expression_copilot==0.3.0
+
+Command::
+
+    .venv/bin/python benchmarks/compare_published.py --what eps [--sizes 5000 20000 50000]
+    .venv/bin/python benchmarks/compare_published.py --what baselines
+
+``--what eps``: EPS of ``expression_copilot.mi.calc_eps`` (faiss exact kNN + numba Laplacian)
+against ``st.tl`` (BLAS exact kNN + sparse-product Geary's C) for N spots × 1024-d embeddings ×
+2000 genes, k = 5: how many spots get other neighbours (float32 near-ties in faiss; ours re-ranks
+in float64), the largest EPS difference, time and peak-memory ratios, and the Laplacian step
+alone. Each side runs in its own process (peak RSS is its own); numba compilation is excluded on
+both sides. Data are synthetic (``benchmarks/_eps_data.py``). Prints the figures.
+
+``--what baselines``: linear / ridge / LightGBM / MLP of ``expression_copilot.baseline.Baseline``
+against ``st.tl.predict`` on the same synthetic data and the same 80/20 split (1,000 spots ×
+256-d × 200 genes): per-gene test Pearson (largest difference, means) and fit+predict time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BENCH_PYTHON = HERE.parent / ".benchmarks_env" / "bin" / "python"
+
+
+def _run_worker(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"{cmd[:2]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT ") :])
+
+
+def _ours_eps_worker(folder: Path, k: int) -> None:
+    """Our side of the EPS comparison (run in a subprocess by :func:`compare_eps`)."""
+    import pandas as pd
+
+    from stmorph.tl._eps import compute_eps
+    from stmorph.tl._geary import geary_terms, gearys_c
+    from stmorph.tl._graph import knn_graph
+
+    embedding = np.load(folder / "embedding.npy")
+    expression = np.load(folder / "expression.npy")
+    genes = pd.Index([f"g{i}" for i in range(expression.shape[1])])
+    knn_graph(np.random.default_rng(0).standard_normal((5000, 4)), k, method="exact")  # numba compilation
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    t0 = time.perf_counter()
+    graph, _, _ = knn_graph(embedding, k, method="exact")
+    t1 = time.perf_counter()
+    result = compute_eps(graph, expression, genes)
+    t2 = time.perf_counter()
+    numer, ss, _ = geary_terms(graph, expression)  # the Laplacian step alone, timed again
+    gearys_c(numer, ss, graph.shape[0], float(graph.sum()))
+    t3 = time.perf_counter()
+    np.save(folder / "ours_eps.npy", result.eps)
+    np.save(folder / "ours_knn.npy", graph.indices.reshape(graph.shape[0], k))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    out = {"knn_s": t1 - t0, "eps_step_s": t2 - t1, "laplacian_s": t3 - t2, "total_s": t2 - t0}
+    print("RESULT " + json.dumps({**out, "peak_rss_gb": peak, "rss_before_gb": before}))
+
+
+def compare_eps(sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int = 5) -> list[dict]:
+    """EPS side by side with ``expression_copilot.mi.calc_eps`` for each N in ``sizes``."""
+    sys.path.insert(0, str(HERE))
+    import _eps_data
+
+    if not BENCH_PYTHON.exists():
+        raise FileNotFoundError(f"{BENCH_PYTHON} not found; create the benchmark environment (see the docstring).")
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            z = _eps_data.latent(n)
+            np.save(folder / "embedding.npy", _eps_data.embedding(z, dim))
+            np.save(folder / "expression.npy", _eps_data.scaled_expression(z, n_genes))
+            theirs = _run_worker([str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)])
+            ours = _run_worker([sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)])
+            eps_p, eps_o = np.load(folder / "published_eps.npy"), np.load(folder / "ours_eps.npy")
+            knn_p = np.sort(np.load(folder / "published_knn.npy"), axis=1)
+            knn_o = np.sort(np.load(folder / "ours_knn.npy"), axis=1)
+        row = {
+            "n": n,
+            "rows_with_other_neighbours": int((knn_p != knn_o).any(axis=1).sum()),
+            "max_abs_eps_diff": float(np.nanmax(np.abs(eps_p - eps_o))),
+            "same_nan": bool((np.isnan(eps_p) == np.isnan(eps_o)).all()),
+            "published_knn_s": theirs["knn_s"],
+            "published_laplacian_s": theirs["laplacian_s"],
+            "published_total_s": theirs["total_s"],
+            "published_peak_gb": theirs["peak_rss_gb"],
+            "ours_knn_s": ours["knn_s"],
+            "ours_eps_step_s": ours["eps_step_s"],
+            "ours_laplacian_s": ours["laplacian_s"],
+            "ours_total_s": ours["total_s"],
+            "ours_peak_gb": ours["peak_rss_gb"],
+            "speedup_total": theirs["total_s"] / ours["total_s"],
+            "speedup_knn": theirs["knn_s"] / ours["knn_s"],
+            "speedup_laplacian": theirs["laplacian_s"] / ours["laplacian_s"],
+            "peak_memory_ratio": ours["peak_rss_gb"] / theirs["peak_rss_gb"],
+        }
+        rows.append(row)
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+_OUR_METHOD = {
+    "linear": ("linear", {}),
+    "ridge": ("ridge", {}),
+    "ensemble": ("lightgbm", {"n_estimators": 50}),
+    "mlp": ("mlp", {}),
+}
+"""Published ``Baseline`` method → our method and the options that match the published code."""
+
+
+def compare_baselines(n_spots: int = 1000, dim: int = 256, n_genes: int = 200) -> list[dict]:
+    """Regression baselines side by side with ``expression_copilot.baseline.Baseline`` on the same split.
+
+    Both sides see the same synthetic embeddings and z-scored expression and the published
+    ``train_test_split`` (80/20, seed 0); ours runs ``st.tl.predict(test, train, ...)``. The
+    published "ensemble" is LightGBM with 50 trees, so ours runs with ``n_estimators=50`` here; the
+    published MLP on a CPU machine is sklearn's ``MLPRegressor(hidden=(128,))`` (its torch MLP
+    needs CUDA), a different model from ours (256 hidden, AdamW), so only mean Pearson is compared.
+    """
+    sys.path.insert(0, str(HERE))
+    import _eps_data
+    import anndata as ad
+
+    import stmorph as st
+    from stmorph.tl._metrics import pearson
+
+    if not BENCH_PYTHON.exists():
+        raise FileNotFoundError(f"{BENCH_PYTHON} not found; create the benchmark environment (see the docstring).")
+    z = _eps_data.latent(n_spots)
+    embedding, expression = _eps_data.embedding(z, dim), _eps_data.scaled_expression(z, n_genes)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        np.save(folder / "embedding.npy", embedding)
+        np.save(folder / "expression.npy", expression)
+        worker = [str(BENCH_PYTHON), str(HERE / "_published_baselines_worker.py"), str(folder), *_OUR_METHOD]
+        theirs = _run_worker(worker)
+        test = np.zeros(n_spots, dtype=bool)
+        test[np.load(folder / "test_idx.npy")] = True
+        adata = ad.AnnData(expression)
+        adata.obsm["X_emb"] = embedding
+        for published, (method, options) in _OUR_METHOD.items():
+            query, train = adata[test].copy(), adata[~test].copy()
+            t0 = time.perf_counter()
+            st.tl.predict(query, train, method=method, use_rep="X_emb", progress=False, **options)
+            ours_s = time.perf_counter() - t0
+            r_ours = pearson(query.X, query.layers[f"predicted_{method}"])
+            r_pub = np.load(folder / f"published_{published}_pearson.npy")
+            row = {
+                "published": published,
+                "ours": method,
+                "published_mean_pearson": float(np.nanmean(r_pub)),
+                "ours_mean_pearson": float(np.nanmean(r_ours)),
+                "max_abs_pearson_diff": float(np.nanmax(np.abs(r_pub - r_ours))),
+                "published_s": theirs[published],
+                "ours_s": ours_s,
+            }
+            rows.append(row)
+            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
+COMPARISONS = {"eps": compare_eps, "baselines": compare_baselines}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--what", choices=sorted(COMPARISONS), default="eps", help="which comparison to run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000], help="N spots (eps)")
+    parser.add_argument("--worker-eps", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=5)
+    args = parser.parse_args()
+    if args.worker_eps is not None:
+        _ours_eps_worker(args.worker_eps, args.k)
+        return
+    print(f"compare_published --what {args.what}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+    if args.what == "eps":
+        compare_eps(args.sizes, k=args.k)
+    elif args.what == "baselines":
+        compare_baselines()
+
+
+if __name__ == "__main__":
+    main()

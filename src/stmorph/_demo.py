@@ -1,0 +1,309 @@
+"""The demo behind ``make demo`` / ``stmorph demo``: the whole story on the HER2ST sections.
+
+For every section: cut a patch around each spot, embed it, prepare the expression as the EPS
+paper does, and compute EPS/SPS on the image graph. Then predict each section from the others
+(leave one section out) with ridge regression and BLEEP (frozen embeddings), evaluate, and write
+the results, the plots and a one-page ``report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from . import datasets, pl, pp, tl
+from ._logging import logger
+from ._validation import InvalidParameterError, check_range
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+MARKER_GENES = ("ERBB2", "GRB7", "KRT19", "EPCAM", "COL1A1", "FN1", "SPARC", "MGP", "PTPRC", "CD74")
+"""Breast-cancer marker genes of the MG summary: HER2 amplicon, epithelium, stroma, immune cells."""
+
+
+@dataclass
+class DemoSettings:
+    """Choices of a demo run (the defaults are the papers' settings, on the bundled data).
+
+    Attributes
+    ----------
+    encoder
+        Image encoder of :func:`stmorph.tl.embed`.
+    methods
+        Prediction methods, each fitted leave-one-section-out.
+    n_genes
+        Number of genes predicted: the most highly expressed (mean log1p) genes present in every
+        section. ``None``: every shared gene.
+    method_kwargs
+        Options per method, e.g. ``{"bleep": {"epochs": 20}}``.
+    plot_genes
+        Genes drawn on the tissue (ERBB2 plus the query's three most predictable genes when empty).
+    torch_threads
+        Torch CPU threads during the run (restored afterwards; ``None`` leaves torch's setting). The
+        demo's networks are small: with one thread they train as fast as with two on an idle 2-core
+        machine, and many times faster when other processes compete for the cores.
+    """
+
+    encoder: str = "default"
+    methods: tuple[str, ...] = ("ridge", "bleep")
+    n_genes: int | None = 2000
+    method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plot_genes: tuple[str, ...] = ()
+    torch_threads: int | None = 1
+
+    @property
+    def use_rep(self) -> str:
+        return f"X_{self.encoder}"
+
+
+@dataclass
+class DemoResult:
+    """Everything the report shows."""
+
+    tables: dict[str, AnnData]
+    sps: pd.DataFrame
+    eps: pd.DataFrame
+    metrics: pd.DataFrame
+    genes: list[str]
+    figures: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch CPU threads, restoring the previous number afterwards."""
+    if n is None:
+        yield
+        return
+    import torch  # the demo's encoder and BLEEP need torch anyway
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _bar(items, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, disable=not progress, leave=True)
+
+
+def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> AnnData:
+    """Patches → embedding → the EPS paper's expression pipeline → EPS, on a copy of the section's table.
+
+    The copy also gets a Visium-style ``uns["spatial"]`` (the H&E image at 2000 px), so the results
+    file is self-contained and :func:`stmorph.pl.spatial` draws it directly.
+    """
+    from .pl._spatial import visium_uns
+
+    table = pp.extract_patches(sdata, copy=True, progress=False)
+    table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
+    with _torch_threads(settings.torch_threads):
+        tl.embed(table, model=settings.encoder, progress=False)
+    del table.obsm["patches"]  # ~150 kB per spot; the embedding is what the rest needs
+    pp.prepare_expression(table)
+    tl.eps(table, use_rep=settings.use_rep, progress=False)
+    return table
+
+
+def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
+    """Genes in every section, the ``n_genes`` most expressed first (mean log1p over the sections)."""
+    shared = next(iter(tables.values())).var_names
+    for table in tables.values():
+        shared = shared.intersection(table.var_names, sort=False)
+    level = np.mean([np.asarray(t[:, shared].layers["log1p"].mean(axis=0)).ravel() for t in tables.values()], axis=0)
+    order = np.argsort(-level, kind="stable")
+    return list(shared[order[:n_genes]] if n_genes else shared[order])
+
+
+def _leave_one_out(tables: dict[str, AnnData], genes: list[str], settings: DemoSettings, progress: bool) -> None:
+    """Predict every section from all the others, with every method, into ``layers["predicted_<method>"]``."""
+    folds = [(query, method) for query in tables for method in settings.methods]
+    for query, method in _bar(folds, "2/4 predict (leave one section out)", progress):
+        references = [t for name, t in tables.items() if name != query]
+        with _torch_threads(settings.torch_threads):  # set per call: other libraries reset OpenMP's thread count
+            tl.predict(
+                tables[query],
+                references,
+                method=method,
+                use_rep=settings.use_rep,
+                genes=genes,
+                progress=False,
+                **settings.method_kwargs.get(method, {}),
+            )
+
+
+def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettings, progress: bool) -> pd.DataFrame:
+    """Per-gene metrics into each table's ``var``; one summary row per section and method."""
+    markers = [g for g in MARKER_GENES if g in genes]
+    rows = []
+    for name in _bar(list(tables), "3/4 evaluate", progress):
+        table = tables[name]
+        for method in settings.methods:
+            summary = tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer="log1p")
+            rows.append(summary.assign(section=name, method=summary.index, sps=table.uns["sps"]["sps"]))
+    metrics = pd.concat(rows, ignore_index=True)
+    return metrics[["section", "method", "sps", *[c for c in metrics.columns if c not in ("section", "method", "sps")]]]
+
+
+def _plot_genes(table: AnnData, genes: list[str], settings: DemoSettings) -> list[str]:
+    if settings.plot_genes:
+        return list(settings.plot_genes)
+    predicted = table.var.loc[genes, "eps"].dropna().sort_values(ascending=False)
+    chosen = ["ERBB2"] if "ERBB2" in predicted.index else []
+    return chosen + [g for g in predicted.index if g not in chosen][: 4 - len(chosen)]
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _section_figures(name: str, table: AnnData, genes: list[str], settings: DemoSettings, out: Path) -> dict[str, Path]:
+    scores = [f"pearson_{m}" for m in settings.methods]
+    shown = _plot_genes(table, genes, settings)
+    figures = {
+        "ranking": pl.eps_ranking(table, n=15, show=False),
+        "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
+        "spatial": pl.spatial(table, shown, show=False),
+        "spatial_pattern": pl.spatial(table, shown, same_scale=False, show=False),
+        "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
+    }
+    if any("history" in rec for rec in table.uns["stmorph"]["predict"].values()):
+        figures["training"] = pl.training(table, show=False)
+    return {kind: _save(fig, out / f"{kind}_{name}.png") for kind, fig in figures.items()}
+
+
+def _figures(result: DemoResult, settings: DemoSettings, out: Path, progress: bool):
+    figures: dict[str, list[tuple[str, Path]]] = {}
+    for name in _bar(list(result.tables), "4/4 plot", progress):
+        paths = _section_figures(name, result.tables[name], result.genes, settings, out)
+        for kind, path in paths.items():
+            figures.setdefault(kind, []).append((name, path))
+    scores = [f"pearson_{m}" for m in settings.methods]
+    figures["sps_vs_score"] = [
+        ("all", _save(pl.sps_vs_score(result.tables, scores, show=False), out / "sps_vs_score.png"))
+    ]
+    return figures
+
+
+def _write_results(tables: dict[str, AnnData], out: Path) -> None:
+    """``<out>/<section>/results.h5ad``: the section's table with every result and its image."""
+    for name, table in tables.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        table.write_h5ad(folder / "results.h5ad", compression="gzip")
+
+
+def run_demo(
+    out: str | os.PathLike = "stmorph_demo",
+    sections: Sequence[str] = ("C2", "C3", "C4", "C5"),
+    *,
+    data_dir: str | os.PathLike | None = None,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run the demo on HER2ST sections and write its results, plots and report to ``out``.
+
+    Parameters and outputs as in :func:`run_demo_steps`; returns the path of ``report.html``.
+
+    Examples
+    --------
+    >>> from stmorph._demo import run_demo
+    >>> run_demo("stmorph_demo")  # doctest: +SKIP
+    """
+    return run_demo_steps(out, sections, data_dir=data_dir, settings=settings, progress=progress).report
+
+
+def run_demo_steps(
+    out: str | os.PathLike = "stmorph_demo",
+    sections: Sequence[str] = ("C2", "C3", "C4", "C5"),
+    *,
+    data_dir: str | os.PathLike | None = None,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """Run the demo and return everything it computed (tables, metrics, figures, timings, report path).
+
+    Parameters
+    ----------
+    out
+        Output folder (created).
+    sections
+        HER2ST sections; at least two (each is predicted from the others).
+    data_dir
+        Folder holding ``her2st/`` (see :func:`stmorph.datasets.her2st`).
+    settings
+        Encoder, methods, genes and method options (:class:`DemoSettings`).
+    progress
+        Show a progress bar per step.
+
+    Returns
+    -------
+    :class:`DemoResult`; ``result.report`` is the path of ``report.html``. The folder also holds
+    ``<section>/results.h5ad``, ``eps.csv`` (genes × sections), ``sps.csv``, ``metrics.csv`` (one
+    row per section and method) and the PNGs.
+
+    Examples
+    --------
+    >>> from stmorph._demo import run_demo_steps
+    >>> run_demo_steps("stmorph_demo", ["C2", "C3"]).timings  # doctest: +SKIP
+    """
+    from ._report import write_report
+
+    settings = settings or DemoSettings()
+    sections = list(dict.fromkeys(sections))
+    if len(sections) < 2:
+        raise InvalidParameterError(
+            f"the demo needs at least two sections (one is predicted from the others); got {sections}."
+        )
+    if settings.n_genes is not None:
+        check_range(settings.n_genes, "n_genes", low=1, inclusive=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings, start = {}, time.perf_counter()
+    tables = {
+        s: _prepare_section(datasets.her2st(s, data_dir=data_dir), s, settings)
+        for s in _bar(sections, "1/4 load, embed spots, EPS", progress)
+    }
+    timings["load, embed, EPS"] = time.perf_counter() - start
+    genes = _shared_genes(tables, settings.n_genes)
+    logger.info("demo: predicting %d genes shared by %s", len(genes), sections)
+    _leave_one_out(tables, genes, settings, progress)
+    metrics = _evaluate(tables, genes, settings, progress)
+    timings["predict + evaluate"] = time.perf_counter() - start - sum(timings.values())
+    sps = pd.DataFrame(
+        [
+            {"slice": s, **{k: t.uns["sps"][k] for k in ("sps", "n_genes")}, "n_spots": t.n_obs}
+            for s, t in tables.items()
+        ]
+    )
+    eps = pd.DataFrame({s: t.var["eps"] for s, t in tables.items()})
+    result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes)
+    eps.to_csv(out / "eps.csv", index_label="gene")
+    sps.to_csv(out / "sps.csv", index=False)
+    metrics.to_csv(out / "metrics.csv", index=False)
+    _write_results(tables, out)
+    result.figures = _figures(result, settings, out, progress)
+    timings["write + plot"] = time.perf_counter() - start - sum(timings.values())
+    result.timings = timings
+    result.report = write_report(out / "report.html", result, settings, sections)
+    logger.info("demo finished in %.0f s: %s", sum(timings.values()), timings)
+    return result

@@ -1,0 +1,180 @@
+"""The demo's one-page ``report.html``: static, every image inline, written for biologists."""
+
+from __future__ import annotations
+
+import base64
+import html
+import platform
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ._demo import DemoResult, DemoSettings
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.5; }
+h1 { font-size: 1.8em; margin-bottom: 0.2em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
+.lead { color: #555; } .note { background: #f6f8fa; border-left: 4px solid #4a7ab5; padding: 0.6em 1em; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.5em 0; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; } th { background: #f0f0f0; }
+details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }
+code { background: #f3f3f3; padding: 0 0.25em; }
+"""
+
+_TEXT = {
+    "ranking": (
+        "Which genes can the image predict?",
+        "Each bar is a gene's <b>Expression Predictability Score (EPS)</b>: it is high when spots whose image "
+        "patches look alike (neighbours in the image-embedding space) also have similar expression of the gene, "
+        "and close to 0 when the image says nothing about it. The q-value next to each gene is the chance-level "
+        "test, corrected for testing thousands of genes (Benjamini–Hochberg); q &lt; 0.05 means the gene's "
+        "image-predictability is unlikely to be chance. Left: the most predictable genes; right: the least. "
+        "Genes detected in only a few spots can land at either extreme by chance; check how widely a gene is "
+        "expressed before reading much into it.",
+    ),
+    "eps_vs_score": (
+        "Does EPS tell in advance how well a gene will be predicted?",
+        "Each point is a gene: its EPS (computed from this section alone, no model trained) against how well a "
+        "model trained on the <i>other</i> sections predicted it here (Pearson correlation between predicted and "
+        "measured expression across spots). Colour shows where most genes lie. The Spearman ρ in the title "
+        "measures how well EPS ranks genes by their eventual prediction quality (the EPS paper, Fig. 1b).",
+    ),
+    "sps_vs_score": (
+        "Do more predictable sections get better predictions?",
+        "Each point is a section: its <b>Slice Predictability Score</b> (SPS, the mean EPS over genes) against the "
+        "mean per-gene Pearson correlation the models reached on it (the EPS paper, Fig. 2e). With only a few "
+        "sections this is an illustration, not a test.",
+    ),
+    "spatial": (
+        "Measured and predicted expression on the tissue",
+        "Each row is a gene, drawn on the H&amp;E image: the measured expression (as the models learnt it: "
+        "normalised, log-transformed and scaled per gene) and each model's prediction, made without ever seeing "
+        "this section's expression. The panels of one gene share one colour scale, so colours can be compared "
+        "directly (as in BLEEP, Fig. 3). Predictions are cautious — they stay closer to the average than the "
+        "measurement — so on this common scale they look paler. ERBB2 (HER2) is the gene that defines these "
+        "tumours; the others are the section's most predictable genes.",
+    ),
+    "spatial_pattern": (
+        "The same maps, each on its own colour scale",
+        "The genes above again, but every panel now stretches its own colours from its lowest to its highest "
+        "spot. This hides the difference in magnitude and shows whether the prediction puts high and low "
+        "expression in the right places of the tissue.",
+    ),
+    "gene_correlation": (
+        "Is the co-expression structure kept?",
+        "Correlation between pairs of highly expressed genes across spots, measured (left) and predicted. Genes "
+        "are ordered by clustering the measured correlations, so blocks are groups of genes that rise and fall "
+        "together (e.g. tumour epithelium, stroma, immune). A prediction that keeps these blocks captures the "
+        "tissue's biology, not only single genes (BLEEP, Fig. 4); the title gives how similar the two maps are.",
+    ),
+    "training": (
+        "Did the neural network train properly?",
+        "Loss of the contrastive model (BLEEP) per epoch on the training spots and on held-out validation spots. "
+        "Both should fall and level off; a validation loss rising again would mean over-fitting (the model used "
+        "is the one from the best validation epoch).",
+    ),
+}
+
+_FILES = {
+    "<section>/results.h5ad": "everything for one section (AnnData: counts, prepared expression, embeddings, EPS in "
+    "<code>var</code>, predictions in <code>layers</code>, metrics in <code>var</code>, image in "
+    "<code>uns['spatial']</code>); open with <code>anndata.read_h5ad</code>, draw with <code>st.pl.spatial</code>",
+    "eps.csv": "EPS of every gene (rows) in every section (columns)",
+    "sps.csv": "SPS, number of spots and of genes per section",
+    "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
+    "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",
+    "*.png": "every figure of this report",
+}
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _figure_block(kind: str, entries: list[tuple[str, Path]]) -> str:
+    title, text = _TEXT[kind]
+    parts = [f"<h2>{title}</h2>", f"<p>{text}</p>"]
+    for i, (section, path) in enumerate(entries):
+        if len(entries) == 1:
+            parts.append(_image(path))
+        else:
+            parts.append(f"<details{' open' if i == 0 else ''}><summary>Section {html.escape(section)}</summary>")
+            parts.append(_image(path) + "</details>")
+    return "\n".join(parts)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="–")
+
+
+def _sps_table(sps: pd.DataFrame) -> str:
+    return _table(sps.rename(columns={"slice": "section", "sps": "SPS", "n_spots": "spots", "n_genes": "genes"}))
+
+
+def _metrics_table(metrics: pd.DataFrame) -> str:
+    names = {"section": "section", "method": "method", "sps": "SPS"}
+    names |= {c: f"Pearson {c.removeprefix('pearson_')}" for c in metrics.columns if c.startswith("pearson_")}
+    return _table(metrics[list(names)].rename(columns=names))
+
+
+def write_report(path: Path, result: DemoResult, settings: DemoSettings, sections: Sequence[str]) -> Path:
+    """Write the one-page HTML report of a demo run to ``path`` and return ``path``."""
+    from . import __version__
+
+    n_spots = sum(t.n_obs for t in result.tables.values())
+    runtime = sum(result.timings.values())
+    methods = ", ".join(settings.methods)
+    body = [
+        "<h1>Which genes can an H&amp;E image predict?</h1>",
+        f'<p class="lead">stmorph {html.escape(__version__)} demo on HER2-positive breast cancer sections '
+        f"{', '.join(map(html.escape, sections))} (HER2ST, Andersson et al. 2021; legacy Spatial Transcriptomics, "
+        f"100 µm spots): {n_spots} spots, {len(result.genes)} genes predicted. Generated "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {runtime / 60:.1f} min on "
+        f"{html.escape(platform.node())}.</p>",
+        '<p class="note">What was done: an image patch of 112 µm around every spot was turned into a numeric '
+        f"description by the <code>{html.escape(settings.encoder)}</code> image encoder. From these descriptions and "
+        "the measured expression (normalised, log-transformed, scaled per gene, as in the EPS paper), stmorph "
+        "computed how predictable each gene is in each section (EPS/SPS), then trained models "
+        f"(<code>{html.escape(methods)}</code>) on all sections but one and predicted the left-out section from its "
+        "image alone — so every prediction shown here is on a section the model never saw.</p>",
+        "<h2>How predictable is each section?</h2>",
+        "<p>SPS is the mean EPS over the section's genes: how much of its expression the image can explain at all "
+        "(0: nothing). Sections differ in tissue composition, so they differ in SPS.</p>",
+        _sps_table(result.sps),
+        "<h2>How good are the predictions?</h2>",
+        "<p>Mean Pearson correlation between predicted and measured expression across the spots of the left-out "
+        "section, averaged over marker genes (MG: "
+        f"{', '.join(g for g in _markers(result))}), the 50 most expressed genes (HEG-50), the 50 most variable "
+        "genes (HVG-50) and all predicted genes, as in BLEEP's Table 1 (<code>metrics.csv</code> has more "
+        "measures). 1 would be perfect, 0 no better than a constant.</p>",
+        _metrics_table(result.metrics),
+    ]
+    for kind in _TEXT:
+        if kind in result.figures:
+            body.append(_figure_block(kind, result.figures[kind]))
+    body.append("<h2>Files in this folder</h2><ul>")
+    body += [f"<li><code>{html.escape(name)}</code>: {text}</li>" for name, text in _FILES.items()]
+    body.append("</ul>")
+    timings = ", ".join(f"{k}: {v:.0f} s" for k, v in result.timings.items())
+    body.append(f'<p class="lead">Run time per step — {html.escape(timings)}.</p>')
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>stmorph demo report</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _markers(result: DemoResult) -> list[str]:
+    from ._demo import MARKER_GENES
+
+    return [g for g in MARKER_GENES if g in result.genes]

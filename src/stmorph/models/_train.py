@@ -1,0 +1,200 @@
+"""A small, seeded torch training loop shared by every trainable model (MLP, BLEEP, HECLIP, ST-Net)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._logging import logger
+
+if TYPE_CHECKING:
+    import torch
+
+BatchFn = Callable[[np.ndarray, bool], Any]
+"""``batch_fn(indices, train)`` returns what ``loss_fn`` takes for those samples (on the device)."""
+LossFn = Callable[["torch.nn.Module", Any], "torch.Tensor"]
+"""``loss_fn(module, batch)`` returns a scalar loss tensor."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; any other string is passed to :class:`torch.device`."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) so that model initialisation and dropout are reproducible."""
+    import torch
+
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _epoch_loss(
+    module, loss_fn: LossFn, batch_fn: BatchFn, order: np.ndarray, batch_size: int, optimizer=None
+) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if optimizer is None:
+            with torch.no_grad():
+                loss = loss_fn(module, batch_fn(idx, False))
+        else:
+            loss = loss_fn(module, batch_fn(idx, True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+TRAIN_CHECKPOINT = "train_state.pt"
+
+
+def _save_state(folder: Path, state: dict[str, Any]) -> None:
+    """Write the training state after an epoch; atomic, so a crash leaves the previous epoch's state."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (TRAIN_CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, folder / TRAIN_CHECKPOINT)
+
+
+def _load_state(folder: Path) -> dict[str, Any] | None:
+    """The saved training state (read with ``weights_only=True``: tensors and plain Python values only)."""
+    import torch
+
+    path = folder / TRAIN_CHECKPOINT
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def train(
+    module: torch.nn.Module,
+    loss_fn: LossFn,
+    batch_fn: BatchFn,
+    n_train: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+    val_indices: np.ndarray | None = None,
+    patience: int | None = None,
+    drop_last: bool = False,
+    progress: bool = True,
+    desc: str = "training",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> dict[str, list[float]]:
+    """Train ``module`` with AdamW on mini-batches of ``n_train`` samples.
+
+    Parameters
+    ----------
+    module
+        Model, already on its device.
+    loss_fn
+        ``loss_fn(module, batch) -> scalar tensor``.
+    batch_fn
+        ``batch_fn(indices, train) -> batch``; ``train`` is False for validation batches, so
+        augmentation can be switched off there.
+    n_train
+        Number of training samples; indices ``0 .. n_train-1`` are shuffled every epoch.
+    epochs, batch_size, lr, weight_decay
+        Optimisation settings (AdamW).
+    seed
+        Seeds the shuffling order.
+    val_indices
+        Sample indices (in ``batch_fn``'s numbering) used for a validation loss after each epoch.
+    patience
+        With ``val_indices``: stop after this many epochs without a better validation loss and
+        restore the best weights.
+    drop_last
+        Drop a last batch smaller than ``batch_size`` (contrastive losses need at least 2 samples).
+    progress
+        Show a tqdm bar over epochs.
+    desc
+        Label of the progress bar.
+    checkpoint
+        Folder where the full training state (weights, optimiser, random states, history) is saved
+        after every epoch, as ``train_state.pt`` (tensors and plain values only).
+    resume
+        Continue from the state in ``checkpoint``: finished epochs are not repeated, and the result
+        is the same as an uninterrupted run with the same seed.
+
+    Returns
+    -------
+    History ``{"loss": [...], "val_loss": [...]}`` with one mean loss per epoch.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([1.0, -2.0, 0.5])
+    >>> net = torch.nn.Linear(3, 1)
+    >>> hist = train(net, lambda m, b: ((m(b[0]).squeeze(1) - b[1]) ** 2).mean(),
+    ...              lambda i, t: (x[i], y[i]), 64, epochs=50, batch_size=16, lr=1e-2, progress=False)
+    >>> hist["loss"][-1] < hist["loss"][0]
+    True
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    history: dict[str, list[float]] = {"loss": [], "val_loss": []}
+    best, best_state, stale, start = np.inf, None, 0, 0
+    folder = None if checkpoint is None else Path(checkpoint)
+    saved = _load_state(folder) if folder is not None and resume else None
+    if saved is not None:
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        history, best, stale, start = saved["history"], saved["best"], saved["stale"], saved["epoch"]
+        best_state = saved["best_state"]
+        logger.info("%s: resuming after epoch %d of %d", desc, start, epochs)
+    stopped = saved is not None and saved["stopped"]
+    bar = tqdm(range(start, epochs if not stopped else start), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        module.train()
+        order = rng.permutation(n_train)
+        if drop_last and n_train > batch_size:
+            order = order[: n_train - n_train % batch_size]
+        history["loss"].append(_epoch_loss(module, loss_fn, batch_fn, order, batch_size, optimizer))
+        if val_indices is not None and len(val_indices):
+            module.eval()
+            val = _epoch_loss(module, loss_fn, batch_fn, np.asarray(val_indices), batch_size)
+            history["val_loss"].append(val)
+            bar.set_postfix(loss=history["loss"][-1], val_loss=val)
+            if val < best:
+                best, stale = val, 0
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                stale += 1
+                if patience is not None and stale >= patience:
+                    logger.info("%s: early stop after %d epochs (best val loss %.4g)", desc, len(history["loss"]), best)
+                    stopped = True
+        else:
+            bar.set_postfix(loss=history["loss"][-1])
+        if folder is not None:
+            state = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state}
+            state.update(torch_rng=torch.get_rng_state(), history=history, best=float(best), stale=stale)
+            _save_state(folder, {**state, "epoch": epoch + 1, "best_state": best_state, "stopped": stopped})
+        if stopped:
+            break
+    if patience is not None and best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return history

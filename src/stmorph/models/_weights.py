@@ -1,0 +1,173 @@
+"""Load model weights without unpickling arbitrary objects, and fit them into a module.
+
+Checkpoints are read with :mod:`safetensors` or ``torch.load(weights_only=True)``; a checkpoint
+that needs arbitrary Python objects to load is refused. :func:`load_into` reports exactly which
+keys are missing, unexpected or of the wrong shape before touching the module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._logging import logger
+from .._validation import ShapeMismatchError, UnsafeCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+_WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "teacher")
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Safetensors files start with an 8-byte header length followed by a JSON object."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return path.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{")
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap(obj[key], path)
+    if not isinstance(obj, Mapping):
+        raise UnsafeCheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors). "
+            "Save the weights with `torch.save(model.state_dict(), path)` or safetensors."
+        )
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UnsafeCheckpointError(f"{path} holds no tensors; expected a state dict of model weights.")
+    dropped = len(obj) - len(tensors)
+    if dropped:
+        logger.info("%s: ignored %d non-tensor entries", path, dropped)
+    return tensors
+
+
+def load_state_dict_safely(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a safetensors file or a plain torch checkpoint, never unpickling objects.
+
+    Torch checkpoints are read with ``torch.load(weights_only=True)`` onto the CPU. A checkpoint
+    wrapped as ``{"state_dict": ...}`` (or ``"model"``, ``"module"``, ``"model_state_dict"``,
+    ``"teacher"``) is unwrapped; non-tensor entries (e.g. an epoch counter) are dropped.
+
+    Parameters
+    ----------
+    path
+        A ``.safetensors`` file or a torch checkpoint (``.pt``, ``.pth``, ``.bin``).
+
+    Returns
+    -------
+    Mapping of parameter names to CPU tensors.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    UnsafeCheckpointError
+        The file needs arbitrary Python objects to load (a pickled model, a custom class), or
+        holds no tensors.
+
+    Examples
+    --------
+    >>> import torch, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+    >>> torch.save(torch.nn.Linear(2, 1).state_dict(), path)
+    >>> sorted(load_state_dict_safely(path))
+    ['bias', 'weight']
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist; pass the path of a local checkpoint.")
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path} is not a plain state dict: loading it would unpickle arbitrary Python objects, which "
+            f"stmorph refuses (it can run code). Re-save only the weights, e.g. "
+            f"`torch.save(model.state_dict(), path)` or with safetensors."
+        ) from err
+    return _unwrap(obj, path)
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove a wrapper prefix (``module.`` from DataParallel, ...) shared by every key, if the module lacks it."""
+    expected = set(expected)
+    state = dict(state_dict)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    return ", ".join(repr(k) for k in keys[:n]) + (", …" if len(keys) > n else "")
+
+
+def load_into(
+    module: torch.nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    ignore_unexpected: tuple[str, ...] = (),
+) -> None:
+    """Load ``state_dict`` into ``module`` after checking that every key and shape fits.
+
+    Parameters
+    ----------
+    module
+        Target module.
+    state_dict
+        Weights to load; a prefix shared by all keys (``module.``, ``model.``) is removed when the
+        module's own keys do not have it.
+    what
+        Name of the checkpoint and architecture, used in error messages.
+    ignore_unexpected
+        Key prefixes that may be present in the checkpoint but not in the module (e.g. a
+        classification head ``"head."`` that the feature extractor drops).
+
+    Raises
+    ------
+    ShapeMismatchError
+        Keys are missing or unexpected, or shapes differ; the message gives how many of each
+        and examples.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 1)
+    >>> load_into(net, {"module.weight": torch.ones(1, 2), "module.bias": torch.zeros(1)}, what="demo")
+    >>> float(net.weight.sum())
+    2.0
+    """
+    own = module.state_dict()
+    state = _strip_prefixes(state_dict, own)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not k.startswith(ignore_unexpected)]
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        raise ShapeMismatchError(
+            f"{what}: the checkpoint does not fit the architecture: {len(missing)} missing key(s)"
+            f"{' (' + _examples(missing) + ')' if missing else ''}, {len(unexpected)} unexpected key(s)"
+            f"{' (' + _examples(unexpected) + ')' if unexpected else ''}, {len(wrong)} shape mismatch(es)"
+            f"{' (' + _examples(wrong, 2) + ')' if wrong else ''}. Check that the weights belong to this model."
+        )
+    module.load_state_dict({k: state[k] for k in own}, strict=True)

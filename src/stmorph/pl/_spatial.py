@@ -1,0 +1,311 @@
+"""Measured and predicted expression side by side on the H&E image (built on :func:`scanpy.pl.spatial`)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import InvalidParameterError, StmorphKeyError, check_range, get_genes, get_matrix
+from . import _utils
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+    from spatialdata import SpatialData
+
+
+def _is_spatialdata(data: Any) -> bool:
+    return hasattr(data, "tables") and hasattr(data, "images")
+
+
+def _image_array(element: Any) -> Any:
+    """Full-resolution ``(c, y, x)`` DataArray of a SpatialData image (the finest level of a pyramid)."""
+    if hasattr(element, "children") and "scale0" in element.children:
+        return next(iter(element["scale0"].ds.data_vars.values()))
+    return element
+
+
+def _reduce(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Block-average a ``(y, x, 3)`` image by an integer factor to longest side ≤ ``max_side``; returns 1/factor."""
+    from PIL import Image
+
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_side)))
+    if rgb.dtype != np.uint8:
+        scale = 255.0 if np.issubdtype(rgb.dtype, np.floating) and rgb.max() <= 1.0 else 1.0
+        rgb = np.clip(np.rint(rgb * scale), 0, 255).astype(np.uint8)
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., :3])).reduce(step)) if step > 1 else rgb
+    return small, 1.0 / step
+
+
+def _downscaled_image(element: Any, max_side: int) -> tuple[np.ndarray, float]:
+    """The SpatialData image as a ``(y, x, 3)`` uint8 array with longest side ≤ ``max_side``, and its scale."""
+    image = _image_array(element)
+    return _reduce(np.asarray(image.transpose("y", "x", "c").values), max_side)
+
+
+def _spot_diameter(sdata: SpatialData, table: AnnData, coords: np.ndarray) -> float:
+    """Spot diameter in full-resolution pixels: the annotated shapes' radius, else half the spot pitch."""
+    from scipy.spatial import cKDTree
+
+    region = table.uns.get("spatialdata_attrs", {}).get("region")
+    region = region[0] if isinstance(region, list | tuple | np.ndarray) and len(region) else region
+    shapes = sdata.shapes.get(region) if isinstance(region, str) else None
+    if shapes is not None and "radius" in shapes.columns:
+        return 2.0 * float(np.median(shapes["radius"]))
+    dist, _ = cKDTree(coords).query(coords, k=2)
+    return 0.5 * float(np.median(dist[:, 1]))
+
+
+def visium_uns(sdata: SpatialData, table: AnnData, image_key: str, library_id: str, max_side: int) -> dict[str, Any]:
+    """A Visium-style ``uns["spatial"]`` for ``scanpy.pl.spatial`` built from a SpatialData image element."""
+    if image_key not in sdata.images:
+        raise StmorphKeyError(
+            f"sdata.images[{image_key!r}] not found; available: {list(sdata.images.keys())}. Pass `image_key=`."
+        )
+    image, scale = _downscaled_image(sdata.images[image_key], max_side)
+    coords = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    return {
+        library_id: {
+            "images": {"hires": image},
+            "scalefactors": {
+                "tissue_hires_scalef": scale,
+                "spot_diameter_fullres": _spot_diameter(sdata, table, coords),
+            },
+        }
+    }
+
+
+def _library_id(adata: AnnData, library_id: str | None) -> str:
+    libraries = list(adata.uns["spatial"].keys())
+    if library_id is None:
+        if len(libraries) != 1:
+            raise InvalidParameterError(
+                f"adata.uns['spatial'] holds {len(libraries)} libraries {libraries}; pass `library_id=` to pick one."
+            )
+        return libraries[0]
+    if library_id not in libraries:
+        raise StmorphKeyError(f"library_id={library_id!r} not in adata.uns['spatial']; available: {libraries}.")
+    return library_id
+
+
+def _table_and_image(
+    data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
+) -> tuple[AnnData, dict[str, Any], str]:
+    """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
+    if _is_spatialdata(data):
+        if table_key not in data.tables:
+            raise StmorphKeyError(
+                f"sdata.tables[{table_key!r}] not found; available: {list(data.tables.keys())}. Pass `table_key=`."
+            )
+        table = data.tables[table_key]
+        library_id = library_id or str(table.uns.get("stmorph", {}).get("section", image_key))
+        return table, visium_uns(data, table, image_key, library_id, max_side), library_id
+    if "spatial" not in data.uns:
+        raise StmorphKeyError(
+            "adata.uns['spatial'] not found: st.pl.spatial needs the H&E image. Pass the SpatialData object, or a "
+            "Visium-style AnnData such as `st.datasets.her2st_adata(section)` / `scanpy.read_visium(...)`."
+        )
+    library_id = _library_id(data, library_id)
+    return data, {library_id: _small_visium_record(data.uns["spatial"][library_id], library_id, max_side)}, library_id
+
+
+def _small_visium_record(record: dict[str, Any], library_id: str, max_side: int) -> dict[str, Any]:
+    """A Visium library record reduced to its best image (``hires``, else ``lowres``), at most ``max_side``."""
+    images, factors = record.get("images", {}), record.get("scalefactors", {})
+    res = next((r for r in ("hires", "lowres") if r in images and f"tissue_{r}_scalef" in factors), None)
+    if res is None:
+        raise StmorphKeyError(
+            f"adata.uns['spatial'][{library_id!r}] has no 'hires' or 'lowres' image with its scale factor; "
+            f"found images {list(images)} and scalefactors {list(factors)}."
+        )
+    image, scale = _reduce(np.asarray(images[res]), max_side)
+    return {
+        "images": {"hires": image},
+        "scalefactors": {**factors, "tissue_hires_scalef": factors[f"tissue_{res}_scalef"] * scale},
+    }
+
+
+def _panel_values(table: AnnData, layers: Sequence[str], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """``layer → (n_obs, n_genes)`` values of the genes ``idx``; ``"measured"`` is what the predictions learnt."""
+    predicted = [layer for layer in layers if layer != _utils.MEASURED]
+    values = {}
+    for layer in layers:
+        source = _utils.measured_layer(table, predicted) if layer == _utils.MEASURED else layer
+        if source is not None and source not in table.layers:
+            produced_by = "st.tl.predict" if layer.startswith(_utils.PREDICTED_PREFIX) else "the step that stores it"
+            raise StmorphKeyError(
+                f"adata.layers[{layer!r}] not found; available: {list(table.layers.keys())}. Run `{produced_by}`."
+            )
+        values[layer] = _utils.dense_columns(get_matrix(table, source, finite=False), idx)
+    return values
+
+
+def _check_predicted(values: dict[str, np.ndarray], genes: Sequence[str]) -> None:
+    for layer, vals in values.items():
+        empty = [g for g, col in zip(genes, vals.T) if not np.isfinite(col).any()]
+        if empty:
+            raise InvalidParameterError(
+                f"adata.layers[{layer!r}] holds no value for gene(s) {empty}; they were not predicted. "
+                f"Predict them with `st.tl.predict(..., genes=[...])` or pick other genes."
+            )
+
+
+def colour_limits(
+    values: dict[str, np.ndarray], j: int, same_scale: bool, percentiles: tuple[float, float]
+) -> tuple[float | None, float | None]:
+    """Shared colour limits of gene ``j``: percentiles of its finite values pooled over all panels."""
+    if not same_scale:
+        return None, None
+    stacked = np.concatenate([vals[:, j] for vals in values.values()])
+    low, high = np.percentile(stacked[np.isfinite(stacked)], percentiles)
+    return float(low), float(high)
+
+
+def _title(table: AnnData, gene: str, layer: str) -> str:
+    title = f"{gene} · {_utils.label(layer)}"
+    column = f"pearson_{layer.removeprefix(_utils.PREDICTED_PREFIX)}"
+    if layer.startswith(_utils.PREDICTED_PREFIX) and column in table.var.columns:
+        r = table.var.loc[gene, column]
+        if np.isfinite(r):
+            title += f"\nr = {r:.2f}"
+    return title
+
+
+def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str, **kwargs: Any) -> None:
+    import scanpy as sc
+
+    with warnings.catch_warnings():
+        # scanpy ≥1.11 points users of sc.pl.spatial to squidpy; the call is still supported, and the
+        # warning would only confuse users of st.pl.spatial, who did not call scanpy themselves.
+        warnings.filterwarnings("ignore", message=".*squidpy.pl.spatial_scatter.*", category=FutureWarning)
+        sc.pl.spatial(
+            view, color=gene, layer=layer, use_raw=False, library_id=library_id, img_key="hires", show=False, **kwargs
+        )
+
+
+def spatial(
+    data: AnnData | SpatialData,
+    genes: str | Sequence[str],
+    *,
+    layers: Sequence[str] | None = None,
+    same_scale: bool = True,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    library_id: str | None = None,
+    table_key: str = "table",
+    image_key: str = "he",
+    max_image_side: int = 1000,
+    cmap: str = "viridis",
+    size: float = 1.0,
+    panel_size: tuple[float, float] = (3.6, 3.6),
+    show: bool | None = None,
+    save: str | os.PathLike | bool | None = None,
+    **kwargs: Any,
+) -> Figure | None:
+    """Measured and predicted expression of each gene side by side on the H&E image.
+
+    One row per gene, one panel per layer, each drawn by :func:`scanpy.pl.spatial`. By default a
+    gene's panels share one colour scale (the 1st to 99th percentile of its values over all its
+    panels), so the predicted map is read against the measured one on the same scale (BLEEP,
+    Fig. 3).
+
+    Parameters
+    ----------
+    data
+        A Visium-style :class:`~anndata.AnnData` with ``uns["spatial"]`` (e.g.
+        :func:`stmorph.datasets.her2st_adata`), or a :class:`~spatialdata.SpatialData` whose table
+        ``tables[table_key]`` has ``obsm["spatial"]`` in pixels of ``images[image_key]``. The
+        object is never modified.
+    genes
+        Gene name(s) in ``var_names``.
+    layers
+        Panels per gene: ``"measured"`` (the expression the predictions were trained on — the
+        ``layer`` recorded by :func:`stmorph.tl.predict`, else ``X``) and/or names in ``layers``.
+        Default: ``"measured"`` followed by every ``layers["predicted_*"]``.
+    same_scale
+        One colour scale per gene across its panels; ``False`` lets each panel scale itself
+        (minimum to maximum of its own values).
+    percentiles
+        With ``same_scale``, the scale runs between these percentiles of the gene's values pooled
+        over its panels, so a few extreme spots do not wash out the rest; ``(0, 100)`` for the
+        full range.
+    library_id
+        Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
+        shown for a SpatialData image (default: the table's section).
+    table_key, image_key
+        Table and image element of a SpatialData.
+    max_image_side
+        The image is block-averaged down to at most this longest side for drawing (the full-resolution
+        SpatialData image, or the Visium ``hires``/``lowres`` image).
+    cmap
+        Colour map of the spots.
+    size
+        Spot size factor passed to :func:`scanpy.pl.spatial`.
+    panel_size
+        Width and height of one panel in inches.
+    show
+        Show the figure (default: ``scanpy.settings.autoshow``).
+    save
+        File path to save the figure to (extension picks the format), or ``True`` for
+        ``scanpy.settings.figdir``.
+    **kwargs
+        Passed to :func:`scanpy.pl.spatial` (e.g. ``alpha_img``, ``crop_coord``).
+
+    Returns
+    -------
+    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> adata = st.datasets.her2st_adata("C2")
+    >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
+    >>> st.pl.spatial(query, ["ERBB2", "FN1"], same_scale=True)  # doctest: +SKIP
+    """
+    import anndata as ad
+
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
+    check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
+    table, spatial_uns, library_id = _table_and_image(
+        data, table_key=table_key, image_key=image_key, library_id=library_id, max_side=max_image_side
+    )
+    layers = list(layers) if layers is not None else [_utils.MEASURED, *_utils.require_predicted_layers(table)]
+    if not layers:
+        raise InvalidParameterError("layers is empty; pass at least one of 'measured' or a layer name.")
+    values = _panel_values(table, layers, get_genes(table, genes))
+    _check_predicted({k: v for k, v in values.items() if k != _utils.MEASURED}, genes)
+    # A small private AnnData (the chosen genes only, sharing the image): scanpy draws it, the user's object
+    # is never touched.
+    view = ad.AnnData(
+        X=values.pop(_utils.MEASURED) if _utils.MEASURED in values else np.zeros((table.n_obs, len(genes))),
+        layers=values,
+        obsm={"spatial": np.asarray(table.obsm["spatial"], dtype=np.float64)},
+        uns={"spatial": spatial_uns},
+    )
+    view.var_names = genes
+    view.obs_names = table.obs_names
+    fig, axes = _utils.subplots(len(genes) * len(layers), ncols=len(layers), panel_size=panel_size)
+    for i, gene in enumerate(genes):
+        vmin, vmax = colour_limits(
+            {layer: (view.X if layer == _utils.MEASURED else view.layers[layer]) for layer in layers},
+            i,
+            same_scale,
+            percentiles,
+        )
+        for j, layer in enumerate(layers):
+            _draw_panel(
+                view,
+                gene,
+                layer=None if layer == _utils.MEASURED else layer,
+                library_id=library_id,
+                ax=axes[i * len(layers) + j],
+                vmin=vmin,
+                vmax=vmax,
+                title=_title(table, gene, layer),
+                **{"cmap": cmap, "size": size, "frameon": False, **kwargs},
+            )
+    return _utils.savefig_or_show(fig, "spatial", show=show, save=save)

@@ -1,0 +1,117 @@
+"""Shared plotting plumbing: figure layout, show/save/return like scanpy, reading stored results."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._logging import logger
+from .._validation import get_stored
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+PREDICTED_PREFIX = "predicted_"
+MEASURED = "measured"
+
+
+def subplots(n_panels: int, *, ncols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n_panels`` axes on a grid of ``ncols`` columns; unused cells are removed."""
+    import matplotlib.pyplot as plt
+
+    ncols = max(1, min(ncols, n_panels))
+    nrows = int(np.ceil(n_panels / ncols))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, layout="constrained"
+    )
+    axes = list(axes.ravel())
+    for ax in axes[n_panels:]:
+        ax.remove()
+    return fig, axes[:n_panels]
+
+
+def _save_path(save: str | os.PathLike | bool, writekey: str) -> Path:
+    import scanpy as sc
+
+    if save is True:
+        return Path(sc.settings.figdir) / f"{writekey}.{sc.settings.file_format_figs}"
+    path = Path(save)
+    return path if path.suffix else path.with_suffix(".png")
+
+
+def savefig_or_show(
+    fig: Figure, writekey: str, *, show: bool | None, save: str | os.PathLike | bool | None, dpi: int = 150
+) -> Figure | None:
+    """Save ``fig`` when asked, show it when asked, and return it unless it was shown.
+
+    ``save`` is a file path (its extension picks the format; ``.png`` when it has none) or ``True``
+    for ``scanpy.settings.figdir / "<writekey>.<file_format_figs>"``. ``show=None`` follows
+    ``scanpy.settings.autoshow``, as in scanpy.
+    """
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    if save:
+        path = _save_path(save, writekey)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        logger.info("saved figure to %s", path)
+    show = sc.settings.autoshow if show is None else show
+    if show:
+        plt.show()
+        return None
+    return fig
+
+
+def predicted_layers(adata: AnnData) -> list[str]:
+    """Names of the ``layers["predicted_*"]`` written by :func:`stmorph.tl.predict`, sorted."""
+    return sorted(k for k in adata.layers if k.startswith(PREDICTED_PREFIX))
+
+
+def require_predicted_layers(adata: AnnData) -> list[str]:
+    """Like :func:`predicted_layers`, but raise naming ``st.tl.predict`` when there is none."""
+    layers = predicted_layers(adata)
+    if not layers:
+        get_stored(adata, "layers", f"{PREDICTED_PREFIX}<method>", "st.tl.predict(adata, reference, method=...)")
+    return layers
+
+
+def prediction_record(adata: AnnData, layer: str) -> dict:
+    """The ``uns["stmorph"]["predict"][layer]`` record :func:`stmorph.tl.predict` wrote with ``layers[layer]``."""
+    record = adata.uns.get("stmorph", {}).get("predict", {}).get(layer, {})
+    return record if isinstance(record, dict) else {}
+
+
+def measured_layer(adata: AnnData, predicted: Sequence[str]) -> str | None:
+    """Layer holding the measured expression the predictions in ``predicted`` were trained on.
+
+    Reads the ``"layer"`` that :func:`stmorph.tl.predict` records; ``None`` (``adata.X``) when it
+    is ``"X"`` or nothing is recorded.
+    """
+    for layer in predicted:
+        source = prediction_record(adata, layer).get("layer")
+        if isinstance(source, str) and source in adata.layers:
+            return source
+    return None
+
+
+def label(layer: str) -> str:
+    """Human-readable panel label of a layer name: ``"predicted_ridge"`` → ``"predicted (ridge)"``."""
+    if layer.startswith(PREDICTED_PREFIX):
+        return f"predicted ({layer.removeprefix(PREDICTED_PREFIX)})"
+    return layer
+
+
+def dense_columns(matrix, idx: np.ndarray) -> np.ndarray:
+    """Columns ``idx`` of a dense or sparse matrix as a dense float64 array."""
+    from scipy import sparse
+
+    sub = matrix[:, idx]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+    return sub.astype(np.float64, copy=False)

@@ -1,0 +1,21 @@
+"""Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics)."""
+
+from ..models._encoders import list_encoders, register_encoder
+from ._embed import embed
+from ._eps import eps, sps
+from ._evaluate import evaluate
+from ._graph import image_graph
+from ._methods import list_methods
+from ._predict import predict
+
+__all__: list[str] = [
+    "embed",
+    "eps",
+    "evaluate",
+    "image_graph",
+    "list_encoders",
+    "list_methods",
+    "predict",
+    "register_encoder",
+    "sps",
+]

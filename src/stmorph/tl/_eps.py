@@ -1,0 +1,409 @@
+"""EPS (Expression Predictability Score) per gene and SPS (Slice Predictability Score) per slice.
+
+Xia, Yao & Gao (bioRxiv 2025.11.04.686651): EPS of a gene is ``-log`` of its Geary's C on the
+directed, unweighted kNN graph of the spots' image embeddings; SPS is the mean EPS of a slice.
+The math is in :mod:`stmorph.tl._geary`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._anndata import commit_outputs
+from .._logging import logger
+from .._parallel import map_slides
+from .._validation import (
+    InvalidParameterError,
+    ShapeMismatchError,
+    check_graph_shape,
+    check_n_obs,
+    check_obsp_graph,
+    check_range,
+    check_unique_names,
+    get_genes,
+    get_matrix,
+    get_rep,
+)
+from ._geary import (
+    analytic_pvalues,
+    clip_like_scale,
+    constant_mask,
+    geary_terms,
+    gearys_c,
+    graph_moments,
+    permutation_pvalues,
+)
+from ._graph import knn_graph
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+
+@dataclass
+class EPSResult:
+    """Per-gene results of :func:`compute_eps` (arrays aligned with ``genes``)."""
+
+    genes: pd.Index
+    eps: np.ndarray
+    pval: np.ndarray
+    qval: np.ndarray
+    n_constant: int
+
+    @property
+    def sps(self) -> float:
+        """Mean EPS over genes with a finite EPS (NaN when there is none)."""
+        finite = np.isfinite(self.eps)
+        return float(self.eps[finite].mean()) if finite.any() else float("nan")
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes with a finite EPS (those averaged into SPS)."""
+        return int(np.isfinite(self.eps).sum())
+
+
+def bh_qvalues(pvals: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg q-values over the finite p-values; NaN stays NaN."""
+    from scipy.stats import false_discovery_control  # imported here to keep `import stmorph` fast
+
+    q = np.full(pvals.shape, np.nan)
+    finite = np.isfinite(pvals)
+    if finite.any():
+        q[finite] = false_discovery_control(pvals[finite], method="bh")
+    return q
+
+
+def _check_graph(graph: sparse.csr_matrix, key: str) -> None:
+    if graph.nnz == 0 or (graph.data < 0).any() or not np.isfinite(graph.data).all():
+        raise InvalidParameterError(
+            f"adata.obsp[{key!r}] must hold finite non-negative weights with at least one edge; "
+            f"found {graph.nnz} stored entries, min {graph.data.min() if graph.nnz else 'n/a'}."
+        )
+
+
+def compute_eps(
+    graph: sparse.csr_matrix,
+    X: np.ndarray | sparse.spmatrix,
+    genes: pd.Index,
+    *,
+    max_value: float | None = None,
+    n_perms: int | None = None,
+    random_state: int = 0,
+    progress: bool = False,
+) -> EPSResult:
+    """EPS, p-values and BH q-values of every column of ``X`` on ``graph`` (no AnnData involved).
+
+    Parameters
+    ----------
+    graph
+        ``n × n`` sparse weights (the image kNN graph).
+    X
+        ``n × g`` expression, dense or sparse (never densified).
+    genes
+        Column names.
+    max_value
+        Clip each gene at ``mean ± max_value · sd`` first (what ``sc.pp.scale(max_value=...)``
+        does); ``None`` uses ``X`` as given.
+    n_perms
+        Permutation p-values with this many row shuffles; ``None``: analytic (normality) p-values.
+    random_state
+        Seed of the permutations.
+    progress
+        Progress bar over permutations.
+    """
+    n = X.shape[0]
+    check_graph_shape(graph, n, "the graph")
+    if max_value is not None:
+        X = clip_like_scale(X, max_value)
+    numer, ss, sumsq = geary_terms(graph, X)
+    constant = constant_mask(ss, sumsq)
+    ss = np.where(constant, 0.0, ss)
+    moments = graph_moments(graph)
+    c = gearys_c(numer, ss, n, moments[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eps = -np.log(c)
+    if n_perms is None:
+        pval = analytic_pvalues(c, n, moments)
+    else:
+        rng = np.random.default_rng(random_state)
+        pval = permutation_pvalues(graph, X, c, n_perms, rng, progress=progress)
+    return EPSResult(genes=genes, eps=eps, pval=pval, qval=bh_qvalues(pval), n_constant=int(constant.sum()))
+
+
+def _graph_for(
+    adata: AnnData, use_rep: str | None, n_neighbors: int, graph_key: str, random_state: int, progress: bool
+) -> tuple[sparse.csr_matrix, dict | None]:
+    """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
+    conn_key = f"{graph_key}_connectivities"
+    stored = adata.uns.get(graph_key, {}).get("params", {}) if isinstance(adata.uns.get(graph_key), Mapping) else {}
+    if use_rep is None or (
+        conn_key in adata.obsp
+        and stored.get("use_rep") == use_rep
+        and stored.get("n_neighbors") == n_neighbors
+        and stored.get("normalize", True)
+        and stored.get("metric", "euclidean") == "euclidean"
+    ):
+        graph = check_obsp_graph(adata, conn_key)
+        _check_graph(graph, conn_key)
+        return graph, None
+    rep = get_rep(adata, use_rep)
+    conn, dists, method = knn_graph(rep, n_neighbors, method="auto", random_state=random_state, progress=progress)
+    dist_key = f"{graph_key}_distances"
+    params = {
+        "use_rep": use_rep,
+        "n_neighbors": int(n_neighbors),
+        "metric": "euclidean",
+        "normalize": True,
+        "method": method,
+        "random_state": int(random_state),
+    }
+    return conn, {
+        "obsp": {conn_key: conn, dist_key: dists},
+        "uns": {graph_key: {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}},
+    }
+
+
+def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) -> tuple[object, pd.Index, np.ndarray]:
+    idx = get_genes(adata, genes)
+    X = get_matrix(adata, layer)
+    if X.shape != adata.shape:
+        raise ShapeMismatchError(f"expression must be (n_obs, n_vars) = {adata.shape}; found {X.shape}.")
+    if genes is not None:
+        X = X[:, idx]
+    return X, adata.var_names[idx], idx
+
+
+def _check_options(adata: AnnData, n_neighbors: int, n_perms: int | None, max_value: float | None) -> None:
+    check_unique_names(adata, "obs")
+    check_unique_names(adata, "var")
+    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
+    check_n_obs(adata.n_obs, n_neighbors + 1, f"EPS with n_neighbors={n_neighbors}")
+    if n_perms is not None:
+        check_range(n_perms, "n_perms", low=1, inclusive=True)
+    if max_value is not None:
+        check_range(max_value, "max_value", low=0)
+
+
+def _warn_constant(n_constant: int, n_genes: int) -> None:
+    if n_constant:
+        warnings.warn(
+            f"{n_constant} of {n_genes} genes are constant across spots; their EPS is NaN and they are "
+            "left out of SPS.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def eps(
+    adata: AnnData,
+    use_rep: str | None = None,
+    *,
+    n_neighbors: int = 5,
+    graph_key: str = "image",
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    max_value: float | None = None,
+    n_perms: int | None = None,
+    random_state: int = 0,
+    key_added: str = "eps",
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Expression Predictability Score of each gene on the image-embedding graph.
+
+    ``EPS = -log C`` with ``C`` Geary's C of the gene on the directed unweighted kNN graph of
+    the image embeddings (Xia, Yao & Gao 2025); ``SPS`` is the mean EPS over genes. A high EPS
+    means spots with similar images have similar expression: the gene is predictable from the
+    image. Constant genes get NaN (one warning says how many).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix. The default expression ``X`` is the paper's: normalised, log1p,
+        z-scored and clipped at 10 (:func:`stmorph.pp.prepare_expression`).
+    use_rep
+        Key in ``adata.obsm`` with the embeddings; the graph is built (like
+        :func:`~stmorph.tl.image_graph`, L2-normalised Euclidean, exact up to 50,000 spots) and
+        stored under ``graph_key`` unless the stored graph was built from the same ``use_rep``
+        and ``n_neighbors``. ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
+        (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's).
+    n_neighbors
+        Neighbours per spot of a graph built here.
+    graph_key
+        Prefix of the graph keys in ``obsp``/``uns``.
+    layer
+        Use ``adata.layers[layer]`` instead of ``X``, e.g. ``"log1p"`` (kept sparse). Geary's C is
+        invariant to shifting and scaling each gene, so unclipped z-scores and log1p give the
+        same EPS; only the clip at ``max_value`` SDs differs (see ``max_value``).
+    genes
+        Only these genes (the others get NaN).
+    max_value
+        Clip each gene at ``mean ± max_value · sd`` before computing C, exactly what
+        ``sc.pp.scale(max_value=max_value)`` clips (sparse input stays sparse). With
+        ``layer="log1p", max_value=10`` the result equals the default on the scaled ``X``.
+    n_perms
+        Permutation p-values from this many shuffles of the spots (vectorised over genes, seeded
+        by ``random_state``); ``None``: analytic p-values under the normality assumption.
+    random_state
+        Seed of the permutations and of an approximate graph.
+    key_added
+        Names of the ``var`` columns; SPS goes to ``uns['sps']`` (``uns[f'sps_{key_added}']``
+        when ``key_added != 'eps'``).
+    progress
+        Show progress bars (graph search, permutations).
+    copy
+        Return a modified copy instead of editing ``adata``.
+
+    Returns
+    -------
+    ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
+
+    ``adata.var[key_added]`` : EPS per gene.
+    ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable).
+    ``adata.var[f'{key_added}_qval']`` : Benjamini–Hochberg q-value over genes with an EPS.
+    ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues'}``.
+    ``adata.uns['stmorph'][key_added]`` : the parameters.
+    ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> adata = st.datasets.simulate(300, 30, n_planted=6).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.eps(adata, use_rep="latent", progress=False)
+    >>> bool(adata.var["eps"].head(6).gt(0).all())
+    True
+    """
+    _check_options(adata, n_neighbors, n_perms, max_value)
+    X, names, idx = _expression(adata, layer, genes)
+    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
+    result = compute_eps(
+        graph, X, names, max_value=max_value, n_perms=n_perms, random_state=random_state, progress=progress
+    )
+    _warn_constant(result.n_constant, len(names))
+    logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
+
+    adata = adata.copy() if copy else adata
+    columns = {}
+    for suffix, values in (("", result.eps), ("_pval", result.pval), ("_qval", result.qval)):
+        full = np.full(adata.n_vars, np.nan)
+        full[idx] = values
+        columns[f"{key_added}{suffix}"] = full
+    params = {
+        "n_neighbors": int(graph.getnnz(axis=1).max()) if use_rep is None else int(n_neighbors),
+        "graph_key": graph_key,
+        "layer": layer if layer is not None else "X",
+        "pvalues": "analytic" if n_perms is None else "permutation",
+        "n_perms": int(n_perms or 0),
+        "random_state": int(random_state),
+    }
+    if max_value is not None:
+        params["max_value"] = float(max_value)
+    sps_key = "sps" if key_added == "eps" else f"sps_{key_added}"
+    uns = {sps_key: {"sps": result.sps, "n_genes": result.n_genes, **params}, ("stmorph", key_added): params}
+    outputs = graph_outputs or {"obsp": {}, "uns": {}}
+    commit_outputs(adata, var=columns, obsp=outputs["obsp"], uns={**outputs["uns"], **uns})
+    return adata if copy else None
+
+
+def slice_eps(
+    adata: AnnData,
+    *,
+    use_rep: str | None = None,
+    n_neighbors: int = 5,
+    graph_key: str = "image",
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    max_value: float | None = None,
+) -> tuple[float, int, int, pd.Series]:
+    """SPS of one slice without touching it: ``(sps, n_spots, n_genes, eps per gene)``.
+
+    The pure per-slice step of :func:`sps` (safe to ship to a worker process).
+    """
+    _check_options(adata, n_neighbors, None, max_value)
+    X, names, _ = _expression(adata, layer, genes)
+    graph, _ = _graph_for(adata, use_rep, n_neighbors, graph_key, 0, False)
+    result = compute_eps(graph, X, names, max_value=max_value)
+    _warn_constant(result.n_constant, len(names))
+    return result.sps, adata.n_obs, result.n_genes, pd.Series(result.eps, index=names, name="eps")
+
+
+def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
+    tables = getattr(data, "tables", None)
+    if tables is not None:
+        return dict(tables.items())
+    if isinstance(data, Mapping):
+        return {str(k): v for k, v in data.items()}
+    return {str(i): a for i, a in enumerate(data)}
+
+
+def sps(
+    data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData,
+    use_rep: str | None = None,
+    *,
+    n_neighbors: int = 5,
+    graph_key: str = "image",
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    max_value: float | None = None,
+    client: Any = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Slice Predictability Score of many slices: the cohort analysis of the EPS paper (Fig. 2).
+
+    Each slice is processed like :func:`eps` (with the same options) but left unchanged; slices
+    are processed in parallel with dask (see ``client``).
+
+    Parameters
+    ----------
+    data
+        A list of AnnData (slices named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}``, or a
+        :class:`~spatialdata.SpatialData` whose tables are the slices (named by table key).
+    use_rep, n_neighbors, graph_key, layer, genes, max_value
+        As in :func:`eps`; expression should be prepared (:func:`stmorph.pp.prepare_expression`).
+    client
+        A :class:`dask.distributed.Client` whose workers process the slides (``client.map`` of
+        :func:`slice_eps`); ``None`` processes them in parallel on dask's local threaded scheduler.
+        The results are the same as one slice after another.
+
+    Returns
+    -------
+    ``(summary, eps_table)``: ``summary`` has one row per slice with columns ``slice``, ``sps``,
+    ``n_spots``, ``n_genes``; ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> slices = {f"s{i}": st.datasets.simulate(200, 20, seed=i).tables["table"] for i in range(2)}
+    >>> for a in slices.values():
+    ...     st.pp.prepare_expression(a)
+    >>> summary, table = st.tl.sps(slices, use_rep="latent")
+    >>> list(summary.columns)
+    ['slice', 'sps', 'n_spots', 'n_genes']
+    """
+    slices = _slices(data)
+    if not slices:
+        raise InvalidParameterError("sps needs at least one slice; found none.")
+    one_slice = partial(
+        slice_eps,
+        use_rep=use_rep,
+        n_neighbors=n_neighbors,
+        graph_key=graph_key,
+        layer=layer,
+        genes=genes,
+        max_value=max_value,
+    )
+    results = map_slides(one_slice, slices.values(), client=client)
+    rows, columns = [], {}
+    for name, (value, n_spots, n_genes, per_gene) in zip(slices, results):
+        rows.append({"slice": name, "sps": value, "n_spots": n_spots, "n_genes": n_genes})
+        columns[name] = per_gene
+    summary = pd.DataFrame(rows, columns=["slice", "sps", "n_spots", "n_genes"])
+    return summary, pd.concat(columns, axis=1, sort=False)  # genes in order of first appearance

@@ -1,0 +1,267 @@
+"""kNN graph of the spots' image embeddings (the graph EPS is computed on)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from scipy import sparse
+
+from .._anndata import commit_outputs
+from .._logging import logger
+from .._validation import check_choice, check_n_obs, check_range, get_rep
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+EXACT_MAX_OBS = 50_000
+"""``method="auto"`` uses the exact search up to this many spots and pynndescent above it."""
+
+METRICS = ("euclidean", "cosine")
+METHODS = ("auto", "exact", "pynndescent")
+
+_BLOCK_ELEMENTS = 2**24
+"""Similarity entries held at once by the exact search (a 4096 × 4096 block: 64 MiB of float32)."""
+
+
+def prepare_embedding(rep: np.ndarray, *, metric: str = "euclidean", normalize: bool = True) -> np.ndarray:
+    """Embeddings as float32/float64, L2-normalised per row when ``normalize`` or ``metric="cosine"``.
+
+    Rows of norm 0 are left at 0 (as ``faiss.normalize_L2`` does).
+    """
+    rep = np.asarray(rep)
+    rep = rep.astype(np.float64 if rep.dtype == np.float64 else np.float32, copy=True)
+    if normalize or metric == "cosine":
+        norm = np.linalg.norm(rep, axis=1, keepdims=True)
+        np.divide(rep, norm, out=rep, where=norm > 0)
+    return rep
+
+
+def _rerank(rep: np.ndarray, rows: np.ndarray, cand: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 distances to candidate columns; keep the ``k`` best by (distance, index)."""
+    q = rep[rows].astype(np.float64)[:, None, :]
+    c = rep[cand].astype(np.float64)
+    if metric == "cosine":
+        qn = np.linalg.norm(q, axis=2)
+        cn = np.linalg.norm(c, axis=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dist = 1.0 - np.einsum("rkd,rkd->rk", np.broadcast_to(q, c.shape), c) / (qn * cn)
+        dist = np.nan_to_num(dist, nan=1.0)
+    else:
+        diff = c - q
+        dist = np.sqrt(np.einsum("rkd,rkd->rk", diff, diff))
+    order = np.lexsort((cand, dist), axis=1)[:, :k]  # by distance, then by index
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist, order, axis=1)
+
+
+def knn_exact(
+    rep: np.ndarray, n_neighbors: int, *, metric: str = "euclidean", progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN (self excluded) by BLAS brute force over blocks of bounded memory.
+
+    The similarity matrix is computed block by block with one matrix product each (float32 for
+    float32 input), and only for blocks on and above the diagonal: a block serves both its rows
+    and, transposed, its columns, which halves the work. A running list of the ``2k`` best
+    candidates per spot is kept; they are then re-ranked with exact float64 distances and ties are
+    broken by the smaller index, so the result does not depend on the block size or thread count.
+
+    Parameters
+    ----------
+    rep
+        ``n × d`` embeddings (already normalised if wanted; see :func:`prepare_embedding`).
+    n_neighbors
+        Neighbours per spot.
+    metric
+        ``"euclidean"`` or ``"cosine"``.
+    progress
+        Show a progress bar over blocks.
+
+    Returns
+    -------
+    ``(indices, distances)``, each ``n × n_neighbors``, sorted by (distance, index).
+    """
+    from tqdm.auto import tqdm
+
+    from ._knn_kernels import merge_columns, merge_rows
+
+    n = rep.shape[0]
+    m = min(2 * n_neighbors, n - 1)
+    base = rep
+    if metric == "cosine":
+        norm = np.linalg.norm(rep, axis=1, keepdims=True)
+        base = np.divide(rep, norm, out=np.zeros_like(rep), where=norm > 0)
+    sqnorm = np.einsum("ij,ij->i", base, base, dtype=np.float64)
+    keys = np.full((n, m), np.inf)
+    cand = np.full((n, m), np.iinfo(np.int64).max, dtype=np.int64)
+    size = max(1, min(n, math.isqrt(_BLOCK_ELEMENTS)))
+    starts = range(0, n, size)
+    pairs = [(i, j) for i in starts for j in starts if j >= i]
+    for i, j in tqdm(pairs, desc="exact kNN", disable=not progress):
+        rows, cols = slice(i, min(i + size, n)), slice(j, min(j + size, n))
+        sims = base[rows] @ base[cols].T
+        merge_rows(sims, sqnorm, i, j, keys[rows], cand[rows])
+        if j > i:
+            merge_columns(sims, sqnorm, j, i, keys[cols], cand[cols])
+    indices = np.empty((n, n_neighbors), dtype=np.int64)
+    distances = np.empty((n, n_neighbors), dtype=np.float64)
+    chunk = max(1, _BLOCK_ELEMENTS // (8 * m * rep.shape[1]))
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        indices[rows], distances[rows] = _rerank(rep, rows, cand[rows], n_neighbors, metric)
+    return indices, distances
+
+
+def drop_self(idx: np.ndarray, dist: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort ``n_neighbors + 1`` candidates per row by (distance, index); drop the row itself, else the farthest."""
+    n = idx.shape[0]
+    is_self = idx == np.arange(n)[:, None]
+    order = np.lexsort((idx, dist), axis=1)
+    idx, dist, is_self = (np.take_along_axis(a, order, axis=1) for a in (idx, dist, is_self))
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), n_neighbors)
+    keep = np.ones(idx.shape, dtype=bool)
+    keep[np.arange(n), drop] = False
+    return idx[keep].reshape(n, n_neighbors).astype(np.int64), dist[keep].reshape(n, n_neighbors).astype(np.float64)
+
+
+def knn_pynndescent(
+    rep: np.ndarray, n_neighbors: int, *, metric: str = "euclidean", random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate kNN with pynndescent (self excluded), sorted by (distance, index)."""
+    from pynndescent import NNDescent
+
+    index = NNDescent(rep, n_neighbors=n_neighbors + 1, metric=metric, random_state=random_state, low_memory=True)
+    idx, dist = index.neighbor_graph
+    return drop_self(idx, dist, n_neighbors)
+
+
+def resolve_method(method: str, n_obs: int) -> str:
+    """``"auto"`` → ``"exact"`` up to :data:`EXACT_MAX_OBS` spots, else ``"pynndescent"``."""
+    check_choice(method, METHODS, "method")
+    if method == "auto":
+        return "exact" if n_obs <= EXACT_MAX_OBS else "pynndescent"
+    return method
+
+
+def knn_graph(
+    rep: np.ndarray,
+    n_neighbors: int = 5,
+    *,
+    metric: str = "euclidean",
+    normalize: bool = True,
+    method: str = "auto",
+    random_state: int = 0,
+    progress: bool = False,
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix, str]:
+    """Directed unweighted kNN graph of embeddings, as ``(connectivities, distances, method used)``.
+
+    Pure function behind :func:`image_graph` (no AnnData). ``connectivities`` holds ``1.0`` for
+    each edge ``i → j`` (j among the ``n_neighbors`` nearest of i, self excluded); ``distances``
+    holds the distance of the same edges.
+    """
+    check_choice(metric, METRICS, "metric")
+    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
+    check_n_obs(rep.shape[0], n_neighbors + 1, f"a kNN graph with n_neighbors={n_neighbors}")
+    method = resolve_method(method, rep.shape[0])
+    rep = prepare_embedding(rep, metric=metric, normalize=normalize)
+    t0 = time.perf_counter()
+    if method == "exact":
+        idx, dist = knn_exact(rep, n_neighbors, metric=metric, progress=progress)
+    else:
+        idx, dist = knn_pynndescent(rep, n_neighbors, metric=metric, random_state=random_state)
+    logger.info("kNN graph (%s, k=%d, n=%d) in %.1f s", method, n_neighbors, rep.shape[0], time.perf_counter() - t0)
+    n = rep.shape[0]
+    indptr = np.arange(0, n * n_neighbors + 1, n_neighbors, dtype=np.int64)
+    order = np.argsort(idx, axis=1, kind="stable")  # canonical CSR: columns sorted within each row
+    cols = np.take_along_axis(idx, order, axis=1).ravel()
+    conn = sparse.csr_matrix((np.ones(cols.size, dtype=np.float32), cols, indptr), shape=(n, n))
+    dists = sparse.csr_matrix((np.take_along_axis(dist, order, axis=1).ravel(), cols, indptr), shape=(n, n))
+    return conn, dists, method
+
+
+def image_graph(
+    adata: AnnData,
+    use_rep: str,
+    *,
+    n_neighbors: int = 5,
+    metric: Literal["euclidean", "cosine"] = "euclidean",
+    normalize: bool = True,
+    method: Literal["auto", "exact", "pynndescent"] = "auto",
+    key_added: str = "image",
+    random_state: int = 0,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """kNN graph of the spots' image embeddings, stored like :func:`scanpy.pp.neighbors`.
+
+    The graph of the EPS paper (Xia, Yao & Gao 2025): embeddings L2-normalised, Euclidean
+    distance, the ``n_neighbors`` nearest other spots of each spot, directed and unweighted.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with embeddings in ``obsm[use_rep]``.
+    use_rep
+        Key in ``adata.obsm`` (any representation: image, ATAC or protein embedding, ...).
+    n_neighbors
+        Neighbours per spot (self excluded).
+    metric
+        ``"euclidean"`` or ``"cosine"``.
+    normalize
+        L2-normalise embeddings first (the paper's choice; Euclidean then ranks like cosine).
+    method
+        ``"exact"``: BLAS brute force in row blocks (memory bounded, ties broken by the smaller
+        index); ``"pynndescent"``: approximate; ``"auto"``: exact up to
+        :data:`EXACT_MAX_OBS` (50,000) spots, pynndescent above.
+    key_added
+        Prefix of the output keys.
+    random_state
+        Seed of pynndescent.
+    progress
+        Show a progress bar for the exact search.
+    copy
+        Return a modified copy instead of editing ``adata``.
+
+    Returns
+    -------
+    ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
+
+    ``adata.obsp[f'{key_added}_connectivities']`` : binary directed kNN graph (CSR, ``n × n``).
+    ``adata.obsp[f'{key_added}_distances']`` : distances of the same edges.
+    ``adata.uns[key_added]`` : ``{'connectivities_key', 'distances_key', 'params'}``.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.tl.image_graph(adata, "latent", n_neighbors=5)
+    >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
+    5
+    """
+    rep = get_rep(adata, use_rep)
+    conn, dists, used = knn_graph(
+        rep,
+        n_neighbors,
+        metric=metric,
+        normalize=normalize,
+        method=method,
+        random_state=random_state,
+        progress=progress,
+    )
+    adata = adata.copy() if copy else adata
+    params = {
+        "use_rep": use_rep,
+        "n_neighbors": int(n_neighbors),
+        "metric": metric,
+        "normalize": bool(normalize),
+        "method": used,
+        "random_state": int(random_state),
+    }
+    conn_key, dist_key = f"{key_added}_connectivities", f"{key_added}_distances"
+    commit_outputs(
+        adata,
+        obsp={conn_key: conn, dist_key: dists},
+        uns={key_added: {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}},
+    )
+    return adata if copy else None

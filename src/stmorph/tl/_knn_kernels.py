@@ -1,0 +1,74 @@
+"""Numba kernels of the exact kNN search (imported lazily: numba is slow to import).
+
+Both kernels merge one block of similarities ``s`` into the running ``m`` best candidates of
+their rows, in place. Row ``r`` (global index ``row0 + r``) sees column ``j = col0 + c`` with key
+``sqnorm[j] - 2 s``: the squared Euclidean distance minus the row constant ``|x_r|^2``. Self
+pairs are skipped. ``keys``/``ids`` (``rows × m``, sorted) keep the smallest ``(key, id)`` pairs in
+lexicographic order, so the result does not depend on the order in which blocks are merged.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_TILE = 64
+"""Rows updated together by :func:`merge_columns` (one contiguous run of a similarity row)."""
+
+
+@numba.njit(inline="always")
+def _insert(keys: np.ndarray, ids: np.ndarray, r: int, key: float, j: int) -> None:
+    p = keys.shape[1] - 1
+    while p > 0 and (keys[r, p - 1] > key or (keys[r, p - 1] == key and ids[r, p - 1] > j)):
+        keys[r, p] = keys[r, p - 1]
+        ids[r, p] = ids[r, p - 1]
+        p -= 1
+    keys[r, p] = key
+    ids[r, p] = j
+
+
+@numba.njit(parallel=True, cache=True)
+def merge_rows(sims: np.ndarray, sqnorm: np.ndarray, row0: int, col0: int, keys: np.ndarray, ids: np.ndarray) -> None:
+    """Merge ``sims`` (``rows × cols``) into the candidates of its rows."""
+    n_rows, n_cols = sims.shape
+    m = keys.shape[1]
+    for r in numba.prange(n_rows):
+        worst, worst_id, own = keys[r, m - 1], ids[r, m - 1], row0 + r
+        for c in range(n_cols):
+            j = col0 + c
+            key = sqnorm[j] - 2.0 * sims[r, c]
+            if (key < worst or (key == worst and j < worst_id)) and j != own:
+                _insert(keys, ids, r, key, j)
+                worst, worst_id = keys[r, m - 1], ids[r, m - 1]
+
+
+@numba.njit(parallel=True, cache=True)
+def merge_columns(
+    sims: np.ndarray, sqnorm: np.ndarray, row0: int, col0: int, keys: np.ndarray, ids: np.ndarray
+) -> None:
+    """Merge ``sims.T`` (``sims`` is ``cols × rows``) into the candidates of its rows, without a transposed copy."""
+    n_cols, n_rows = sims.shape
+    m = keys.shape[1]
+    n_tiles = (n_rows + _TILE - 1) // _TILE
+    for t in numba.prange(n_tiles):
+        start = t * _TILE
+        width = min(start + _TILE, n_rows) - start
+        worst = np.empty(_TILE)
+        tmp = np.empty(_TILE)
+        for r in range(width):
+            worst[r] = keys[start + r, m - 1]
+        for c in range(n_cols):
+            j = col0 + c
+            sq = sqnorm[j]
+            hit = False
+            for r in range(width):
+                tmp[r] = sq - 2.0 * sims[c, start + r]
+                hit |= tmp[r] <= worst[r]
+            if not hit:
+                continue
+            for r in range(width):
+                key = tmp[r]
+                row = start + r
+                if key <= worst[r] and row0 + row != j and (key < worst[r] or j < ids[row, m - 1]):
+                    _insert(keys, ids, row, key, j)
+                    worst[r] = keys[row, m - 1]

@@ -1,0 +1,365 @@
+"""``st.tl.predict``: fit a registered prediction method on reference spots and predict a query slice."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._anndata import UNS_KEY, commit_outputs
+from .._logging import logger
+from .._validation import (
+    InvalidParameterError,
+    StmorphKeyError,
+    TooFewObservationsError,
+    check_finite,
+    check_n_obs,
+    check_numeric,
+    check_range,
+    check_same_shape,
+    check_unique_names,
+    get_genes,
+    get_matrix,
+    get_patches,
+    get_rep,
+)
+from ._methods import Predictor, get_method
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+SPLIT_KEY = "stmorph_split"
+"""``obs`` column that marks the within-slice ``"train"``/``"test"`` spots."""
+MIN_TRAIN = 10
+"""Fewest training spots a model is fitted on."""
+_OWN_OPTIONS = ("random_state", "device", "progress")
+
+
+def _mode(reference: object, split: float | None, model: Predictor | None) -> str:
+    if model is not None:
+        if reference is not None or split is not None:
+            raise InvalidParameterError(
+                "model= applies an already fitted model; do not pass reference= or split= with it."
+            )
+        return "model"
+    if reference is not None:
+        if split is not None:
+            raise InvalidParameterError(
+                "pass either reference= (fit on other slices) or split= (hold out spots of the query), not both."
+            )
+        return "across"
+    if split is None:
+        raise InvalidParameterError(
+            "nothing to fit on: pass reference= (one AnnData or a list of them), split= (e.g. 0.2 to hold out "
+            "20 % of the query's spots) or model= (a model fitted earlier with return_model=True)."
+        )
+    check_range(split, "split", low=0.0, high=1.0)
+    return "within"
+
+
+def _check_method_kwargs(cls: type[Predictor], kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidParameterError` for options the method does not take."""
+    sig = inspect.signature(cls.__init__)
+    valid = [
+        n
+        for n, p in sig.parameters.items()
+        if n != "self" and n not in _OWN_OPTIONS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise InvalidParameterError(
+            f"method {cls.name!r} takes no option(s) {unknown}; its options are {valid or 'none'}."
+        )
+
+
+def _inputs(adata: AnnData, use_rep: str, kind: str, what: str) -> np.ndarray:
+    """The model inputs of every spot: ``(n, d)`` float32 embeddings or ``(n, P, P, 3)`` uint8 patches."""
+    try:
+        if kind == "patches":
+            return get_patches(adata, use_rep)
+        return get_rep(adata, use_rep).astype(np.float32, copy=False)
+    except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
+        raise type(err)(f"{what}: {err}") from None
+
+
+def _layer_name(layer: str | None) -> str:
+    return "X" if layer is None else f"layers[{layer!r}]"
+
+
+def _expression(adata: AnnData, layer: str | None, idx: np.ndarray, what: str) -> np.ndarray:
+    """Dense float32 expression of the genes at ``idx`` (only those columns are densified)."""
+    mat = get_matrix(adata, layer, finite=False)
+    sub = mat[:, idx]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+    name = f"{what}.{_layer_name(layer)}"
+    check_numeric(sub, name)
+    check_finite(sub, name)
+    return sub.astype(np.float32, copy=False)
+
+
+def _as_list(reference: AnnData | Sequence[AnnData]) -> list[AnnData]:
+    from anndata import AnnData
+
+    refs = [reference] if isinstance(reference, AnnData) else list(reference)
+    if not refs or not all(isinstance(r, AnnData) for r in refs):
+        raise InvalidParameterError("reference must be an AnnData or a non-empty list of AnnData objects.")
+    return refs
+
+
+def _default_genes(refs: list[AnnData], query: AnnData) -> list[str]:
+    """The first reference's genes that every other reference and the query also have, in its order."""
+    shared = refs[0].var_names
+    for other in [*refs[1:], query]:
+        shared = shared[shared.isin(other.var_names)]
+    if len(shared) == 0:
+        raise StmorphKeyError(
+            "the reference(s) and the query share no gene names; check that var_names use the same "
+            f"identifiers (reference: e.g. {list(refs[0].var_names[:3])}, query: e.g. {list(query.var_names[:3])})."
+        )
+    return list(shared)
+
+
+def _gene_list(genes: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    chosen = list(default) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
+    if not chosen:
+        raise InvalidParameterError("genes is empty; pass at least one gene name.")
+    if len(set(chosen)) != len(chosen):
+        dup = pd.Index(chosen)[pd.Index(chosen).duplicated()].unique().tolist()
+        raise InvalidParameterError(f"genes holds duplicated names, e.g. {dup[:5]}; pass each gene once.")
+    return chosen
+
+
+def _split(n_obs: int, fraction: float, random_state: int) -> np.ndarray:
+    """Seeded boolean mask of the held-out test spots."""
+    n_test = round(fraction * n_obs)
+    if n_test < 1:
+        raise TooFewObservationsError(
+            f"split={fraction} of {n_obs} spots holds out no spot; use a larger split or more spots."
+        )
+    test = np.zeros(n_obs, dtype=bool)
+    test[np.random.default_rng(random_state).choice(n_obs, n_test, replace=False)] = True
+    return test
+
+
+def _plain(value: Any) -> Any:
+    """An h5ad-serialisable copy of ``value`` (``None`` entries dropped, sequences as arrays)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    return value
+
+
+def _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask):
+    """Training inputs and expression: the query's train spots (within a slice) or all reference spots."""
+    if test_mask is not None:
+        y = _expression(query, layer, get_genes(query, genes, what="query"), "query")
+        return x_query[~test_mask], y[~test_mask]
+    xs, ys = [], []
+    for i, ref in enumerate(refs):
+        what = "reference" if len(refs) == 1 else f"reference[{i}]"
+        check_unique_names(ref, "var")
+        xs.append(_inputs(ref, use_rep, kind, what))
+        if xs[0].shape[1:] != xs[-1].shape[1:]:
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm[{use_rep!r}]", "reference[0]")
+        ys.append(_expression(ref, layer, get_genes(ref, genes, what=what), what))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _new_model(method: str, random_state: int, device: str, progress: bool, kwargs: Mapping[str, Any]) -> Predictor:
+    cls = get_method(method)
+    _check_method_kwargs(cls, kwargs)
+    return cls(random_state=random_state, device=device, progress=progress, **kwargs)
+
+
+def predict(
+    query: AnnData,
+    reference: AnnData | Sequence[AnnData] | None = None,
+    *,
+    method: str | None = None,
+    use_rep: str | None = None,
+    layer: str | None = None,
+    genes: Sequence[str] | None = None,
+    split: float | None = None,
+    key_added: str | None = None,
+    model: Predictor | None = None,
+    return_model: bool = False,
+    random_state: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    copy: bool = False,
+    **method_kwargs: Any,
+) -> AnnData | Predictor | tuple[AnnData, Predictor] | None:
+    """Predict expression from image embeddings (or patches) with a registered method.
+
+    Three ways to get a model:
+
+    - **Across slices** (``reference=``): fit on every spot of the reference slice(s) and predict
+      every spot of ``query``. Several references are concatenated after aligning their genes.
+    - **Within a slice** (``split=``, the EPS paper's protocol): hold out a seeded random fraction
+      of ``query``'s spots as test, fit on the rest, and predict every spot (train spots get
+      in-sample predictions; :func:`~stmorph.tl.evaluate` scores the test spots only).
+    - **A fitted model** (``model=``, from an earlier call with ``return_model=True``): predict a
+      new slice without refitting.
+
+    Parameters
+    ----------
+    query
+        Slice to predict; its spots need ``obsm[use_rep]``.
+    reference
+        Training slice(s), each with ``obsm[use_rep]`` and the expression in ``X`` or ``layers[layer]``.
+    method
+        One of :func:`~stmorph.tl.list_methods`: ``"linear"``, ``"ridge"`` (α=1), ``"mlp"`` (one
+        hidden layer of 256), ``"lightgbm"`` (100 trees per gene), and the end-to-end methods
+        registered by other modules. Optional with ``model=``.
+    use_rep
+        Key in ``obsm`` with ``(n, d)`` image embeddings, or ``(n, P, P, 3)`` uint8 patches for
+        methods whose ``input`` is ``"patches"``. Defaults to the fitted model's with ``model=``.
+    layer
+        Expression to learn: ``layers[layer]`` or ``X`` when ``None`` (normalised/log1p or scaled
+        values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
+    genes
+        Genes to predict. Default: the reference's genes that every reference and the query have,
+        in the (first) reference's order; all of the query's genes with ``split=``; the model's
+        genes with ``model=``. Genes missing from a reference or the query raise an error.
+    split
+        Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
+    key_added
+        Layer name for the prediction; default ``f"predicted_{method}"``.
+    model
+        A fitted model returned by an earlier call; its genes must exist in ``query``.
+    return_model
+        Also return the fitted model.
+    random_state
+        Seed of the split and of everything random in fitting.
+    device
+        Torch device for torch-based methods (``"auto"``: CUDA when available).
+    progress
+        Show progress bars (MLP epochs, LightGBM genes).
+    copy
+        Return a modified copy of ``query`` instead of editing it in place.
+    **method_kwargs
+        Options of the method, e.g. ``alpha=`` for ridge, ``epochs=``/``val_fraction=`` for the MLP,
+        ``n_jobs=`` for LightGBM; unknown options raise an error listing the valid ones.
+
+    Returns
+    -------
+    ``None`` (or the copy with ``copy=True``); with ``return_model=True`` the fitted
+    :class:`~stmorph.tl._methods.Predictor` (a tuple ``(copy, model)`` when both). Sets on ``query``:
+
+    ``layers[key]`` : float32 ``n_obs × n_vars`` predictions; **genes not predicted are NaN**.
+    ``uns['stmorph']['predict'][key]`` : ``method``, ``params``, ``mode`` (``"across"``,
+        ``"within"`` or ``"model"``), ``genes``, ``layer`` (``"X"`` for ``X``), ``use_rep``,
+        ``n_train``, ``train_time_s``, ``predict_time_s``, ``random_state``; ``split`` and
+        ``n_test`` within a slice; ``history`` (loss curves) for torch methods.
+    ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> adata = st.datasets.simulate(200, 20, n_planted=4).tables["table"]
+    >>> adata.obsm["X_latent"] = adata.obsm["latent"]
+    >>> import scanpy as sc; sc.pp.normalize_total(adata); sc.pp.log1p(adata)
+    >>> st.tl.predict(adata, method="ridge", use_rep="X_latent", split=0.2)
+    >>> adata.layers["predicted_ridge"].shape
+    (200, 20)
+    """
+    mode = _mode(reference, split, model)
+    if model is not None:
+        if not model.genes or "input_shape" not in model.training:
+            raise InvalidParameterError(
+                "model= must be a model fitted by st.tl.predict(..., return_model=True); this one was never fitted."
+            )
+        if method is not None and method != model.name:
+            raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
+        if method_kwargs:
+            raise InvalidParameterError(
+                f"model= is already fitted; options {sorted(method_kwargs)} cannot change it. Refit instead."
+            )
+        method, use_rep = model.name, use_rep or model.training.get("use_rep")
+    elif method is None:
+        raise InvalidParameterError("method is required; choose one of st.tl.list_methods().")
+    if use_rep is None:
+        raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
+    key = key_added or f"predicted_{method}"
+    check_unique_names(query, "var")
+
+    if mode != "model":
+        model = _new_model(method, random_state, device, progress, method_kwargs)
+    kind = model.input
+    refs = _as_list(reference) if mode == "across" else []
+    if mode == "model":
+        genes = _gene_list(None, model.genes)
+    else:
+        genes = _gene_list(genes, _default_genes(refs, query) if refs else query.var_names)
+    query_idx = get_genes(query, genes, what="query")
+    x_query = _inputs(query, use_rep, kind, "query")
+    test_mask = _split(query.n_obs, split, random_state) if mode == "within" else None
+
+    if mode == "model":
+        check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{use_rep!r}]", "the model")
+    else:
+        x_train, y_train = _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
+        check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{use_rep!r}]", "the reference")
+        check_n_obs(len(x_train), MIN_TRAIN, f"fitting {method!r} (training spots)")
+        start = time.perf_counter()
+        model.fit(x_train, y_train)
+        model.genes = list(genes)
+        model.training = {
+            "use_rep": use_rep,
+            "layer": "X" if layer is None else layer,
+            "input_shape": tuple(x_train.shape[1:]),
+            "n_train": len(x_train),
+            "train_time_s": time.perf_counter() - start,
+        }
+        logger.info(
+            "predict: fitted %r on %d spots × %d genes in %.1fs",
+            method,
+            len(x_train),
+            len(genes),
+            model.training["train_time_s"],
+        )
+
+    start = time.perf_counter()
+    predicted = np.asarray(model.predict(x_query), dtype=np.float32)
+    predict_time = time.perf_counter() - start
+    if predicted.shape != (query.n_obs, len(genes)):
+        raise RuntimeError(
+            f"method {method!r} returned predictions of shape {predicted.shape}; expected {(query.n_obs, len(genes))}."
+        )
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    out[:, query_idx] = predicted
+
+    record = {
+        "method": method,
+        "params": _plain(model.get_params()),
+        "mode": mode,
+        "genes": np.asarray(genes, dtype=object),
+        "layer": model.training["layer"],
+        "use_rep": use_rep,
+        "n_train": int(model.training["n_train"]),
+        "train_time_s": float(model.training["train_time_s"]),
+        "predict_time_s": float(predict_time),
+        "random_state": int(random_state),
+    }
+    if model.history:
+        record["history"] = _plain(model.history)
+    obs = {}
+    if test_mask is not None:
+        record.update(split=float(split), n_test=int(test_mask.sum()))
+        labels = pd.Categorical(np.where(test_mask, "test", "train"), categories=["train", "test"])
+        if SPLIT_KEY not in query.obs or not np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels)):
+            obs[SPLIT_KEY] = labels  # the same split again is not a replacement worth a warning
+
+    target = query.copy() if copy else query
+    commit_outputs(target, layers={key: out}, obs=obs, uns={(UNS_KEY, "predict", key): record})
+    if copy and return_model:
+        return target, model
+    if copy:
+        return target
+    return model if return_model else None

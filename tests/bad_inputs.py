@@ -1,0 +1,488 @@
+"""The catalogue of bad inputs: defined once, run by ``tests/test_validation.py`` and by
+``docs/make_reliability.py`` (which writes the table of ``docs/reliability.md``).
+
+Each :class:`BadInput` builds a fresh input object and a call that must fail with ``expected``.
+The object the call was given (``target``) must be left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import stmorph as st
+from stmorph._validation import (
+    InconsistentUnitsError,
+    InputTypeError,
+    InvalidParameterError,
+    ModelFileError,
+    NonFiniteError,
+    OutOfImageError,
+    ShapeMismatchError,
+    StmorphKeyError,
+    TooFewObservationsError,
+    UnsafeCheckpointError,
+)
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One bad input: ``build()`` returns ``(target, call)``; ``call()`` must raise ``expected``.
+
+    ``target`` is the AnnData the call receives (compared with a deep copy afterwards), or
+    ``None`` when the call takes no AnnData (files, datasets).
+    """
+
+    function: str
+    problem: str
+    build: Callable[[], tuple[Any, Callable[[], Any]]]
+    expected: type[Exception]
+
+
+@cache
+def _sim():
+    return st.datasets.simulate(60, 12, n_planted=3, seed=0, spot_px=16)
+
+
+@cache
+def _prepared():
+    adata = st.pp.extract_patches(_sim(), patch_size=16, progress=False)
+    st.pp.prepare_expression(adata)
+    adata.obsm["X_lat"] = np.asarray(adata.obsm["latent"], dtype=np.float32)
+    return adata
+
+
+def table():
+    """A fresh 60-spot prepared slice: scaled ``X``, ``layers['counts'/'log1p']``, ``obsm['X_lat'/'patches']``."""
+    return _prepared().copy()
+
+
+def _with(edit: Callable[[Any], None]):
+    adata = table()
+    edit(adata)
+    return adata
+
+
+def _set_x(adata, row: int, col: int, value: float) -> None:
+    adata.X = np.array(adata.X, dtype=np.float64)
+    adata.X[row, col] = value
+
+
+def _set_rep(adata, key: str, value) -> None:
+    adata.obsm[key] = value
+
+
+def _case(function: str, problem: str, expected: type[Exception]):
+    """Decorator turning ``build()`` into a :class:`BadInput` appended to :data:`CASES`."""
+
+    def register(build):
+        CASES.append(BadInput(function, problem, build, expected))
+        return build
+
+    return register
+
+
+CASES: list[BadInput] = []
+
+
+# ----------------------------------------------------------------------------------- st.tl.eps
+@_case("st.tl.eps", "use_rep not in obsm", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_missing", progress=False)
+
+
+@_case("st.tl.eps", "no use_rep and no stored graph", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, progress=False)
+
+
+@_case("st.tl.eps", "NaN in X", NonFiniteError)
+def _():
+    a = _with(lambda a: _set_x(a, 3, 2, np.nan))
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
+
+
+@_case("st.tl.eps", "inf in the embedding", NonFiniteError)
+def _():
+    a = table()
+    a.obsm["X_lat"][5, 0] = np.inf
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
+
+
+@_case("st.tl.eps", "non-numeric (string) embedding", InputTypeError)
+def _():
+    a = _with(lambda a: _set_rep(a, "X_str", np.full((a.n_obs, 2), "x", dtype=object)))
+    return a, lambda: st.tl.eps(a, use_rep="X_str", progress=False)
+
+
+@_case("st.tl.eps", "n_neighbors >= number of spots", TooFewObservationsError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=a.n_obs, progress=False)
+
+
+@_case("st.tl.eps", "layer not in layers", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", layer="raw", progress=False)
+
+
+@_case("st.tl.eps", "genes not in var_names", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", genes=["NOT_A_GENE"], progress=False)
+
+
+@_case("st.tl.eps", "duplicated var_names", ShapeMismatchError)
+def _():
+    a = table()
+    a.var_names = ["g"] * a.n_vars
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
+
+
+@_case("st.tl.eps", "duplicated obs_names", ShapeMismatchError)
+def _():
+    a = table()
+    a.obs_names = ["s"] * a.n_obs
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
+
+
+@_case("st.tl.eps", "negative n_perms", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=-1, progress=False)
+
+
+@_case("st.tl.eps", "stored graph with negative weights", InvalidParameterError)
+def _():
+    a = table()
+    st.tl.image_graph(a, use_rep="X_lat", progress=False)
+    graph = a.obsp["image_connectivities"].copy()
+    graph.data[0] = -1.0
+    a.obsp["image_connectivities"] = graph
+    return a, lambda: st.tl.eps(a, progress=False)
+
+
+@_case("st.tl.sps", "one slice lacks use_rep", StmorphKeyError)
+def _():
+    a, b = table(), table()
+    del b.obsm["X_lat"]
+    return b, lambda: st.tl.sps({"a": a, "b": b}, use_rep="X_lat")
+
+
+# --------------------------------------------------------------------------- st.tl.image_graph
+@_case("st.tl.image_graph", "NaN in the embedding", NonFiniteError)
+def _():
+    a = table()
+    a.obsm["X_lat"][0, 0] = np.nan
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", progress=False)
+
+
+@_case("st.tl.image_graph", "n_neighbors >= number of spots", TooFewObservationsError)
+def _():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", n_neighbors=100, progress=False)
+
+
+@_case("st.tl.image_graph", "unknown metric", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="manhattan-ish")
+
+
+# -------------------------------------------------------------------------- st.pp.prepare_expression
+@_case("st.pp.prepare_expression", "negative counts", InputTypeError)
+def _():
+    a = _with(lambda a: _set_x(a, 0, 0, -1.0))
+    return a, lambda: st.pp.prepare_expression(a)
+
+
+@_case("st.pp.prepare_expression", "NaN in the counts", NonFiniteError)
+def _():
+    a = _with(lambda a: _set_x(a, 0, 0, np.nan))
+    return a, lambda: st.pp.prepare_expression(a)
+
+
+@_case("st.pp.prepare_expression", "counts layer missing", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.pp.prepare_expression(a, layer="raw_counts")
+
+
+@_case("st.pp.prepare_expression", "a single spot (cannot z-score)", TooFewObservationsError)
+def _():
+    a = table()[:1].copy()
+    a.X = a.layers["counts"]
+    return a, lambda: st.pp.prepare_expression(a)
+
+
+# ------------------------------------------------------------------------------- st.tl.predict
+@_case("st.tl.predict", "unknown method", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="magic", use_rep="X_lat", split=0.2)
+
+
+@_case("st.tl.predict", "unknown method option", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, alpah=2.0)
+
+
+@_case("st.tl.predict", "split outside (0, 1)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=1.5)
+
+
+@_case("st.tl.predict", "too few spots for the split", TooFewObservationsError)
+def _():
+    a = table()[:4].copy()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.5)
+
+
+@_case("st.tl.predict", "use_rep missing in the reference", StmorphKeyError)
+def _():
+    a, ref = table(), table()
+    del ref.obsm["X_lat"]
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
+
+
+@_case("st.tl.predict", "embedding width differs between reference and query", ShapeMismatchError)
+def _():
+    a, ref = table(), table()
+    ref.obsm["X_lat"] = np.hstack([ref.obsm["X_lat"], ref.obsm["X_lat"]])
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
+
+
+@_case("st.tl.predict", "requested genes missing from the reference", StmorphKeyError)
+def _():
+    a, ref = table(), table()
+    ref = ref[:, 2:].copy()
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat", genes=list(a.var_names[:3]))
+
+
+@_case("st.tl.predict", "NaN in the reference expression", NonFiniteError)
+def _():
+    a, ref = table(), _with(lambda r: _set_x(r, 1, 1, np.nan))
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
+
+
+@_case("st.tl.predict", "duplicated var_names", ShapeMismatchError)
+def _():
+    a = table()
+    a.var_names = ["g"] * a.n_vars
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2)
+
+
+@_case("st.tl.predict", "reference and split both given", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, table(), method="ridge", use_rep="X_lat", split=0.2)
+
+
+def _ridge_model():
+    return st.tl.predict(table(), method="ridge", use_rep="X_lat", split=0.2, return_model=True, progress=False)
+
+
+@_case("st.tl.predict", "model= fitted on embeddings of another width", ShapeMismatchError)
+def _():
+    a, model = table(), _ridge_model()
+    a.obsm["X_lat"] = np.hstack([a.obsm["X_lat"], a.obsm["X_lat"]])
+    return a, lambda: st.tl.predict(a, model=model)
+
+
+@_case("st.tl.predict", "model= predicts genes the query lacks", StmorphKeyError)
+def _():
+    a, model = table()[:, 4:].copy(), _ridge_model()
+    return a, lambda: st.tl.predict(a, model=model)
+
+
+# ------------------------------------------------------------------------------ st.tl.evaluate
+def _predicted():
+    a = table()
+    st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.3, progress=False)
+    return a
+
+
+@_case("st.tl.evaluate", "prediction layer missing", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.evaluate(a, "predicted_ridge")
+
+
+@_case("st.tl.evaluate", "NaN in the truth", NonFiniteError)
+def _():
+    a = _predicted()
+    _set_x(a, int(np.flatnonzero(a.obs["stmorph_split"] == "test")[0]), 0, np.nan)
+    return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=3)
+
+
+@_case("st.tl.evaluate", "n_top = 0", InvalidParameterError)
+def _():
+    a = _predicted()
+    return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=0)
+
+
+@_case("st.tl.evaluate", "marker gene not evaluated", StmorphKeyError)
+def _():
+    a = _predicted()
+    return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=3, marker_genes=["NOT_A_GENE"])
+
+
+# --------------------------------------------------------------------------------- st.tl.embed
+@_case("st.tl.embed", "patches missing", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", patches_key="tiles", progress=False)
+
+
+@_case("st.tl.embed", "float patches instead of uint8", InputTypeError)
+def _():
+    a = _with(lambda a: _set_rep(a, "patches", a.obsm["patches"].astype(np.float32)))
+    return a, lambda: st.tl.embed(a, model="hed", progress=False)
+
+
+@_case("st.tl.embed", "patches not (n, P, P, 3)", ShapeMismatchError)
+def _():
+    a = _with(lambda a: _set_rep(a, "patches", a.obsm["patches"][:, :, :8]))
+    return a, lambda: st.tl.embed(a, model="hed", progress=False)
+
+
+@_case("st.tl.embed", "unknown encoder", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="not-an-encoder", progress=False)
+
+
+@_case("st.tl.embed", "batch_size = 0", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", batch_size=0, progress=False)
+
+
+@_case("st.tl.embed", "weights file does not exist", FileNotFoundError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="resnet50", weights="/nonexistent/weights.safetensors", progress=False)
+
+
+@_case("st.tl.embed", "unknown on_error", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", on_error="ignore", progress=False)
+
+
+# ---------------------------------------------------------------------- st.pp.extract_patches
+def _pair(coords: np.ndarray):
+    image = np.zeros((100, 80, 3), dtype=np.uint8)
+    return lambda: st.pp.extract_patches((image, coords), mpp=1.0, patch_size=8, progress=False)
+
+
+@_case("st.pp.extract_patches", "3 spot centres outside the image", OutOfImageError)
+def _():
+    return None, _pair(np.array([[10.0, 10.0], [90.0, 10.0], [10.0, 120.0], [-5.0, 50.0]]))
+
+
+@_case("st.pp.extract_patches", "coordinates not (n, 2)", ShapeMismatchError)
+def _():
+    return None, _pair(np.arange(5.0))
+
+
+@_case("st.pp.extract_patches", "pixel size (mpp) unknown", InvalidParameterError)
+def _():
+    image = np.zeros((100, 80, 3), dtype=np.uint8)
+    return None, lambda: st.pp.extract_patches((image, np.array([[10.0, 10.0]])), progress=False)
+
+
+@_case("st.pp.extract_patches", "image element missing", StmorphKeyError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), image_key="hires", progress=False)
+
+
+@_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
+def _():
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
+    sdata.tables["table"].uns["stmorph"]["mpp"] = 0.25
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
+
+
+@_case("st.pp.extract_patches", "image and spots share no coordinate system", InvalidParameterError)
+def _():
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    set_transformation(sdata.shapes["spots"], {"elsewhere": Identity()}, set_all=True)
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
+
+
+@_case("st.pp.extract_patches", "Visium AnnData without uns['spatial']", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.pp.extract_patches(a, progress=False)
+
+
+@_case("st.pp.extract_patches", "Visium scalefactors without a pixel size", InvalidParameterError)
+def _():
+    a = table()
+    a.uns["spatial"] = {"lib": {"images": {}, "scalefactors": {"tissue_hires_scalef": 0.1}}}
+    return a, lambda: st.pp.extract_patches(a, progress=False)
+
+
+@_case("st.pp.extract_patches", "target_mpp <= 0", InvalidParameterError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), target_mpp=0, progress=False)
+
+
+# ------------------------------------------------------------------------------ st.models.load
+@_case("st.models.load", "folder does not exist", FileNotFoundError)
+def _():
+    return None, lambda: st.models.load("/nonexistent/stmorph-model")
+
+
+@_case("st.models.load", "config.json damaged", ModelFileError)
+def _():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="stmorph-bad-"))
+    (folder / "config.json").write_text("{ not json")
+    (folder / "model.safetensors").write_bytes(b"")
+    return None, lambda: st.models.load(folder)
+
+
+@_case("st.models.load_state_dict_safely", "pickled object in a checkpoint", UnsafeCheckpointError)
+def _():
+    return None, lambda: st.models.load_state_dict_safely(pickle_checkpoint())
+
+
+def pickle_checkpoint() -> Path:
+    """A torch checkpoint holding a pickled non-tensor object (what ``weights_only=True`` refuses)."""
+    import tempfile
+
+    import torch
+
+    path = Path(tempfile.mkdtemp(prefix="stmorph-pickle-")) / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
+    return path
+
+
+class _Payload:
+    """An arbitrary Python object: unpickling it would run code from the file's author."""
+
+
+# --------------------------------------------------------------------------- st.datasets
+@_case("st.datasets.her2st", "unknown section (files missing)", FileNotFoundError)
+def _():
+    return None, lambda: st.datasets.her2st("Z9")
+
+
+@_case("st.datasets.simulate", "zero spots", ValueError)
+def _():
+    return None, lambda: st.datasets.simulate(0, 10)

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real shipped HER2ST sections and a planted-signal simulated slice.
+
+Tests that need the shipped data read it from ``$STMORPH_DATA_DIR`` or ``../shared/data``; when
+it is missing they fail with a message saying where it should be (never skip).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import stmorph as st
+from stmorph.datasets._paths import DATA_ENV, resolve_data_dir
+
+SECTIONS = ("C2", "C3", "C4", "C5")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Folder holding ``her2st/``; fails (not skips) when the shipped data is absent."""
+    folder, is_cache = resolve_data_dir(None)
+    her2st = folder / "her2st"
+    if is_cache or not all((her2st / f"{s}_counts.tsv.gz").exists() for s in SECTIONS):
+        pytest.fail(
+            f"The shipped HER2ST data was not found at {her2st}. Set ${DATA_ENV} to the folder that holds "
+            "her2st/ (in this workplace: ../shared/data beside the repository).",
+            pytrace=False,
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
+def her2st_sdata(data_dir):
+    """Session cache of loaded HER2ST sections: ``her2st_sdata("C2")``. Treat as read-only."""
+    cache = {}
+
+    def load(section: str = "C2"):
+        if section not in cache:
+            cache[section] = st.datasets.her2st(section, data_dir=data_dir)
+        return cache[section]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def her2st_adata(data_dir):
+    """Session cache of Visium-style HER2ST AnnData: ``her2st_adata("C2")``. Treat as read-only; copy first."""
+    cache = {}
+
+    def load(section: str = "C2"):
+        if section not in cache:
+            cache[section] = st.datasets.her2st_adata(section, data_dir=data_dir)
+        return cache[section]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def sim_sdata():
+    """A simulated slice: 400 spots, 60 genes, the first 9 planted (read-only)."""
+    return st.datasets.simulate(400, 60, n_planted=9, seed=0)
+
+
+@pytest.fixture
+def sim_table(sim_sdata):
+    """A fresh copy of the simulated table, safe to modify."""
+    return sim_sdata.tables["table"].copy()

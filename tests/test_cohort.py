@@ -1,0 +1,99 @@
+"""Cohorts with dask: st.tl.sps and st.tl.embed over many slides give the serial results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import stmorph as st
+from stmorph._validation import InputTypeError, InvalidParameterError
+
+PATCHES = {"target_mpp": 3.5, "patch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A 2-worker local dask cluster (worker processes, so slides are pickled to them)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def slices():
+    out = {}
+    for i in range(4):
+        a = st.datasets.simulate(120, 15, n_planted=3 * i, seed=20 + i).tables["table"]
+        st.pp.prepare_expression(a)
+        out[f"s{i}"] = a
+    return out
+
+
+def _serial_sps(slices: dict) -> pd.DataFrame:
+    """SPS and EPS of each slice by st.tl.eps on a copy, one slice after another."""
+    rows, eps = [], {}
+    for name, a in slices.items():
+        single = a.copy()
+        st.tl.eps(single, use_rep="latent", progress=False)
+        rows.append({"slice": name, "sps": single.uns["sps"]["sps"], "n_spots": single.n_obs})
+        eps[name] = single.var["eps"]
+    return pd.DataFrame(rows), pd.DataFrame(eps)
+
+
+def test_sps_on_threads_and_on_a_cluster_equals_the_serial_run(slices, client):
+    serial, serial_eps = _serial_sps(slices)
+    for kwargs in ({}, {"client": client}):
+        summary, table = st.tl.sps(slices, use_rep="latent", **kwargs)
+        assert list(summary["slice"]) == list(slices)
+        np.testing.assert_array_equal(summary["sps"].to_numpy(), serial["sps"].to_numpy())
+        np.testing.assert_array_equal(summary["n_spots"].to_numpy(), serial["n_spots"].to_numpy())
+        pd.testing.assert_frame_equal(table.loc[serial_eps.index], serial_eps, check_names=False)
+
+
+def _serial_embed(sdata) -> np.ndarray:
+    table = st.pp.extract_patches(sdata, store="lazy", copy=True, progress=False, **PATCHES)
+    st.tl.embed(table, model="hed", image=sdata, progress=False)
+    return table.obsm["X_hed"]
+
+
+def test_embed_over_spatialdata_objects_and_zarr_paths_equals_the_serial_run(tmp_path, client):
+    slides = [st.datasets.simulate(25, 5, n_planted=2, seed=s) for s in range(3)]
+    expected = [_serial_embed(s) for s in slides]
+    for s in slides:
+        st.pp.extract_patches(s, store="lazy", progress=False, **PATCHES)
+    slides[2].write(tmp_path / "s2.zarr")  # the lazy extraction is stored with the table
+    cohort = [slides[0], slides[1], str(tmp_path / "s2.zarr")]
+
+    tables = st.tl.embed(cohort, model="hed", copy=True)
+    assert "X_hed" not in slides[0].tables["table"].obsm  # copy=True leaves the slides unchanged
+    for table, exp in zip(tables, expected):
+        np.testing.assert_array_equal(table.obsm["X_hed"], exp)
+        assert table.uns["stmorph"]["embed"]["X_hed"]["n_patches"] == 25
+
+    on_cluster = st.tl.embed(cohort, model="hed", client=client)
+    assert on_cluster[0] is slides[0].tables["table"]  # written in place
+    for table, exp in zip(on_cluster, expected):
+        np.testing.assert_array_equal(table.obsm["X_hed"], exp)
+
+
+def test_embed_extracts_missing_patches_lazily_with_the_defaults(tmp_path):
+    sdata = st.datasets.simulate(10, 5, n_planted=2, seed=7)
+    (table,) = st.tl.embed([sdata], model="hed", copy=True)
+    params = table.uns["stmorph"]["patches"]["patches"]
+    assert params["store"] == "lazy" and params["patch_size"] == 224 and params["target_mpp"] == 0.5
+    expected = st.pp.extract_patches(sdata, copy=True, progress=False)  # eager, same defaults
+    st.tl.embed(expected, model="hed", progress=False)
+    np.testing.assert_array_equal(table.obsm["X_hed"], expected.obsm["X_hed"])
+    assert table.obs["patch_complete"].equals(expected.obs["patch_complete"])
+
+
+def test_bad_cohort_inputs_are_clear_errors(slices, sim_table):
+    with pytest.raises(InputTypeError, match=r"dask\.distributed\.Client"):
+        st.tl.sps(slices, use_rep="latent", client="tcp://localhost:8786")
+    with pytest.raises(InputTypeError, match="SpatialData objects or zarr paths"):
+        st.tl.embed([sim_table], model="hed")
+    with pytest.raises(InvalidParameterError, match="list of slides"):
+        st.tl.embed(sim_table, model="hed", client=object())

@@ -1,0 +1,232 @@
+"""Plots render on the real HER2ST sections and show what the stored results say."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from _adata_compare import assert_adata_equal
+from matplotlib.figure import Figure
+from scipy.stats import spearmanr
+
+import stmorph as st
+from stmorph._validation import InvalidParameterError, StmorphKeyError
+
+GENES = ["ERBB2", "FN1", "SPARC", "MGP"]
+N_GENES = 300
+
+
+def colour_features(patches: np.ndarray, grid: int = 4) -> np.ndarray:
+    """A cheap image embedding: mean and SD of each colour channel in a grid of windows."""
+    n, size = patches.shape[0], patches.shape[1] // grid * grid
+    cells = patches[:, :size, :size].reshape(n, grid, size // grid, grid, size // grid, 3).astype(np.float32)
+    return np.concatenate([cells.mean(axis=(2, 4)).reshape(n, -1), cells.std(axis=(2, 4)).reshape(n, -1)], axis=1)
+
+
+def prepared(sdata, genes):
+    """The section's table with a colour embedding and the EPS paper's expression pipeline, on ``genes``."""
+    table = st.pp.extract_patches(sdata, patch_size=64, target_mpp=1.75, progress=False, copy=True)
+    table = table[:, genes].copy()
+    table.obsm["X_colour"] = colour_features(table.obsm.pop("patches"))
+    st.pp.prepare_expression(table, min_cells=0, min_counts=0)
+    return table
+
+
+@pytest.fixture(scope="module")
+def slices(her2st_sdata, her2st_adata):
+    """C2 (query) and C3 (reference): the few hundred most expressed shared genes, EPS and a ridge prediction."""
+    sd2, sd3 = her2st_sdata("C2"), her2st_sdata("C3")
+    t2, t3 = sd2.tables["table"], sd3.tables["table"]
+    shared = t2.var_names.intersection(t3.var_names)
+    totals = np.asarray(t2[:, shared].X.sum(0)).ravel()
+    genes = list(dict.fromkeys(GENES + list(shared[np.argsort(-totals)[:N_GENES]])))
+    query, reference = prepared(sd2, genes), prepared(sd3, genes)
+    for table in (query, reference):
+        st.tl.eps(table, use_rep="X_colour", progress=False)
+    for table, other in ((query, reference), (reference, query)):
+        st.tl.predict(table, other, method="ridge", use_rep="X_colour", progress=False)
+        st.tl.evaluate(table, "predicted_ridge")
+    return {"query": query, "reference": reference, "sdata": sd2, "visium_uns": her2st_adata("C2").uns["spatial"]}
+
+
+def image_axes(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+def colour_limits(ax) -> tuple[float, float]:
+    return next(c.get_clim() for c in ax.collections if c.get_array() is not None)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def on_layout(slices, layout: str):
+    """The query in the SpatialData layout, or as a Visium-style AnnData (a copy with the real uns['spatial'])."""
+    from spatialdata import SpatialData
+
+    query = slices["query"]
+    if layout == "visium":
+        visium = query.copy()
+        visium.uns["spatial"] = slices["visium_uns"]
+        return visium
+    sdata = slices["sdata"]
+    return SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": query})
+
+
+@pytest.mark.parametrize("layout", ["spatialdata", "visium"])
+def test_spatial_draws_one_panel_per_gene_and_layer_on_both_layouts(slices, layout):
+    fig = st.pl.spatial(on_layout(slices, layout), GENES[:2], show=False)
+    panels = image_axes(fig)
+    assert len(panels) == 4
+    assert [ax.get_title().split("\n")[0] for ax in panels] == [
+        "ERBB2 · measured",
+        "ERBB2 · predicted (ridge)",
+        "FN1 · measured",
+        "FN1 · predicted (ridge)",
+    ]
+    query = slices["query"]
+    measured = np.sort(np.asarray(query[:, "ERBB2"].X).ravel())
+    predicted = np.sort(query[:, "ERBB2"].layers["predicted_ridge"].ravel())
+    drawn = [np.sort(np.asarray(next(c for c in ax.collections).get_array())) for ax in panels[:2]]
+    np.testing.assert_allclose(drawn[0], measured, rtol=1e-5)
+    np.testing.assert_allclose(drawn[1], predicted, rtol=1e-5)
+
+
+def test_spatial_shares_the_colour_scale_of_a_gene_only_when_asked(slices):
+    query = slices["query"]
+    shared = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=True, show=False))
+    full = image_axes(
+        st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=True, percentiles=(0, 100), show=False)
+    )
+    separate = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=False, show=False))
+    for row, gene in enumerate(GENES[:2]):
+        values = np.concatenate(
+            [np.asarray(query[:, gene].X).ravel(), query[:, gene].layers["predicted_ridge"].ravel()]
+        )
+        pooled = np.sort(values)  # 1st/99th percentiles by linear interpolation between order statistics
+        expected = tuple(np.interp(q / 100 * (len(pooled) - 1), np.arange(len(pooled)), pooled) for q in (1, 99))
+        for ax in full[2 * row : 2 * row + 2]:
+            np.testing.assert_allclose(colour_limits(ax), (values.min(), values.max()), rtol=1e-6)
+        left, right = shared[2 * row], shared[2 * row + 1]
+        np.testing.assert_allclose(colour_limits(left), expected, rtol=1e-6)
+        np.testing.assert_allclose(colour_limits(right), expected, rtol=1e-6)
+        own_left, own_right = colour_limits(separate[2 * row]), colour_limits(separate[2 * row + 1])
+        assert not np.allclose(own_left, own_right)
+        np.testing.assert_allclose(own_right[1], query[:, gene].layers["predicted_ridge"].max(), rtol=1e-5)
+
+
+def test_spatial_leaves_the_users_objects_unchanged_and_saves(slices, tmp_path):
+    visium = on_layout(slices, "visium")
+    del visium.uns["stmorph"]["evaluate"]  # its NaN summary entries (no marker genes) defeat the == comparison
+    before = visium.copy()
+    fig = st.pl.spatial(visium, "ERBB2", show=False, save=tmp_path / "spatial.png")
+    assert isinstance(fig, Figure)
+    assert (tmp_path / "spatial.png").stat().st_size > 10_000
+    assert_adata_equal(visium, before)
+
+
+def test_spatial_names_the_missing_step(slices, her2st_adata):
+    raw = her2st_adata("C2")
+    with pytest.raises(StmorphKeyError, match=r"st\.tl\.predict"):
+        st.pl.spatial(raw, "ERBB2", show=False)
+    with pytest.raises(StmorphKeyError, match="NOT_A_GENE"):
+        st.pl.spatial(on_layout(slices, "visium"), ["NOT_A_GENE"], show=False)
+
+
+def test_eps_vs_score_title_gives_the_spearman_correlation(slices):
+    query = slices["query"]
+    query_two = query.copy()
+    query_two.var["pearson_shuffled"] = np.random.default_rng(0).permutation(query.var["pearson_ridge"].to_numpy())
+    fig = st.pl.eps_vs_score(query_two, show=False)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 2
+    for ax, column in zip(panels, ["pearson_ridge", "pearson_shuffled"]):
+        eps, score = query_two.var["eps"].to_numpy(), query_two.var[column].to_numpy()
+        keep = np.isfinite(eps) & np.isfinite(score)
+        expected = spearmanr(eps[keep], score[keep]).statistic
+        rho = float(re.search(r"ρ = (-?[0-9.]+)", ax.get_title()).group(1))
+        assert rho == pytest.approx(expected, abs=5e-4)
+        assert f"n = {keep.sum()} genes" in ax.get_title()
+        assert len(ax.collections[0].get_offsets()) == keep.sum()
+
+
+def test_eps_vs_score_names_the_missing_step(slices):
+    query = slices["query"].copy()
+    with pytest.raises(StmorphKeyError, match=r"st\.tl\.evaluate"):
+        st.pl.eps_vs_score(query, "pearson_bleep", show=False)
+    del query.var["eps"]
+    with pytest.raises(StmorphKeyError, match=r"st\.tl\.eps"):
+        st.pl.eps_vs_score(query, show=False)
+
+
+def test_eps_ranking_lists_the_most_and_least_predictable_genes(slices):
+    query = slices["query"]
+    fig = st.pl.eps_ranking(query, n=10, show=False)
+    top_ax, bottom_ax = fig.axes[:2]
+    ranked = query.var["eps"].dropna().sort_values(ascending=False)
+
+    def labelled(ax):
+        ticks = sorted(zip(ax.get_yticks(), ax.get_yticklabels()), key=lambda t: -t[0])
+        return [label.get_text().split()[0] for _, label in ticks]
+
+    assert labelled(top_ax) == list(ranked.index[:10])
+    assert labelled(bottom_ax) == list(ranked.index[::-1][:10])
+    widths = sorted((p.get_width() for p in top_ax.patches), reverse=True)
+    np.testing.assert_allclose(widths, ranked.to_numpy()[:10], rtol=1e-6)
+    assert any(ax.get_ylabel() == "−log10(q-value)" for ax in fig.axes)  # the colour bar
+
+
+def test_sps_vs_score_places_one_point_per_slice(slices):
+    tables = {"C2": slices["query"], "C3": slices["reference"]}
+    fig = st.pl.sps_vs_score(tables, "pearson_ridge", show=False)
+    points = fig.axes[0].collections[0].get_offsets()
+    expected = [(t.uns["sps"]["sps"], np.nanmean(t.var["pearson_ridge"])) for t in tables.values()]
+    np.testing.assert_allclose(np.asarray(points), expected, rtol=1e-6)
+    summary, _ = st.tl.sps(tables)
+    summary["pearson_ridge"] = [np.nanmean(tables[s].var["pearson_ridge"]) for s in summary["slice"]]
+    from_table = st.pl.sps_vs_score(summary, "pearson_ridge", show=False).axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(np.asarray(from_table), expected, rtol=1e-6)
+
+
+def test_gene_correlation_heatmaps_follow_the_measured_clustering(slices):
+    query = slices["query"]
+    fig = st.pl.gene_correlation(query, n_genes=30, show=False)
+    measured_ax, predicted_ax = image_axes(fig)
+    names = [t.get_text() for t in measured_ax.get_xticklabels()]
+    assert len(names) == 30 and names == [t.get_text() for t in predicted_ax.get_xticklabels()]
+    expected_genes = query.var_names[
+        np.argsort(-np.asarray(query.layers["counts"].mean(0)).ravel(), kind="stable")[:30]
+    ]
+    assert set(names) == set(expected_genes)
+    for ax, values in (
+        (measured_ax, np.asarray(query[:, names].X)),
+        (predicted_ax, query[:, names].layers["predicted_ridge"]),
+    ):
+        np.testing.assert_allclose(ax.images[0].get_array(), np.corrcoef(values.T), atol=1e-6)
+        assert ax.images[0].get_clim() == (-1, 1)
+    assert any(ax.get_ylabel() == "Pearson correlation between genes" for ax in fig.axes)
+
+
+def test_training_draws_the_loss_curves_of_a_trained_model(slices):
+    query = slices["query"].copy()
+    model = st.tl.predict(
+        query, slices["reference"], method="mlp", use_rep="X_colour", genes=GENES, epochs=6, val_fraction=0.2,
+        return_model=True, progress=False,
+    )  # fmt: skip
+    for drawn_from in (model, query):  # the fitted model, or the history stored in uns by st.tl.predict
+        (ax,) = st.pl.training(drawn_from, show=False).axes
+        lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+        np.testing.assert_allclose(lines["training"], model.history["loss"])
+        np.testing.assert_allclose(lines["validation"], model.history["val_loss"])
+        assert len(lines["training"]) == len(model.history["loss"]) >= 1
+        assert "mlp" in ax.get_title()
+
+
+def test_training_names_the_missing_step(slices):
+    with pytest.raises(InvalidParameterError, match=r"st\.tl\.predict"):
+        st.pl.training(slices["query"], show=False)

@@ -61,14 +61,22 @@ def test_eps_matches_published_implementation(data_dir, section, as_sparse):
     assert adata.uns["sps"]["n_genes"] == finite.sum()
 
 
-@pytest.mark.parametrize("kind", ["dense64", "dense32", "sparse"])
+@pytest.mark.parametrize("kind", ["dense64", "dense32", "fortran", "int", "sparse"])
 def test_geary_c_equals_definition_on_weighted_directed_graph(kind):
     rng = np.random.default_rng(0)
     w = _random_graph(80, seed=1)
     x = rng.poisson(1.0, size=(80, 12)).astype(np.float64) * rng.uniform(0.5, 3, 12)
     expected = _naive_geary(w.toarray(), x)
-    data = {"dense64": x, "dense32": x.astype(np.float32), "sparse": sparse.csr_matrix(x)}[kind]
-    numer, ss, _ = geary_terms(w, data, chunk_elements=80 * 5, chunk_nnz=100)  # several gene chunks
+    data = {
+        "dense64": x,
+        "dense32": x.astype(np.float32),
+        "fortran": np.asfortranarray(x),
+        "int": np.round(x).astype(np.int64),
+        "sparse": sparse.csr_matrix(x),
+    }[kind]
+    if kind == "int":
+        expected = _naive_geary(w.toarray(), data.astype(np.float64))
+    numer, ss, _ = geary_terms(w, data, chunk_nnz=100)  # several sparse gene chunks
     np.testing.assert_allclose(gearys_c(numer, ss, 80, w.sum()), expected, rtol=1e-5 if kind == "dense32" else 1e-10)
 
 
@@ -92,9 +100,7 @@ def test_eps_equals_minus_log_squidpy_geary_on_the_stored_graph(sim_table):
         ).reindex(adata.var_names)
         # every spot has exactly k out-edges, so squidpy's row normalisation scales all weights by
         # 1/k, which Geary's C does not see: both settings give our C.
-        np.testing.assert_allclose(
-            adata.var["eps"], -np.log(df["C"]), atol=1e-7
-        )  # X is float32: products in float32, sums in float64
+        np.testing.assert_allclose(adata.var["eps"], -np.log(df["C"]), atol=1e-7)
         # same normality null; ours is one-sided towards small C (squidpy takes the nearer tail).
         # squidpy sums the row-normalised float32 weights (0.2) in float32, so its variance is off
         # by ~1e-7 relative, which far in the tail moves p by ~1e-3 relative.

@@ -284,3 +284,15 @@ def test_leave_one_section_out_ridge_on_real_sections_gives_finite_metrics(her2s
         st.tl.evaluate(query, "predicted_ridge")
         finite = np.isfinite(query.var[["pearson_ridge", "spearman_ridge", "rmse_ridge", "ssim_ridge"]]).all(axis=1)
         assert finite.mean() >= 0.95, section
+
+
+def test_lightgbm_max_bin_limits_the_split_points():
+    from stmorph.tl._baselines import LightGBM
+
+    x = np.linspace(0, 1, 400)[:, None]
+    y = np.sin(6 * x)
+    coarse = LightGBM(n_estimators=20, max_bin=3, n_jobs=1, progress=False).fit(x, y).predict(x)
+    fine = LightGBM(n_estimators=20, n_jobs=1, progress=False).fit(x, y).predict(x)
+    assert len(np.unique(coarse)) <= 3  # one feature in 3 bins: every tree is constant on each bin
+    assert len(np.unique(fine)) > 20
+    assert np.abs(fine - y).mean() < np.abs(coarse - y).mean()

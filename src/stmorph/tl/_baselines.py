@@ -100,6 +100,10 @@ class LightGBM(Predictor):
         Trees per gene.
     learning_rate, num_leaves
         LightGBM settings (its defaults).
+    max_bin
+        Histogram bins per embedding dimension (LightGBM's default 255, as the published code).
+        The cost of a tree grows with it: ``max_bin=63`` fits ~2.5× faster on 1024-d embeddings
+        (docs/benchmarks.md) at a small loss of split resolution.
     n_jobs
         Number of genes fitted at the same time (default: CPU count, at most 8).
     **kwargs
@@ -121,18 +125,21 @@ class LightGBM(Predictor):
         n_estimators: int = 100,
         learning_rate: float = 0.1,
         num_leaves: int = 31,
+        max_bin: int = 255,
         n_jobs: int | None = None,
         **kwargs: Any,
     ):
         check_range(n_estimators, "n_estimators", low=1, inclusive=True)
         check_range(learning_rate, "learning_rate", low=0.0)
         check_range(num_leaves, "num_leaves", low=2, inclusive=True)
+        check_range(max_bin, "max_bin", low=2, inclusive=True)
         n_jobs = _default_n_jobs() if n_jobs is None else n_jobs
         check_range(n_jobs, "n_jobs", low=1, inclusive=True)
         super().__init__(
             n_estimators=int(n_estimators),
             learning_rate=float(learning_rate),
             num_leaves=int(num_leaves),
+            max_bin=int(max_bin),
             n_jobs=int(n_jobs),
             **kwargs,
         )
@@ -142,6 +149,7 @@ class LightGBM(Predictor):
             "objective": "regression",
             "learning_rate": self.params["learning_rate"],
             "num_leaves": self.params["num_leaves"],
+            "max_bin": self.params["max_bin"],
             "num_threads": 1,
             "seed": self.random_state,
             "deterministic": True,

@@ -7,11 +7,11 @@ For a graph with weights ``w_ij`` (row ``i`` → column ``j``) and a variable ``
     C(x) = \\frac{(N - 1) \\sum_{ij} w_{ij} (x_i - x_j)^2}{2 S_0 \\sum_i (x_i - \\bar x)^2},
     \\qquad S_0 = \\sum_{ij} w_{ij}.
 
-The numerator is computed without a loop over edges or genes:
-``Σ_ij w_ij (x_i - x_j)^2 = Σ_i x_i^2 (out_i + in_i) - 2 xᵀ W x`` with ``out``/``in`` the weighted
-out-/in-degrees, for a block of genes at once (``W @ X`` is one sparse × dense or sparse × sparse
-product). Both terms are invariant to shifting ``x``, so sparse input is used as stored (never
-densified) and dense input is centred first for accuracy.
+Dense input goes through one compiled pass over the edges (:mod:`._geary_kernels`): every
+edge's squared difference is formed directly in float64, for all genes of a row at once. Sparse
+input is never densified: ``Σ_ij w_ij (x_i - x_j)^2 = Σ_i x_i^2 (out_i + in_i) - 2 xᵀ W x`` with
+``out``/``in`` the weighted out-/in-degrees, for a block of genes at once (``W @ X`` is one sparse ×
+sparse product), a form that is invariant to shifting ``x``, so the stored entries are used as they are.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
-
-DEFAULT_CHUNK_ELEMENTS = 2**23
-"""Dense elements (n_obs × genes) of one chunk (64 MiB of float64); one chunk per thread at a time."""
 
 DEFAULT_CHUNK_NNZ = 2**20
 """Stored entries of one sparse chunk (its product with a kNN graph holds about k times as many)."""
@@ -55,35 +52,12 @@ def _degrees(graph: sparse.csr_matrix) -> np.ndarray:
     return np.asarray(graph.sum(axis=1)).ravel() + np.asarray(graph.sum(axis=0)).ravel()
 
 
-def _dense_chunks(n_obs: int, n_genes: int, chunk_elements: int) -> list[slice]:
-    step = max(1, chunk_elements // max(n_obs, 1))
-    return [slice(start, min(start + step, n_genes)) for start in range(0, n_genes, step)]
-
-
 def _sparse_chunks(X: sparse.csc_matrix, chunk_nnz: int) -> list[slice]:
     """Column ranges of about ``chunk_nnz`` stored entries each."""
     bounds = np.searchsorted(X.indptr, np.arange(0, X.nnz, max(chunk_nnz, 1)), side="right") - 1
     starts = np.unique(np.append(bounds, 0))
     stops = np.append(starts[1:], X.shape[1])
     return [slice(int(a), int(b)) for a, b in zip(starts, stops) if b > a]
-
-
-def _dense_terms(graph: sparse.csr_matrix, degree: np.ndarray, block: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Numerator sums, sums of squares about the mean and raw sums of squares of a dense block.
-
-    The block is centred, then ``Σ_i x_i (d_i x_i - 2 (W x)_i)`` is formed in the block's precision
-    (float32 stays float32: the sparse product is several times faster) and every sum over spots
-    is accumulated in float64.
-    """
-    dtype = np.float32 if block.dtype == np.float32 else np.float64
-    mean = block.mean(axis=0, dtype=np.float64)
-    x = np.asarray(block, dtype=dtype) - mean.astype(dtype)
-    lap = graph.astype(dtype, copy=False) @ x
-    lap *= -2.0
-    lap += degree.astype(dtype)[:, None] * x
-    numer = np.einsum("ij,ij->j", x, lap, dtype=np.float64)
-    ss = np.einsum("ij,ij->j", x, x, dtype=np.float64)
-    return numer, ss, ss + x.shape[0] * mean**2
 
 
 def _sparse_terms(graph: sparse.csr_matrix, degree: np.ndarray, block: sparse.csc_matrix) -> tuple[np.ndarray, ...]:
@@ -104,7 +78,6 @@ def geary_terms(
     graph: sparse.csr_matrix,
     X: np.ndarray | sparse.spmatrix,
     *,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     chunk_nnz: int = DEFAULT_CHUNK_NNZ,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``Σ_ij w_ij (x_i - x_j)^2``, ``Σ_i (x_i - x̄)^2`` and ``Σ_i x_i^2`` for every column of ``X``.
@@ -115,34 +88,57 @@ def geary_terms(
         ``n × n`` CSR weights.
     X
         ``n × g`` dense or sparse matrix; sparse input is never densified.
-    chunk_elements
-        Dense input is processed ``chunk_elements // n`` columns at a time.
     chunk_nnz
-        Sparse input is processed in column ranges of about ``chunk_nnz`` stored entries.
+        Sparse input is processed in column ranges of about ``chunk_nnz`` stored entries, a thread
+        per core (scipy releases the GIL in these products); memory is bounded by the chunk size.
 
     Returns
     -------
-    Three float64 arrays of length ``g``. Chunks run on a thread per core (scipy and numpy
-    release the GIL in these products); memory is bounded by the chunk sizes.
+    Three float64 arrays of length ``g``.
     """
     graph = sparse.csr_matrix(graph, dtype=np.float64)
-    degree = _degrees(graph)
-    n, g = X.shape
-    out = np.empty((3, g))
     if sparse.issparse(X):
-        X = sparse.csc_matrix(X)
-        chunks, terms = _sparse_chunks(X, chunk_nnz), _sparse_terms
-    else:
-        chunks, terms = _dense_chunks(n, g, chunk_elements), _dense_terms
+        return _sparse_geary_terms(graph, sparse.csc_matrix(X), chunk_nnz)
+    return _dense_geary_terms(graph, X)
+
+
+def _dense_geary_terms(graph: sparse.csr_matrix, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sums of a dense matrix: one compiled, parallel pass over the graph's edges."""
+    import numba
+
+    from ._geary_kernels import dense_geary_sums
+
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    x = np.ascontiguousarray(X, dtype=dtype)
+    n = x.shape[0]
+    numer, shifted_sum, shifted_sq = dense_geary_sums(
+        graph.indptr.astype(np.int64),
+        graph.indices.astype(np.int64),
+        graph.data,
+        x,
+        4 * numba.get_num_threads(),  # a few row ranges per thread balance unequal degrees
+    )
+    ss = np.maximum(shifted_sq - shifted_sum**2 / n, 0.0)
+    mean = x[0].astype(np.float64) + shifted_sum / n
+    return numer, ss, ss + n * mean**2
+
+
+def _sparse_geary_terms(
+    graph: sparse.csr_matrix, X: sparse.csc_matrix, chunk_nnz: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sums of a sparse matrix, column chunks on a thread per core."""
+    degree = _degrees(graph)
+    out = np.empty((3, X.shape[1]))
 
     def run(cols: slice) -> None:
-        out[:, cols] = terms(graph, degree, X[:, cols])
+        out[:, cols] = _sparse_terms(graph, degree, X[:, cols])
 
+    chunks = _sparse_chunks(X, chunk_nnz)
     n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with ThreadPoolExecutor(max(1, min(len(chunks), n_threads))) as pool:
         list(pool.map(run, chunks))
-    # the numerator is a sum of squares; the quadratic form can round to a tiny negative value
-    # for a gene that is constant along every edge, which would make EPS NaN instead of maximal
+    # the numerator is a quadratic form here: it can round to a tiny negative value for a gene that
+    # is constant along every edge, which would make EPS NaN instead of maximal
     return np.maximum(out[0], 0.0), out[1], out[2]
 
 
@@ -180,7 +176,6 @@ def permutation_pvalues(
     n_perms: int,
     rng: np.random.Generator,
     *,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     progress: bool = False,
 ) -> np.ndarray:
     """One-sided permutation p-values ``(1 + #{C_perm <= C}) / (n_perms + 1)``.
@@ -194,10 +189,10 @@ def permutation_pvalues(
     n = X.shape[0]
     s0 = float(graph.sum())
     X = sparse.csr_matrix(X) if sparse.issparse(X) else X
-    _, ss, _ = geary_terms(graph, X, chunk_elements=chunk_elements)
+    _, ss, _ = geary_terms(graph, X)
     below = np.zeros(X.shape[1], dtype=np.int64)
     for _ in tqdm(range(n_perms), desc="permutations", disable=not progress):
-        numer, _, _ = geary_terms(graph, X[rng.permutation(n)], chunk_elements=chunk_elements)
+        numer, _, _ = geary_terms(graph, X[rng.permutation(n)])
         below += gearys_c(numer, ss, n, s0) <= c
     p = (below + 1.0) / (n_perms + 1.0)
     p[np.isnan(c)] = np.nan

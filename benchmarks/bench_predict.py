@@ -12,6 +12,7 @@ Run::
 
     .venv/bin/python benchmarks/bench_predict.py
     .venv/bin/python benchmarks/bench_predict.py --methods ridge mlp --spots 2000   # smaller/partial
+    .venv/bin/python benchmarks/bench_predict.py --methods lightgbm --max-bin 63    # coarser histograms
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def make_slice(n_spots: int, n_dims: int, n_genes: int, rng: np.random.Generator
     return adata
 
 
-def time_method(method: str, ref: ad.AnnData, query: ad.AnnData, genes: list[str] | None) -> dict[str, float]:
+def time_method(
+    method: str, ref: ad.AnnData, query: ad.AnnData, genes: list[str] | None, **options
+) -> dict[str, float]:
     start = time.perf_counter()
-    st.tl.predict(query, ref, method=method, use_rep="X_emb", genes=genes, progress=False)
+    st.tl.predict(query, ref, method=method, use_rep="X_emb", genes=genes, progress=False, **options)
     wall = time.perf_counter() - start
     record = query.uns["stmorph"]["predict"][f"predicted_{method}"]
     return {"fit_s": record["train_time_s"], "predict_s": record["predict_time_s"], "wall_s": wall}
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--lightgbm-genes", type=int, default=40, help="genes timed for LightGBM (then scaled)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--max-bin", type=int, default=255, help="LightGBM histogram bins (its default: 255)")
     args = parser.parse_args()
 
     import torch
@@ -79,7 +83,8 @@ def main() -> None:
     for method in args.methods:
         n_timed = min(args.lightgbm_genes, args.genes) if method == "lightgbm" else args.genes
         genes = list(ref.var_names[:n_timed]) if n_timed < args.genes else None
-        result = time_method(method, ref, query, genes)
+        options = {"max_bin": args.max_bin} if method == "lightgbm" else {}
+        result = time_method(method, ref, query, genes, **options)
         total = result["fit_s"] + result["predict_s"]
         scaled = total * args.genes / n_timed
         note = "" if n_timed == args.genes else " (scaled)"

@@ -6,7 +6,9 @@ it is missing they fail with a message saying where it should be (never skip).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pytest
@@ -33,30 +35,42 @@ def data_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def her2st_sdata(data_dir):
-    """Session cache of loaded HER2ST sections: ``her2st_sdata("C2")``. Treat as read-only."""
+def _cached_sections(reader: Callable[..., Any], data_dir: Path) -> Callable[..., Any]:
+    """``load(section="C2")``: ``reader(section, data_dir=data_dir)``, read once per section and then cached."""
     cache = {}
 
     def load(section: str = "C2"):
         if section not in cache:
-            cache[section] = st.datasets.her2st(section, data_dir=data_dir)
+            cache[section] = reader(section, data_dir=data_dir)
         return cache[section]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def her2st_sdata(data_dir):
+    """Session cache of loaded HER2ST sections: ``her2st_sdata("C2")``. Treat as read-only."""
+    return _cached_sections(st.datasets.her2st, data_dir)
 
 
 @pytest.fixture(scope="session")
 def her2st_adata(data_dir):
     """Session cache of Visium-style HER2ST AnnData: ``her2st_adata("C2")``. Treat as read-only; copy first."""
-    cache = {}
+    return _cached_sections(st.datasets.her2st_adata, data_dir)
 
-    def load(section: str = "C2"):
-        if section not in cache:
-            cache[section] = st.datasets.her2st_adata(section, data_dir=data_dir)
-        return cache[section]
 
-    return load
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train faster on one thread (and the CI machine has two cores); restored after the module.
+
+    Torch test modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,7 @@ FAST = {"epochs": 20, "batch_size": 64, "progress": False}
 TINY_ENCODER = "tiny_test_encoder"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models train faster on one thread (and the CI machine has two cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

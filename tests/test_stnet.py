@@ -15,12 +15,7 @@ from stmorph.models._stnet import STNet
 TINY = {"epochs": 1, "batch_size": 8, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

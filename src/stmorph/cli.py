@@ -8,15 +8,44 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+# Each command's one-line help (listed by `stmorph --help`) and description (`stmorph <command> --help`).
+_HELP = {
+    "demo": "run the whole story on the bundled HER2ST sections",
+    "eps": "EPS per gene and SPS of slices saved as .h5ad",
+    "predict": "predict a slice's expression from reference slices",
+}
+_DESCRIPTION = {
+    "demo": "Embed the spots, compute EPS/SPS per section, predict each section from the others (ridge and BLEEP), "
+    "evaluate, and write results.h5ad per section, eps.csv, metrics.csv, PNGs and report.html.",
+    "eps": "Compute EPS/SPS on each slice (expression prepared with st.pp.prepare_expression unless --prepared) and "
+    "write eps.csv (genes × slices) and sps.csv to the output folder.",
+    "predict": "Fit a method on the reference slice(s) and predict the query; writes the query with "
+    "layers['predicted_<method>'] and, with --evaluate, the metrics.",
+}
 
-def _demo_parser(sub) -> None:
-    demo = sub.add_parser(
-        "demo",
-        help="run the whole story on the bundled HER2ST sections",
-        description="Embed the spots, compute EPS/SPS per section, predict each section from the others (ridge and "
-        "BLEEP), evaluate, and write results.h5ad per section, eps.csv, metrics.csv, PNGs and report.html.",
-    )
-    demo.add_argument("--out", default="stmorph_demo", help="output folder (default: %(default)s)")
+
+def _add_output_arguments(parser: argparse.ArgumentParser, out_folder: str | None, *, use_rep: bool = False) -> None:
+    """The arguments the commands share: ``--use-rep`` (only when ``use_rep``) and ``--out``.
+
+    Parameters
+    ----------
+    parser
+        The subcommand's parser.
+    out_folder
+        Default output folder of ``--out``; ``None`` makes ``--out`` a required output ``.h5ad``.
+    use_rep
+        Add the required ``--use-rep``: the ``obsm`` key of the image embeddings.
+    """
+    if use_rep:
+        parser.add_argument("--use-rep", required=True, help="obsm key of the image embeddings, e.g. X_default")
+    if out_folder is None:
+        parser.add_argument("--out", required=True, help="output .h5ad")
+    else:
+        parser.add_argument("--out", default=out_folder, help="output folder (default: %(default)s)")
+
+
+def _demo_arguments(demo: argparse.ArgumentParser) -> None:
+    _add_output_arguments(demo, "stmorph_demo")
     demo.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"], help="HER2ST sections (≥ 2)")
     demo.add_argument("--data-dir", default=None, help="folder holding her2st/ (default: $STMORPH_DATA_DIR)")
     demo.add_argument("--encoder", default="default", help="image encoder of st.tl.embed (default: %(default)s)")
@@ -29,33 +58,19 @@ def _demo_parser(sub) -> None:
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def _eps_parser(sub) -> None:
-    eps = sub.add_parser(
-        "eps",
-        help="EPS per gene and SPS of slices saved as .h5ad",
-        description="Compute EPS/SPS on each slice (expression prepared with st.pp.prepare_expression unless "
-        "--prepared) and write eps.csv (genes × slices) and sps.csv to the output folder.",
-    )
+def _eps_arguments(eps: argparse.ArgumentParser) -> None:
     eps.add_argument("inputs", nargs="+", help=".h5ad files, one per slice, with image embeddings in obsm")
-    eps.add_argument("--use-rep", required=True, help="obsm key of the image embeddings, e.g. X_default")
-    eps.add_argument("--out", default="stmorph_eps", help="output folder (default: %(default)s)")
+    _add_output_arguments(eps, "stmorph_eps", use_rep=True)
     eps.add_argument("--n-neighbors", type=int, default=5, help="neighbours of the image graph (default: 5)")
     eps.add_argument("--prepared", action="store_true", help="X already holds prepared (scaled) expression")
 
 
-def _predict_parser(sub) -> None:
-    predict = sub.add_parser(
-        "predict",
-        help="predict a slice's expression from reference slices",
-        description="Fit a method on the reference slice(s) and predict the query; writes the query with "
-        "layers['predicted_<method>'] and, with --evaluate, the metrics.",
-    )
+def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("query", help=".h5ad of the slice to predict")
     predict.add_argument("--reference", nargs="+", required=True, help=".h5ad file(s) of the training slices")
     predict.add_argument("--method", default="ridge", help="one of st.tl.list_methods() (default: %(default)s)")
-    predict.add_argument("--use-rep", required=True, help="obsm key of the image embeddings")
     predict.add_argument("--layer", default=None, help="expression layer to learn (default: X)")
-    predict.add_argument("--out", required=True, help="output .h5ad")
+    _add_output_arguments(predict, None, use_rep=True)
     predict.add_argument("--evaluate", action="store_true", help="also score the prediction against the measured")
     predict.add_argument("--params", default="{}", help="method options as JSON, e.g. '{\"epochs\": 20}'")
 
@@ -64,9 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stmorph", description="EPS/SPS and image-to-expression prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    _demo_parser(sub)
-    _eps_parser(sub)
-    _predict_parser(sub)
+    for name, add_arguments in (("demo", _demo_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)):
+        add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
     return parser
 
 

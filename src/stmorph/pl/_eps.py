@@ -59,6 +59,7 @@ def _method_name(column: str) -> str:
     return column.split("_", 1)[1] if "_" in column else column
 
 
+@_utils.shared_docs
 def eps_vs_score(
     adata: AnnData,
     score: str | Sequence[str] | None = None,
@@ -87,22 +88,13 @@ def eps_vs_score(
         each. Default: every ``pearson_*`` column.
     eps_key
         ``var`` column with the EPS.
-    ncols
-        Panels per row.
+    {ncols}
     size
         Marker size.
     cmap
         Colour map of the point density.
-    panel_size
-        Width and height of one panel in inches.
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {panel_size}
+    {show_save_returns}
 
     Examples
     --------
@@ -162,6 +154,7 @@ def _ranking_panel(ax: Axes, genes: pd.DataFrame, title: str, norm, cmap) -> Non
     ax.axvline(0, color="black", linewidth=0.6)
 
 
+@_utils.shared_docs
 def eps_ranking(
     adata: AnnData,
     n: int = 20,
@@ -185,19 +178,12 @@ def eps_ranking(
     n
         Genes per panel (at most half of the genes with a finite EPS).
     eps_key, qval_key
-        ``var`` columns with the EPS and its q-value (default ``f"{eps_key}_qval"``).
+        ``var`` columns with the EPS and its q-value (default ``f"{{eps_key}}_qval"``).
     cmap
         Colour map of −log10(q).
     figsize
         Figure size in inches (default grows with ``n``).
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {show_save_returns}
 
     Examples
     --------
@@ -244,6 +230,7 @@ def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+@_utils.shared_docs
 def sps_vs_score(
     data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
     score: str | Sequence[str] = "pearson_ridge",
@@ -269,19 +256,12 @@ def sps_vs_score(
         Performance column(s), e.g. ``"pearson_ridge"``.
     figsize
         Figure size in inches.
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {show_save_returns}
 
     Examples
     --------
     >>> import stmorph as st
-    >>> st.pl.sps_vs_score({"C2": c2, "C3": c3, "C4": c4}, ["pearson_ridge", "pearson_bleep"])  # doctest: +SKIP
+    >>> st.pl.sps_vs_score({{"C2": c2, "C3": c3, "C4": c4}}, ["pearson_ridge", "pearson_bleep"])  # doctest: +SKIP
     """
     import matplotlib.pyplot as plt
 

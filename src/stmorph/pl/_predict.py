@@ -78,6 +78,7 @@ def _upper_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(x[keep], y[keep])[0, 1]) if keep.sum() > 2 else float("nan")
 
 
+@_utils.shared_docs
 def gene_correlation(
     adata: AnnData,
     layers: Sequence[str] | None = None,
@@ -114,14 +115,7 @@ def gene_correlation(
         Diverging colour map.
     panel_size
         Side of one heatmap in inches.
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {show_save_returns}
 
     Examples
     --------

@@ -187,6 +187,7 @@ def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str,
         )
 
 
+@_utils.shared_docs
 def spatial(
     data: AnnData | SpatialData,
     genes: str | Sequence[str],
@@ -244,19 +245,10 @@ def spatial(
         Colour map of the spots.
     size
         Spot size factor passed to :func:`scanpy.pl.spatial`.
-    panel_size
-        Width and height of one panel in inches.
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path to save the figure to (extension picks the format), or ``True`` for
-        ``scanpy.settings.figdir``.
+    {panel_size}
     **kwargs
         Passed to :func:`scanpy.pl.spatial` (e.g. ``alpha_img``, ``crop_coord``).
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {show_save_returns}
 
     Examples
     --------

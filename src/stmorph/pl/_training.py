@@ -44,6 +44,7 @@ def _histories(data: Any, key: str | None) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
+@_utils.shared_docs
 def training(
     data: AnnData | Any,
     *,
@@ -66,18 +67,9 @@ def training(
         Only this entry of ``uns["stmorph"]["predict"]`` (AnnData input).
     logy
         Logarithmic loss axis.
-    ncols
-        Panels per row.
-    panel_size
-        Width and height of one panel in inches.
-    show
-        Show the figure (default: ``scanpy.settings.autoshow``).
-    save
-        File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.
-
-    Returns
-    -------
-    The :class:`~matplotlib.figure.Figure`, unless ``show=True``.
+    {ncols}
+    {panel_size}
+    {show_save_returns}
 
     Examples
     --------

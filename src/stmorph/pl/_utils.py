@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,45 @@ if TYPE_CHECKING:
 
 PREDICTED_PREFIX = "predicted_"
 MEASURED = "measured"
+
+#: Docstring text every plotting function shares, filled into its ``{name}`` fields by :func:`shared_docs`.
+SHARED_DOCS: dict[str, str] = {
+    "ncols": "ncols\n    Panels per row.",
+    "panel_size": "panel_size\n    Width and height of one panel in inches.",
+    # the last parameters and the Returns section: every plot is shown, saved and returned alike
+    "show_save_returns": (
+        "show\n"
+        "    Show the figure (default: ``scanpy.settings.autoshow``).\n"
+        "save\n"
+        "    File path (extension picks the format) or ``True`` for ``scanpy.settings.figdir``.\n"
+        "\n"
+        "Returns\n"
+        "-------\n"
+        "The :class:`~matplotlib.figure.Figure`, unless ``show=True``."
+    ),
+}
+
+_Plot = TypeVar("_Plot", bound=Callable[..., Any])
+
+
+def shared_docs(plot: _Plot) -> _Plot:
+    """Decorator filling the ``{name}`` fields of ``plot``'s docstring with the text of :data:`SHARED_DOCS`.
+
+    The docstring is dedented first, as the shared text is written at column 0. It goes through
+    :meth:`str.format_map`, so literal braces in it are doubled (``{{`` and ``}}``).
+
+    Parameters
+    ----------
+    plot
+        A plotting function whose docstring holds fields such as ``{show_save_returns}``.
+
+    Returns
+    -------
+    ``plot`` itself, its docstring filled in.
+    """
+    if plot.__doc__:
+        plot.__doc__ = inspect.cleandoc(plot.__doc__).format_map(SHARED_DOCS)
+    return plot
 
 
 def subplots(n_panels: int, *, ncols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:

@@ -198,8 +198,41 @@ def _warn_constant(n_constant: int, n_genes: int) -> None:
             f"{n_constant} of {n_genes} genes are constant across spots; their EPS is NaN and they are "
             "left out of SPS.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of eps / slice_eps
         )
+
+
+def _eps_of(
+    adata: AnnData,
+    use_rep: str | None,
+    n_neighbors: int,
+    graph_key: str,
+    layer: str | None,
+    genes: Sequence[str] | None,
+    max_value: float | None,
+    n_perms: int | None = None,
+    random_state: int = 0,
+    progress: bool = False,
+) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None]:
+    """EPS of one slice without touching it: the step :func:`eps` and :func:`slice_eps` share.
+
+    Checks the options, takes the expression and the graph (stored or built), computes EPS and
+    warns about constant genes. The parameters are those of :func:`eps`, in its order.
+
+    Returns
+    -------
+    ``(result, idx, graph, graph_outputs)``: the EPS of the genes, their positions in
+    ``var_names``, the graph used, and the ``obsp``/``uns`` entries to store when the graph was
+    built here (else ``None``).
+    """
+    _check_options(adata, n_neighbors, n_perms, max_value)
+    X, names, idx = _expression(adata, layer, genes)
+    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
+    result = compute_eps(
+        graph, X, names, max_value=max_value, n_perms=n_perms, random_state=random_state, progress=progress
+    )
+    _warn_constant(result.n_constant, len(names))
+    return result, idx, graph, graph_outputs
 
 
 def eps(
@@ -282,13 +315,9 @@ def eps(
     >>> bool(adata.var["eps"].head(6).gt(0).all())
     True
     """
-    _check_options(adata, n_neighbors, n_perms, max_value)
-    X, names, idx = _expression(adata, layer, genes)
-    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
-    result = compute_eps(
-        graph, X, names, max_value=max_value, n_perms=n_perms, random_state=random_state, progress=progress
+    result, idx, graph, graph_outputs = _eps_of(
+        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, n_perms, random_state, progress
     )
-    _warn_constant(result.n_constant, len(names))
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
 
     adata = adata.copy() if copy else adata
@@ -328,12 +357,8 @@ def slice_eps(
 
     The pure per-slice step of :func:`sps` (safe to ship to a worker process).
     """
-    _check_options(adata, n_neighbors, None, max_value)
-    X, names, _ = _expression(adata, layer, genes)
-    graph, _ = _graph_for(adata, use_rep, n_neighbors, graph_key, 0, False)
-    result = compute_eps(graph, X, names, max_value=max_value)
-    _warn_constant(result.n_constant, len(names))
-    return result.sps, adata.n_obs, result.n_genes, pd.Series(result.eps, index=names, name="eps")
+    result, *_ = _eps_of(adata, use_rep, n_neighbors, graph_key, layer, genes, max_value)
+    return result.sps, adata.n_obs, result.n_genes, pd.Series(result.eps, index=result.genes, name="eps")
 
 
 def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:

@@ -91,7 +91,8 @@ def compare_eps(sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int =
             folder = Path(tmp)
             z = _eps_data.latent(n)
             np.save(folder / "embedding.npy", _eps_data.embedding(z, dim))
-            np.save(folder / "expression.npy", _eps_data.scaled_expression(z, n_genes))
+            # C order, as sc.pp.scale leaves adata.X; both sides read the same file
+            np.save(folder / "expression.npy", np.ascontiguousarray(_eps_data.scaled_expression(z, n_genes)))
             theirs = _run_worker([str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)])
             ours = _run_worker([sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)])
             eps_p, eps_o = np.load(folder / "published_eps.npy"), np.load(folder / "ours_eps.npy")

@@ -14,6 +14,7 @@ from scipy import sparse, stats
 from sklearn.preprocessing import normalize
 
 import stmorph as st
+from stmorph._validation import ShapeMismatchError
 from stmorph.tl._eps import compute_eps
 from stmorph.tl._geary import geary_terms, gearys_c
 
@@ -78,6 +79,14 @@ def test_geary_c_equals_definition_on_weighted_directed_graph(kind):
         expected = _naive_geary(w.toarray(), data.astype(np.float64))
     numer, ss, _ = geary_terms(w, data, chunk_nnz=100)  # several sparse gene chunks
     np.testing.assert_allclose(gearys_c(numer, ss, 80, w.sum()), expected, rtol=1e-5 if kind == "dense32" else 1e-10)
+
+
+@pytest.mark.parametrize("rows", [79, 81])
+def test_geary_terms_refuses_a_graph_of_another_size(rows):
+    # the compiled pass indexes rows by the graph's column indices: a mismatch must not reach it
+    x = np.random.default_rng(0).standard_normal((rows, 3))
+    with pytest.raises(ShapeMismatchError, match=r"\(80, 80\)"):
+        geary_terms(_random_graph(80, seed=1), x)
 
 
 def _prepared_sim(sim_table) -> ad.AnnData:

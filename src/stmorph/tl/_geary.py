@@ -22,6 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import sparse
 
+from .._validation import check_graph_shape
+
+DEFAULT_CHUNK_ELEMENTS = 2**23
+"""Dense elements (n_obs × genes) copied at once when dense input must be converted (64 MiB of float64)."""
+
 DEFAULT_CHUNK_NNZ = 2**20
 """Stored entries of one sparse chunk (its product with a kNN graph holds about k times as many)."""
 
@@ -97,19 +102,38 @@ def geary_terms(
     Three float64 arrays of length ``g``.
     """
     graph = sparse.csr_matrix(graph, dtype=np.float64)
+    check_graph_shape(graph, X.shape[0], "the graph")  # the compiled pass does not check bounds
     if sparse.issparse(X):
         return _sparse_geary_terms(graph, sparse.csc_matrix(X), chunk_nnz)
-    return _dense_geary_terms(graph, X)
+    return _dense_geary_terms(graph, np.asarray(X))
 
 
 def _dense_geary_terms(graph: sparse.csr_matrix, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three sums of a dense matrix: one compiled, parallel pass over the graph's edges."""
+    """The three sums of a dense matrix: compiled, parallel passes over the graph's edges.
+
+    C-ordered float32/float64 input is passed over once, in place; any other layout or dtype is
+    copied to C order (float64 unless float32) in blocks of genes, so the copy is bounded in memory.
+    """
+    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+    if X.dtype == dtype and X.flags.c_contiguous:
+        return _dense_block_terms(graph, X)
+    out = np.empty((3, X.shape[1]))
+    for cols in _column_blocks(X.shape[0], X.shape[1]):
+        out[:, cols] = _dense_block_terms(graph, np.ascontiguousarray(X[:, cols], dtype=dtype))
+    return out[0], out[1], out[2]
+
+
+def _column_blocks(n_obs: int, n_genes: int) -> list[slice]:
+    step = max(1, DEFAULT_CHUNK_ELEMENTS // max(n_obs, 1))
+    return [slice(start, min(start + step, n_genes)) for start in range(0, n_genes, step)]
+
+
+def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sums of a C-ordered float block (one call of the compiled kernel)."""
     import numba
 
     from ._geary_kernels import dense_geary_sums
 
-    dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
-    x = np.ascontiguousarray(X, dtype=dtype)
     n = x.shape[0]
     numer, shifted_sum, shifted_sq = dense_geary_sums(
         graph.indptr.astype(np.int64),

@@ -62,7 +62,21 @@ def test_eps_matches_published_implementation(data_dir, section, as_sparse):
     assert adata.uns["sps"]["n_genes"] == finite.sum()
 
 
-@pytest.mark.parametrize("kind", ["dense64", "dense32", "fortran", "int", "sparse"])
+def _csr_with_duplicates(x: np.ndarray) -> sparse.csr_matrix:
+    """``x`` as a non-canonical CSR matrix: every stored value split into two entries, plus stored zeros."""
+    coo = sparse.coo_matrix(x)
+    rows = np.r_[coo.row, coo.row, 0]
+    cols = np.r_[coo.col, coo.col, 0]
+    data = np.r_[coo.data / 4, 3 * coo.data / 4, 0.0]
+    m = sparse.csr_matrix(x.shape)
+    m.indptr = np.searchsorted(rows[np.argsort(rows, kind="stable")], np.arange(x.shape[0] + 1)).astype(np.int32)
+    order = np.argsort(rows, kind="stable")
+    m.indices, m.data = cols[order].astype(np.int32), data[order]
+    m.has_canonical_format = False
+    return m
+
+
+@pytest.mark.parametrize("kind", ["dense64", "dense32", "fortran", "int", "sparse", "csc", "sparse32", "duplicates"])
 def test_geary_c_equals_definition_on_weighted_directed_graph(kind):
     rng = np.random.default_rng(0)
     w = _random_graph(80, seed=1)
@@ -74,11 +88,14 @@ def test_geary_c_equals_definition_on_weighted_directed_graph(kind):
         "fortran": np.asfortranarray(x),
         "int": np.round(x).astype(np.int64),
         "sparse": sparse.csr_matrix(x),
+        "csc": sparse.csc_matrix(x),
+        "sparse32": sparse.csr_matrix(x, dtype=np.float32),
+        "duplicates": _csr_with_duplicates(x),
     }[kind]
     if kind == "int":
         expected = _naive_geary(w.toarray(), data.astype(np.float64))
-    numer, ss, _ = geary_terms(w, data, chunk_nnz=100)  # several sparse gene chunks
-    np.testing.assert_allclose(gearys_c(numer, ss, 80, w.sum()), expected, rtol=1e-5 if kind == "dense32" else 1e-10)
+    numer, ss, _ = geary_terms(w, data)
+    np.testing.assert_allclose(gearys_c(numer, ss, 80, w.sum()), expected, rtol=1e-5 if kind.endswith("32") else 1e-10)
 
 
 @pytest.mark.parametrize("rows", [79, 81])

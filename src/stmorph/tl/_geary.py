@@ -1,4 +1,4 @@
-"""Geary's C of many variables on one sparse graph, as sparse matrix products.
+"""Geary's C of many variables on one sparse graph, in compiled passes over its edges.
 
 For a graph with weights ``w_ij`` (row ``i`` → column ``j``) and a variable ``x`` on its nodes,
 
@@ -7,17 +7,13 @@ For a graph with weights ``w_ij`` (row ``i`` → column ``j``) and a variable ``
     C(x) = \\frac{(N - 1) \\sum_{ij} w_{ij} (x_i - x_j)^2}{2 S_0 \\sum_i (x_i - \\bar x)^2},
     \\qquad S_0 = \\sum_{ij} w_{ij}.
 
-Dense input goes through one compiled pass over the edges (:mod:`._geary_kernels`): every
-edge's squared difference is formed directly in float64, for all genes of a row at once. Sparse
-input is never densified: ``Σ_ij w_ij (x_i - x_j)^2 = Σ_i x_i^2 (out_i + in_i) - 2 xᵀ W x`` with
-``out``/``in`` the weighted out-/in-degrees, for a block of genes at once (``W @ X`` is one sparse ×
-sparse product), a form that is invariant to shifting ``x``, so the stored entries are used as they are.
+The numerator is one parallel pass over the edges (:mod:`._geary_kernels`) for all genes at once;
+every squared difference is formed directly in float64, so there is no cancellation. Dense input
+is read in place (C-ordered float) or converted in bounded blocks of genes; sparse input is never
+densified: each edge touches only the stored entries of its two spots.
 """
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
@@ -26,9 +22,6 @@ from .._validation import check_graph_shape
 
 DEFAULT_CHUNK_ELEMENTS = 2**23
 """Dense elements (n_obs × genes) copied at once when dense input must be converted (64 MiB of float64)."""
-
-DEFAULT_CHUNK_NNZ = 2**20
-"""Stored entries of one sparse chunk (its product with a kNN graph holds about k times as many)."""
 
 
 def graph_moments(graph: sparse.csr_matrix) -> tuple[float, float, float]:
@@ -57,33 +50,9 @@ def _degrees(graph: sparse.csr_matrix) -> np.ndarray:
     return np.asarray(graph.sum(axis=1)).ravel() + np.asarray(graph.sum(axis=0)).ravel()
 
 
-def _sparse_chunks(X: sparse.csc_matrix, chunk_nnz: int) -> list[slice]:
-    """Column ranges of about ``chunk_nnz`` stored entries each."""
-    bounds = np.searchsorted(X.indptr, np.arange(0, X.nnz, max(chunk_nnz, 1)), side="right") - 1
-    starts = np.unique(np.append(bounds, 0))
-    stops = np.append(starts[1:], X.shape[1])
-    return [slice(int(a), int(b)) for a, b in zip(starts, stops) if b > a]
-
-
-def _sparse_terms(graph: sparse.csr_matrix, degree: np.ndarray, block: sparse.csc_matrix) -> tuple[np.ndarray, ...]:
-    """The same three sums of a sparse CSC block, touching only its stored entries."""
-    y = sparse.csc_matrix(block, dtype=np.float64)
-    n, g = y.shape
-    col = np.repeat(np.arange(g), np.diff(y.indptr))
-    sq = y.data * y.data
-    sumsq = np.bincount(col, weights=sq, minlength=g)
-    mean = np.bincount(col, weights=y.data, minlength=g) / n
-    wy = sparse.csc_matrix(graph @ y)
-    cross = np.asarray(y.multiply(wy).sum(axis=0)).ravel()
-    numer = np.bincount(col, weights=sq * degree[y.indices], minlength=g) - 2.0 * cross
-    return numer, np.maximum(sumsq - n * mean**2, 0.0), sumsq
-
-
 def geary_terms(
     graph: sparse.csr_matrix,
     X: np.ndarray | sparse.spmatrix,
-    *,
-    chunk_nnz: int = DEFAULT_CHUNK_NNZ,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``Σ_ij w_ij (x_i - x_j)^2``, ``Σ_i (x_i - x̄)^2`` and ``Σ_i x_i^2`` for every column of ``X``.
 
@@ -92,10 +61,8 @@ def geary_terms(
     graph
         ``n × n`` CSR weights.
     X
-        ``n × g`` dense or sparse matrix; sparse input is never densified.
-    chunk_nnz
-        Sparse input is processed in column ranges of about ``chunk_nnz`` stored entries, a thread
-        per core (scipy releases the GIL in these products); memory is bounded by the chunk size.
+        ``n × g`` dense or sparse matrix; sparse input is never densified (a CSC matrix is
+        converted to CSR, a copy of its stored entries).
 
     Returns
     -------
@@ -104,7 +71,7 @@ def geary_terms(
     graph = sparse.csr_matrix(graph, dtype=np.float64)
     check_graph_shape(graph, X.shape[0], "the graph")  # the compiled pass does not check bounds
     if sparse.issparse(X):
-        return _sparse_geary_terms(graph, sparse.csc_matrix(X), chunk_nnz)
+        return _sparse_geary_terms(graph, X)
     return _dense_geary_terms(graph, np.asarray(X))
 
 
@@ -147,23 +114,21 @@ def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndar
     return numer, ss, ss + n * mean**2
 
 
-def _sparse_geary_terms(
-    graph: sparse.csr_matrix, X: sparse.csc_matrix, chunk_nnz: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three sums of a sparse matrix, column chunks on a thread per core."""
-    degree = _degrees(graph)
-    out = np.empty((3, X.shape[1]))
+def _sparse_geary_terms(graph: sparse.csr_matrix, X: sparse.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sums of a sparse matrix, from its stored entries only (one compiled pass)."""
+    import numba
 
-    def run(cols: slice) -> None:
-        out[:, cols] = _sparse_terms(graph, degree, X[:, cols])
+    from ._geary_kernels import sparse_geary_sums
 
-    chunks = _sparse_chunks(X, chunk_nnz)
-    n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    with ThreadPoolExecutor(max(1, min(len(chunks), n_threads))) as pool:
-        list(pool.map(run, chunks))
-    # the numerator is a quadratic form here: it can round to a tiny negative value for a gene that
-    # is constant along every edge, which would make EPS NaN instead of maximal
-    return np.maximum(out[0], 0.0), out[1], out[2]
+    x = sparse.csr_matrix(X)
+    if not x.has_canonical_format:  # the kernel reads each stored gene of a spot once
+        x = x.copy()
+        x.sum_duplicates()
+    n, g = x.shape
+    numer, total, sumsq = sparse_geary_sums(
+        graph.indptr, graph.indices, graph.data, x.indptr, x.indices, x.data, g, 4 * numba.get_num_threads()
+    )
+    return numer, np.maximum(sumsq - total**2 / n, 0.0), sumsq
 
 
 def constant_mask(ss: np.ndarray, sumsq: np.ndarray) -> np.ndarray:

@@ -170,6 +170,16 @@ def _():
     return a, lambda: st.tl.eps(a, progress=False)
 
 
+@_case("st.tl.eps", "stored graph whose edges all have weight 0", InvalidParameterError)
+def _():
+    a = table()
+    st.tl.image_graph(a, use_rep="X_lat", progress=False)
+    graph = a.obsp["image_connectivities"].copy()
+    graph.data[:] = 0.0
+    a.obsp["image_connectivities"] = graph
+    return a, lambda: st.tl.eps(a, progress=False)
+
+
 @_case("st.tl.sps", "one slice lacks use_rep", StmorphKeyError)
 def _():
     a, b = table(), table()

@@ -82,10 +82,11 @@ def bh_qvalues(pvals: np.ndarray) -> np.ndarray:
 
 
 def _check_graph(graph: sparse.csr_matrix, key: str) -> None:
-    if graph.nnz == 0 or (graph.data < 0).any() or not np.isfinite(graph.data).all():
+    if (graph.data < 0).any() or not np.isfinite(graph.data).all() or not graph.data.sum() > 0:
         raise InvalidParameterError(
-            f"adata.obsp[{key!r}] must hold finite non-negative weights with at least one edge; "
-            f"found {graph.nnz} stored entries, min {graph.data.min() if graph.nnz else 'n/a'}."
+            f"adata.obsp[{key!r}] must hold finite non-negative weights with at least one edge of "
+            f"positive weight; found {graph.nnz} stored entries, min {graph.data.min() if graph.nnz else 'n/a'}, "
+            f"sum {graph.data.sum() if graph.nnz else 0}."
         )
 
 

@@ -41,9 +41,10 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
   convexity of retrieval predictions and metric symmetry (`tests/test_properties.py`).
 - **Long jobs.** `st.tl.embed(..., checkpoint=path, resume=True)` resumes an interrupted run
   without recomputing finished batches; `on_error="skip"` reports unreadable patches by spot id
-  (warning + `uns` record, NaN rows) and is never silent. The shared training loop
-  (`stmorph.models._train.train(checkpoint=, resume=)`) saves its full state after every epoch and
-  resumes to the same result as an uninterrupted run (`tests/test_fault_tolerance.py`).
+  (warning + `uns` record, NaN rows) and is never silent. Training the torch models
+  (`st.tl.predict(method="mlp"|"bleep"|"heclip"|"stnet", checkpoint=path, resume=True)`, through the
+  shared loop `stmorph.models._train.train`) saves its full state after every epoch and resumes to
+  the same predictions as an uninterrupted run (`tests/test_fault_tolerance.py`).
 - **Safe loading.** Weights are read only from safetensors or `torch.load(weights_only=True)`;
   a checkpoint that would unpickle Python objects is refused (`tests/test_safe_loading.py`).
 

@@ -201,3 +201,46 @@ def _torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def _counting_mse(monkeypatch, fail_on_call: int | None = None) -> list[int]:
+    """Count the MLP's loss evaluations (one per training batch); optionally crash at one of them."""
+    import torch
+
+    real, calls = torch.nn.functional.mse_loss, []
+
+    def mse(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == fail_on_call:
+            raise Crash(f"interrupted at batch {len(calls)}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", mse)
+    return calls
+
+
+def test_predict_resumes_an_interrupted_training_and_matches_an_uninterrupted_run(monkeypatch, tmp_path):
+    # 60 spots, 48 train (split 0.2), batches of 16: 3 batches per epoch
+    options = {"method": "mlp", "use_rep": "X_lat", "split": 0.2, "epochs": 4, "batch_size": 16, "progress": False}
+    expected = table()
+    st.tl.predict(expected, device="cpu", **options)
+
+    adata, folder = table(), tmp_path / "train"
+    before = adata.copy()
+    _counting_mse(monkeypatch, fail_on_call=3 * 2 + 2)  # dies in epoch 3
+    with pytest.raises(Crash):
+        st.tl.predict(adata, device="cpu", checkpoint=folder, **options)
+    assert_adata_equal(adata, before)  # nothing written into the AnnData
+
+    calls = _counting_mse(monkeypatch)
+    st.tl.predict(adata, device="cpu", checkpoint=folder, resume=True, **options)
+    assert len(calls) == 3 * 2  # epochs 3 and 4 only
+    np.testing.assert_array_equal(adata.layers["predicted_mlp"], expected.layers["predicted_mlp"])
+
+
+def test_checkpoint_is_refused_where_it_cannot_apply(tmp_path):
+    adata = table()
+    with pytest.raises(InvalidParameterError, match="fitted in one step"):
+        st.tl.predict(adata, method="ridge", use_rep="X_lat", split=0.2, checkpoint=tmp_path)
+    with pytest.raises(InvalidParameterError, match="resume=True needs checkpoint="):
+        st.tl.predict(adata, method="mlp", use_rep="X_lat", split=0.2, resume=True, progress=False)

@@ -78,6 +78,8 @@ class TorchPredictor(Predictor):
     :meth:`_restore` (the arrays beyond the network weights, and how to rebuild the network).
     """
 
+    resumable = True
+
     net_: Any = None
     input_shape_: tuple[int, ...] = ()
 

@@ -45,6 +45,7 @@ class MLP(Predictor):
     """
 
     name = "mlp"
+    resumable = True
 
     def __init__(
         self,
@@ -103,6 +104,7 @@ class MLP(Predictor):
             patience=p["patience"] if n_train < len(order) else None,
             progress=self.progress,
             desc="mlp epochs",
+            **self._train_options(),
         )
         return self
 

@@ -7,11 +7,13 @@ so that torch/lightgbm are only imported when that method is used.
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .._validation import check_choice
+from .._validation import InvalidParameterError, check_choice
 
 
 class Predictor:
@@ -45,6 +47,8 @@ class Predictor:
 
     name: ClassVar[str] = "base"
     input: str = "embedding"
+    resumable: ClassVar[bool] = False
+    """Whether :meth:`fit` trains over epochs and can save and resume its state (the torch models)."""
 
     def __init__(self, *, random_state: int = 0, device: str = "auto", progress: bool = True, **params: Any):
         self.random_state = random_state
@@ -54,6 +58,38 @@ class Predictor:
         self.genes: list[str] = []
         self.history: dict[str, list[float]] = {}
         self.training: dict[str, Any] = {}
+        self._checkpoint: Path | None = None
+        self._resume = False
+
+    def set_checkpoint(self, folder: str | os.PathLike | None, resume: bool = False) -> None:
+        """Save the training state in ``folder`` after every epoch; with ``resume``, continue from it.
+
+        Parameters
+        ----------
+        folder
+            Folder of the training state (``train_state.pt``: tensors and plain values only).
+        resume
+            Continue an interrupted :meth:`fit` from the last finished epoch; the result equals an
+            uninterrupted run with the same seed.
+
+        Raises
+        ------
+        InvalidParameterError
+            The method does not train over epochs, or ``resume`` is asked without a folder.
+        """
+        if not self.resumable:
+            raise InvalidParameterError(
+                f"method {self.name!r} is fitted in one step and keeps no training checkpoint; "
+                "checkpoint= and resume= apply to the torch models (mlp, bleep, heclip, stnet)."
+            )
+        if resume and folder is None:
+            raise InvalidParameterError("resume=True needs checkpoint=, the folder of the interrupted run.")
+        self._checkpoint = None if folder is None else Path(folder)
+        self._resume = bool(resume)
+
+    def _train_options(self) -> dict[str, Any]:
+        """The checkpoint options of :func:`stmorph.models._train.train`."""
+        return {"checkpoint": self._checkpoint, "resume": self._resume}
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> Predictor:
         """Fit on training inputs ``X`` and expression ``Y``; returns ``self``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,8 @@ def predict(
     return_model: bool = False,
     random_state: int = 0,
     device: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
     progress: bool = True,
     copy: bool = False,
     **method_kwargs: Any,
@@ -239,6 +242,12 @@ def predict(
         Seed of the split and of everything random in fitting.
     device
         Torch device for torch-based methods (``"auto"``: CUDA when available).
+    checkpoint
+        Torch methods (``mlp``, ``bleep``, ``heclip``, ``stnet``): a folder where the training state
+        is saved after every epoch.
+    resume
+        Continue an interrupted training from ``checkpoint`` (same data and settings): finished
+        epochs are not repeated and the predictions equal those of an uninterrupted run.
     progress
         Show progress bars (MLP epochs, LightGBM genes).
     copy
@@ -277,10 +286,9 @@ def predict(
             )
         if method is not None and method != model.name:
             raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
-        if method_kwargs:
-            raise InvalidParameterError(
-                f"model= is already fitted; options {sorted(method_kwargs)} cannot change it. Refit instead."
-            )
+        if method_kwargs or checkpoint is not None or resume:
+            options = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
+            raise InvalidParameterError(f"model= is already fitted; options {options} cannot change it. Refit instead.")
         method, use_rep = model.name, use_rep or model.training.get("use_rep")
     elif method is None:
         raise InvalidParameterError("method is required; choose one of st.tl.list_methods().")
@@ -291,6 +299,8 @@ def predict(
 
     if mode != "model":
         model = _new_model(method, random_state, device, progress, method_kwargs)
+        if checkpoint is not None or resume:
+            model.set_checkpoint(checkpoint, resume)
     kind = model.input
     refs = _as_list(reference) if mode == "across" else []
     if mode == "model":

@@ -9,7 +9,6 @@ SSIM instead of raising.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
@@ -71,6 +70,8 @@ def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     array([0.8])
     """
     y_true, y_pred = _as_pair(y_true, y_pred)
+    from scipy.stats import rankdata  # imported here: scipy.stats takes ~0.5 s to import
+
     return pearson(rankdata(y_true, axis=0), rankdata(y_pred, axis=0))
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +101,32 @@ def test_bad_cohort_inputs_are_clear_errors(slices, sim_table):
         st.tl.embed([sim_table], model="hed")
     with pytest.raises(InvalidParameterError, match="list of slides"):
         st.tl.embed(sim_table, model="hed", client=object())
+
+
+_CONCURRENT_KERNELS = """
+import numpy as np
+from concurrent.futures import ThreadPoolExecutor
+from scipy import sparse
+from stmorph.tl._geary import geary_terms
+from stmorph.tl._graph import knn_graph
+
+rng = np.random.default_rng(0)
+emb, X = rng.standard_normal((600, 8)), rng.random((600, 40))
+graph, _, _ = knn_graph(emb, 5, method="exact")
+jobs = [lambda: geary_terms(graph, X)[0].sum(), lambda: geary_terms(graph, sparse.csr_matrix(X))[0].sum(),
+        lambda: float(knn_graph(emb, 5, method="exact")[0].sum())] * 8
+with ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(lambda job: job(), jobs))
+assert len(set(np.round(results[0::3], 8))) == 1 and len(set(results[2::3])) == 1
+import numba
+print("layer", numba.threading_layer())
+"""
+
+
+def test_parallel_kernels_survive_concurrent_threads_on_numba_workqueue_layer():
+    # workqueue (numba's fallback without OpenMP/TBB) aborts the process on concurrent parallel
+    # launches, as from dask's threaded scheduler; stmorph serialises its kernels there
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    proc = subprocess.run([sys.executable, "-c", _CONCURRENT_KERNELS], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "layer workqueue" in proc.stdout

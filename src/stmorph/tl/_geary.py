@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from .._numba import run_kernel
 from .._validation import check_graph_shape
 
 DEFAULT_CHUNK_ELEMENTS = 2**23
@@ -102,7 +103,8 @@ def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndar
     from ._geary_kernels import dense_geary_sums
 
     n = x.shape[0]
-    numer, shifted_sum, shifted_sq = dense_geary_sums(
+    numer, shifted_sum, shifted_sq = run_kernel(
+        dense_geary_sums,
         graph.indptr.astype(np.int64),
         graph.indices.astype(np.int64),
         graph.data,
@@ -125,8 +127,16 @@ def _sparse_geary_terms(graph: sparse.csr_matrix, X: sparse.spmatrix) -> tuple[n
         x = x.copy()
         x.sum_duplicates()
     n, g = x.shape
-    numer, total, sumsq = sparse_geary_sums(
-        graph.indptr, graph.indices, graph.data, x.indptr, x.indices, x.data, g, 4 * numba.get_num_threads()
+    numer, total, sumsq = run_kernel(
+        sparse_geary_sums,
+        graph.indptr,
+        graph.indices,
+        graph.data,
+        x.indptr,
+        x.indices,
+        x.data,
+        g,
+        4 * numba.get_num_threads(),
     )
     return numer, np.maximum(sumsq - total**2 / n, 0.0), sumsq
 

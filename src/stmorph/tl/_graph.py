@@ -11,6 +11,7 @@ from scipy import sparse
 
 from .._anndata import commit_outputs
 from .._logging import logger
+from .._numba import run_kernel
 from .._validation import check_choice, check_n_obs, check_range, get_rep
 
 if TYPE_CHECKING:
@@ -101,9 +102,9 @@ def knn_exact(
     for i, j in tqdm(pairs, desc="exact kNN", disable=not progress):
         rows, cols = slice(i, min(i + size, n)), slice(j, min(j + size, n))
         sims = base[rows] @ base[cols].T
-        merge_rows(sims, sqnorm, i, j, keys[rows], cand[rows])
+        run_kernel(merge_rows, sims, sqnorm, i, j, keys[rows], cand[rows])
         if j > i:
-            merge_columns(sims, sqnorm, j, i, keys[cols], cand[cols])
+            run_kernel(merge_columns, sims, sqnorm, j, i, keys[cols], cand[cols])
     indices = np.empty((n, n_neighbors), dtype=np.int64)
     distances = np.empty((n, n_neighbors), dtype=np.float64)
     chunk = max(1, _BLOCK_ELEMENTS // (8 * m * rep.shape[1]))

@@ -96,20 +96,20 @@ def _column_blocks(n_obs: int, n_genes: int) -> list[slice]:
     return [slice(start, min(start + step, n_genes)) for start in range(0, n_genes, step)]
 
 
-def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three sums of a C-ordered float block (one call of the compiled kernel)."""
+def _n_row_chunks() -> int:
+    """Row ranges of one kernel call: a few per numba thread, to balance unequal degrees."""
     import numba
 
+    return 4 * numba.get_num_threads()
+
+
+def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three sums of a C-ordered float block (one call of the compiled kernel)."""
     from ._geary_kernels import dense_geary_sums
 
     n = x.shape[0]
     numer, shifted_sum, shifted_sq = run_kernel(
-        dense_geary_sums,
-        graph.indptr.astype(np.int64),
-        graph.indices.astype(np.int64),
-        graph.data,
-        x,
-        4 * numba.get_num_threads(),  # a few row ranges per thread balance unequal degrees
+        dense_geary_sums, graph.indptr, graph.indices, graph.data, x, _n_row_chunks()
     )
     ss = np.maximum(shifted_sq - shifted_sum**2 / n, 0.0)
     mean = x[0].astype(np.float64) + shifted_sum / n
@@ -118,8 +118,6 @@ def _dense_block_terms(graph: sparse.csr_matrix, x: np.ndarray) -> tuple[np.ndar
 
 def _sparse_geary_terms(graph: sparse.csr_matrix, X: sparse.spmatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The three sums of a sparse matrix, from its stored entries only (one compiled pass)."""
-    import numba
-
     from ._geary_kernels import sparse_geary_sums
 
     x = sparse.csr_matrix(X)
@@ -136,7 +134,7 @@ def _sparse_geary_terms(graph: sparse.csr_matrix, X: sparse.spmatrix) -> tuple[n
         x.indices,
         x.data,
         g,
-        4 * numba.get_num_threads(),
+        _n_row_chunks(),
     )
     return numer, np.maximum(sumsq - total**2 / n, 0.0), sumsq
 

@@ -18,7 +18,7 @@ from stmorph._validation import (
     StmorphKeyError,
     TooFewObservationsError,
 )
-from stmorph.tl import _methods
+from stmorph.models import _predictor
 from stmorph.tl._metrics import pearson
 
 SECTIONS = ("C2", "C3", "C4", "C5")
@@ -141,7 +141,7 @@ def test_fitted_model_predicts_a_new_slice_without_reference(sim_pair):
     with pytest.raises(ShapeMismatchError, match="model"):
         st.tl.predict(narrow, model=model)
     with pytest.raises(InvalidParameterError, match="never fitted"):
-        st.tl.predict(fresh, model=_methods.get_method("ridge")())
+        st.tl.predict(fresh, model=_predictor.get_method("ridge")())
 
 
 def test_outputs_survive_h5ad_roundtrip(sim, tmp_path):
@@ -155,7 +155,7 @@ def test_outputs_survive_h5ad_roundtrip(sim, tmp_path):
 
 
 def test_patch_methods_receive_patches(sim, monkeypatch):
-    class MeanColour(_methods.Predictor):
+    class MeanColour(st.models.Predictor):
         name = "meancolour"
         input = "patches"
 
@@ -167,7 +167,7 @@ def test_patch_methods_receive_patches(sim, monkeypatch):
         def predict(self, X):
             return self.fitted_.predict(X.mean(axis=(1, 2)))
 
-    monkeypatch.setitem(_methods._REGISTRY, "meancolour", MeanColour)
+    monkeypatch.setitem(_predictor._REGISTRY, "meancolour", MeanColour)
     rng = np.random.default_rng(0)
     sim.obsm["patches"] = rng.integers(0, 255, size=(sim.n_obs, 8, 8, 3), dtype=np.uint8)
     st.tl.predict(sim, method="meancolour", use_rep="patches", split=0.2)
@@ -175,6 +175,42 @@ def test_patch_methods_receive_patches(sim, monkeypatch):
     sim.obsm["patches"] = sim.obsm["patches"].astype(np.float32)
     with pytest.raises(ValueError, match="uint8"):
         st.tl.predict(sim, method="meancolour", use_rep="patches", split=0.2)
+
+
+def test_user_method_registered_with_st_tl_register_method_runs_through_predict(sim, monkeypatch):
+    monkeypatch.setattr(_predictor, "_REGISTRY", dict(_predictor._REGISTRY))  # forgotten after the test
+
+    class ShiftedMean(st.models.Predictor):
+        name = "shiftedmean"
+
+        def __init__(self, *, shift: float = 0.0, **kwargs):
+            super().__init__(shift=shift, **kwargs)
+            self.shift = shift
+
+        def fit(self, X, Y):
+            self.mean_ = Y.mean(axis=0) + self.shift
+            return self
+
+        def predict(self, X):
+            return np.tile(self.mean_, (len(X), 1))
+
+    st.tl.register_method("shiftedmean", ShiftedMean)
+    st.tl.register_method("ridge_by_path", "stmorph.models._baselines:Ridge")
+    assert {"shiftedmean", "ridge_by_path"} <= set(st.tl.list_methods())
+    st.tl.predict(sim, method="shiftedmean", use_rep="X_emb", split=0.2, shift=1.5)
+    train = (sim.obs["stmorph_split"] == "train").to_numpy()
+    expected = sim.X[train].toarray().mean(axis=0) + 1.5
+    np.testing.assert_allclose(sim.layers["predicted_shiftedmean"], np.tile(expected, (sim.n_obs, 1)), rtol=1e-5)
+    assert sim.uns["stmorph"]["predict"]["predicted_shiftedmean"]["params"]["shift"] == 1.5
+    st.tl.predict(sim, method="ridge_by_path", use_rep="X_emb", split=0.2)
+    st.tl.predict(sim, method="ridge", use_rep="X_emb", split=0.2)
+    np.testing.assert_array_equal(sim.layers["predicted_ridge_by_path"], sim.layers["predicted_ridge"])
+    with pytest.raises(InvalidParameterError, match="shift"):
+        st.tl.predict(sim, method="shiftedmean", use_rep="X_emb", split=0.2, shfit=1.0)
+    for target in ("stmorph.models._baselines.Ridge", dict, Ridge):
+        with pytest.raises(InvalidParameterError, match="Predictor subclass"):
+            st.tl.register_method("broken", target)
+    assert "broken" not in st.tl.list_methods()
 
 
 def _bad_calls(adata: ad.AnnData, ref: ad.AnnData):
@@ -287,7 +323,7 @@ def test_leave_one_section_out_ridge_on_real_sections_gives_finite_metrics(her2s
 
 
 def test_lightgbm_max_bin_limits_the_split_points():
-    from stmorph.tl._baselines import LightGBM
+    from stmorph.models._baselines import LightGBM
 
     x = np.linspace(0, 1, 400)[:, None]
     y = np.sin(6 * x)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import InputTypeError, ModelFileError, ShapeMismatchError, check_finite, check_same_shape
-from ..tl._methods import Predictor
+from ._predictor import Predictor
 from ._io import save_arrays
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import numpy as np
 from .._validation import ModelFileError
 
 if TYPE_CHECKING:
-    from ..tl._methods import Predictor
+    from ._predictor import Predictor
 
 FORMAT = "stmorph-model"
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ def load(path: str | os.PathLike) -> Predictor:
 
     Returns
     -------
-    The fitted :class:`~stmorph.tl._methods.Predictor` (e.g. BLEEP, HECLIP, ST-Net), ready for
+    The fitted :class:`~stmorph.models.Predictor` (e.g. BLEEP, HECLIP, ST-Net), ready for
     ``st.tl.predict(query, model=...)``; its ``genes`` are the predicted genes.
 
     Raises
@@ -145,7 +145,7 @@ def load(path: str | os.PathLike) -> Predictor:
     >>> model = st.models.load("bleep_her2st")  # doctest: +SKIP
     >>> st.tl.predict(query, model=model)  # doctest: +SKIP
     """
-    from ..tl._methods import get_method
+    from ._predictor import get_method
 
     folder = Path(path)
     config = read_config(folder)

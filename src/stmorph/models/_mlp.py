@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_range
-from ..tl._methods import Predictor
+from ._predictor import Predictor
 from ._train import resolve_device, seed_everything, train
 
 
@@ -33,7 +33,7 @@ class MLP(Predictor):
         With ``val_fraction``: stop after this many epochs without a better validation loss and
         keep the best weights (early stopping).
     **kwargs
-        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.tl._methods.Predictor`).
+        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
     Examples
     --------

@@ -1,11 +1,11 @@
 """Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics)."""
 
 from ..models._encoders import list_encoders, register_encoder
+from ..models._predictor import list_methods, register_method
 from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
 from ._graph import image_graph
-from ._methods import list_methods
 from ._predict import predict
 
 __all__: list[str] = [
@@ -17,5 +17,6 @@ __all__: list[str] = [
     "list_methods",
     "predict",
     "register_encoder",
+    "register_method",
     "sps",
 ]

@@ -29,7 +29,7 @@ from .._validation import (
     get_patches,
     get_rep,
 )
-from ._methods import Predictor, get_method
+from ..models._predictor import Predictor, get_method
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -259,7 +259,7 @@ def predict(
     Returns
     -------
     ``None`` (or the copy with ``copy=True``); with ``return_model=True`` the fitted
-    :class:`~stmorph.tl._methods.Predictor` (a tuple ``(copy, model)`` when both). Sets on ``query``:
+    :class:`~stmorph.models.Predictor` (a tuple ``(copy, model)`` when both). Sets on ``query``:
 
     ``layers[key]`` : float32 ``n_obs × n_vars`` predictions; **genes not predicted are NaN**.
     ``uns['stmorph']['predict'][key]`` : ``method``, ``params``, ``mode`` (``"across"``,

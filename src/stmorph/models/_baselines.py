@@ -14,7 +14,7 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import check_range
-from ._methods import Predictor
+from ._predictor import Predictor
 
 
 class _SklearnRegressor(Predictor):
@@ -61,7 +61,7 @@ class Ridge(_SklearnRegressor):
     alpha
         L2 penalty.
     **kwargs
-        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.tl._methods.Predictor`).
+        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
     Examples
     --------
@@ -107,7 +107,7 @@ class LightGBM(Predictor):
     n_jobs
         Number of genes fitted at the same time (default: CPU count, at most 8).
     **kwargs
-        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.tl._methods.Predictor`).
+        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
     Examples
     --------

@@ -1,7 +1,7 @@
-"""The prediction-method registry behind :func:`stmorph.tl.predict`.
+"""The :class:`Predictor` base class and the prediction-method registry behind :func:`stmorph.tl.predict`.
 
-A method is a :class:`Predictor` subclass. It is registered by an import path (``"module:Class"``)
-so that torch/lightgbm are only imported when that method is used.
+A method is a :class:`Predictor` subclass. The built-in ones are registered by an import path
+(``"module:Class"``) so that torch/lightgbm are only imported when that method is used.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ class Predictor:
 
 
 _REGISTRY: dict[str, str | type[Predictor]] = {
-    "linear": "stmorph.tl._baselines:Linear",
-    "ridge": "stmorph.tl._baselines:Ridge",
-    "lightgbm": "stmorph.tl._baselines:LightGBM",
+    "linear": "stmorph.models._baselines:Linear",
+    "ridge": "stmorph.models._baselines:Ridge",
+    "lightgbm": "stmorph.models._baselines:LightGBM",
     "mlp": "stmorph.models._mlp:MLP",
     "bleep": "stmorph.models._contrastive:BLEEP",
     "heclip": "stmorph.models._contrastive:HECLIP",
@@ -116,33 +116,67 @@ _REGISTRY: dict[str, str | type[Predictor]] = {
 
 
 def register_method(name: str, target: str | type[Predictor]) -> None:
-    """Register a prediction method for :func:`stmorph.tl.predict`.
+    """Register a prediction method for :func:`stmorph.tl.predict` (``method=name``).
+
+    A method is a :class:`~stmorph.models.Predictor` subclass: set ``name`` and ``input``
+    (``"embedding"``: ``(n, d)`` float embeddings from ``obsm[use_rep]``; ``"patches"``:
+    ``(n, P, P, 3)`` uint8 patches), implement ``fit(X, Y)`` (returns ``self``) and ``predict(X)``
+    (``(n, n_genes)`` expression). Options of ``__init__`` become keyword options of
+    :func:`~stmorph.tl.predict`; registering an existing name replaces that method.
 
     Parameters
     ----------
     name
         Name users pass as ``method=``.
     target
-        A :class:`Predictor` subclass, or its import path ``"package.module:Class"`` (imported on
-        first use).
+        A :class:`~stmorph.models.Predictor` subclass, or its import path ``"package.module:Class"``
+        (imported on first use, so a heavy dependency is only loaded when the method is used).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``name`` is not a non-empty string, or ``target`` is neither a Predictor subclass nor a
+        ``"module:Class"`` path.
 
     Examples
     --------
-    >>> from stmorph.tl._methods import Predictor, register_method
-    >>> class Mean(Predictor):
+    >>> import numpy as np, stmorph as st
+    >>> class Mean(st.models.Predictor):
     ...     name = "mean"
     ...     def fit(self, X, Y):
-    ...         self.mean_ = Y.mean(0)
+    ...         self.mean_ = Y.mean(axis=0)
     ...         return self
     ...     def predict(self, X):
     ...         return np.tile(self.mean_, (len(X), 1))
-    >>> register_method("mean", Mean)
+    >>> st.tl.register_method("mean", Mean)
+    >>> adata = st.datasets.simulate(100, 10).tables["table"]
+    >>> st.tl.predict(adata, method="mean", use_rep="latent", split=0.2)
+    >>> adata.layers["predicted_mean"].shape
+    (100, 10)
     """
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"a method name must be a non-empty string; found {name!r}.")
+    if isinstance(target, str):
+        valid = all(target.partition(":")[::2])  # both the module and the class name
+    else:
+        valid = isinstance(target, type) and issubclass(target, Predictor)
+    if not valid:
+        raise InvalidParameterError(
+            f"method {name!r}: target must be a stmorph.models.Predictor subclass or an import path "
+            f"'package.module:Class'; found {target!r}."
+        )
     _REGISTRY[name] = target
 
 
 def list_methods() -> list[str]:
-    """Names of the registered prediction methods."""
+    """Names of the registered prediction methods (the values of ``method=`` in :func:`stmorph.tl.predict`).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> st.tl.list_methods()
+    ['bleep', 'heclip', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
+    """
     return sorted(_REGISTRY)
 
 

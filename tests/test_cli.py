@@ -74,8 +74,14 @@ def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
     out, _ = demo_run
     target = tmp_path / "C2_predicted.h5ad"
     argv = ["predict", str(out / "C2" / "results.h5ad"), "--reference", str(out / "C3" / "results.h5ad")]
-    assert main([*argv, "--method", "ridge", "--use-rep", f"X_{ENCODER}", "--out", str(target)]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*argv, "--method", "ridge", "--use-rep", f"X_{ENCODER}", "--evaluate", "--out", str(target)]) == 0
     query, reference = ad.read_h5ad(target), ad.read_h5ad(out / "C3" / "results.h5ad")
+    # --evaluate prints the summary row and stores the per-gene metrics in the written file
+    summary = query.uns["stmorph"]["evaluate"]["ridge"]["summary"]
+    assert summary["pearson_all"] == pytest.approx(np.nanmean(query.var["pearson_ridge"]))
+    assert re.search(rf"ridge\s.*{summary['pearson_all']:.6f}", printed.getvalue())
     genes = query.var_names.intersection(reference.var_names)[:20]
     fitted = Ridge(alpha=1.0).fit(reference.obsm[f"X_{ENCODER}"], np.asarray(reference[:, genes].X))
     expected = fitted.predict(query.obsm[f"X_{ENCODER}"])

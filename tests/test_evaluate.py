@@ -30,20 +30,21 @@ def _scipy_pearson(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 
 def test_per_gene_metrics_match_scipy_on_all_spots(scored):
-    table = st.tl.evaluate(scored, "predicted_manual", n_top=5)
+    assert st.tl.evaluate(scored, "predicted_manual", n_top=5) is None
     truth, pred = scored.X, scored.layers["predicted_manual"].astype(float)
     np.testing.assert_allclose(scored.var["pearson_manual"], _scipy_pearson(truth, pred), rtol=1e-6)
     rho = [stats.spearmanr(truth[:, g], pred[:, g])[0] for g in range(12)]
     np.testing.assert_allclose(scored.var["spearman_manual"], rho, rtol=1e-6)
     np.testing.assert_allclose(scored.var["rmse_manual"], np.sqrt(((truth - pred) ** 2).mean(0)), rtol=1e-6)
     assert np.isfinite(scored.var["ssim_manual"]).all()
-    assert table.index.tolist() == ["manual"]
     record = scored.uns["stmorph"]["evaluate"]["manual"]
     assert record["subset"] == "all" and record["n_spots"] == 60 and record["truth"] == "X"
 
 
 def test_summary_follows_bleep_heg_hvg_and_marker_definitions(scored):
-    table = st.tl.evaluate(scored, "predicted_manual", n_top=4, marker_genes=["g0", "g5"])
+    options = dict(n_top=4, marker_genes=["g0", "g5"])
+    table = st.tl.evaluate(scored, "predicted_manual", inplace=False, **options)
+    st.tl.evaluate(scored, "predicted_manual", **options)
     r = pd.Series(_scipy_pearson(scored.X, scored.layers["predicted_manual"]), index=scored.var_names)
     truth = pd.DataFrame(scored.X, columns=scored.var_names)
     heg = truth.mean().nlargest(4).index
@@ -59,7 +60,8 @@ def test_summary_follows_bleep_heg_hvg_and_marker_definitions(scored):
 
 
 def test_hit_at_t_is_the_fraction_of_spots_sharing_a_top_gene(scored):
-    table = st.tl.evaluate(scored, "predicted_manual", hit_at_t=(1, 3))
+    table = st.tl.evaluate(scored, "predicted_manual", hit_at_t=(1, 3), inplace=False)
+    st.tl.evaluate(scored, "predicted_manual", hit_at_t=(1, 3))
     truth, pred = scored.X, scored.layers["predicted_manual"]
     for t in (1, 3):
         hits = [bool(set(np.argsort(p)[-t:]) & set(np.argsort(x)[-t:])) for p, x in zip(pred, truth)]
@@ -73,13 +75,13 @@ def test_within_slice_prediction_is_scored_on_test_spots_in_its_training_represe
     adata.layers["log1p"] = np.log1p(adata.X.toarray())
     adata.X = np.zeros(adata.shape)  # must not be used: the model learns layers["log1p"]
     st.tl.predict(adata, method="ridge", use_rep="latent", layer="log1p", split=0.25)
-    table = st.tl.evaluate(adata, "predicted_ridge", n_top=10)
+    st.tl.evaluate(adata, "predicted_ridge", n_top=10)
     test = (adata.obs["stmorph_split"] == "test").to_numpy()
     expected = _scipy_pearson(adata.layers["log1p"][test], adata.layers["predicted_ridge"][test])
     np.testing.assert_allclose(adata.var["pearson_ridge"], expected, rtol=1e-5)
     record = adata.uns["stmorph"]["evaluate"]["ridge"]
     assert record["truth"] == "log1p" and record["subset"] == "test" and record["n_spots"] == test.sum()
-    assert table.loc["ridge", "pearson_HVG-10"] > 0.5  # the planted genes are the most variable ones
+    assert record["summary"]["pearson_HVG-10"] > 0.5  # the planted genes are the most variable ones
     # an explicit subset overrides the split
     st.tl.evaluate(adata, "predicted_ridge", subset="all", key_added="all_spots")
     assert adata.uns["stmorph"]["evaluate"]["all_spots"]["n_spots"] == adata.n_obs
@@ -88,11 +90,25 @@ def test_within_slice_prediction_is_scored_on_test_spots_in_its_training_represe
 def test_genes_without_prediction_and_constant_genes_give_nan_not_a_crash(scored):
     scored.layers["predicted_manual"][:, 2] = np.nan  # not predicted
     scored.X[:, 4] = 1.0  # constant truth
-    table = st.tl.evaluate(scored, "predicted_manual", n_top=3)
+    st.tl.evaluate(scored, "predicted_manual", n_top=3)
     assert np.isnan(scored.var.loc["g2", ["pearson_manual", "rmse_manual"]]).all()
     assert np.isnan(scored.var.loc["g4", "pearson_manual"]) and np.isfinite(scored.var.loc["g4", "rmse_manual"])
-    assert scored.uns["stmorph"]["evaluate"]["manual"]["n_genes"] == 11
-    assert np.isfinite(table.loc["manual", "pearson_all"])
+    record = scored.uns["stmorph"]["evaluate"]["manual"]
+    assert record["n_genes"] == 11 and np.isfinite(record["summary"]["pearson_all"])
+
+
+def test_inplace_false_returns_the_summary_table_and_writes_nothing(scored):
+    before = scored.copy()
+    table = st.tl.evaluate(scored, "predicted_manual", n_top=3, key_added="m", inplace=False)
+    assert_adata_equal(scored, before)
+    assert table.index.tolist() == ["m"] and table.index.name == "prediction"
+    r = _scipy_pearson(scored.X, scored.layers["predicted_manual"])
+    assert table.loc["m", "pearson_all"] == pytest.approx(r.mean())
+    assert {"pearson_MG", "pearson_HEG-3", "pearson_HVG-3", "rmse_all", "ssim_all", "hit@1"} <= set(table.columns)
+    assert st.tl.evaluate(scored, "predicted_manual", n_top=3, key_added="m") is None
+    stored = scored.uns["stmorph"]["evaluate"]["m"]["summary"]
+    assert stored == pytest.approx(table.loc["m"].to_dict(), nan_ok=True)  # pearson_MG: NaN without markers
+    np.testing.assert_allclose(scored.var["pearson_m"], r, rtol=1e-6)
 
 
 def test_rank_layer_chooses_heg_on_another_representation(scored):

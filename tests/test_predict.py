@@ -118,7 +118,7 @@ def test_several_references_are_concatenated(sim_pair):
     ref, query = sim_pair
     ref_a, ref_b = ref[:150].copy(), ref[150:].copy()
     ref_b = ref_b[:, ref_b.var_names[::-1]].copy()  # gene order differs between references
-    model = st.tl.predict(query, [ref_a, ref_b], method="ridge", use_rep="X_emb", return_model=True, copy=True)[1]
+    model = st.tl.predict(query.copy(), [ref_a, ref_b], method="ridge", use_rep="X_emb", return_model=True)
     expected = Ridge(alpha=1.0).fit(ref.obsm["X_emb"], ref.X.toarray()).predict(query.obsm["X_emb"])
     np.testing.assert_allclose(model.predict(query.obsm["X_emb"]), expected, rtol=1e-4, atol=1e-5)
     assert model.training["n_train"] == ref.n_obs
@@ -142,6 +142,24 @@ def test_fitted_model_predicts_a_new_slice_without_reference(sim_pair):
         st.tl.predict(narrow, model=model)
     with pytest.raises(InvalidParameterError, match="never fitted"):
         st.tl.predict(fresh, model=_predictor.get_method("ridge")())
+
+
+def test_return_values_follow_scanpys_rule(sim_pair):
+    ref, query = sim_pair
+    query = query.copy()
+    before = query.copy()
+    copied = st.tl.predict(query, ref, method="ridge", use_rep="X_emb", copy=True)
+    assert isinstance(copied, ad.AnnData) and "predicted_ridge" in copied.layers
+    assert_adata_equal(query, before)
+    assert st.tl.predict(query, ref, method="ridge", use_rep="X_emb") is None
+    np.testing.assert_array_equal(query.layers["predicted_ridge"], copied.layers["predicted_ridge"])
+    model = st.tl.predict(query, ref, method="ridge", use_rep="X_emb", key_added="again", return_model=True)
+    assert isinstance(model, st.models.Predictor) and model.name == "ridge"
+    np.testing.assert_array_equal(query.layers["again"], copied.layers["predicted_ridge"])  # still in place
+    edited = query.copy()
+    with pytest.raises(InvalidParameterError, match="ask for one"):
+        st.tl.predict(query, ref, method="ridge", use_rep="X_emb", key_added="third", copy=True, return_model=True)
+    assert_adata_equal(query, edited)
 
 
 def test_outputs_survive_h5ad_roundtrip(sim, tmp_path):
@@ -305,10 +323,10 @@ def test_within_slice_ridge_on_real_sections_gives_finite_metrics(her2st_prepare
     for section, adata in her2st_prepared.items():
         adata = adata.copy()
         st.tl.predict(adata, method="ridge", use_rep="X_pix", split=0.2)
-        table = st.tl.evaluate(adata, "predicted_ridge")
+        st.tl.evaluate(adata, "predicted_ridge")
         finite = np.isfinite(adata.var[["pearson_ridge", "spearman_ridge", "rmse_ridge", "ssim_ridge"]]).all(axis=1)
         assert finite.mean() >= 0.95, section
-        assert np.isfinite(table["pearson_HEG-50"].iloc[0]), section
+        assert np.isfinite(adata.uns["stmorph"]["evaluate"]["ridge"]["summary"]["pearson_HEG-50"]), section
 
 
 def test_leave_one_section_out_ridge_on_real_sections_gives_finite_metrics(her2st_prepared):

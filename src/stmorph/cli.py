@@ -132,12 +132,14 @@ def _run_predict(args: argparse.Namespace) -> None:
     import anndata as ad
 
     from . import tl
+    from .tl._evaluate import evaluation_table
 
     query = ad.read_h5ad(args.query)
     references = [ad.read_h5ad(p) for p in args.reference]
     tl.predict(query, references, method=args.method, use_rep=args.use_rep, layer=args.layer, **json.loads(args.params))
     if args.evaluate:
-        print(tl.evaluate(query, f"predicted_{args.method}").to_string())
+        tl.evaluate(query, f"predicted_{args.method}")
+        print(evaluation_table(query, args.method).to_string())
     query.write_h5ad(args.out)
     print(f"wrote {args.out} with layers['predicted_{args.method}']")
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import InputTypeError, ModelFileError, ShapeMismatchError, check_finite, check_same_shape
-from ._predictor import Predictor
 from ._io import save_arrays
+from ._predictor import Predictor
 
 if TYPE_CHECKING:
     import torch

@@ -126,7 +126,8 @@ def evaluate(
     rank_layer: str | None = None,
     n_top: int = 50,
     hit_at_t: Sequence[int] = (1, 2, 3),
-) -> pd.DataFrame:
+    inplace: bool = True,
+) -> pd.DataFrame | None:
     """Score a prediction against the measured expression: per gene, per spot, and the BLEEP summary table.
 
     Per gene (on the evaluated spots): Pearson, Spearman, RMSE (in the units of the truth), and
@@ -164,12 +165,15 @@ def evaluate(
         Size of the HEG and HVG sets.
     hit_at_t
         The ``T`` of Hit@T.
+    inplace
+        Write the results into ``adata`` and return ``None`` (default), or return the summary
+        table and write nothing (scanpy's rule for functions that compute a table).
 
     Returns
     -------
-    Summary table with one row (``key_added``) and columns ``pearson_MG``, ``pearson_HEG-{n}``,
-    ``pearson_HVG-{n}``, ``pearson_all``, ``spearman_all``, ``rmse_all``, ``ssim_all``,
-    ``hit@T``. Sets on ``adata``:
+    With ``inplace=False``, the summary table: one row (``key_added``) and columns
+    ``pearson_MG``, ``pearson_HEG-{n}``, ``pearson_HVG-{n}``, ``pearson_all``, ``spearman_all``,
+    ``rmse_all``, ``ssim_all``, ``hit@T``. With ``inplace=True``, ``None``; sets on ``adata``:
 
     ``var['pearson_{name}']``, ``var['spearman_{name}']``, ``var['rmse_{name}']``, ``var['ssim_{name}']`` :
         per-gene metrics (NaN for genes not evaluated).
@@ -183,9 +187,12 @@ def evaluate(
     >>> adata = st.datasets.simulate(200, 20, n_planted=4).tables["table"]
     >>> sc.pp.normalize_total(adata); sc.pp.log1p(adata)
     >>> st.tl.predict(adata, method="ridge", use_rep="latent", split=0.2)
-    >>> table = st.tl.evaluate(adata, "predicted_ridge", n_top=5)
-    >>> list(table.index), "pearson_ridge" in adata.var
-    (['ridge'], True)
+    >>> st.tl.evaluate(adata, "predicted_ridge", n_top=5)
+    >>> "pearson_ridge" in adata.var, sorted(adata.uns["stmorph"]["evaluate"])
+    (True, ['ridge'])
+    >>> table = st.tl.evaluate(adata, "predicted_ridge", n_top=5, inplace=False)  # writes nothing
+    >>> list(table.index)
+    ['ridge']
     """
     if layer not in adata.layers:
         raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {list(adata.layers.keys())}.")
@@ -254,5 +261,20 @@ def evaluate(
         len(idx),
         summary["pearson_all"],
     )
+    if not inplace:
+        return _summary_table(summary, name)
     commit_outputs(adata, var=var, uns={(UNS_KEY, "evaluate", name): result})
-    return pd.DataFrame(summary, index=pd.Index([name], name="prediction"))
+    return None
+
+
+def _summary_table(summary: Mapping[str, float], name: str) -> pd.DataFrame:
+    """The one-row summary table of the evaluation ``name``."""
+    return pd.DataFrame({k: [float(v)] for k, v in summary.items()}, index=pd.Index([name], name="prediction"))
+
+
+def evaluation_table(adata: AnnData, key: str) -> pd.DataFrame:
+    """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata``."""
+    node = adata.uns.get(UNS_KEY, {}).get("evaluate", {})
+    if key not in node:
+        raise StmorphKeyError(f"no evaluation {key!r} in adata.uns[{UNS_KEY!r}]['evaluate']; run st.tl.evaluate first.")
+    return _summary_table(node[key]["summary"], key)

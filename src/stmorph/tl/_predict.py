@@ -197,7 +197,7 @@ def predict(
     progress: bool = True,
     copy: bool = False,
     **method_kwargs: Any,
-) -> AnnData | Predictor | tuple[AnnData, Predictor] | None:
+) -> AnnData | Predictor | None:
     """Predict expression from image embeddings (or patches) with a registered method.
 
     Three ways to get a model:
@@ -207,8 +207,8 @@ def predict(
     - **Within a slice** (``split=``, the EPS paper's protocol): hold out a seeded random fraction
       of ``query``'s spots as test, fit on the rest, and predict every spot (train spots get
       in-sample predictions; :func:`~stmorph.tl.evaluate` scores the test spots only).
-    - **A fitted model** (``model=``, from an earlier call with ``return_model=True``): predict a
-      new slice without refitting.
+    - **A fitted model** (``model=``, from an earlier call with ``return_model=True`` or from
+      :func:`stmorph.models.load`): predict a new slice without refitting.
 
     Parameters
     ----------
@@ -237,7 +237,8 @@ def predict(
     model
         A fitted model returned by an earlier call; its genes must exist in ``query``.
     return_model
-        Also return the fitted model.
+        Return the fitted model (a :class:`~stmorph.models.Predictor`) instead of ``None``;
+        ``query`` is still edited in place. Cannot be combined with ``copy=True``.
     random_state
         Seed of the split and of everything random in fitting.
     device
@@ -258,8 +259,10 @@ def predict(
 
     Returns
     -------
-    ``None`` (or the copy with ``copy=True``); with ``return_model=True`` the fitted
-    :class:`~stmorph.models.Predictor` (a tuple ``(copy, model)`` when both). Sets on ``query``:
+    ``None`` (scanpy's rule), or the new :class:`~anndata.AnnData` with ``copy=True``, or the
+    fitted :class:`~stmorph.models.Predictor` with ``return_model=True`` (to apply with
+    ``model=`` to other slices, or ``save`` for the torch methods). Sets on ``query`` (on the
+    copy with ``copy=True``):
 
     ``layers[key]`` : float32 ``n_obs × n_vars`` predictions; **genes not predicted are NaN**.
     ``uns['stmorph']['predict'][key]`` : ``method``, ``params``, ``mode`` (``"across"``,
@@ -277,7 +280,16 @@ def predict(
     >>> st.tl.predict(adata, method="ridge", use_rep="X_latent", split=0.2)
     >>> adata.layers["predicted_ridge"].shape
     (200, 20)
+    >>> model = st.tl.predict(adata, method="linear", use_rep="X_latent", split=0.2, return_model=True)
+    >>> other = st.datasets.simulate(100, 20, n_planted=4, seed=1).tables["table"]
+    >>> other.obsm["X_latent"] = other.obsm["latent"]
+    >>> st.tl.predict(other, model=model)  # no refit
     """
+    if copy and return_model:
+        raise InvalidParameterError(
+            "copy=True returns the new AnnData and return_model=True the fitted model; ask for one. "
+            "To keep query unchanged and get the model, pass query.copy() with return_model=True."
+        )
     mode = _mode(reference, split, model)
     if model is not None:
         if not model.genes or "input_shape" not in model.training:
@@ -368,8 +380,6 @@ def predict(
 
     target = query.copy() if copy else query
     commit_outputs(target, layers={key: out}, obs=obs, uns={(UNS_KEY, "predict", key): record})
-    if copy and return_model:
-        return target, model
     if copy:
         return target
     return model if return_model else None

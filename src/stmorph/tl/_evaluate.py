@@ -273,8 +273,5 @@ def _summary_table(summary: Mapping[str, float], name: str) -> pd.DataFrame:
 
 
 def evaluation_table(adata: AnnData, key: str) -> pd.DataFrame:
-    """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata``."""
-    node = adata.uns.get(UNS_KEY, {}).get("evaluate", {})
-    if key not in node:
-        raise StmorphKeyError(f"no evaluation {key!r} in adata.uns[{UNS_KEY!r}]['evaluate']; run st.tl.evaluate first.")
-    return _summary_table(node[key]["summary"], key)
+    """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata`` (CLI, demo)."""
+    return _summary_table(adata.uns[UNS_KEY]["evaluate"][key]["summary"], key)

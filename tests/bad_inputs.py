@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import stmorph as st
-from stmorph._validation import (
+from stmorph.errors import (
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,

@@ -237,7 +237,7 @@ def matches_stored(
     """Whether ``obsp`` holds the graph ``key`` built (as :func:`image_graph` records) with these options."""
     record = adata.uns.get(key)
     params = record.get("params", {}) if isinstance(record, Mapping) else {}
-    return (
+    return bool(
         Key.obsp.connectivities(key) in adata.obsp
         and params.get("use_rep") == use_rep
         and params.get("n_neighbors") == n_neighbors

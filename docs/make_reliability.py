@@ -26,9 +26,9 @@ HEADER = """# Reliability
 
 stmorph never corrupts the objects it is given, and says clearly what is wrong with an input.
 
-- **Validation.** Every public function checks its inputs with the shared checks of
-  `stmorph._validation`; each raises a specific exception (a subclass of `ValueError` or
-  `KeyError`) whose message names the key, the expected and the found value, and what to do.
+- **Validation.** Every public function checks its inputs; each bad input raises a specific
+  exception of `stmorph.errors` (`st.errors`; each a subclass of `ValueError` or `KeyError`) whose
+  message names the key, the expected and the found value, and what to do.
 - **Atomic writes.** Tools compute everything first and write their outputs in one final step
   (`stmorph._anndata.commit_outputs`), so an exception leaves the AnnData exactly as it was
   (`tests/test_atomic.py` injects failures in the middle of `eps`, `predict` and `embed`).

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import stmorph as st
-from stmorph._validation import (
+from stmorph.errors import (
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
@@ -493,6 +493,11 @@ def _():
     return None, lambda: st.datasets.her2st("Z9")
 
 
-@_case("st.datasets.simulate", "zero spots", ValueError)
+@_case("st.datasets.simulate", "zero spots", InvalidParameterError)
 def _():
     return None, lambda: st.datasets.simulate(0, 10)
+
+
+@_case("st.datasets.simulate", "more planted genes than genes", InvalidParameterError)
+def _():
+    return None, lambda: st.datasets.simulate(20, 5, n_planted=6)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import stmorph as st
-from stmorph._validation import InputTypeError, InvalidParameterError
+from stmorph.errors import InputTypeError, InvalidParameterError
 
 PATCHES = {"target_mpp": 3.5, "patch_size": 32}
 

@@ -10,7 +10,7 @@ import scanpy as sc
 import torch
 
 import stmorph as st
-from stmorph._validation import InputTypeError, InvalidParameterError, ModelFileError, ShapeMismatchError
+from stmorph.errors import InputTypeError, InvalidParameterError, ModelFileError, ShapeMismatchError
 from stmorph.models._contrastive import BLEEP, HECLIP
 from stmorph.models._encoders import build_encoder, register_encoder
 from stmorph.models._retrieval import retrieve

@@ -14,7 +14,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 import stmorph as st
-from stmorph._validation import (
+from stmorph.errors import (
     InvalidParameterError,
     ShapeMismatchError,
     StmorphKeyError,

@@ -14,8 +14,8 @@ from scipy import sparse, stats
 from sklearn.preprocessing import normalize
 
 import stmorph as st
-from stmorph._validation import ShapeMismatchError
-from stmorph.tl._eps import compute_eps
+from stmorph.errors import ShapeMismatchError
+from stmorph.tl._eps import compute_eps, eps_record
 from stmorph.tl._geary import geary_terms, gearys_c
 
 FIXTURES = "fixtures"
@@ -178,7 +178,7 @@ def test_permutation_pvalues_are_seeded_and_match_a_naive_loop(sim_table):
     for _ in range(49):
         below += _naive_geary(graph, x[rng.permutation(x.shape[0])]) <= c_obs
     np.testing.assert_allclose(first, (below + 1) / 50)
-    assert adata.uns["stmorph"]["eps"]["pvalues"] == "permutation"
+    assert adata.uns["stmorph"]["eps"]["eps"]["pvalues"] == "permutation"
 
 
 def test_analytic_pvalues_follow_normality_null_and_bh_qvalues(sim_table):
@@ -260,7 +260,7 @@ def test_genes_subset_and_outputs_survive_h5ad(sim_table, tmp_path):
     adata.write_h5ad(path)
     back = ad.read_h5ad(path)
     pd.testing.assert_series_equal(back.var["eps"], adata.var["eps"])
-    assert back.uns["sps"]["n_genes"] == 5 and back.uns["stmorph"]["eps"]["n_neighbors"] == 5
+    assert back.uns["sps"]["n_genes"] == 5 and back.uns["stmorph"]["eps"]["eps"]["n_neighbors"] == 5
 
 
 def test_sps_over_slices_matches_per_slice_eps_and_leaves_slices_unchanged(sim_sdata):
@@ -349,3 +349,47 @@ def test_eps_reuses_a_stored_graph_built_from_the_same_representation(sim_table)
     with pytest.warns(UserWarning, match="obsp\\['image_connectivities'\\]"):
         st.tl.eps(adata, use_rep="latent", n_neighbors=7, progress=False)
     assert adata.uns["image"]["params"]["n_neighbors"] == 7
+
+
+def test_graph_built_by_eps_is_stored_exactly_as_image_graph_stores_it(sim_table):
+    by_eps, by_graph = sim_table.copy(), sim_table.copy()
+    st.pp.prepare_expression(by_eps)
+    st.tl.eps(by_eps, use_rep="latent", n_neighbors=6, graph_key="img", progress=False)
+    st.tl.image_graph(by_graph, "latent", n_neighbors=6, key_added="img", progress=False)
+    for key in ("img_connectivities", "img_distances"):
+        assert (by_eps.obsp[key] != by_graph.obsp[key]).nnz == 0
+    assert by_eps.uns["img"] == by_graph.uns["img"]
+
+
+def test_eps_records_live_under_their_tool_and_do_not_overwrite_other_tools(sim_table):
+    adata = _prepared_sim(sim_table)
+    predict_records = {"predicted_ridge": {"method": "ridge", "layer": "X"}}
+    adata.uns["stmorph"]["predict"] = predict_records
+    st.tl.eps(adata, key_added="predict", progress=False)
+    st.tl.eps(adata, n_perms=9, progress=False)
+    assert adata.uns["stmorph"]["predict"] == predict_records
+    assert set(adata.uns["stmorph"]["eps"]) == {"predict", "eps"}
+    assert adata.uns["stmorph"]["eps"]["predict"]["pvalues"] == "analytic"
+    assert adata.uns["stmorph"]["eps"]["eps"]["pvalues"] == "permutation"
+    assert eps_record(adata, "predict") == adata.uns["stmorph"]["eps"]["predict"]
+
+
+def _legacy_record(pvalues: str) -> dict:
+    """Parameters as stmorph wrote them, one per key_added, straight into uns["stmorph"] (the old layout)."""
+    return {"n_neighbors": 5, "graph_key": "image", "layer": "X", "pvalues": pvalues, "n_perms": 0, "random_state": 0}
+
+
+def test_records_of_files_in_the_old_layout_are_read_and_kept(sim_table, tmp_path):
+    adata = _prepared_sim(sim_table)
+    adata.uns["stmorph"]["eps"] = _legacy_record("analytic")
+    adata.uns["stmorph"]["eps_b"] = _legacy_record("permutation")
+    adata.write_h5ad(tmp_path / "old.h5ad")
+    old = ad.read_h5ad(tmp_path / "old.h5ad")
+    assert eps_record(old, "eps") == _legacy_record("analytic")
+    assert eps_record(old, "eps_b") == _legacy_record("permutation")
+    assert eps_record(old, "eps_c") == {}
+    st.tl.eps(old, key_added="eps_c", n_perms=9, progress=False)
+    assert eps_record(old, "eps") == _legacy_record("analytic")  # moved under the tool, not overwritten
+    assert old.uns["stmorph"]["eps"]["eps"] == _legacy_record("analytic")
+    assert eps_record(old, "eps_c")["pvalues"] == "permutation"
+    assert eps_record(old, "eps_b") == _legacy_record("permutation")

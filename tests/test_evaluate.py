@@ -10,7 +10,7 @@ from _adata_compare import assert_adata_equal
 from scipy import stats
 
 import stmorph as st
-from stmorph._validation import InvalidParameterError, NonFiniteError, StmorphKeyError
+from stmorph.errors import InvalidParameterError, NonFiniteError, StmorphKeyError
 
 
 @pytest.fixture

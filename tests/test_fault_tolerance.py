@@ -11,7 +11,7 @@ from _adata_compare import assert_adata_equal
 from bad_inputs import table
 
 import stmorph as st
-from stmorph._validation import InvalidParameterError
+from stmorph.errors import InvalidParameterError
 from stmorph.tl import _embed
 from stmorph.tl._embed_resume import PROGRESS_FILE
 

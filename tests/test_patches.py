@@ -8,7 +8,7 @@ import pytest
 from skimage.transform import resize
 
 import stmorph as st
-from stmorph._validation import InputTypeError, InvalidParameterError, OutOfImageError, StmorphKeyError
+from stmorph.errors import InputTypeError, InvalidParameterError, OutOfImageError, StmorphKeyError
 from stmorph.pp._patches import patch_reader, read_patches
 
 

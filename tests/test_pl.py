@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
 import stmorph as st
-from stmorph._validation import InvalidParameterError, StmorphKeyError
+from stmorph.errors import InvalidParameterError, StmorphKeyError
 
 GENES = ["ERBB2", "FN1", "SPARC", "MGP"]
 N_GENES = 300

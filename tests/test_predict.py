@@ -11,7 +11,7 @@ from _adata_compare import assert_adata_equal
 from sklearn.linear_model import Ridge
 
 import stmorph as st
-from stmorph._validation import (
+from stmorph.errors import (
     InvalidParameterError,
     NonFiniteError,
     ShapeMismatchError,

@@ -12,6 +12,7 @@ import spatialdata
 from _adata_compare import assert_adata_equal
 
 import stmorph as st
+from stmorph._anndata import dataset_info
 
 _SCALARS = (str, bool, int, float, np.integer, np.floating, np.bool_)
 
@@ -59,6 +60,27 @@ def test_pipeline_wrote_every_stmorph_output(pipeline):
     assert {"eps", "eps_pval", "eps_qval", "pearson_ridge", "ssim_bleep"} <= set(table.var)
     assert {"image_connectivities", "image_distances"} <= set(table.obsp)
     assert {"patches", "embed", "eps", "prepare_expression", "predict", "evaluate"} <= set(table.uns["stmorph"])
+
+
+def test_uns_follows_one_layout_tool_then_key(pipeline):
+    _, table = pipeline
+    root = table.uns["stmorph"]
+    planted = {"n_planted": 6, "n_factors": 3, "effect": 1.0, "seed": 1}  # the arguments of simulate above
+    assert root["dataset"] == {"name": "simulate", "mpp": 1.0, "params": planted}
+    for tool in ("patches", "embed", "eps", "predict", "evaluate"):
+        assert all(isinstance(record, Mapping) for record in root[tool].values()), tool
+    assert set(root["eps"]) == {"eps"}
+    assert set(root["predict"]) == {"predicted_ridge", "predicted_bleep"}
+
+
+def test_dataset_metadata_is_read_from_both_layouts(pipeline, tmp_path):
+    _, table = pipeline
+    table.write_h5ad(tmp_path / "new.h5ad")
+    assert dataset_info(ad.read_h5ad(tmp_path / "new.h5ad"))["mpp"] == 1.0
+    old = ad.AnnData(np.ones((2, 2)), uns={"stmorph": {"mpp": 0.78, "dataset": "her2st", "section": "C2"}})
+    old.write_h5ad(tmp_path / "old.h5ad")
+    assert dataset_info(ad.read_h5ad(tmp_path / "old.h5ad")) == {"name": "her2st", "section": "C2", "mpp": 0.78}
+    assert dataset_info(ad.AnnData(np.ones((2, 2)))) == {}
 
 
 def test_uns_holds_only_serialisable_types(pipeline):

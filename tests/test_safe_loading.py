@@ -10,7 +10,7 @@ import torch
 from bad_inputs import table
 
 import stmorph as st
-from stmorph._validation import ModelFileError, UnsafeCheckpointError
+from stmorph.errors import ModelFileError, UnsafeCheckpointError
 from stmorph.models import load_state_dict_safely
 from stmorph.models._io import WEIGHTS_FILE
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import stmorph as st
-from stmorph._validation import InputTypeError, ShapeMismatchError
+from stmorph.errors import InputTypeError, ShapeMismatchError
 from stmorph.models._stnet import STNet
 
 TINY = {"epochs": 1, "batch_size": 8, "progress": False}

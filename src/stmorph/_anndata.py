@@ -11,10 +11,11 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._keys import UNS_KEY, Key
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
-UNS_KEY = "stmorph"
 
 _SLOTS = ("obs", "var", "obsm", "varm", "obsp", "layers")
 
@@ -41,13 +42,68 @@ def _uns_set(adata: AnnData, path: tuple[str, ...], value: Any) -> bool:
     return replaced
 
 
-def _uns_has(adata: AnnData, path: tuple[str, ...]) -> bool:
+_MISSING = object()
+
+
+def read_uns(adata: AnnData, path: tuple[str, ...], default: Any = None) -> Any:
+    """The value at ``path`` in the nested dicts of ``adata.uns``, or ``default`` when it is absent.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((3, 2)), uns={"stmorph": {"eps": {"eps": {"n_neighbors": 5}}}})
+    >>> read_uns(adata, ("stmorph", "eps", "eps", "n_neighbors"))
+    5
+    >>> read_uns(adata, ("stmorph", "predict"), {})
+    {}
+    """
     node: Any = adata.uns
     for part in path:
         if not isinstance(node, Mapping) or part not in node:
-            return False
+            return default
         node = node[part]
-    return True
+    return node
+
+
+def _uns_has(adata: AnnData, path: tuple[str, ...]) -> bool:
+    return read_uns(adata, path, _MISSING) is not _MISSING
+
+
+def tool_record(adata: AnnData, tool: str, key: str) -> dict:
+    """The record ``uns["stmorph"][tool][key]`` a tool wrote (a plain dict), or ``{}`` when there is none.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((3, 2)), uns={"stmorph": {"predict": {"predicted_ridge": {"layer": "X"}}}})
+    >>> tool_record(adata, "predict", "predicted_ridge")
+    {'layer': 'X'}
+    """
+    record = read_uns(adata, Key.uns.tool(tool, key))
+    return dict(record) if isinstance(record, Mapping) else {}
+
+
+def dataset_info(adata: AnnData) -> dict:
+    """Metadata of an example dataset's table: ``uns["stmorph"]["dataset"]`` (``name``, ``section``, ``mpp``).
+
+    Tables written before that record existed (and users' own tables) keep ``mpp``, ``section``
+    and the dataset name directly in ``uns["stmorph"]``; they are read from there.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((3, 2)), uns={"stmorph": {"mpp": 0.5, "dataset": "her2st", "section": "C2"}})
+    >>> dataset_info(adata)
+    {'name': 'her2st', 'section': 'C2', 'mpp': 0.5}
+    """
+    record = read_uns(adata, Key.uns.dataset)
+    if isinstance(record, Mapping):
+        return dict(record)
+    root = adata.uns.get(UNS_KEY)
+    if not isinstance(root, Mapping):
+        return {}
+    legacy = {"name": root.get("dataset"), "section": root.get("section"), "mpp": root.get("mpp")}
+    return {k: v for k, v in legacy.items() if v is not None}
 
 
 def commit_outputs(
@@ -75,8 +131,8 @@ def commit_outputs(
     --------
     >>> import anndata as ad, numpy as np
     >>> adata = ad.AnnData(np.ones((3, 2)))
-    >>> commit_outputs(adata, var={"eps": np.zeros(2)}, uns={("stmorph", "eps"): {"k": 5}})
-    >>> adata.uns["stmorph"]["eps"]["k"]
+    >>> commit_outputs(adata, var={"eps": np.zeros(2)}, uns={("stmorph", "eps", "eps"): {"k": 5}})
+    >>> adata.uns["stmorph"]["eps"]["eps"]["k"]
     5
     """
     unknown = set(slots) - set(_SLOTS)

@@ -20,8 +20,11 @@ import numpy as np
 import pandas as pd
 
 from . import datasets, pl, pp, tl
+from ._anndata import read_uns
+from ._keys import Key
 from ._logging import logger
-from ._validation import InvalidParameterError, check_range
+from ._validation import check_range
+from .errors import InvalidParameterError
 from .tl._evaluate import evaluation_table
 
 if TYPE_CHECKING:
@@ -188,7 +191,7 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
         "spatial_pattern": pl.spatial(table, shown, same_scale=False, show=False),
         "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
     }
-    if any("history" in rec for rec in table.uns["stmorph"]["predict"].values()):
+    if any("history" in rec for rec in read_uns(table, Key.uns.tool("predict"), {}).values()):
         figures["training"] = pl.training(table, show=False)
     return {kind: _save(fig, out / f"{kind}_{name}.png") for kind, fig in figures.items()}
 

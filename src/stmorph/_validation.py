@@ -1,8 +1,8 @@
 """Input validation shared by every public function.
 
-Each check raises a specific exception whose message names the offending key, what was expected,
-what was found, and what to do. All exception types subclass :class:`ValueError` or
-:class:`KeyError`, so ``except ValueError`` in user code keeps working.
+Each check raises a specific exception of :mod:`stmorph.errors` whose message names the offending
+key, what was expected, what was found, and what to do. The exception types are importable from
+here too, for the modules that check inputs; users import them from :mod:`stmorph.errors`.
 """
 
 from __future__ import annotations
@@ -13,51 +13,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
+from .errors import (
+    InconsistentUnitsError,
+    InputTypeError,
+    InvalidParameterError,
+    NonFiniteError,
+    ShapeMismatchError,
+    StmorphKeyError,
+    TooFewObservationsError,
+)
+from .errors import ModelFileError as ModelFileError  # re-exported for the modules that import errors from here
+from .errors import OutOfImageError as OutOfImageError
+from .errors import UnsafeCheckpointError as UnsafeCheckpointError
+
 if TYPE_CHECKING:
     from anndata import AnnData
-
-
-class StmorphKeyError(KeyError):
-    """A required key (obsm/layer/obsp/uns entry, image element, gene) is missing."""
-
-    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
-        return str(self.args[0]) if self.args else ""
-
-
-class ShapeMismatchError(ValueError):
-    """Two arrays that must agree in shape (or names) do not."""
-
-
-class NonFiniteError(ValueError):
-    """An input array holds NaN or infinite values."""
-
-
-class TooFewObservationsError(ValueError):
-    """Not enough spots for the requested number of neighbours, split or fit."""
-
-
-class InvalidParameterError(ValueError):
-    """A parameter value is outside its allowed range or set."""
-
-
-class InputTypeError(ValueError):
-    """An input has a dtype or type the function cannot use (e.g. non-numeric expression)."""
-
-
-class OutOfImageError(ValueError):
-    """Spot coordinates lie outside the image."""
-
-
-class InconsistentUnitsError(ValueError):
-    """Two sources of the same physical quantity (e.g. the pixel size in µm) disagree."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """A weights file is not a plain state dict (loading it would unpickle arbitrary objects)."""
-
-
-class ModelFileError(ValueError):
-    """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
 
 
 def _available(keys: Sequence[str], limit: int = 10) -> str:

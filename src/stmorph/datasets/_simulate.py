@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._anndata import commit_outputs
+from .._keys import Key
+from .._validation import check_range
 from ._spatialdata import build_spatialdata
 
 if TYPE_CHECKING:
@@ -55,6 +58,13 @@ def _counts(
     log_mu[:, :n_planted] += effect * sign * z[:, factor[:n_planted]]
     library = rng.lognormal(0.0, 0.2, size=(n_spots, 1))
     return rng.poisson(library * np.exp(log_mu)).astype(np.int32), factor
+
+
+def _check_options(n_spots: int, n_genes: int, n_planted: int, n_factors: int, spot_px: int, mpp: float) -> None:
+    for value, name in ((n_spots, "n_spots"), (n_factors, "n_factors"), (spot_px, "spot_px")):
+        check_range(value, name, low=1, inclusive=True)
+    check_range(n_planted, "n_planted", low=0, high=n_genes, inclusive=True)
+    check_range(mpp, "mpp", low=0)
 
 
 def simulate(
@@ -107,7 +117,14 @@ def simulate(
     -------
     SpatialData laid out like :func:`~stmorph.datasets.her2st`; the table additionally has
     ``var["planted"]`` (bool), ``var["factor"]`` (factor index, -1 for noise) and
-    ``obsm["latent"]`` (the true factors, n_spots × n_factors).
+    ``obsm["latent"]`` (the true factors, n_spots × n_factors); ``uns["stmorph"]["dataset"]`` is
+    ``{"name": "simulate", "mpp": mpp, "params": {"n_planted", "n_factors", "effect", "seed"}}``.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``n_spots``, ``n_factors`` or ``spot_px`` is below 1, ``n_planted`` lies outside
+        ``[0, n_genes]``, or ``mpp`` is not positive.
 
     Examples
     --------
@@ -118,10 +135,7 @@ def simulate(
     """
     import anndata as ad
 
-    if not 0 <= n_planted <= n_genes:
-        raise ValueError(f"n_planted must lie in [0, n_genes={n_genes}]; found {n_planted}")
-    if n_factors < 1 or n_spots < 1:
-        raise ValueError(f"n_spots and n_factors must be >= 1; found {n_spots} and {n_factors}")
+    _check_options(n_spots, n_genes, n_planted, n_factors, spot_px, mpp)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n_spots, n_factors))
     side = int(np.ceil(np.sqrt(n_spots)))
@@ -138,6 +152,6 @@ def simulate(
     table = ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=obs_names), var=var)
     table.obsm["spatial"] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
     table.obsm["latent"] = z
-    table.uns["stmorph"] = {"mpp": float(mpp), "dataset": "simulate"}
-    table.uns["simulate"] = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "seed": seed}
+    params = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "seed": seed}
+    commit_outputs(table, uns={Key.uns.dataset: {"name": "simulate", "mpp": float(mpp), "params": params}})
     return build_spatialdata(image, table, mpp, spot_radius_px=spot_px / 2)

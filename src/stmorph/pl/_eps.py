@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._validation import InvalidParameterError, StmorphKeyError, check_range, get_stored
+from .._anndata import dataset_info
+from .._validation import check_range, get_stored
+from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
 if TYPE_CHECKING:
@@ -226,7 +228,7 @@ def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
     for name, adata in items:
         sps = get_stored(adata, "uns", "sps", _EPS_CALL)
         means = {c: float(np.nanmean(get_stored(adata, "var", c, _EVALUATE_CALL).to_numpy(np.float64))) for c in score}
-        rows[str(adata.uns.get("stmorph", {}).get("section", name))] = {"sps": float(sps["sps"]), **means}
+        rows[str(dataset_info(adata).get("section", name))] = {"sps": float(sps["sps"]), **means}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

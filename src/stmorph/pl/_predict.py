@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import InvalidParameterError, StmorphKeyError, check_range, get_genes, get_matrix
+from .._validation import check_range, get_genes, get_matrix
+from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
 if TYPE_CHECKING:

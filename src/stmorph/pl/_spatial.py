@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import InvalidParameterError, StmorphKeyError, check_range, get_genes, get_matrix
+from .._anndata import dataset_info
+from .._validation import check_range, get_genes, get_matrix
+from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
 if TYPE_CHECKING:
@@ -102,7 +104,7 @@ def _table_and_image(
                 f"sdata.tables[{table_key!r}] not found; available: {list(data.tables.keys())}. Pass `table_key=`."
             )
         table = data.tables[table_key]
-        library_id = library_id or str(table.uns.get("stmorph", {}).get("section", image_key))
+        library_id = library_id or str(dataset_info(table).get("section", image_key))
         return table, visium_uns(data, table, image_key, library_id, max_side), library_id
     if "spatial" not in data.uns:
         raise StmorphKeyError(

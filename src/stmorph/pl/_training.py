@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import InvalidParameterError, StmorphKeyError
+from .._anndata import read_uns
+from .._keys import Key
+from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ def _histories(data: Any, key: str | None) -> dict[str, dict[str, np.ndarray]]:
     if hasattr(data, "history") and not hasattr(data, "uns"):
         name = getattr(data, "name", type(data).__name__)
         return {name: _curves(data.history or {})}
-    records = data.uns.get("stmorph", {}).get("predict", {})
+    records = read_uns(data, Key.uns.tool("predict"), {})
     if key is not None:
         if key not in records:
             raise StmorphKeyError(

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .._anndata import tool_record
+from .._keys import Key
 from .._logging import logger
 from .._validation import get_stored
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PREDICTED_PREFIX = "predicted_"
+PREDICTED_PREFIX = Key.layers.predicted_prefix
 MEASURED = "measured"
 
 #: Docstring text every plotting function shares, filled into its ``{name}`` fields by :func:`shared_docs`.
@@ -124,8 +126,7 @@ def require_predicted_layers(adata: AnnData) -> list[str]:
 
 def prediction_record(adata: AnnData, layer: str) -> dict:
     """The ``uns["stmorph"]["predict"][layer]`` record :func:`stmorph.tl.predict` wrote with ``layers[layer]``."""
-    record = adata.uns.get("stmorph", {}).get("predict", {}).get(layer, {})
-    return record if isinstance(record, dict) else {}
+    return tool_record(adata, "predict", layer)
 
 
 def measured_layer(adata: AnnData, predicted: Sequence[str]) -> str | None:

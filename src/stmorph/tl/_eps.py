@@ -17,21 +17,18 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._anndata import commit_outputs
+from .._anndata import commit_outputs, read_uns
+from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import (
-    InvalidParameterError,
-    ShapeMismatchError,
     check_graph_shape,
-    check_n_obs,
-    check_obsp_graph,
     check_range,
     check_unique_names,
     get_genes,
     get_matrix,
-    get_rep,
 )
+from ..errors import InvalidParameterError, ShapeMismatchError
 from ._geary import (
     analytic_pvalues,
     clip_like_scale,
@@ -41,7 +38,7 @@ from ._geary import (
     graph_moments,
     permutation_pvalues,
 )
-from ._graph import knn_graph
+from ._graph import build_graph, check_n_neighbors, matches_stored, stored_graph
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -79,15 +76,6 @@ def bh_qvalues(pvals: np.ndarray) -> np.ndarray:
     if finite.any():
         q[finite] = false_discovery_control(pvals[finite], method="bh")
     return q
-
-
-def _check_graph(graph: sparse.csr_matrix, key: str) -> None:
-    if (graph.data < 0).any() or not np.isfinite(graph.data).all() or not graph.data.sum() > 0:
-        raise InvalidParameterError(
-            f"adata.obsp[{key!r}] must hold finite non-negative weights with at least one edge of "
-            f"positive weight; found {graph.nnz} stored entries, min {graph.data.min() if graph.nnz else 'n/a'}, "
-            f"sum {graph.data.sum() if graph.nnz else 0}."
-        )
 
 
 def compute_eps(
@@ -143,33 +131,50 @@ def _graph_for(
     adata: AnnData, use_rep: str | None, n_neighbors: int, graph_key: str, random_state: int, progress: bool
 ) -> tuple[sparse.csr_matrix, dict | None]:
     """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
-    conn_key = f"{graph_key}_connectivities"
-    stored = adata.uns.get(graph_key, {}).get("params", {}) if isinstance(adata.uns.get(graph_key), Mapping) else {}
-    if use_rep is None or (
-        conn_key in adata.obsp
-        and stored.get("use_rep") == use_rep
-        and stored.get("n_neighbors") == n_neighbors
-        and stored.get("normalize", True)
-        and stored.get("metric", "euclidean") == "euclidean"
-    ):
-        graph = check_obsp_graph(adata, conn_key)
-        _check_graph(graph, conn_key)
-        return graph, None
-    rep = get_rep(adata, use_rep)
-    conn, dists, method = knn_graph(rep, n_neighbors, method="auto", random_state=random_state, progress=progress)
-    dist_key = f"{graph_key}_distances"
-    params = {
-        "use_rep": use_rep,
-        "n_neighbors": int(n_neighbors),
-        "metric": "euclidean",
-        "normalize": True,
-        "method": method,
-        "random_state": int(random_state),
-    }
-    return conn, {
-        "obsp": {conn_key: conn, dist_key: dists},
-        "uns": {graph_key: {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}},
-    }
+    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors):
+        return stored_graph(adata, graph_key), None
+    return build_graph(
+        adata, use_rep, n_neighbors=n_neighbors, key_added=graph_key, random_state=random_state, progress=progress
+    )
+
+
+def _is_eps_record(node: object) -> bool:
+    """Whether ``node`` is the parameters of one :func:`eps` run (not a node holding several)."""
+    return isinstance(node, Mapping) and isinstance(node.get("graph_key"), str)
+
+
+def eps_record(adata: AnnData, key_added: str = "eps") -> dict:
+    """The parameters :func:`eps` stored for ``key_added`` (``{}`` when there are none).
+
+    Reads ``uns["stmorph"]["eps"][key_added]``, and for files written before that layout the
+    record at ``uns["stmorph"][key_added]``.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> from stmorph.tl._eps import eps_record
+    >>> adata = st.datasets.simulate(100, 10, n_planted=2).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.eps(adata, use_rep="latent", progress=False)
+    >>> eps_record(adata)["n_neighbors"]
+    5
+    """
+    record = read_uns(adata, Key.uns.tool("eps", key_added))
+    if not _is_eps_record(record):
+        record = read_uns(adata, Key.uns.legacy_eps(key_added))
+    return dict(record) if _is_eps_record(record) else {}
+
+
+def _record_outputs(adata: AnnData, key_added: str, params: dict) -> dict[tuple[str, ...], dict]:
+    """The ``uns`` entry of :func:`eps`'s parameters, ``uns["stmorph"]["eps"][key_added]``.
+
+    In an object written before that layout, ``uns["stmorph"]["eps"]`` is itself the record of
+    ``key_added="eps"``: it becomes the node of all records, keeping that one under ``"eps"``.
+    """
+    node = read_uns(adata, Key.uns.tool("eps"))
+    if _is_eps_record(node):
+        return {Key.uns.tool("eps"): {"eps": dict(node), key_added: params}}
+    return {Key.uns.tool("eps", key_added): params}
 
 
 def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) -> tuple[object, pd.Index, np.ndarray]:
@@ -185,8 +190,7 @@ def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) 
 def _check_options(adata: AnnData, n_neighbors: int, n_perms: int | None, max_value: float | None) -> None:
     check_unique_names(adata, "obs")
     check_unique_names(adata, "var")
-    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
-    check_n_obs(adata.n_obs, n_neighbors + 1, f"EPS with n_neighbors={n_neighbors}")
+    check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     if n_perms is not None:
         check_range(n_perms, "n_perms", low=1, inclusive=True)
     if max_value is not None:
@@ -304,7 +308,7 @@ def eps(
     ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable).
     ``adata.var[f'{key_added}_qval']`` : Benjamini–Hochberg q-value over genes with an EPS.
     ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues'}``.
-    ``adata.uns['stmorph'][key_added]`` : the parameters.
+    ``adata.uns['stmorph']['eps'][key_added]`` : the parameters.
     ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
 
     Examples
@@ -323,10 +327,10 @@ def eps(
 
     adata = adata.copy() if copy else adata
     columns = {}
-    for suffix, values in (("", result.eps), ("_pval", result.pval), ("_qval", result.qval)):
+    for column, values in zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)):
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
-        columns[f"{key_added}{suffix}"] = full
+        columns[column] = full
     params = {
         "n_neighbors": int(graph.getnnz(axis=1).max()) if use_rep is None else int(n_neighbors),
         "graph_key": graph_key,
@@ -337,8 +341,8 @@ def eps(
     }
     if max_value is not None:
         params["max_value"] = float(max_value)
-    sps_key = "sps" if key_added == "eps" else f"sps_{key_added}"
-    uns = {sps_key: {"sps": result.sps, "n_genes": result.n_genes, **params}, ("stmorph", key_added): params}
+    uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
+    uns.update(_record_outputs(adata, key_added, params))
     outputs = graph_outputs or {"obsp": {}, "uns": {}}
     commit_outputs(adata, var=columns, obsp=outputs["obsp"], uns={**outputs["uns"], **uns})
     return adata if copy else None

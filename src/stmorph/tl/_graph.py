@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
 
 from .._anndata import commit_outputs
+from .._keys import Key
 from .._logging import logger
 from .._numba import run_kernel
-from .._validation import check_choice, check_n_obs, check_range, get_rep
+from .._validation import InvalidParameterError, check_choice, check_n_obs, check_obsp_graph, check_range, get_rep
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -145,6 +147,15 @@ def resolve_method(method: str, n_obs: int) -> str:
     return method
 
 
+def check_n_neighbors(n_obs: int, n_neighbors: int, what: str) -> None:
+    """Raise unless ``n_neighbors >= 1`` and ``n_obs`` spots leave every spot that many others.
+
+    ``what`` names the use in the message, e.g. ``"EPS"``.
+    """
+    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
+    check_n_obs(n_obs, n_neighbors + 1, f"{what} with n_neighbors={n_neighbors}")
+
+
 def knn_graph(
     rep: np.ndarray,
     n_neighbors: int = 5,
@@ -162,8 +173,7 @@ def knn_graph(
     holds the distance of the same edges.
     """
     check_choice(metric, METRICS, "metric")
-    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
-    check_n_obs(rep.shape[0], n_neighbors + 1, f"a kNN graph with n_neighbors={n_neighbors}")
+    check_n_neighbors(rep.shape[0], n_neighbors, "a kNN graph")
     method = resolve_method(method, rep.shape[0])
     rep = prepare_embedding(rep, metric=metric, normalize=normalize)
     t0 = time.perf_counter()
@@ -179,6 +189,78 @@ def knn_graph(
     conn = sparse.csr_matrix((np.ones(cols.size, dtype=np.float32), cols, indptr), shape=(n, n))
     dists = sparse.csr_matrix((np.take_along_axis(dist, order, axis=1).ravel(), cols, indptr), shape=(n, n))
     return conn, dists, method
+
+
+def build_graph(
+    adata: AnnData,
+    use_rep: str,
+    *,
+    n_neighbors: int = 5,
+    metric: str = "euclidean",
+    normalize: bool = True,
+    method: str = "auto",
+    key_added: str = "image",
+    random_state: int = 0,
+    progress: bool = False,
+) -> tuple[sparse.csr_matrix, dict[str, dict]]:
+    """The graph of :func:`image_graph` without touching ``adata``: ``(connectivities, outputs)``.
+
+    ``outputs`` holds the ``obsp`` and ``uns`` entries to store, as keyword arguments of
+    :func:`~stmorph._anndata.commit_outputs` (the one place the graph's layout is written).
+    """
+    rep = get_rep(adata, use_rep)
+    conn, dists, used = knn_graph(
+        rep,
+        n_neighbors,
+        metric=metric,
+        normalize=normalize,
+        method=method,
+        random_state=random_state,
+        progress=progress,
+    )
+    params = {
+        "use_rep": use_rep,
+        "n_neighbors": int(n_neighbors),
+        "metric": metric,
+        "normalize": bool(normalize),
+        "method": used,
+        "random_state": int(random_state),
+    }
+    conn_key, dist_key = Key.obsp.connectivities(key_added), Key.obsp.distances(key_added)
+    record = {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}
+    return conn, {"obsp": {conn_key: conn, dist_key: dists}, "uns": {key_added: record}}
+
+
+def matches_stored(
+    adata: AnnData, key: str, use_rep: str, n_neighbors: int, *, metric: str = "euclidean", normalize: bool = True
+) -> bool:
+    """Whether ``obsp`` holds the graph ``key`` built (as :func:`image_graph` records) with these options."""
+    record = adata.uns.get(key)
+    params = record.get("params", {}) if isinstance(record, Mapping) else {}
+    return bool(
+        Key.obsp.connectivities(key) in adata.obsp
+        and params.get("use_rep") == use_rep
+        and params.get("n_neighbors") == n_neighbors
+        and params.get("normalize", True) == normalize
+        and params.get("metric", "euclidean") == metric
+    )
+
+
+def stored_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
+    """``obsp[f"{key}_connectivities"]`` as CSR, after checking it is ``n_obs × n_obs`` with usable weights.
+
+    Any graph is accepted (:func:`image_graph`'s, squidpy's, a user's): finite non-negative
+    weights with at least one edge of positive weight.
+    """
+    conn_key = Key.obsp.connectivities(key)
+    graph = check_obsp_graph(adata, conn_key)
+    if (graph.data < 0).any() or not np.isfinite(graph.data).all() or not graph.data.sum() > 0:
+        raise InvalidParameterError(
+            f"adata.obsp[{conn_key!r}] must hold finite non-negative weights with at least one edge of "
+            f"positive weight; found {graph.nnz} stored entries, min {graph.data.min() if graph.nnz else 'n/a'}, "
+            f"sum {graph.data.sum() if graph.nnz else 0}."
+        )
+    return graph
 
 
 def image_graph(
@@ -240,29 +322,17 @@ def image_graph(
     >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
     5
     """
-    rep = get_rep(adata, use_rep)
-    conn, dists, used = knn_graph(
-        rep,
-        n_neighbors,
+    _, outputs = build_graph(
+        adata,
+        use_rep,
+        n_neighbors=n_neighbors,
         metric=metric,
         normalize=normalize,
         method=method,
+        key_added=key_added,
         random_state=random_state,
         progress=progress,
     )
     adata = adata.copy() if copy else adata
-    params = {
-        "use_rep": use_rep,
-        "n_neighbors": int(n_neighbors),
-        "metric": metric,
-        "normalize": bool(normalize),
-        "method": used,
-        "random_state": int(random_state),
-    }
-    conn_key, dist_key = f"{key_added}_connectivities", f"{key_added}_distances"
-    commit_outputs(
-        adata,
-        obsp={conn_key: conn, dist_key: dists},
-        uns={key_added: {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}},
-    )
+    commit_outputs(adata, **outputs)
     return adata if copy else None

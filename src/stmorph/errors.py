@@ -1,0 +1,73 @@
+"""The exception types stmorph raises, importable as ``stmorph.errors`` (``st.errors``).
+
+Every message names the offending key or value, what was expected, what was found, and what to
+do. Each type subclasses :class:`ValueError` or :class:`KeyError`, so ``except ValueError`` in
+user code keeps working.
+
+Examples
+--------
+>>> import stmorph as st
+>>> try:
+...     st.datasets.simulate(10, 5, n_planted=6)
+... except st.errors.InvalidParameterError as err:
+...     print(type(err).__name__)
+InvalidParameterError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InconsistentUnitsError",
+    "InputTypeError",
+    "InvalidParameterError",
+    "ModelFileError",
+    "NonFiniteError",
+    "OutOfImageError",
+    "ShapeMismatchError",
+    "StmorphKeyError",
+    "TooFewObservationsError",
+    "UnsafeCheckpointError",
+]
+
+
+class StmorphKeyError(KeyError):
+    """A required key (obsm/layer/obsp/uns entry, image element, gene) is missing."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class ShapeMismatchError(ValueError):
+    """Two arrays that must agree in shape (or names) do not."""
+
+
+class NonFiniteError(ValueError):
+    """An input array holds NaN or infinite values."""
+
+
+class TooFewObservationsError(ValueError):
+    """Not enough spots for the requested number of neighbours, split or fit."""
+
+
+class InvalidParameterError(ValueError):
+    """A parameter value is outside its allowed range or set."""
+
+
+class InputTypeError(ValueError):
+    """An input has a dtype or type the function cannot use (e.g. non-numeric expression)."""
+
+
+class OutOfImageError(ValueError):
+    """Spot coordinates lie outside the image."""
+
+
+class InconsistentUnitsError(ValueError):
+    """Two sources of the same physical quantity (e.g. the pixel size in µm) disagree."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weights file is not a plain state dict (loading it would unpickle arbitrary objects)."""
+
+
+class ModelFileError(ValueError):
+    """A saved stmorph model folder is incomplete, damaged, or its files disagree."""

@@ -410,8 +410,9 @@ class BLEEP(ContrastivePredictor):
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.predict(query, reference, method="bleep", use_rep="X_default")  # doctest: +SKIP
-    >>> model = query.uns["stmorph"]["predict"]["bleep"]  # doctest: +SKIP
+    >>> model = st.tl.predict(query, reference, method="bleep", return_model=True)  # doctest: +SKIP
+    >>> query.uns["stmorph"]["predict"]["predicted_bleep"]["method"]  # doctest: +SKIP
+    'bleep'
     """
 
     name: ClassVar[str] = "bleep"

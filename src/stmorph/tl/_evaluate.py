@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._anndata import UNS_KEY, commit_outputs
+from .._anndata import commit_outputs, tool_record
+from .._keys import Key
 from .._logging import logger
 from .._validation import (
     InvalidParameterError,
@@ -35,9 +36,7 @@ _GENE_METRICS = {"pearson": pearson, "spearman": spearman, "rmse": rmse, "ssim":
 
 def _record(adata: AnnData, layer: str) -> Mapping[str, Any]:
     """What ``st.tl.predict`` stored about ``layer`` (empty for predictions made elsewhere)."""
-    node = adata.uns.get(UNS_KEY, {})
-    node = node.get("predict", {}) if isinstance(node, Mapping) else {}
-    return node.get(layer, {}) if isinstance(node, Mapping) else {}
+    return tool_record(adata, "predict", layer)
 
 
 def _matrix(adata: AnnData, name: str, idx: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -198,7 +197,7 @@ def evaluate(
         raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {list(adata.layers.keys())}.")
     check_unique_names(adata, "var")
     check_range(n_top, "n_top", low=1, inclusive=True)
-    name = key_added or layer.removeprefix("predicted_")
+    name = key_added or layer.removeprefix(Key.layers.predicted_prefix)
     record = _record(adata, layer)
     truth_name = truth_layer or str(record.get("layer", "X"))
     rows, subset_kind = _spots(adata, subset, record)
@@ -239,7 +238,7 @@ def evaluate(
     for metric, values in per_gene.items():
         column = np.full(adata.n_vars, np.nan)
         column[idx] = values
-        var[f"{metric}_{name}"] = column
+        var[Key.var.metric(metric, name)] = column
     gene_names = adata.var_names[idx]
     result = {
         "summary": summary,
@@ -263,7 +262,7 @@ def evaluate(
     )
     if not inplace:
         return _summary_table(summary, name)
-    commit_outputs(adata, var=var, uns={(UNS_KEY, "evaluate", name): result})
+    commit_outputs(adata, var=var, uns={Key.uns.tool("evaluate", name): result})
     return None
 
 
@@ -274,4 +273,4 @@ def _summary_table(summary: Mapping[str, float], name: str) -> pd.DataFrame:
 
 def evaluation_table(adata: AnnData, key: str) -> pd.DataFrame:
     """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata`` (CLI, demo)."""
-    return _summary_table(adata.uns[UNS_KEY]["evaluate"][key]["summary"], key)
+    return _summary_table(tool_record(adata, "evaluate", key)["summary"], key)

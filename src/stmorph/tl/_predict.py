@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._anndata import UNS_KEY, commit_outputs
+from .._anndata import commit_outputs
+from .._keys import Key
 from .._logging import logger
 from .._validation import (
     InvalidParameterError,
@@ -34,7 +35,7 @@ from ..models._predictor import Predictor, get_method
 if TYPE_CHECKING:
     from anndata import AnnData
 
-SPLIT_KEY = "stmorph_split"
+SPLIT_KEY = Key.obs.split
 """``obs`` column that marks the within-slice ``"train"``/``"test"`` spots."""
 MIN_TRAIN = 10
 """Fewest training spots a model is fitted on."""
@@ -306,7 +307,7 @@ def predict(
         raise InvalidParameterError("method is required; choose one of st.tl.list_methods().")
     if use_rep is None:
         raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
-    key = key_added or f"predicted_{method}"
+    key = key_added or Key.layers.predicted(method)
     check_unique_names(query, "var")
 
     if mode != "model":
@@ -379,7 +380,7 @@ def predict(
             obs[SPLIT_KEY] = labels  # the same split again is not a replacement worth a warning
 
     target = query.copy() if copy else query
-    commit_outputs(target, layers={key: out}, obs=obs, uns={(UNS_KEY, "predict", key): record})
+    commit_outputs(target, layers={key: out}, obs=obs, uns={Key.uns.tool("predict", key): record})
     if copy:
         return target
     return model if return_model else None

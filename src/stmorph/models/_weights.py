@@ -164,10 +164,89 @@ def load_into(
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or wrong:
+        first = wrong[0] if wrong else f"{(missing or unexpected)[0]} ({'missing' if missing else 'unexpected'})"
         raise ShapeMismatchError(
-            f"{what}: the checkpoint does not fit the architecture: {len(missing)} missing key(s)"
+            f"{what}: the checkpoint does not fit the architecture; first bad tensor: {first}. "
+            f"{len(missing)} missing key(s)"
             f"{' (' + _examples(missing) + ')' if missing else ''}, {len(unexpected)} unexpected key(s)"
             f"{' (' + _examples(unexpected) + ')' if unexpected else ''}, {len(wrong)} shape mismatch(es)"
             f"{' (' + _examples(wrong, 2) + ')' if wrong else ''}. Check that the weights belong to this model."
         )
     module.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+_HF_DINOV2_TOP = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_DINOV2_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attention.output.dense": "attn.proj",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_HF_QKV = ("query", "key", "value")
+
+
+def _hf_block_key(rest: str) -> str | None:
+    """timm name of a per-block HF Dinov2 key (``norm1.weight`` → ``norm1.weight``), None if unknown."""
+    for hf, timm_name in _HF_DINOV2_BLOCK.items():
+        if rest == hf or rest.startswith(hf + "."):
+            return timm_name + rest[len(hf) :]
+    return None
+
+
+def map_hf_dinov2_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face transformers ``Dinov2Model`` state dict into timm ``VisionTransformer`` names.
+
+    ``encoder.layer.<i>.attention.attention.{query,key,value}`` are concatenated into timm's fused
+    ``blocks.<i>.attn.qkv``; ``layer_scale<j>.lambda1`` becomes ``ls<j>.gamma``;
+    ``embeddings.mask_token`` (used only in pre-training) is dropped. Shapes are checked later by
+    :func:`load_into`.
+
+    Raises
+    ------
+    ShapeMismatchError
+        A key has no timm counterpart, or a block lacks one of query/key/value.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sorted(map_hf_dinov2_keys({"layernorm.weight": torch.ones(2), "embeddings.mask_token": torch.ones(2)}))
+    ['norm.weight']
+    """
+    state = _strip_prefixes(state_dict, ())
+    mapped: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        if key == "embeddings.mask_token":
+            continue
+        new = _HF_DINOV2_TOP.get(key)
+        parts = key.split(".")
+        if new is None and key.startswith("encoder.layer.") and len(parts) > 3 and parts[2].isdigit():
+            rest = ".".join(parts[3:])
+            if parts[3:5] == ["attention", "attention"] and len(parts) == 7 and parts[5] in _HF_QKV:
+                qkv.setdefault((parts[2], parts[6]), {})[parts[5]] = tensor
+                continue
+            block = _hf_block_key(rest)
+            new = None if block is None else f"blocks.{parts[2]}.{block}"
+        if new is None:
+            raise ShapeMismatchError(f"Dinov2 checkpoint: key {key!r} has no counterpart in timm's VisionTransformer.")
+        mapped[new] = tensor
+    import torch
+
+    for (block, kind), parts in qkv.items():
+        if set(parts) != set(_HF_QKV):
+            raise ShapeMismatchError(
+                f"Dinov2 checkpoint: block {block} has attention {sorted(parts)} {kind}s; "
+                "expected query, key and value."
+            )
+        mapped[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in _HF_QKV], dim=0)
+    return mapped

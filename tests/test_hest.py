@@ -1,0 +1,97 @@
+"""st.datasets.read_hest on a HEST-1k sample written by the test (from a shipped HER2ST section) in HEST's layout."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import h5py
+import numpy as np
+import pytest
+
+import stmorph as st
+from stmorph._validation import ShapeMismatchError
+
+SAMPLE = "TEST0"
+
+
+@pytest.fixture(scope="module")
+def c2_patches(her2st_sdata):
+    """The C2 table with 224 px patches at 0.5 µm/px cut by stmorph (the reference)."""
+    return st.pp.extract_patches(her2st_sdata("C2"), copy=True, progress=False)
+
+
+def _write_hest(root, table, order, *, extra_barcode=None, patches=True):
+    """Write ``st/``, ``metadata/`` and ``patches/`` as HEST-1k ships them; patches in row ``order`` of the table."""
+    for folder in ("st", "patches", "metadata"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    expression = table.copy()
+    del expression.obsm["patches"]
+    expression.uns = {}
+    expression.write_h5ad(root / "st" / f"{SAMPLE}.h5ad")
+    meta = {"pixel_size_um_estimated": table.uns["stmorph"]["mpp"], "tissue": "Breast", "st_technology": "ST",
+            "spot_diameter": 100.0, "treatment_comment": None}  # fmt: skip
+    (root / "metadata" / f"{SAMPLE}.json").write_text(json.dumps(meta))
+    if not patches:
+        return
+    img = table.obsm["patches"][order]
+    barcodes = list(table.obs_names[order])
+    if extra_barcode is not None:  # a patch whose spot is not in the table
+        img = np.concatenate([img, img[:1]])
+        barcodes.append(extra_barcode)
+    with h5py.File(root / "patches" / f"{SAMPLE}.h5", "w") as fh:
+        fh["img"] = img
+        fh["barcode"] = np.array(barcodes, dtype="S").reshape(-1, 1)
+        fh["coords"] = np.zeros((len(barcodes), 2), dtype=np.int64)
+
+
+def test_patches_follow_the_table_order_and_spots_without_a_patch_are_dropped(c2_patches, tmp_path):
+    rng = np.random.default_rng(0)
+    order = rng.permutation(c2_patches.n_obs)[:-7]  # HEST cut no patch for 7 spots; the rest is shuffled
+    _write_hest(tmp_path, c2_patches, order, extra_barcode="not_a_spot")
+    table = st.datasets.read_hest(tmp_path, SAMPLE)
+    kept = np.sort(order)
+    assert list(table.obs_names) == list(c2_patches.obs_names[kept])  # the h5ad's order, not the patch file's
+    np.testing.assert_array_equal(table.obsm["patches"], c2_patches.obsm["patches"][kept])
+    np.testing.assert_array_equal(table.obsm["spatial"], c2_patches.obsm["spatial"][kept])
+    assert (table.X != c2_patches[kept].X).nnz == 0
+    params = table.uns["stmorph"]["patches"]["patches"]
+    mpp = c2_patches.uns["stmorph"]["mpp"]
+    assert params["target_mpp"] == 0.5 and params["patch_size"] == 224 and params["tile_um"] == 112.0
+    assert params["window_px"] == pytest.approx(224 * 0.5 / mpp)
+    assert table.uns["stmorph"]["mpp"] == mpp
+    hest = table.uns["stmorph"]["hest"]
+    assert hest["tissue"] == "Breast" and "treatment_comment" not in hest and "wsi_path" not in hest
+
+
+def test_a_hest_sample_goes_through_embed_and_survives_h5ad(c2_patches, tmp_path):
+    _write_hest(tmp_path, c2_patches, np.arange(c2_patches.n_obs))
+    (tmp_path / "wsis").mkdir()
+    (tmp_path / "wsis" / f"{SAMPLE}.tif").write_bytes(b"")  # presence is recorded, the WSI is not opened
+    table = st.datasets.read_hest(tmp_path, SAMPLE)
+    st.tl.embed(table, model="hed", progress=False)
+    reference = st.tl.embed(c2_patches, model="hed", progress=False, copy=True)
+    np.testing.assert_allclose(table.obsm["X_hed"], reference.obsm["X_hed"])
+    assert table.uns["stmorph"]["hest"]["wsi_path"].endswith(f"{SAMPLE}.tif")
+    table.write_h5ad(tmp_path / "out.h5ad")
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert back.uns["stmorph"]["patches"]["patches"]["source"] == "hest"
+
+
+def test_missing_patches_file_is_a_named_error_and_patches_false_reads_expression(c2_patches, tmp_path):
+    _write_hest(tmp_path, c2_patches, np.arange(c2_patches.n_obs), patches=False)
+    with pytest.raises(FileNotFoundError, match=rf"patches/{SAMPLE}\.h5.*patches=False"):
+        st.datasets.read_hest(tmp_path, SAMPLE)
+    table = st.datasets.read_hest(tmp_path, SAMPLE, patches=False)
+    assert table.n_obs == c2_patches.n_obs and "patches" not in table.obsm
+    with pytest.raises(FileNotFoundError, match=r"st/OTHER\.h5ad.*metadata/OTHER\.json"):
+        st.datasets.read_hest(tmp_path, "OTHER")
+
+
+def test_patch_barcodes_of_another_sample_are_refused(c2_patches, tmp_path):
+    _write_hest(tmp_path, c2_patches, np.arange(c2_patches.n_obs))
+    with h5py.File(tmp_path / "patches" / f"{SAMPLE}.h5", "a") as fh:
+        del fh["barcode"]
+        fh["barcode"] = np.array([f"other_{i}" for i in range(c2_patches.n_obs)], dtype="S").reshape(-1, 1)
+    with pytest.raises(ShapeMismatchError, match="do not belong together"):
+        st.datasets.read_hest(tmp_path, SAMPLE)

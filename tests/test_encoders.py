@@ -12,7 +12,7 @@ import timm
 import torch
 
 import stmorph as st
-from stmorph._validation import InvalidParameterError, ShapeMismatchError
+from stmorph.errors import InvalidParameterError, ShapeMismatchError
 from stmorph.models import _encoders, _presets
 from stmorph.models._encoders import build_encoder, patches_to_tensor, timm_arguments
 from stmorph.models._pooling import PooledViT

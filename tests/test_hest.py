@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import stmorph as st
-from stmorph._validation import ShapeMismatchError
+from stmorph._anndata import dataset_info
+from stmorph.errors import ShapeMismatchError
 
 SAMPLE = "TEST0"
 
@@ -29,7 +30,7 @@ def _write_hest(root, table, order, *, extra_barcode=None, patches=True):
     del expression.obsm["patches"]
     expression.uns = {}
     expression.write_h5ad(root / "st" / f"{SAMPLE}.h5ad")
-    meta = {"pixel_size_um_estimated": table.uns["stmorph"]["mpp"], "tissue": "Breast", "st_technology": "ST",
+    meta = {"pixel_size_um_estimated": dataset_info(table)["mpp"], "tissue": "Breast", "st_technology": "ST",
             "spot_diameter": 100.0, "treatment_comment": None}  # fmt: skip
     (root / "metadata" / f"{SAMPLE}.json").write_text(json.dumps(meta))
     if not patches:
@@ -56,11 +57,11 @@ def test_patches_follow_the_table_order_and_spots_without_a_patch_are_dropped(c2
     np.testing.assert_array_equal(table.obsm["spatial"], c2_patches.obsm["spatial"][kept])
     assert (table.X != c2_patches[kept].X).nnz == 0
     params = table.uns["stmorph"]["patches"]["patches"]
-    mpp = c2_patches.uns["stmorph"]["mpp"]
+    mpp = dataset_info(c2_patches)["mpp"]
     assert params["target_mpp"] == 0.5 and params["patch_size"] == 224 and params["tile_um"] == 112.0
     assert params["window_px"] == pytest.approx(224 * 0.5 / mpp)
-    assert table.uns["stmorph"]["mpp"] == mpp
-    hest = table.uns["stmorph"]["hest"]
+    assert table.uns["stmorph"]["dataset"]["mpp"] == mpp
+    hest = table.uns["stmorph"]["dataset"]["metadata"]
     assert hest["tissue"] == "Breast" and "treatment_comment" not in hest and "wsi_path" not in hest
 
 
@@ -72,7 +73,7 @@ def test_a_hest_sample_goes_through_embed_and_survives_h5ad(c2_patches, tmp_path
     st.tl.embed(table, model="hed", progress=False)
     reference = st.tl.embed(c2_patches, model="hed", progress=False, copy=True)
     np.testing.assert_allclose(table.obsm["X_hed"], reference.obsm["X_hed"])
-    assert table.uns["stmorph"]["hest"]["wsi_path"].endswith(f"{SAMPLE}.tif")
+    assert table.uns["stmorph"]["dataset"]["metadata"]["wsi_path"].endswith(f"{SAMPLE}.tif")
     table.write_h5ad(tmp_path / "out.h5ad")
     back = ad.read_h5ad(tmp_path / "out.h5ad")
     assert back.uns["stmorph"]["patches"]["patches"]["source"] == "hest"

@@ -142,9 +142,9 @@ def read_hest(
     ``obsm[key_added]`` : uint8 ``(n_spots, 224, 224, 3)`` patches at 0.5 µm/px (``patches=True``).
     ``uns["stmorph"]["patches"][key_added]`` : ``source="hest"``, ``store="memory"``,
     ``target_mpp``, ``patch_size``, ``source_mpp``, ``window_px``, ``tile_um``, ``path``.
-    ``uns["stmorph"]["mpp"]`` : µm/px of the WSI (``pixel_size_um_estimated``).
-    ``uns["stmorph"]["hest"]`` : the sample's metadata (``tissue``, ``organ``, ...), plus
-    ``wsi_path`` when ``wsis/<id>.tif`` exists.
+    ``uns["stmorph"]["dataset"]`` : ``name="hest"``, ``section`` (the sample id), ``mpp`` (µm/px of
+    the WSI, ``pixel_size_um_estimated``) and ``metadata``: the sample's metadata (``tissue``,
+    ``organ``, ...), plus ``wsi_path`` when ``wsis/<id>.tif`` exists.
 
     Raises
     ------
@@ -170,7 +170,7 @@ def read_hest(
     adata = ad.read_h5ad(files["st"])
     if files["wsi"].is_file():
         meta["wsi_path"] = str(files["wsi"].resolve())
-    stmorph_uns: dict[str, Any] = {"dataset": "hest", "sample_id": sample_id, "mpp": mpp, "hest": meta}
+    stmorph_uns: dict[str, Any] = {"dataset": {"name": "hest", "section": sample_id, "mpp": mpp, "metadata": meta}}
     if patches:
         keep, pixels = _read_patches(files["patches"], adata.obs_names)
         if len(keep) < adata.n_obs:

@@ -1,0 +1,162 @@
+"""Cut one image patch per spot: ``st.pp.extract_patches``.
+
+The input is turned into a :class:`~stmorph.pp._sources.PatchSource` (:mod:`._sources`); the
+windows are read by :func:`~stmorph.pp._windows.read_patches` (:mod:`._windows`), now
+(``store="memory"``) or batch by batch later (``store="lazy"``, :mod:`._lazy`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._anndata import commit_outputs
+from .._logging import logger
+from .._validation import check_choice, check_range
+from ._sources import patch_source
+from ._windows import as_yxc, check_inside, read_patches, windows_inside
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+_STORES = ("memory", "lazy")
+
+
+def extract_patches(
+    data: SpatialData | AnnData | tuple[Any, np.ndarray],
+    *,
+    image_key: str | None = None,
+    table_key: str = "table",
+    shapes_key: str | None = None,
+    library_id: str | None = None,
+    mpp: float | None = None,
+    target_mpp: float = 0.5,
+    patch_size: int = 224,
+    store: str = "memory",
+    key_added: str = "patches",
+    batch_size: int = 256,
+    progress: bool = True,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cut one square H&E patch centred on each spot, at a fixed physical resolution.
+
+    Each patch covers ``patch_size * target_mpp`` µm (default 224 px × 0.5 µm/px = 112 µm, the
+    EPS paper's tiles): a window of ``patch_size * target_mpp / mpp`` source pixels is cut around
+    the spot centre and resized to ``patch_size`` pixels (Lanczos; copied unchanged when no
+    resizing is needed). Parts of a window outside the image are white.
+
+    Parameters
+    ----------
+    data
+        - :class:`~spatialdata.SpatialData`: the image element ``image_key`` and the spots of
+          ``tables[table_key]``, placed on the image through the shapes' and image's
+          transformations to a common coordinate system (``"global"`` preferred). A multiscale
+          image is read at the coarsest level still at least as fine as ``target_mpp``. Without
+          annotated shapes, ``obsm["spatial"]`` is taken as full-resolution image pixels.
+        - Visium-style :class:`~anndata.AnnData` (``obsm["spatial"]``, ``uns["spatial"][library_id]``):
+          the full-resolution image ``metadata["source_image_path"]`` when that file exists, else
+          the hires (then lowres) image with its scale factor.
+        - ``(image, coordinates)``: an ``(H, W, 3)`` uint8 array and ``(n, 2)`` centres in its
+          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned.
+    image_key, table_key, shapes_key
+        SpatialData elements (defaults: the only image; ``"table"``; the shapes the table annotates).
+    library_id
+        Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
+    mpp
+        µm per pixel of the full-resolution image. Default: SpatialData ``"um"`` coordinate system,
+        else ``table.uns["stmorph"]["mpp"]``; Visium ``scalefactors["microns_per_pixel"]``, else
+        55 µm / ``spot_diameter_fullres``.
+    target_mpp
+        µm per pixel of the patches.
+    patch_size
+        Patch side in pixels.
+    store
+        ``"memory"`` stores the pixels in ``obsm[key_added]``. ``"lazy"`` stores only the window
+        centres (``obsm[f"{key_added}_centres_px"]``) and parameters (for a SpatialData read from a zarr
+        store, its path: ``zarr_path``); :func:`stmorph.tl.embed` then reads each batch of patches
+        from the image on demand (from that store, or pass it ``image=`` the same SpatialData), so
+        memory stays bounded by a batch whatever the slide size — with a zarr/dask-backed (e.g.
+        :func:`spatialdata.read_zarr`) image. See :func:`stmorph.pp.patch_reader`.
+    key_added
+        ``obsm`` key of the patches and ``uns["stmorph"]["patches"]`` key of the parameters.
+    batch_size
+        Patches read per batch.
+    progress
+        Show a progress bar.
+    copy
+        Write into a copy of the table (``tables[table_key]`` of a SpatialData, or the Visium
+        AnnData) and return it, leaving ``data`` unchanged.
+
+    Returns
+    -------
+    ``None`` if ``copy=False``: the outputs are written into ``sdata.tables[table_key]`` or the
+    Visium AnnData. With ``copy=True``, the new table :class:`~anndata.AnnData` (SpatialData in,
+    AnnData out: the image is not copied). An ``(image, coordinates)`` pair has no table to write
+    into, so the new AnnData is always returned. Sets:
+
+    ``obsm[key_added]`` : uint8 ``(n_spots, patch_size, patch_size, 3)`` (``store="memory"``).
+    ``obsm[f"{key_added}_centres_px"]`` : window centres in pixels of the level read (``store="lazy"``).
+    ``obs["patch_complete"]`` : False where the window crosses the image edge (white padding).
+    ``uns["stmorph"]["patches"][key_added]`` : parameters (``target_mpp``, ``patch_size``,
+    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source).
+
+    Raises
+    ------
+    OutOfImageError
+        Spot centres lie outside the image (the message gives how many).
+    InvalidParameterError
+        The pixel size is unknown (pass ``mpp=``) or a parameter is out of range.
+    StmorphKeyError
+        A named element, table or library is missing.
+    InconsistentUnitsError
+        The image's ``'um'`` coordinate system and ``table.uns['stmorph']['mpp']`` give different pixel sizes.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> sdata = st.datasets.her2st("C2")
+    >>> st.pp.extract_patches(sdata)
+    >>> sdata.tables["table"].obsm["patches"].shape
+    (187, 224, 224, 3)
+    >>> st.pp.extract_patches(sdata, patch_size=64, key_added="small", copy=True).obsm["small"].shape
+    (187, 64, 64, 3)
+    """
+    check_choice(store, _STORES, "store")
+    check_range(target_mpp, "target_mpp", low=0)
+    check_range(patch_size, "patch_size", low=1, inclusive=True)
+    check_range(batch_size, "batch_size", low=1, inclusive=True)
+    if mpp is not None:
+        check_range(mpp, "mpp", low=0)
+    table, source = patch_source(data, image_key, table_key, shapes_key, library_id, mpp, target_mpp)
+    image = as_yxc(source.image)
+    check_inside(source.centres, image.shape, table.obs_names)
+    window_px = patch_size * target_mpp / source.mpp
+    logger.info(
+        "extract_patches: %d spots, %.1f µm tiles (%.1f source px at %.3f µm/px → %d px), store=%s",
+        len(source.centres), patch_size * target_mpp, window_px, source.mpp, patch_size, store,
+    )  # fmt: skip
+    params = {**source.info, "store": store}
+    if store == "memory":
+        patches, complete = read_patches(
+            image, source.centres, window_px, patch_size, batch_size=batch_size, progress=progress
+        )
+        obsm = {key_added: patches}
+    else:
+        complete = windows_inside(source.centres, window_px, patch_size, image.shape)
+        params["centres_key"] = f"{key_added}_centres_px"
+        obsm = {params["centres_key"]: source.centres}
+    if not complete.all():
+        logger.info("extract_patches: %d patches cross the image edge (white padding)", int((~complete).sum()))
+    params.update(
+        target_mpp=float(target_mpp),
+        patch_size=int(patch_size),
+        image_mpp=float(source.mpp),
+        window_px=float(window_px),
+        tile_um=float(patch_size * target_mpp),
+        n_incomplete=int((~complete).sum()),
+    )
+    table = table.copy() if copy else table
+    commit_outputs(table, obsm=obsm, obs={"patch_complete": complete}, uns={("stmorph", "patches", key_added): params})
+    return table if copy or isinstance(data, tuple | list) else None  # a pair has no table to write into

@@ -62,8 +62,8 @@ def image_mpp(sdata: SpatialData, image_key: str) -> float | None:
     Examples
     --------
     >>> import stmorph as st
-    >>> round(image_mpp(st.datasets.simulate(10, 5), "he"), 2)
-    1.0
+    >>> round(image_mpp(st.datasets.simulate(10, 5, n_planted=2, mpp=0.5), "he"), 2)
+    0.5
     """
     from spatialdata.transformations import Scale, get_transformation
 

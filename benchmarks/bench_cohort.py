@@ -12,7 +12,7 @@ sending the slides to the workers included):
 
 - ``st.tl.sps``: slides of ``--spots`` spots with a 256-d embedding and ``--genes`` z-scored genes
   sharing 8 latent factors (``_eps_data.py``), exact 5-NN image graph + EPS per slide;
-- ``st.tl.embed``: ``st.datasets.simulate`` slides of ``--embed-spots`` spots, patches extracted
+- ``st.tl.embed_cohort``: ``st.datasets.simulate`` slides of ``--embed-spots`` spots, patches extracted
   lazily (224 px at 0.5 µm/px) and embedded with the ``"hed"`` encoder.
 
 Every parallel result is checked to equal the serial one.
@@ -70,14 +70,14 @@ def _bench_embed(slides: list, client) -> None:
             out.append(table.obsm["X_hed"])
         return out
 
-    st.tl.embed(slides[:1], model="hed", copy=True)  # warm-up (imports, caches): not timed
+    st.tl.embed_cohort(slides[:1], model="hed", copy=True)  # warm-up (imports, caches): not timed
     expected, t_serial = _time(serial)
-    threads, t_threads = _time(lambda: st.tl.embed(slides, model="hed", copy=True))
-    cluster, t_cluster = _time(lambda: st.tl.embed(slides, model="hed", copy=True, client=client))
+    threads, t_threads = _time(lambda: st.tl.embed_cohort(slides, model="hed", copy=True))
+    cluster, t_cluster = _time(lambda: st.tl.embed_cohort(slides, model="hed", copy=True, client=client))
     for e, a, b in zip(expected, threads, cluster):
         assert np.array_equal(a.obsm["X_hed"], e) and np.array_equal(b.obsm["X_hed"], e)
     n = slides[0].tables["table"].n_obs
-    print(f"st.tl.embed (hed, lazy patches), {len(slides)} slides of {n} spots:")
+    print(f"st.tl.embed_cohort (hed, lazy patches), {len(slides)} slides of {n} spots:")
     print(f"  serial {t_serial:.1f} s | local threads {t_threads:.1f} s | 2-worker LocalCluster {t_cluster:.1f} s")
 
 

@@ -9,7 +9,7 @@ A synthetic RGB image (random pixels, 1024 px chunks, 0.25 µm/px as a 40× scan
 to a zarr store under ``--workdir``; a fresh process then opens it with
 :func:`spatialdata.read_zarr`, runs ``st.pp.extract_patches(store="lazy")`` (224 px at 0.5 µm/px,
 so 448 px windows are resampled) and reads every patch batch by batch with the
-:class:`~stmorph.pp._patches.PatchReader` that ``st.tl.embed`` uses. It prints patches/s and the
+:class:`~stmorph.pp.PatchReader` that ``st.tl.embed`` uses. It prints patches/s and the
 peak resident memory of that process, next to the size the patches would take in memory.
 """
 
@@ -49,7 +49,7 @@ def _read(path: Path, batch_size: int) -> None:
     from spatialdata import read_zarr
 
     import stmorph as st
-    from stmorph.pp._patches import patch_reader
+    from stmorph.pp import patch_reader
 
     sdata = read_zarr(path)
     start = time.perf_counter()

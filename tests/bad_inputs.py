@@ -51,7 +51,7 @@ def _sim():
 
 @cache
 def _prepared():
-    adata = st.pp.extract_patches(_sim(), patch_size=16, progress=False)
+    adata = st.pp.extract_patches(_sim(), patch_size=16, progress=False, copy=True)
     st.pp.prepare_expression(adata)
     adata.obsm["X_lat"] = np.asarray(adata.obsm["latent"], dtype=np.float32)
     return adata

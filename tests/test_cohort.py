@@ -1,4 +1,4 @@
-"""Cohorts with dask: st.tl.sps and st.tl.embed over many slides give the serial results."""
+"""Cohorts with dask: st.tl.sps and st.tl.embed_cohort over many slides give the serial results."""
 
 from __future__ import annotations
 
@@ -71,21 +71,24 @@ def test_embed_over_spatialdata_objects_and_zarr_paths_equals_the_serial_run(tmp
     slides[2].write(tmp_path / "s2.zarr")  # the lazy extraction is stored with the table
     cohort = [slides[0], slides[1], str(tmp_path / "s2.zarr")]
 
-    tables = st.tl.embed(cohort, model="hed", copy=True)
+    tables = st.tl.embed_cohort(cohort, model="hed", copy=True)
     assert "X_hed" not in slides[0].tables["table"].obsm  # copy=True leaves the slides unchanged
     for table, exp in zip(tables, expected):
         np.testing.assert_array_equal(table.obsm["X_hed"], exp)
         assert table.uns["stmorph"]["embed"]["X_hed"]["n_patches"] == 25
 
-    on_cluster = st.tl.embed(cohort, model="hed", client=client)
-    assert on_cluster[0] is slides[0].tables["table"]  # written in place
+    on_cluster = st.tl.embed_cohort(cohort, model="hed", client=client, copy=True)
     for table, exp in zip(on_cluster, expected):
         np.testing.assert_array_equal(table.obsm["X_hed"], exp)
+
+    assert st.tl.embed_cohort(slides[:2], model="hed", client=client) is None  # written in place
+    for sdata, exp in zip(slides[:2], expected):
+        np.testing.assert_array_equal(sdata.tables["table"].obsm["X_hed"], exp)
 
 
 def test_embed_extracts_missing_patches_lazily_with_the_defaults(tmp_path):
     sdata = st.datasets.simulate(10, 5, n_planted=2, seed=7)
-    (table,) = st.tl.embed([sdata], model="hed", copy=True)
+    (table,) = st.tl.embed_cohort([sdata], model="hed", copy=True)
     params = table.uns["stmorph"]["patches"]["patches"]
     assert params["store"] == "lazy" and params["patch_size"] == 224 and params["target_mpp"] == 0.5
     expected = st.pp.extract_patches(sdata, copy=True, progress=False)  # eager, same defaults
@@ -98,9 +101,23 @@ def test_bad_cohort_inputs_are_clear_errors(slices, sim_table):
     with pytest.raises(InputTypeError, match=r"dask\.distributed\.Client"):
         st.tl.sps(slices, use_rep="latent", client="tcp://localhost:8786")
     with pytest.raises(InputTypeError, match="SpatialData objects or zarr paths"):
-        st.tl.embed([sim_table], model="hed")
-    with pytest.raises(InvalidParameterError, match="list of slides"):
-        st.tl.embed(sim_table, model="hed", client=object())
+        st.tl.embed_cohort([sim_table], model="hed")
+    with pytest.raises(InvalidParameterError, match="empty list"):
+        st.tl.embed_cohort([], model="hed")
+    with pytest.raises(InputTypeError, match=r"st\.tl\.embed_cohort"):
+        st.tl.embed([sim_table, sim_table], model="hed")
+
+
+def test_zarr_paths_are_never_written_so_in_place_needs_objects(tmp_path):
+    sdata = st.datasets.simulate(10, 5, n_planted=2, seed=8)
+    sdata.write(tmp_path / "s.zarr")
+    before = sorted((tmp_path / "s.zarr").rglob("*"))
+    with pytest.raises(InvalidParameterError, match="copy=True"):
+        st.tl.embed_cohort([sdata, tmp_path / "s.zarr"], model="hed")
+    assert "X_hed" not in sdata.tables["table"].obsm and "patches_centres_px" not in sdata.tables["table"].obsm
+    (table,) = st.tl.embed_cohort([tmp_path / "s.zarr"], model="hed", copy=True)
+    assert table.obsm["X_hed"].shape == (10, 57)
+    assert sorted((tmp_path / "s.zarr").rglob("*")) == before  # nothing written to the store
 
 
 _CONCURRENT_KERNELS = """

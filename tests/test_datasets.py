@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import stmorph as st
-from stmorph.datasets._spatialdata import image_mpp
+from stmorph._image import image_mpp
 
 EXPECTED_SPOTS = {"C2": 187, "C3": 180, "C4": 184, "C5": 181}
 

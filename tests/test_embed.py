@@ -94,6 +94,16 @@ def test_default_embedding_is_float32_1280d_and_deterministic(small_patches):
     assert "again" not in adata.obsm  # copy=True leaves the input alone
 
 
+def test_device_is_recorded_even_when_a_resumed_checkpoint_runs_no_batch(small_patches, tmp_path):
+    adata = _table(small_patches[:3])
+    st.tl.embed(adata, batch_size=2, device="cpu", checkpoint=tmp_path / "ckpt", progress=False)
+    st.tl.embed(adata, batch_size=2, device="cpu", checkpoint=tmp_path / "ckpt", resume=True, key_added="again",
+                progress=False)  # fmt: skip
+    np.testing.assert_array_equal(adata.obsm["again"], adata.obsm["X_default"])
+    for key in ("X_default", "again"):
+        assert adata.uns["stmorph"]["embed"][key]["device"] == "cpu"
+
+
 def test_patches_to_tensor_scales_resizes_and_normalises():
     enc = Encoder(module=None, dim=0, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), input_size=8)
     x = patches_to_tensor(np.full((2, 16, 16, 3), 255, np.uint8), enc)

@@ -12,7 +12,7 @@ from bad_inputs import table
 
 import stmorph as st
 from stmorph.errors import InvalidParameterError
-from stmorph.tl import _embed
+from stmorph.tl import _embed_engine
 from stmorph.tl._embed_resume import PROGRESS_FILE
 
 BATCH = 8  # 60 spots → 8 batches
@@ -24,7 +24,7 @@ class Crash(RuntimeError):
 
 def _counting_hed(monkeypatch, fail_on_call: int | None = None) -> list[int]:
     """Replace the "hed" encoder by a counting wrapper that raises on call ``fail_on_call``."""
-    hed = _embed.resolve_encoder("hed", None)
+    hed = _embed_engine.resolve_encoder("hed", None)
     calls: list[int] = []
 
     def encoder(patches):
@@ -33,7 +33,7 @@ def _counting_hed(monkeypatch, fail_on_call: int | None = None) -> list[int]:
             raise Crash(f"interrupted at batch {len(calls)}")
         return hed(patches)
 
-    monkeypatch.setattr(_embed, "resolve_encoder", lambda model, weights: encoder)
+    monkeypatch.setattr(_embed_engine, "resolve_encoder", lambda model, weights: encoder)
     return calls
 
 
@@ -85,7 +85,7 @@ def test_resuming_a_checkpoint_of_another_run_is_refused(tmp_path):
 
 def _unreadable(monkeypatch, bad: set[int]) -> None:
     """Make the patches of spots ``bad`` unreadable (as a corrupt image chunk would be)."""
-    real = _embed._patch_fetcher
+    real = _embed_engine._patch_fetcher
 
     def fetcher(adata, key, image):
         fetch = real(adata, key, image)
@@ -98,7 +98,7 @@ def _unreadable(monkeypatch, bad: set[int]) -> None:
 
         return read
 
-    monkeypatch.setattr(_embed, "_patch_fetcher", fetcher)
+    monkeypatch.setattr(_embed_engine, "_patch_fetcher", fetcher)
 
 
 def test_unreadable_patches_raise_by_default_and_leave_adata_unchanged(monkeypatch):

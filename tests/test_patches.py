@@ -9,7 +9,8 @@ from skimage.transform import resize
 
 import stmorph as st
 from stmorph.errors import InputTypeError, InvalidParameterError, OutOfImageError, StmorphKeyError
-from stmorph.pp._patches import patch_reader, read_patches
+from stmorph.pp import patch_reader
+from stmorph.pp._windows import read_patches
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +70,24 @@ def test_tissue_spots_are_not_background(c2, c2_default):
 
 def test_visium_anndata_gives_the_same_patches_as_spatialdata(her2st_adata, c2_default):
     adata = her2st_adata("C2").copy()
-    out = st.pp.extract_patches(adata, progress=False)
-    assert out is adata
+    assert st.pp.extract_patches(adata, progress=False) is None  # in place
     assert np.array_equal(adata.obsm["patches"], c2_default.obsm["patches"])
     assert adata.uns["stmorph"]["patches"]["patches"]["image"] == "fullres"
+
+
+def test_in_place_returns_none_and_copy_returns_a_new_table_leaving_the_spatialdata_unchanged():
+    sdata = st.datasets.simulate(12, 5, n_planted=2, seed=4)
+    kwargs = {"target_mpp": 3.5, "patch_size": 16, "progress": False}
+    copied = st.pp.extract_patches(sdata, copy=True, **kwargs)
+    assert "patches" not in sdata.tables["table"].obsm and "patches" in copied.obsm
+    assert copied is not sdata.tables["table"] and copied.n_obs == 12
+    assert st.pp.extract_patches(sdata, **kwargs) is None
+    np.testing.assert_array_equal(sdata.tables["table"].obsm["patches"], copied.obsm["patches"])
+    # a plain (image, coordinates) pair has no table to write into: the new table is returned either way
+    image, coords = np.zeros((40, 40, 3), np.uint8), np.array([[20.0, 20.0]])
+    for copy in (False, True):
+        pair = st.pp.extract_patches((image, coords), mpp=1.0, patch_size=8, target_mpp=1.0, copy=copy, progress=False)
+        assert pair.obsm["patches"].shape == (1, 8, 8, 3)
 
 
 def test_visium_without_full_resolution_file_uses_the_hires_image(her2st_adata, c2_default):
@@ -207,7 +222,8 @@ def test_spots_are_placed_through_the_coordinate_transformations():
     spots_px = np.array([[30.0, 40.0], [70.0, 15.0]])
     spots_global = spots_px * 2 + np.array([10.0, 20.0])
     sdata = _sdata(image, spots_global, image_tf, {"global": Identity()})
-    table = st.pp.extract_patches(sdata, mpp=1.0, target_mpp=1.0, patch_size=8, progress=False)
+    st.pp.extract_patches(sdata, mpp=1.0, target_mpp=1.0, patch_size=8, progress=False)
+    table = sdata.tables["table"]
     yxc = np.moveaxis(image, 0, -1)
     for i, (x, y) in enumerate(spots_px):
         assert np.array_equal(table.obsm["patches"][i], _crop(yxc, x, y, 8))

@@ -41,7 +41,8 @@ def pipeline():
     sdata = st.datasets.simulate(96, 24, n_planted=6, seed=1, spot_px=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = st.pp.extract_patches(sdata, patch_size=32, progress=False)
+        st.pp.extract_patches(sdata, patch_size=32, progress=False)
+        table = sdata.tables["table"]
         st.tl.embed(table, model="hed", progress=False)
         st.pp.prepare_expression(table)
         st.tl.eps(table, use_rep="X_hed", n_perms=20, progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._image import no_pixel_limit, read_rgb
 from .._logging import logger
 from ._paths import download, resolve_data_dir, verify_cached
 from ._spatialdata import build_spatialdata
@@ -93,26 +93,6 @@ def her2st_files(section: str, data_dir: str | os.PathLike | None = None) -> dic
             else:
                 download(urls[kind], path)
     return files
-
-
-@contextmanager
-def _no_pixel_limit():
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # whole-slide images exceed PIL's decompression-bomb guard
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image file as an ``(H, W, 3)`` uint8 array."""
-    from PIL import Image
-
-    with _no_pixel_limit(), Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def _read_counts(path: Path) -> pd.DataFrame:
@@ -238,7 +218,7 @@ def _downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
     scale = min(1.0, max_side / max(image.shape[:2]))
     size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-    with _no_pixel_limit():
+    with no_pixel_limit():
         small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
     return small, size[0] / image.shape[1]
 

@@ -9,7 +9,7 @@ Layout (shared by :func:`~stmorph.datasets.her2st` and :func:`~stmorph.datasets.
 
 Every element has two coordinate systems: ``"global"`` (identity, image pixels) and ``"um"``
 (a scale by the pixel size), which is how the pixel size in µm is recorded; read it back with
-:func:`image_mpp`.
+:func:`stmorph._image.image_mpp`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._image import MICRON_CS
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
 IMAGE_KEY = "he"
 SHAPES_KEY = "spots"
 TABLE_KEY = "table"
-MICRON_CS = "um"
 
 
 def _transformations(mpp: float) -> dict:
@@ -73,21 +74,3 @@ def build_spatialdata(image: np.ndarray, table: AnnData, mpp: float, spot_radius
     table.obs["spot_id"] = table.obs_names.to_numpy()
     table = TableModel.parse(table, region=SHAPES_KEY, region_key="region", instance_key="spot_id")
     return SpatialData(images={IMAGE_KEY: img}, shapes={SHAPES_KEY: shapes}, tables={TABLE_KEY: table})
-
-
-def image_mpp(sdata: SpatialData, image_key: str = IMAGE_KEY) -> float | None:
-    """Pixel size in µm of ``sdata.images[image_key]`` from its ``"um"`` coordinate system.
-
-    Returns ``None`` when the element has no ``"um"`` coordinate system or it is not a uniform
-    scale.
-    """
-    from spatialdata.transformations import Scale, get_transformation
-
-    tfs = get_transformation(sdata.images[image_key], get_all=True)
-    tf = tfs.get(MICRON_CS)
-    if not isinstance(tf, Scale):
-        return None
-    scale = dict(zip(tf.axes, tf.scale))
-    if not np.isclose(scale.get("x", np.nan), scale.get("y", np.nan)):
-        return None
-    return float(scale["x"])

@@ -2,6 +2,7 @@
 
 from ..models._encoders import list_encoders, register_encoder
 from ..models._predictor import list_methods, register_method
+from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
@@ -10,6 +11,7 @@ from ._predict import predict
 
 __all__: list[str] = [
     "embed",
+    "embed_cohort",
     "eps",
     "evaluate",
     "image_graph",

@@ -1,4 +1,4 @@
-"""``st.tl.embed`` over a cohort: many slides (SpatialData objects or zarr paths) in parallel with dask."""
+"""``st.tl.embed_cohort``: embed many slides (SpatialData objects or zarr paths) in parallel with dask."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .._anndata import commit_outputs
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available
-from ._embed import embedding_outputs
+from ._embed_engine import embedding_outputs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,10 +48,11 @@ def slide_embedding(
     """Outputs of embedding one slide, as ``commit_outputs`` keyword arguments; the slide is not changed.
 
     Patches missing from the table are extracted lazily first (``extract_patches(store="lazy")``
-    defaults); their outputs are returned too. The pure per-slide step of a cohort ``st.tl.embed``
+    defaults); their outputs are returned too. The pure per-slide step of :func:`embed_cohort`
     (safe to ship to a worker process).
     """
-    from ..pp._patches import extract_patches, lazy_patch_params
+    from ..pp import extract_patches
+    from ..pp._lazy import lazy_patch_params
 
     sdata = _open(item)
     table = _table(sdata, table_key)
@@ -70,25 +71,97 @@ def slide_embedding(
     return outputs
 
 
+def _check_writable(slides: list, copy: bool) -> None:
+    """With ``copy=False`` every slide must be an object to write into (a zarr path is only read)."""
+    paths = [str(item) for item in slides if isinstance(item, str | os.PathLike)]
+    if paths and not copy:
+        raise InvalidParameterError(
+            f"embed_cohort reads slides given as zarr paths but never writes to disk, so copy=False has nowhere to "
+            f"write the embeddings of {_available(paths, 3)}. Pass copy=True to get the tables, or open the slides "
+            "with `spatialdata.read_zarr` and pass the objects to write into their tables."
+        )
+
+
 def embed_cohort(
     slides: Sequence[SpatialData | str | os.PathLike],
     *,
-    key: str,
-    patches_key: str,
-    table_key: str,
-    client: Any,
-    copy: bool,
-    **options: Any,
-) -> list[AnnData]:
-    """Embed every slide with :func:`slide_embedding` in parallel, then write into the tables (see ``st.tl.embed``)."""
+    model: str = "default",
+    weights: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    key_added: str | None = None,
+    patches_key: str = "patches",
+    table_key: str = "table",
+    num_workers: int = 0,
+    client: Any = None,
+    copy: bool = False,
+) -> list[AnnData] | None:
+    """Embed the spot patches of many slides, in parallel with dask: :func:`embed` for a cohort.
+
+    Each slide is embedded like :func:`embed` (same options) by a pure per-slide step; the slides
+    are processed in parallel (see ``client``) and the embeddings are the same as slide after
+    slide. The patches of a table without ``patches_key`` are extracted first with
+    ``st.pp.extract_patches(store="lazy")`` and its defaults (extract them beforehand for other
+    options), then read from the image on demand.
+
+    Parameters
+    ----------
+    slides
+        One item per slide: :class:`~spatialdata.SpatialData` objects and/or paths of zarr stores
+        of them (read lazily, images as dask; never written to).
+    model, weights, batch_size, device, key_added, patches_key, num_workers
+        As in :func:`embed`.
+    table_key
+        The table of each SpatialData.
+    client
+        A :class:`dask.distributed.Client` whose workers embed the slides (``client.map``);
+        ``None`` embeds them in parallel on dask's local threaded scheduler.
+    copy
+        Return the tables with the outputs (copies of ``tables[table_key]``; for a zarr path, its
+        table read into memory) and leave the slides unchanged. Needed when a slide is a zarr path.
+
+    Returns
+    -------
+    ``None`` if ``copy=False`` (the outputs are written into ``tables[table_key]`` of each
+    SpatialData), else the list of new tables in the order of ``slides``. Sets, in each table:
+
+    ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings.
+    ``uns["stmorph"]["embed"][key_added]`` : parameters, as :func:`embed`.
+    ``obsm`` / ``obs["patch_complete"]`` / ``uns["stmorph"]["patches"][patches_key]`` : the lazy
+    extraction, when the patches were missing.
+
+    Raises
+    ------
+    InputTypeError
+        An item is neither a SpatialData object nor a path.
+    InvalidParameterError
+        No slides, or a zarr path with ``copy=False``.
+    StmorphKeyError
+        A slide has no table ``table_key``.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> slides = [st.datasets.simulate(20, 5, n_planted=2, seed=i) for i in range(2)]
+    >>> st.tl.embed_cohort(slides, model="hed")
+    >>> [s.tables["table"].obsm["X_hed"].shape for s in slides]
+    [(20, 57), (20, 57)]
+    """
     slides = list(slides)
     if not slides:
-        raise InvalidParameterError("embed got an empty list of slides; pass at least one SpatialData or zarr path.")
+        raise InvalidParameterError(
+            "embed_cohort got an empty list of slides; pass at least one SpatialData or zarr path."
+        )
+    _check_writable(slides, copy)
     tables = [_table(_open(item, tables_only=True), table_key) for item in slides]  # checks every item first
-    one_slide = partial(slide_embedding, table_key=table_key, patches_key=patches_key, key=key, **options)
+    key = key_added or f"X_{model}"
+    options = {"model": model, "weights": weights, "batch_size": batch_size, "device": device}
+    one_slide = partial(
+        slide_embedding, table_key=table_key, patches_key=patches_key, key=key, num_workers=num_workers, **options
+    )
     results = map_slides(one_slide, slides, client=client)
     tables = [t.copy() if copy else t for t in tables]
     for table, outputs in zip(tables, results):
         commit_outputs(table, **outputs)
-    logger.info("embed: %d slides, %d patches → obsm[%r]", len(tables), sum(t.n_obs for t in tables), key)
-    return tables
+    logger.info("embed_cohort: %d slides, %d patches → obsm[%r]", len(tables), sum(t.n_obs for t in tables), key)
+    return tables if copy else None

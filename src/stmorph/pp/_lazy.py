@@ -1,0 +1,128 @@
+"""Patches extracted with ``store="lazy"``: read from the image a batch at a time (:func:`patch_reader`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError
+from ._sources import one_key, pyramid_levels, visium_source
+from ._windows import as_yxc, check_inside, read_patches
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+@dataclass
+class PatchReader:
+    """Reads the patches of a table extracted with ``store="lazy"``, a batch at a time.
+
+    Attributes
+    ----------
+    image
+        ``(H, W, C)`` uint8 array-like (numpy or dask) of the level the windows refer to.
+    centres
+        ``(n, 2)`` window centres in pixels of ``image``.
+    window_px
+        Window side in source pixels.
+    patch_size
+        Patch side in output pixels.
+    """
+
+    image: Any
+    centres: np.ndarray
+    window_px: float
+    patch_size: int
+
+    def __len__(self) -> int:
+        return len(self.centres)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(indices), patch_size, patch_size, 3)`` patches of the spots ``indices``."""
+        indices = np.asarray(indices)
+        batch = max(len(indices), 1)
+        return read_patches(self.image, self.centres[indices], self.window_px, self.patch_size, batch_size=batch)[0]
+
+
+def lazy_patch_params(adata: AnnData, key: str = "patches") -> dict[str, Any] | None:
+    """Parameters of a ``store="lazy"`` extraction under ``key``, or ``None`` when there is none."""
+    params = adata.uns.get("stmorph", {}).get("patches", {}).get(key)
+    return dict(params) if params is not None and params.get("store") == "lazy" else None
+
+
+def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    source = params["source"]
+    if source == "spatialdata":
+        if image is None and "zarr_path" in params:
+            from spatialdata import read_zarr
+
+            image = read_zarr(params["zarr_path"], selection=("images",))
+        if not isinstance(image, SpatialData):
+            raise InputTypeError(
+                "these patches were extracted lazily from a SpatialData object that is not stored in a zarr store; "
+                "pass it again as `image=`."
+            )
+        key = one_key(image.images.keys(), params["image_key"], "image element", "image_key")
+        return pyramid_levels(image.images[key])[int(params["level"])]
+    if source == "visium":
+        visium = adata if image is None else image
+        if not isinstance(visium, AnnData):
+            raise InputTypeError("for patches from a Visium AnnData pass `image=` that AnnData (or nothing).")
+        _, src = visium_source(visium, params["library_id"], params["source_mpp"])
+        if src.info.get("image") != params.get("image"):
+            raise InvalidParameterError(
+                f"the patches were extracted from the {params.get('image')!r} image but now the "
+                f"{src.info.get('image')!r} image is found; extract them again."
+            )
+        return src.image
+    if image is None or isinstance(image, SpatialData | AnnData):
+        raise InputTypeError("these patches were extracted lazily from an image array; pass that array as `image=`.")
+    return image
+
+
+def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> PatchReader:
+    """A :class:`PatchReader` for the patches extracted from ``adata`` with ``store="lazy"``.
+
+    Parameters
+    ----------
+    adata
+        Table written by :func:`~stmorph.pp.extract_patches` with ``store="lazy"`` and ``key_added=key``.
+    key
+        ``key_added`` of that extraction.
+    image
+        The source: the same SpatialData object (e.g. re-opened with :func:`spatialdata.read_zarr`),
+        the image array of an ``(image, coordinates)`` extraction, or nothing for a Visium AnnData
+        (its images are found again in ``uns["spatial"]``) or for a SpatialData read from a zarr
+        store (the store recorded at extraction, ``zarr_path``, is opened again).
+
+    Raises
+    ------
+    StmorphKeyError
+        No lazy extraction under ``key``.
+    OutOfImageError
+        The image given does not hold the recorded windows (another image or resolution).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> sdata = st.datasets.simulate(50, 10)
+    >>> st.pp.extract_patches(sdata, store="lazy", progress=False)
+    >>> table = sdata.tables["table"]
+    >>> patch_reader(table, image=sdata).read([0, 1]).shape
+    (2, 224, 224, 3)
+    """
+    params = lazy_patch_params(adata, key)
+    if params is None:
+        raise StmorphKeyError(
+            f"adata.uns['stmorph']['patches'][{key!r}] from a store='lazy' extraction not found; run "
+            f"`st.pp.extract_patches(..., store='lazy', key_added={key!r})` first."
+        )
+    centres = np.asarray(adata.obsm[params["centres_key"]], dtype=np.float64)
+    array = as_yxc(_lazy_image(adata, params, image))
+    check_inside(centres, array.shape, adata.obs_names)
+    return PatchReader(array, centres, float(params["window_px"]), int(params["patch_size"]))

@@ -1,0 +1,268 @@
+"""Where patches are read from: the three inputs of ``st.pp.extract_patches`` as a :class:`PatchSource`.
+
+Three inputs are accepted: a SpatialData object (image element + the shapes the table annotates,
+mapped through their coordinate transformations), a Visium-style AnnData (``obsm["spatial"]`` +
+``uns["spatial"][library_id]`` as :func:`scanpy.read_visium` writes it), or a plain
+``(image, coordinates)`` pair. Each is turned into a :class:`PatchSource` (an image array-like in
+``(y, x, c)`` layout, spot centres in its pixels and its µm/px) by :func:`patch_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._image import image_mpp, read_rgb
+from .._logging import logger
+from .._validation import (
+    InputTypeError,
+    InvalidParameterError,
+    ShapeMismatchError,
+    StmorphKeyError,
+    _available,
+    check_agree,
+)
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+VISIUM_SPOT_UM = 55.0
+"""Diameter of a Visium spot in µm, used to derive µm/px from ``spot_diameter_fullres``."""
+
+
+@dataclass
+class PatchSource:
+    """Where patches are read from.
+
+    Attributes
+    ----------
+    image
+        ``(H, W, C)`` uint8 array-like (numpy, dask) supporting slicing; ``C`` is 3 or 4 (the
+        first three channels are used).
+    centres
+        ``(n, 2)`` spot centres in pixels of ``image``, ``x`` = column, ``y`` = row.
+    mpp
+        µm per pixel of ``image``.
+    info
+        h5ad-serialisable description recorded in ``uns`` (source kind, key, pyramid level).
+    """
+
+    image: Any
+    centres: np.ndarray
+    mpp: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
+    keys = list(keys)
+    if given is not None:
+        if given not in keys:
+            raise StmorphKeyError(f"{what} {given!r} not found; available: {_available(keys)}.")
+        return given
+    if len(keys) != 1:
+        raise StmorphKeyError(f"found {len(keys)} {what}s {_available(keys)}; choose one with `{arg}=`.")
+    return keys[0]
+
+
+def pyramid_levels(element: Any) -> list[Any]:
+    """Image arrays of a SpatialData image element, finest first (one for a single-scale image)."""
+    if hasattr(element, "children"):  # xarray DataTree (multiscale)
+        names = sorted(element.children, key=lambda k: int("".join(ch for ch in k if ch.isdigit()) or 0))
+        return [next(iter(element[name].ds.data_vars.values())) for name in names]
+    return [element]
+
+
+def _choose_level(levels: list[Any], mpp: float, target_mpp: float) -> int:
+    """Coarsest level still at least as fine as ``target_mpp`` (level 0 when even it is coarser)."""
+    width0 = levels[0].sizes["x"]
+    level_mpp = [mpp * width0 / lv.sizes["x"] for lv in levels]
+    ok = [i for i, m in enumerate(level_mpp) if m <= target_mpp * (1 + 1e-6)]
+    return max(ok) if ok else 0
+
+
+def _affine(element: Any, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    tf = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(tf.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def _common_cs(a: Any, b: Any) -> str:
+    from spatialdata.transformations import get_transformation
+
+    common = set(get_transformation(a, get_all=True)) & set(get_transformation(b, get_all=True))
+    if not common:
+        raise InvalidParameterError(
+            "the image and the spot shapes share no coordinate system, so spots cannot be placed on the image; "
+            "add a common one (e.g. 'global') with `spatialdata.transformations.set_transformation`."
+        )
+    return "global" if "global" in common else sorted(common)[0]
+
+
+def _spot_shapes(sdata: SpatialData, table: AnnData, shapes_key: str | None) -> tuple[str | None, np.ndarray | None]:
+    """Shapes element annotated by the table and the spot centres in its own coordinates, in table order."""
+    attrs = table.uns.get("spatialdata_attrs", {})
+    if shapes_key is None:
+        region = attrs.get("region")
+        regions = [region] if isinstance(region, str) else list(region or [])
+        regions = [r for r in regions if r in sdata.shapes]
+        if len(regions) != 1:
+            return None, None
+        shapes_key = regions[0]
+    shapes = sdata.shapes[one_key(sdata.shapes.keys(), shapes_key, "shapes element", "shapes_key")]
+    instance_key = attrs.get("instance_key")
+    ids = table.obs[instance_key].to_numpy() if instance_key in table.obs else table.obs_names.to_numpy()
+    pos = shapes.index.get_indexer(ids)
+    if (pos < 0).any():
+        raise ShapeMismatchError(
+            f"{int((pos < 0).sum())} of {table.n_obs} table rows have no shape in shapes[{shapes_key!r}] "
+            f"(matched on {instance_key or 'obs_names'!r})."
+        )
+    centroids = shapes.geometry.centroid
+    return shapes_key, np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy()])[pos]
+
+
+def _spatialdata_mpp(sdata: SpatialData, image_key: str, table: AnnData, mpp: float | None) -> float:
+    if mpp is not None:
+        return float(mpp)
+    found = image_mpp(sdata, image_key)
+    table_mpp = table.uns.get("stmorph", {}).get("mpp")
+    if found is not None and table_mpp is not None:
+        check_agree(
+            found,
+            float(table_mpp),
+            f"the pixel size of images[{image_key!r}] ('um' system)",
+            "table.uns['stmorph']['mpp']",
+        )
+    if found is None:
+        found = table_mpp
+    if found is None:
+        raise InvalidParameterError(
+            f"the pixel size of images[{image_key!r}] is unknown: it has no 'um' coordinate system and the table "
+            "has no uns['stmorph']['mpp']. Pass `mpp=<µm per pixel of the full-resolution image>`."
+        )
+    return float(found)
+
+
+def _from_spatialdata(
+    sdata: SpatialData,
+    image_key: str | None,
+    table_key: str,
+    shapes_key: str | None,
+    mpp: float | None,
+    target_mpp: float,
+) -> tuple[AnnData, PatchSource]:
+    table = sdata.tables[one_key(sdata.tables.keys(), table_key, "table", "table_key")]
+    image_key = one_key(sdata.images.keys(), image_key, "image element", "image_key")
+    element = sdata.images[image_key]
+    mpp0 = _spatialdata_mpp(sdata, image_key, table, mpp)
+    shapes_key, own = _spot_shapes(sdata, table, shapes_key)
+    if own is None:  # no annotated shapes: obsm["spatial"] holds full-resolution image pixels
+        if "spatial" not in table.obsm:
+            raise StmorphKeyError(
+                "the table annotates no shapes element and has no obsm['spatial']; pass `shapes_key=`."
+            )
+        centres0 = np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
+    else:
+        cs = _common_cs(element, sdata.shapes[shapes_key])
+        to_image = np.linalg.inv(_affine(element, cs)) @ _affine(sdata.shapes[shapes_key], cs)
+        centres0 = own @ to_image[:2, :2].T + to_image[:2, 2]
+    levels = pyramid_levels(element)
+    level = _choose_level(levels, mpp0, target_mpp)
+    factor = np.array(
+        [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
+    )
+    info = {"source": "spatialdata", "image_key": image_key, "table_key": table_key, "level": level, "source_mpp": mpp0}
+    if shapes_key is not None:
+        info["shapes_key"] = shapes_key
+    if sdata.path is not None:  # zarr-backed: the image can be opened again from there
+        info["zarr_path"] = str(sdata.path)
+    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info)
+
+
+def _visium_mpp(scalefactors: dict, mpp: float | None, library_id: str) -> float:
+    if mpp is not None:
+        return float(mpp)
+    if "microns_per_pixel" in scalefactors:
+        return float(scalefactors["microns_per_pixel"])
+    if "spot_diameter_fullres" in scalefactors:
+        return VISIUM_SPOT_UM / float(scalefactors["spot_diameter_fullres"])
+    raise InvalidParameterError(
+        f"uns['spatial'][{library_id!r}]['scalefactors'] has neither 'microns_per_pixel' nor "
+        "'spot_diameter_fullres'; pass `mpp=<µm per full-resolution pixel>`."
+    )
+
+
+def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> tuple[AnnData, PatchSource]:
+    library_id = one_key(adata.uns["spatial"].keys(), library_id, "library_id in uns['spatial']", "library_id")
+    lib = adata.uns["spatial"][library_id]
+    scalefactors = dict(lib.get("scalefactors", {}))
+    mpp_full = _visium_mpp(scalefactors, mpp, library_id)
+    if "spatial" not in adata.obsm:
+        raise StmorphKeyError("adata.obsm['spatial'] (spot centres in full-resolution pixels) not found.")
+    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    info = {"source": "visium", "library_id": library_id, "source_mpp": mpp_full}
+    path = lib.get("metadata", {}).get("source_image_path")
+    if path and Path(path).is_file():
+        return adata, PatchSource(read_rgb(Path(path)), centres, mpp_full, {**info, "image": "fullres"})
+    images = lib.get("images", {})
+    for name in ("hires", "lowres"):
+        scalef = scalefactors.get(f"tissue_{name}_scalef")
+        if name in images and scalef:
+            logger.info("extract_patches: full-resolution image not found; using the %s image", name)
+            image = np.asarray(images[name])
+            if image.dtype.kind == "f":  # scanpy may store float images in [0, 1]
+                image = np.clip(image * 255 if image.max() <= 1 else image, 0, 255).round().astype(np.uint8)
+            return adata, PatchSource(image, centres * scalef, mpp_full / scalef, {**info, "image": name})
+    raise StmorphKeyError(
+        f"uns['spatial'][{library_id!r}] has no usable image: no existing metadata['source_image_path'] and no "
+        "images['hires'/'lowres'] with a matching tissue_<name>_scalef."
+    )
+
+
+def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
+    import anndata as ad
+    import pandas as pd
+
+    if len(data) != 2:
+        raise InputTypeError(f"a plain input must be an (image, coordinates) pair; found {len(data)} items.")
+    image, coords = data
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ShapeMismatchError(f"coordinates must be (n_spots, 2) with x = column, y = row; found {coords.shape}.")
+    if mpp is None:
+        raise InvalidParameterError(
+            "the pixel size of a plain image is unknown; pass `mpp=<µm per pixel>` (e.g. 0.5 for a 20× scan)."
+        )
+    adata = ad.AnnData(obs=pd.DataFrame(index=pd.Index([str(i) for i in range(len(coords))])))
+    adata.obsm["spatial"] = coords[:, :2]
+    return adata, PatchSource(image, coords[:, :2], float(mpp), {"source": "array", "source_mpp": float(mpp)})
+
+
+def patch_source(
+    data: Any, image_key: str | None, table_key: str, shapes_key: str | None, library_id: str | None,
+    mpp: float | None, target_mpp: float,
+) -> tuple[AnnData, PatchSource]:  # fmt: skip
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return _from_spatialdata(data, image_key, table_key, shapes_key, mpp, target_mpp)
+    if isinstance(data, AnnData):
+        if "spatial" not in data.uns:
+            raise StmorphKeyError(
+                "the AnnData has no uns['spatial'] (Visium layout); pass a SpatialData object or an "
+                "(image, coordinates) pair instead."
+            )
+        return visium_source(data, library_id, mpp)
+    if isinstance(data, tuple | list):
+        return _from_pair(tuple(data), mpp)
+    raise InputTypeError(
+        f"extract_patches takes a SpatialData, a Visium-style AnnData or an (image, coordinates) pair; "
+        f"found {type(data).__name__}."
+    )

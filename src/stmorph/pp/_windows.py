@@ -1,0 +1,164 @@
+"""Reading square windows around spot centres from an image array: :func:`read_patches`.
+
+:func:`read_patches` cuts and resamples the windows in batches; it works on numpy and dask arrays
+alike (a batch's dask slices are computed together), which is what a lazy reader needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, _available
+
+PAD_VALUE = 255
+"""Fill value (white) for the part of a patch that lies outside the image."""
+
+
+def as_yxc(image: Any) -> Any:
+    """Channels-last, 3-channel view of an image array-like (xarray → its numpy/dask data)."""
+    if hasattr(image, "dims") and hasattr(image, "transpose"):  # xarray DataArray with named dims
+        image = image.transpose("y", "x", "c").data
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ShapeMismatchError(f"the image must be (H, W, 3), (H, W, 4) or (H, W); found shape {image.shape}.")
+    if image.dtype != np.uint8:
+        raise InputTypeError(
+            f"the image must be uint8 RGB; found dtype {image.dtype}. Convert it first, e.g. "
+            "`(img / img.max() * 255).astype(np.uint8)`."
+        )
+    return image
+
+
+def _resample_margin(scale: float) -> int:
+    """Extra source pixels read around a window so the Lanczos filter (support 3 output px) has data."""
+    return int(np.ceil(3 * max(1.0, scale))) + 1
+
+
+def _region(image: Any, x0: int, y0: int, x1: int, y1: int) -> tuple[Any, tuple[int, int, int, int]]:
+    """Slice ``[y0:y1, x0:x1]`` clipped to the image; return it and where it goes in the full region."""
+    h, w = image.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    return image[cy0:cy1, cx0:cx1], (cy0 - y0, cy1 - y0, cx0 - x0, cx1 - x0)
+
+
+def _materialise(regions: list[Any]) -> list[np.ndarray]:
+    """Turn sliced regions into numpy arrays, computing dask slices of a batch together."""
+    if regions and hasattr(regions[0], "dask"):
+        import dask
+
+        return [np.asarray(r) for r in dask.compute(*regions)]
+    return [np.asarray(r) for r in regions]
+
+
+def _to_rgb(pixels: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+
+
+def _resample(canvas: np.ndarray, box: tuple[float, float, float, float], out_size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(canvas).resize((out_size, out_size), Image.Resampling.LANCZOS, box=box))
+
+
+def _window_origins(centres_px: np.ndarray, size_px: float, out_size: int) -> tuple[np.ndarray, bool]:
+    """Top-left corners ``(n, 2)`` of the windows, snapped to whole pixels when no resizing is needed."""
+    exact = abs(size_px - out_size) < 1e-6
+    origins = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2) - size_px / 2
+    return (np.round(origins) if exact else origins), exact
+
+
+def _complete(origins: np.ndarray, size_px: float, shape: tuple[int, ...]) -> np.ndarray:
+    """True where the whole window lies inside an image of ``shape`` ``(H, W, ...)``."""
+    h, w = shape[:2]
+    return (origins >= 0).all(axis=1) & (origins[:, 0] + size_px <= w) & (origins[:, 1] + size_px <= h)
+
+
+def windows_inside(centres_px: np.ndarray, size_px: float, out_size: int, shape: tuple[int, ...]) -> np.ndarray:
+    """True where the window :func:`read_patches` cuts around a centre lies wholly inside an image of ``shape``."""
+    return _complete(_window_origins(centres_px, size_px, out_size)[0], size_px, shape)
+
+
+def read_patches(
+    image: Any,
+    centres_px: np.ndarray,
+    size_px: float,
+    out_size: int,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a square window of ``size_px`` source pixels around each centre and resize it to ``out_size``.
+
+    The window of a centre ``(x, y)`` covers ``[x - size_px/2, x + size_px/2)`` (pixel ``i``
+    spans ``[i, i + 1)``). When ``size_px`` equals ``out_size`` (within 1e-6) the window is
+    snapped to whole pixels and copied unchanged; otherwise it is resampled with a Lanczos filter
+    over the exact (sub-pixel) window. Parts outside the image are white.
+
+    Parameters
+    ----------
+    image
+        ``(H, W, C)`` uint8 array-like (numpy or dask; an xarray DataArray with dims ``y, x, c``).
+    centres_px
+        ``(n, 2)`` centres, ``x`` = column, ``y`` = row, in pixels of ``image``.
+    size_px
+        Window side in source pixels.
+    out_size
+        Patch side in output pixels.
+    batch_size
+        Windows read together (one dask computation per batch).
+    progress
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    ``patches``: uint8 ``(n, out_size, out_size, 3)``; ``complete``: bool ``(n,)``, True where the
+    whole window lies inside the image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.arange(100 * 100 * 3, dtype=np.uint8).reshape(100, 100, 3)
+    >>> patches, complete = read_patches(img, np.array([[50.0, 40.0]]), 10, 10)
+    >>> bool((patches[0] == img[35:45, 45:55]).all()), bool(complete[0])
+    (True, True)
+    """
+    from tqdm.auto import tqdm
+
+    image = as_yxc(image)
+    origins, exact = _window_origins(centres_px, size_px, out_size)
+    complete = _complete(origins, size_px, image.shape)
+    margin = 0 if exact else _resample_margin(size_px / out_size)
+    span = int(np.ceil(size_px)) + 2 * margin + (0 if exact else 1)
+    patches = np.empty((len(origins), out_size, out_size, 3), dtype=np.uint8)
+    starts = range(0, len(origins), batch_size)
+    for start in tqdm(starts, desc="reading patches", disable=not progress, leave=False):
+        idx = np.arange(start, min(start + batch_size, len(origins)))
+        corners = np.floor(origins[idx]).astype(np.int64) - margin
+        sliced = [_region(image, x0, y0, x0 + span, y0 + span) for x0, y0 in corners]
+        pixels = _materialise([s[0] for s in sliced])
+        for i, (x0, y0), (py0, py1, px0, px1), pix in zip(idx, corners, (s[1] for s in sliced), pixels):
+            canvas = np.full((span, span, 3), PAD_VALUE, dtype=np.uint8)
+            canvas[py0:py1, px0:px1] = _to_rgb(pix)
+            if exact:
+                patches[i] = canvas[:out_size, :out_size]
+            else:
+                bx, by = origins[i, 0] - x0, origins[i, 1] - y0
+                patches[i] = _resample(canvas, (bx, by, bx + size_px, by + size_px), out_size)
+    return patches, complete
+
+
+def check_inside(centres: np.ndarray, shape: tuple[int, ...], names: Sequence[str]) -> None:
+    h, w = shape[:2]
+    outside = ~((centres[:, 0] >= 0) & (centres[:, 0] < w) & (centres[:, 1] >= 0) & (centres[:, 1] < h))
+    if outside.any():
+        bad = np.flatnonzero(outside)
+        raise OutOfImageError(
+            f"{len(bad)} of {len(centres)} spot centres lie outside the image ({w} × {h} px), e.g. "
+            f"{_available([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
+            "Check that the coordinates are pixels of this image (x = column, y = row) at its resolution, "
+            "or drop those spots."
+        )

@@ -1,0 +1,155 @@
+"""The embedding engine shared by ``st.tl.embed`` (one table) and ``st.tl.embed_cohort`` (many slides).
+
+:func:`embedding_outputs` computes the embeddings of every patch of a table and the parameters
+recorded with them, without changing the table; the public functions write them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import ShapeMismatchError, check_choice, check_finite, check_range, get_patches
+from ..models._encoders import Encoder, Featurizer, patches_to_tensor, resolve_encoder
+from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
+
+if TYPE_CHECKING:
+    import os
+
+    from anndata import AnnData
+
+
+def _prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)``, with up to ``workers`` items prepared ahead in background threads."""
+    if workers == 0:
+        yield from map(fn, items)
+        return
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque(pool.submit(fn, item) for item in islice(items, workers))
+        while pending:
+            result = pending.popleft().result()
+            for item in islice(items, 1):
+                pending.append(pool.submit(fn, item))
+            yield result
+
+
+def _batches(n: int, batch_size: int) -> list[np.ndarray]:
+    return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _patch_fetcher(adata: AnnData, key: str, image: Any) -> Fetch:
+    """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction."""
+    from ..pp._lazy import lazy_patch_params, patch_reader
+
+    if key not in adata.obsm and lazy_patch_params(adata, key) is not None:
+        return patch_reader(adata, key, image).read
+    return get_patches(adata, key).__getitem__
+
+
+def _embed_torch(
+    fetch: Fetch, n: int, progress: bool, *, encoder: Encoder, batch_size: int, device: Any, num_workers: int
+) -> np.ndarray:
+    """Embeddings of the ``n`` patches ``fetch`` returns, by a torch encoder on the (resolved) ``device``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    module = encoder.module.to(device).eval()
+    out = []
+    bar = tqdm(total=n, desc=f"embedding ({encoder.name})", disable=not progress, leave=False)
+    with torch.inference_mode():
+        prepare = lambda idx: patches_to_tensor(fetch(idx), encoder, device=device)  # noqa: E731
+        for x in _prefetch(prepare, _batches(n, batch_size), num_workers):
+            out.append(module(x).float().cpu().numpy())
+            bar.update(len(x))
+    bar.close()
+    return np.concatenate(out) if out else np.empty((0, encoder.dim), np.float32)
+
+
+def _embed_features(
+    fetch: Fetch, n: int, progress: bool, *, fn: Featurizer, name: str, batch_size: int, num_workers: int
+) -> np.ndarray:
+    """Embeddings of the ``n`` patches ``fetch`` returns, by a featurizer function (no torch)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    bar = tqdm(total=n, desc=f"embedding ({name})", disable=not progress, leave=False)
+    batches = _batches(n, batch_size)
+    for idx, feats in zip(batches, _prefetch(lambda i: fn(fetch(i)), batches, num_workers)):
+        feats = np.asarray(feats)
+        if feats.ndim != 2 or len(feats) != len(idx):
+            raise ShapeMismatchError(
+                f"encoder {name!r} must return (n_patches, n_features) for a batch of {len(idx)} patches; "
+                f"returned shape {feats.shape}."
+            )
+        out.append(feats)
+        bar.update(len(idx))
+    bar.close()
+    return np.concatenate(out)
+
+
+def _engine(
+    encoder: Encoder | Featurizer, model: str, batch_size: int, device: str, num_workers: int
+) -> tuple[Run, dict[str, Any]]:
+    """The encoder as a :data:`~stmorph.tl._embed_resume.Run` function, and the parameters that describe it."""
+    if isinstance(encoder, Encoder):
+        from ..models._train import resolve_device
+
+        dev = resolve_device(device)
+        run = partial(_embed_torch, encoder=encoder, batch_size=batch_size, device=dev, num_workers=num_workers)
+        params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std)}
+        return run, {**params, "input_size": encoder.input_size, "device": str(dev)}
+    run = partial(_embed_features, fn=encoder, name=model, batch_size=batch_size, num_workers=num_workers)
+    return run, {"kind": "features"}
+
+
+def embedding_outputs(
+    adata: AnnData,
+    *,
+    model: str,
+    weights: str | os.PathLike | None,
+    batch_size: int,
+    device: str,
+    patches_key: str,
+    image: Any,
+    num_workers: int,
+    progress: bool,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_error: str = "raise",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Float32 embeddings of every patch of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
+
+    The computing step of :func:`~stmorph.tl.embed` (its options, same meaning).
+    """
+    fetch = _patch_fetcher(adata, patches_key, image)
+    check_range(batch_size, "batch_size", low=1, inclusive=True)
+    check_range(num_workers, "num_workers", low=0, inclusive=True)
+    check_choice(on_error, ON_ERROR, "on_error")
+    weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
+    settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
+    run, engine_params = _engine(resolve_encoder(model, weights), model, batch_size, device, num_workers)
+    params: dict[str, Any] = {**settings, **engine_params}
+    failed: dict[str, str] = {}
+    if checkpoint is None and on_error == "raise":
+        emb = run(fetch, adata.n_obs, progress)
+    else:
+        emb, failed = run_batches(
+            run, fetch, adata.obs_names, batch_size, checkpoint=checkpoint, resume=resume, on_error=on_error,
+            settings=settings, progress=progress,
+        )  # fmt: skip
+        params["on_error"] = on_error
+    emb = emb.astype(np.float32, copy=False)
+    read = ~adata.obs_names.isin(list(failed))
+    check_finite(emb[read], f"embeddings of encoder {model!r}")
+    if failed:
+        params["failed"] = {"obs_names": list(failed), "errors": list(failed.values())}
+    params.update(dim=int(emb.shape[1]), batch_size=int(batch_size), n_patches=len(emb))
+    return emb, params

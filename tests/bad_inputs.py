@@ -420,7 +420,7 @@ def _():
 @_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
 def _():
     sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
-    sdata.tables["table"].uns["stmorph"]["mpp"] = 0.25
+    sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"] = 0.25
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
 

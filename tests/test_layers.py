@@ -79,7 +79,7 @@ def graph():
 def test_the_graph_sees_the_known_arrows(graph):
     # the parser resolves absolute, relative, ``from . import x`` and function-level imports
     assert ("tl", "models") in graph  # st.tl.predict uses the method registry
-    assert ("pp", "datasets") in graph  # extract_patches reads images with the dataset helpers
+    assert ("pp", "_image") in graph and ("datasets", "_image") in graph  # both read images through _image
     assert ("_demo", "tl") in graph and ("_demo", "pl") in graph  # ``from . import pl, tl``
     assert ("_report", "stmorph") in graph and ("_report", "__version__") not in graph  # a name, not a module
     assert ("tl", "_validation") in graph

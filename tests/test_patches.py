@@ -33,7 +33,7 @@ def _crop(image: np.ndarray, x: float, y: float, size: int) -> np.ndarray:
 
 def test_patch_pixels_equal_the_image_crop_at_the_spot(c2):
     sdata, image = c2
-    mpp = sdata.tables["table"].uns["stmorph"]["mpp"]
+    mpp = sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"]
     table = st.pp.extract_patches(sdata, target_mpp=mpp, patch_size=96, copy=True, progress=False)
     xy = sdata.tables["table"].obsm["spatial"]  # x = column, y = row
     for i in (0, 50, 186):
@@ -46,7 +46,7 @@ def test_patch_pixels_equal_the_image_crop_at_the_spot(c2):
 def test_default_tile_is_112_um_wide_and_resamples_the_crop(c2, c2_default):
     sdata, image = c2
     params = c2_default.uns["stmorph"]["patches"]["patches"]
-    mpp = sdata.tables["table"].uns["stmorph"]["mpp"]
+    mpp = sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"]
     assert params["window_px"] * mpp == pytest.approx(112.0)
     assert params["tile_um"] == pytest.approx(112.0)
     assert c2_default.obsm["patches"].shape == (187, 224, 224, 3)

@@ -190,7 +190,7 @@ def her2st(section: str = "C2", data_dir: str | os.PathLike | None = None) -> Sp
     ``tables["table"]``
         Spots × genes raw integer counts (CSR), gene symbols as unique ``var_names``, spot ids
         ``"<x>x<y>"`` as ``obs_names``, ``obsm["spatial"]`` = centre in image pixels
-        (x = column, y = row), ``obs["in_tissue"]``, and ``uns["stmorph"]["mpp"]``.
+        (x = column, y = row), ``obs["in_tissue"]``, and ``uns["stmorph"]["dataset"]`` (``name``, ``section``, ``mpp``).
 
     Raises
     ------
@@ -208,7 +208,7 @@ def her2st(section: str = "C2", data_dir: str | os.PathLike | None = None) -> Sp
     """
     files = her2st_files(section, data_dir)
     table, mpp = _table(section, files)
-    table.uns["stmorph"] = {"mpp": mpp, "dataset": "her2st", "section": section}
+    table.uns["stmorph"] = {"dataset": {"name": "her2st", "section": section, "mpp": mpp}}
     image = read_rgb(files["image"])
     return build_spatialdata(image, table, mpp, spot_radius_px=SPOT_DIAMETER_UM / 2 / mpp)
 
@@ -267,5 +267,5 @@ def her2st_adata(section: str = "C2", data_dir: str | os.PathLike | None = None)
             "metadata": {"source_image_path": str(files["image"].resolve())},
         }
     }
-    adata.uns["stmorph"] = {"mpp": mpp, "dataset": "her2st", "section": section}
+    adata.uns["stmorph"] = {"dataset": {"name": "her2st", "section": section, "mpp": mpp}}
     return adata

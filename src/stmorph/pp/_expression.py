@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._anndata import commit_outputs
+from .._keys import Key
 from .._logging import logger
 from .._validation import InputTypeError, check_n_obs, check_range, check_unique_names, get_matrix
 
@@ -142,6 +143,6 @@ def prepare_expression(
         adata,
         var={col: work.var[col].to_numpy() for col in work.var.columns},
         layers={"counts": work.layers["counts"], "log1p": work.layers["log1p"]},
-        uns={("stmorph", "prepare_expression"): params},
+        uns={Key.uns.tool("prepare_expression"): params},
     )
     return adata if copy else None

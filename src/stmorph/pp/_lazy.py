@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._anndata import tool_record
 from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError
 from ._sources import one_key, pyramid_levels, visium_source
 from ._windows import as_yxc, check_inside, read_patches
@@ -48,8 +49,8 @@ class PatchReader:
 
 def lazy_patch_params(adata: AnnData, key: str = "patches") -> dict[str, Any] | None:
     """Parameters of a ``store="lazy"`` extraction under ``key``, or ``None`` when there is none."""
-    params = adata.uns.get("stmorph", {}).get("patches", {}).get(key)
-    return dict(params) if params is not None and params.get("store") == "lazy" else None
+    params = tool_record(adata, "patches", key)
+    return params if params.get("store") == "lazy" else None
 
 
 def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:

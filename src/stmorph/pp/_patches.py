@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import commit_outputs
+from .._keys import Key
 from .._logging import logger
 from .._validation import check_choice, check_range
 from ._sources import patch_source
@@ -66,7 +67,7 @@ def extract_patches(
         Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
     mpp
         µm per pixel of the full-resolution image. Default: SpatialData ``"um"`` coordinate system,
-        else ``table.uns["stmorph"]["mpp"]``; Visium ``scalefactors["microns_per_pixel"]``, else
+        else ``table.uns["stmorph"]["dataset"]["mpp"]``; Visium ``scalefactors["microns_per_pixel"]``, else
         55 µm / ``spot_diameter_fullres``.
     target_mpp
         µm per pixel of the patches.
@@ -145,7 +146,7 @@ def extract_patches(
         obsm = {key_added: patches}
     else:
         complete = windows_inside(source.centres, window_px, patch_size, image.shape)
-        params["centres_key"] = f"{key_added}_centres_px"
+        params["centres_key"] = Key.obsm.patch_centres(key_added)
         obsm = {params["centres_key"]: source.centres}
     if not complete.all():
         logger.info("extract_patches: %d patches cross the image edge (white padding)", int((~complete).sum()))
@@ -158,5 +159,7 @@ def extract_patches(
         n_incomplete=int((~complete).sum()),
     )
     table = table.copy() if copy else table
-    commit_outputs(table, obsm=obsm, obs={"patch_complete": complete}, uns={("stmorph", "patches", key_added): params})
+    commit_outputs(
+        table, obsm=obsm, obs={Key.obs.patch_complete: complete}, uns={Key.uns.tool("patches", key_added): params}
+    )
     return table if copy or isinstance(data, tuple | list) else None  # a pair has no table to write into

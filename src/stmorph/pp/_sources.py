@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._anndata import dataset_info
 from .._image import image_mpp, read_rgb
 from .._logging import logger
 from .._validation import (
@@ -131,20 +132,20 @@ def _spatialdata_mpp(sdata: SpatialData, image_key: str, table: AnnData, mpp: fl
     if mpp is not None:
         return float(mpp)
     found = image_mpp(sdata, image_key)
-    table_mpp = table.uns.get("stmorph", {}).get("mpp")
+    table_mpp = dataset_info(table).get("mpp")
     if found is not None and table_mpp is not None:
         check_agree(
             found,
             float(table_mpp),
             f"the pixel size of images[{image_key!r}] ('um' system)",
-            "table.uns['stmorph']['mpp']",
+            "table.uns['stmorph']['dataset']['mpp']",
         )
     if found is None:
         found = table_mpp
     if found is None:
         raise InvalidParameterError(
             f"the pixel size of images[{image_key!r}] is unknown: it has no 'um' coordinate system and the table "
-            "has no uns['stmorph']['mpp']. Pass `mpp=<µm per pixel of the full-resolution image>`."
+            "has no uns['stmorph']['dataset']['mpp']. Pass `mpp=<µm per pixel of the full-resolution image>`."
         )
     return float(found)
 

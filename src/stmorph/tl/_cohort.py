@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .._anndata import commit_outputs
+from .._anndata import commit_outputs, tool_record
+from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available
@@ -61,13 +62,13 @@ def slide_embedding(
         table = extract_patches(
             sdata, table_key=table_key, store="lazy", key_added=patches_key, progress=False, copy=True
         )
-        params = table.uns["stmorph"]["patches"][patches_key]
+        params = tool_record(table, "patches", patches_key)
         outputs["obsm"][params["centres_key"]] = table.obsm[params["centres_key"]]
-        outputs["obs"]["patch_complete"] = table.obs["patch_complete"].to_numpy()
-        outputs["uns"][("stmorph", "patches", patches_key)] = params
+        outputs["obs"][Key.obs.patch_complete] = table.obs[Key.obs.patch_complete].to_numpy()
+        outputs["uns"][Key.uns.tool("patches", patches_key)] = params
     emb, params = embedding_outputs(table, patches_key=patches_key, image=sdata, progress=False, **options)
     outputs["obsm"][key] = emb
-    outputs["uns"][("stmorph", "embed", key)] = params
+    outputs["uns"][Key.uns.tool("embed", key)] = params
     return outputs
 
 
@@ -154,7 +155,7 @@ def embed_cohort(
         )
     _check_writable(slides, copy)
     tables = [_table(_open(item, tables_only=True), table_key) for item in slides]  # checks every item first
-    key = key_added or f"X_{model}"
+    key = key_added or Key.obsm.embedding(model)
     options = {"model": model, "weights": weights, "batch_size": batch_size, "device": device}
     one_slide = partial(
         slide_embedding, table_key=table_key, patches_key=patches_key, key=key, num_workers=num_workers, **options

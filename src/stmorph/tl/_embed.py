@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._anndata import commit_outputs
+from .._keys import Key
 from .._logging import logger
 from .._validation import InputTypeError
 from ._embed_engine import embedding_outputs
@@ -118,7 +119,7 @@ def embed(
             f"embed takes one table; found a {type(adata).__name__} of {len(adata)} items. "
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
-    key = key_added or f"X_{model}"
+    key = key_added or Key.obsm.embedding(model)
     emb, params = embedding_outputs(
         adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
         image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
@@ -126,5 +127,5 @@ def embed(
     )  # fmt: skip
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
     adata = adata.copy() if copy else adata
-    commit_outputs(adata, obsm={key: emb}, uns={("stmorph", "embed", key): params})
+    commit_outputs(adata, obsm={key: emb}, uns={Key.uns.tool("embed", key): params})
     return adata if copy else None

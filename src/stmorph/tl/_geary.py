@@ -181,7 +181,7 @@ def _sparse_central_moments(x: sparse.csr_matrix, n: int) -> tuple[np.ndarray, n
         x = x.copy()
         x.sum_duplicates()
     g = x.shape[1]
-    mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
+    mean = np.bincount(x.indices, weights=x.data, minlength=g) / n  # summed in float64
     stored = np.bincount(x.indices, minlength=g)
     implicit = (n - stored).astype(np.float64)
     second, fourth = implicit * mean**2, implicit * mean**4

@@ -75,8 +75,8 @@ def _qq_plot(null_frame: pd.DataFrame, path: Path) -> None:
     for ax, (title, keep) in zip(
         axes,
         [
-            ("all genes detected in ≥ 3 spots", null_frame["n_detected"] >= 3),
-            ("genes detected in 3–5 spots", null_frame["n_detected"] <= 5),
+            ("detected in ≥ 3 spots", null_frame["n_detected"] >= 3),
+            ("detected in 3–5 spots", null_frame["n_detected"] <= 5),
         ],
     ):
         n = int(keep.sum())
@@ -87,7 +87,7 @@ def _qq_plot(null_frame: pd.DataFrame, path: Path) -> None:
         ax.plot([0, expected.max()], [0, expected.max()], "k--", lw=0.8, label="uniform")
         ax.set_xlabel("expected −log10 p (uniform)")
         ax.set_ylabel("observed −log10 p")
-        ax.set_title(f"{title} (n = {n:,} gene × shuffle)")
+        ax.set_title(f"{title} ({n:,} gene × shuffle)")
         ax.legend(markerscale=5)
     fig.suptitle("EPS p-values with expression shuffled against the image embeddings (HER2ST C2–C5)")
     fig.savefig(path, dpi=110)
@@ -124,7 +124,7 @@ def main() -> None:
         for null in NULLS:
             top = real.sort_values(f"p_{null}").groupby("section").head(5)
             print(f"\nTop genes per section under {null}:")
-            print(top.groupby("section").apply(lambda f: ", ".join(f"{g} ({d})" for g, d in f["n_detected"].items())))
+            print(top.groupby("section")["n_detected"].apply(lambda d: ", ".join(f"{g} ({n})" for g, n in d.items())))
     _qq_plot(nulls, FIGURE)
     print(f"\nwrote {FIGURE} in {time.perf_counter() - start:.0f} s")
 

@@ -121,7 +121,7 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
 
 
 def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
-    """Genes in every section; the ``n_genes`` most highly variable of them across the sections (seurat_v3)."""
+    """Genes in every section: the markers, then the most highly variable others (seurat_v3); ``n_genes`` in all."""
     import anndata as ad
     import scanpy as sc
 
@@ -130,6 +130,7 @@ def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
         shared = shared.intersection(table.var_names, sort=False)
     if not n_genes or n_genes >= len(shared):
         return list(shared)
+    markers = [g for g in MARKER_GENES if g in shared][:n_genes]
     counts = ad.concat(
         {name: ad.AnnData(X=t[:, shared].layers["counts"], var=t.var[[]].loc[shared]) for name, t in tables.items()},
         label="section",
@@ -137,10 +138,9 @@ def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
     hvg = sc.pp.highly_variable_genes(
         counts, n_top_genes=n_genes, flavor="seurat_v3", batch_key="section", inplace=False
     )
-    ranked = hvg[hvg["highly_variable"]].sort_values(
-        ["highly_variable_nbatches", "highly_variable_rank"], ascending=[False, True]
-    )
-    return list(ranked.index)
+    ranked = hvg[hvg["highly_variable"]].drop(index=markers, errors="ignore")
+    ranked = ranked.sort_values(["highly_variable_nbatches", "highly_variable_rank"], ascending=[False, True])
+    return markers + list(ranked.index[: n_genes - len(markers)])
 
 
 def _section_eps(tables: dict[str, AnnData], genes: list[str], settings: DemoSettings) -> None:
@@ -316,7 +316,7 @@ def run_demo_steps(
             for s, t in tables.items()
         ]
     )
-    eps = pd.DataFrame({s: t.var["eps"] for s, t in tables.items()})
+    eps = pd.DataFrame({s: t.var.loc[genes, "eps"] for s, t in tables.items()})
     result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes)
     eps.to_csv(out / "eps.csv", index_label="gene")
     sps.to_csv(out / "sps.csv", index=False)

@@ -88,7 +88,7 @@ _FILES = {
     "<section>/results.h5ad": "everything for one section (AnnData: counts, prepared expression, embeddings, EPS in "
     "<code>var</code>, predictions in <code>layers</code>, metrics in <code>var</code>, image in "
     "<code>uns['spatial']</code>); open with <code>anndata.read_h5ad</code>, draw with <code>st.pl.spatial</code>",
-    "eps.csv": "EPS of every gene (rows) in every section (columns)",
+    "eps.csv": "EPS of every scored gene (rows; the shared highly variable genes) in every section (columns)",
     "sps.csv": "SPS, number of spots and of genes per section",
     "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
     "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",

@@ -160,6 +160,24 @@ def _():
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=-1, progress=False)
 
 
+@_case("st.tl.eps", "pvalues not one of the nulls", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", pvalues="analytic", progress=False)
+
+
+@_case("st.tl.eps", "mask_var naming a missing var column", StmorphKeyError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", mask_var="highly_variable", progress=False)
+
+
+@_case("st.tl.eps", "mask_var naming a non-boolean var column", InputTypeError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", mask_var="n_cells", progress=False)
+
+
 @_case("st.tl.eps", "stored graph with negative weights", InvalidParameterError)
 def _():
     a = table()

@@ -64,7 +64,11 @@ def test_demo_results_hold_every_step_per_section(demo_run):
         assert f"X_{ENCODER}" in result.obsm
         predicted = result.layers["predicted_ridge"]
         assert np.isfinite(predicted).any(axis=0).sum() == 150
-        assert np.isfinite(result.var.loc[np.isfinite(predicted).all(axis=0), "pearson_bleep"]).all()
+        # Pearson is defined wherever BLEEP's prediction varies (a rare HVG none of whose retrieved
+        # reference spots express it gets a constant prediction)
+        bleep = result.layers["predicted_bleep"]
+        varies = np.isfinite(bleep).all(axis=0) & (np.std(bleep, axis=0) > 1e-5)
+        assert varies.sum() > 100 and np.isfinite(result.var.loc[varies, "pearson_bleep"]).all()
         np.testing.assert_allclose(eps[section].dropna(), result.var["eps"].dropna().loc[eps[section].dropna().index])
         # a results file is directly plottable: it carries its image in uns["spatial"]
         assert st.pl.spatial(result, "ERBB2", show=False) is not None

@@ -14,7 +14,7 @@ from scipy import sparse, stats
 from sklearn.preprocessing import normalize
 
 import stmorph as st
-from stmorph.errors import ShapeMismatchError
+from stmorph.errors import InputTypeError, InvalidParameterError, ShapeMismatchError, StmorphKeyError
 from stmorph.tl._eps import compute_eps, eps_record
 from stmorph.tl._geary import geary_terms, gearys_c
 
@@ -114,7 +114,7 @@ def _prepared_sim(sim_table) -> ad.AnnData:
 
 def test_eps_equals_minus_log_squidpy_geary_on_the_stored_graph(sim_table):
     adata = _prepared_sim(sim_table)
-    st.tl.eps(adata, progress=False)
+    st.tl.eps(adata, pvalues="normality", progress=False)
     for transformation in (True, False):
         df = sq.gr.spatial_autocorr(
             adata,
@@ -183,7 +183,8 @@ def test_permutation_pvalues_are_seeded_and_match_a_naive_loop(sim_table):
 
 def test_analytic_pvalues_follow_normality_null_and_bh_qvalues(sim_table):
     adata = _prepared_sim(sim_table)
-    st.tl.eps(adata, progress=False)
+    st.tl.eps(adata, pvalues="normality", progress=False)
+    assert adata.uns["stmorph"]["eps"]["eps"]["pvalues"] == "normality"
     w = adata.obsp["image_connectivities"].toarray().astype(np.float64)
     n, s0 = w.shape[0], w.sum()
     s1 = ((w + w.T) ** 2).sum() / 2
@@ -369,7 +370,7 @@ def test_eps_records_live_under_their_tool_and_do_not_overwrite_other_tools(sim_
     st.tl.eps(adata, n_perms=9, progress=False)
     assert adata.uns["stmorph"]["predict"] == predict_records
     assert set(adata.uns["stmorph"]["eps"]) == {"predict", "eps"}
-    assert adata.uns["stmorph"]["eps"]["predict"]["pvalues"] == "analytic"
+    assert adata.uns["stmorph"]["eps"]["predict"]["pvalues"] == "randomization"
     assert adata.uns["stmorph"]["eps"]["eps"]["pvalues"] == "permutation"
     assert eps_record(adata, "predict") == adata.uns["stmorph"]["eps"]["predict"]
 
@@ -393,3 +394,127 @@ def test_records_of_files_in_the_old_layout_are_read_and_kept(sim_table, tmp_pat
     assert old.uns["stmorph"]["eps"]["eps"] == _legacy_record("analytic")
     assert eps_record(old, "eps_c")["pvalues"] == "permutation"
     assert eps_record(old, "eps_b") == _legacy_record("permutation")
+
+
+def _esda_geary(x: np.ndarray, w) -> tuple[float, float, float]:
+    import esda
+
+    g = esda.Geary(x, w, transformation="B", permutations=0)
+    return g.C, g.VC_rand, g.p_rand
+
+
+@pytest.mark.parametrize("as_sparse", [False, True], ids=["scaled-X", "sparse-log1p"])
+def test_randomization_null_matches_pysal_esda_on_a_real_section(data_dir, as_sparse):
+    import libpysal
+
+    adata, _ = _fixture_adata(data_dir, "C3")
+    st.pp.prepare_expression(adata)
+    layer = "log1p" if as_sparse else None
+    if as_sparse:
+        adata.layers["log1p"] = sparse.csr_matrix(adata.layers["log1p"])
+    st.tl.eps(adata, use_rep="X_pixel", layer=layer, progress=False)
+    assert adata.uns["stmorph"]["eps"]["eps"]["pvalues"] == "randomization"
+    # the genes seen in fewest spots (heaviest tails) and a spread of the others
+    detected = adata.var["eps_n_detected"].to_numpy()
+    genes = np.unique(np.r_[np.argsort(detected, kind="stable")[:40], np.arange(0, adata.n_vars, 60)])
+    w = libpysal.weights.WSP(adata.obsp["image_connectivities"]).to_W(silence_warnings=True)
+    x = np.asarray(adata.layers["log1p"].toarray() if as_sparse else adata.X, dtype=np.float64)
+    c_ref, var_ref, p_ref = np.array([_esda_geary(x[:, j], w) for j in genes]).T
+    c = np.exp(-adata.var["eps"].to_numpy()[genes])
+    np.testing.assert_allclose(c, c_ref, rtol=1e-10)
+    s0, s1, s2 = st.tl._geary.graph_moments(adata.obsp["image_connectivities"])
+    b2 = st.tl._geary.kurtosis(adata.layers["log1p"] if as_sparse else adata.X)[genes]
+    np.testing.assert_allclose(st.tl._geary.randomization_variance(adata.n_obs, (s0, s1, s2), b2), var_ref, rtol=1e-10)
+    # esda's p_rand is one-sided towards the observed side; ours always towards small C
+    p = adata.var["eps_pval"].to_numpy()[genes]
+    small = c < 1
+    assert small.sum() > 20 and (~small).sum() > 20
+    np.testing.assert_allclose(p[small], p_ref[small], rtol=1e-10)
+    np.testing.assert_allclose(p[~small], 1 - p_ref[~small], rtol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "sparse-duplicates"])
+def test_kurtosis_of_sparse_and_dense_input_equals_its_definition(kind):
+    rng = np.random.default_rng(2)
+    x = rng.poisson(0.3, size=(90, 7)).astype(np.float64) * rng.uniform(0.5, 3, 7)
+    data = {"dense": x.astype(np.float32), "sparse": sparse.csr_matrix(x), "sparse-duplicates": _csr_with_duplicates(x)}
+    dev = x - x.mean(0)
+    expected = 90 * (dev**4).sum(0) / ((dev**2).sum(0)) ** 2
+    np.testing.assert_allclose(st.tl._geary.kurtosis(data[kind]), expected, rtol=1e-6 if kind == "dense" else 1e-12)
+
+
+def test_rare_gene_on_one_image_neighbourhood_is_tempered_by_the_randomization_null(sim_table):
+    # a gene detected in 3 spots that happen to be image neighbours: one rare event, whose exact
+    # permutation p-value is ~ (3 spots on one neighbourhood) / C(400, 3) ~ 1e-4-1e-5. Normality calls it
+    # overwhelming; randomization much less so (still too small in this far tail: docs/methods/eps.md).
+    adata = _prepared_sim(sim_table)
+    graph = adata.obsp["image_connectivities"]
+    trio = [0, *graph.indices[graph.indptr[0] : graph.indptr[0] + 2]]
+    counts = sparse.csr_matrix(adata.layers["counts"]).toarray().astype(np.float32)
+    counts[:, -1] = 0
+    counts[trio, -1] = 5
+    rare = ad.AnnData(X=counts, obs=adata.obs[[]], var=adata.var[[]])
+    st.pp.prepare_expression(rare)
+    rare.obsp["image_connectivities"] = graph
+    gene = adata.var_names[-1]
+    p = {}
+    for null in ("randomization", "normality"):
+        st.tl.eps(rare, pvalues=null, progress=False)
+        p[null] = rare.var.loc[gene, "eps_pval"]
+    assert rare.var.loc[gene, "eps_n_detected"] == 3
+    assert p["normality"] < 1e-12
+    assert p["randomization"] > 1e3 * p["normality"]
+
+
+def test_n_detected_counts_nonzero_raw_counts_else_the_expression_used(sim_table):
+    adata = _prepared_sim(sim_table)
+    counts = sparse.csr_matrix(adata.layers["counts"]).toarray()
+    st.tl.eps(adata, progress=False)
+    np.testing.assert_array_equal(adata.var["eps_n_detected"], (counts > 0).sum(axis=0))
+    # without a counts layer: the non-zero entries of the layer used (log1p is zero where counts are)
+    del adata.layers["counts"]
+    adata.layers["log1p"] = sparse.csr_matrix(adata.layers["log1p"])
+    st.tl.eps(adata, layer="log1p", key_added="eps_log1p", progress=False)
+    np.testing.assert_array_equal(adata.var["eps_log1p_n_detected"], (counts > 0).sum(axis=0))
+    assert (adata.var["eps_log1p_n_detected"] < adata.n_obs).any()
+
+
+def test_mask_var_defaults_to_highly_variable_and_none_scores_every_gene(sim_table):
+    adata = _prepared_sim(sim_table)
+    hvg = np.zeros(adata.n_vars, dtype=bool)
+    hvg[::3] = True
+    adata.var["highly_variable"] = hvg
+    st.tl.eps(adata, progress=False)
+    assert adata.var["eps"].notna().to_numpy().tolist() == hvg.tolist()
+    assert adata.uns["sps"]["n_genes"] == hvg.sum()
+    st.tl.eps(adata, mask_var=None, key_added="eps_all", progress=False)
+    assert adata.var["eps_all"].notna().all()
+    np.testing.assert_allclose(adata.var["eps"][hvg], adata.var["eps_all"][hvg])
+    adata.var["mine"] = ~hvg
+    st.tl.eps(adata, mask_var="mine", key_added="eps_mine", progress=False)
+    assert adata.var["eps_mine"].notna().to_numpy().tolist() == (~hvg).tolist()
+    st.tl.eps(adata, genes=list(adata.var_names[1:3]), key_added="eps_genes", progress=False)  # genes= wins
+    assert adata.var["eps_genes"].notna().sum() == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"pvalues": "analytic"}, InvalidParameterError, "pvalues must be one of"),
+        ({"pvalues": 0.05}, InvalidParameterError, "pvalues must be one of"),
+        ({"pvalues": "normality", "n_perms": 99}, InvalidParameterError, "applies to pvalues='permutation'"),
+        ({"mask_var": "not_a_column"}, StmorphKeyError, "not_a_column"),
+        ({"mask_var": "n_cells"}, InputTypeError, "boolean mask"),
+        ({"mask_var": "nothing"}, InvalidParameterError, "selects no gene"),
+        ({"mask_var": "highly_variable", "genes": ["g0"]}, InvalidParameterError, "not both"),
+    ],
+    ids=["unknown-null", "not-a-name", "perms-with-analytic", "missing-mask", "numeric-mask", "empty-mask", "both"],
+)
+def test_bad_pvalues_or_mask_var_raise_named_errors_and_leave_adata_unchanged(sim_table, kwargs, error, match):
+    adata = _prepared_sim(sim_table)
+    adata.var["nothing"] = False
+    adata.var["highly_variable"] = True
+    before = adata.copy()
+    with pytest.raises(error, match=match):
+        st.tl.eps(adata, progress=False, **kwargs)
+    assert_adata_equal(adata, before)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _adata_compare import assert_adata_equal
 from matplotlib.figure import Figure
+from scipy import sparse
 from scipy.stats import spearmanr
 
 import stmorph as st
@@ -179,6 +180,23 @@ def test_eps_ranking_lists_the_most_and_least_predictable_genes(slices):
     widths = sorted((p.get_width() for p in top_ax.patches), reverse=True)
     np.testing.assert_allclose(widths, ranked.to_numpy()[:10], rtol=1e-6)
     assert any(ax.get_ylabel() == "−log10(q-value)" for ax in fig.axes)  # the colour bar
+
+
+def test_eps_ranking_ranks_only_genes_detected_in_min_detected_spots_and_shows_detection(slices):
+    query = slices["query"]
+    detected = (sparse.csr_matrix(query.layers["counts"]) > 0).sum(axis=0).A1
+    threshold = int(np.median(detected))
+    fig = st.pl.eps_ranking(query, n=5, min_detected=threshold, show=False)
+    eps = query.var["eps"].where(detected >= threshold).dropna().sort_values(ascending=False)
+    top = sorted(zip(fig.axes[0].get_yticks(), fig.axes[0].get_yticklabels()), key=lambda t: -t[0])
+    assert [label.get_text().split()[0] for _, label in top] == list(eps.index[:5])
+    first = eps.index[0]
+    assert f"{detected[query.var_names.get_loc(first)]}/{query.n_obs} spots" in top[0][1].get_text()
+    assert f"≥ {threshold} of {query.n_obs} spots" in fig.get_suptitle()
+    default = st.pl.eps_ranking(query, n=5, show=False)
+    assert f"≥ {int(np.ceil(0.05 * query.n_obs))} of" in default.get_suptitle()
+    with pytest.raises(InvalidParameterError, match="Lower `min_detected`"):
+        st.pl.eps_ranking(query, min_detected=query.n_obs + 1, show=False)
 
 
 def test_sps_vs_score_places_one_point_per_slice(slices):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from . import datasets, pl, pp, tl
@@ -25,6 +24,7 @@ from ._keys import Key
 from ._logging import logger
 from ._validation import check_range
 from .errors import InvalidParameterError
+from .pl._eps import min_detected_spots
 from .tl._evaluate import evaluation_table
 
 if TYPE_CHECKING:
@@ -46,8 +46,9 @@ class DemoSettings:
     methods
         Prediction methods, each fitted leave-one-section-out.
     n_genes
-        Number of genes predicted: the most highly expressed (mean log1p) genes present in every
-        section. ``None``: every shared gene.
+        Number of genes scored (EPS) and predicted: as in the EPS paper, the top highly variable
+        genes (seurat_v3 on the raw counts, the sections as batches) among the genes present in
+        every section. ``None``: every shared gene.
     method_kwargs
         Options per method, e.g. ``{"bleep": {"epochs": 20}}``.
     plot_genes
@@ -107,7 +108,7 @@ def _bar(items, desc: str, progress: bool):
 
 
 def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> AnnData:
-    """Patches → embedding → the EPS paper's expression pipeline → EPS, on a copy of the section's table.
+    """Patches → embedding → the EPS paper's expression pipeline, on a copy of the section's table.
 
     The copy also gets a Visium-style ``uns["spatial"]`` (the H&E image at 2000 px), so the results
     file is self-contained and :func:`stmorph.pl.spatial` draws it directly.
@@ -120,18 +121,36 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
         tl.embed(table, model=settings.encoder, progress=False)
     del table.obsm["patches"]  # ~150 kB per spot; the embedding is what the rest needs
     pp.prepare_expression(table)
-    tl.eps(table, use_rep=settings.use_rep, progress=False)
     return table
 
 
 def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
-    """Genes in every section, the ``n_genes`` most expressed first (mean log1p over the sections)."""
+    """Genes in every section: the markers, then the most highly variable others (seurat_v3); ``n_genes`` in all."""
+    import anndata as ad
+    import scanpy as sc
+
     shared = next(iter(tables.values())).var_names
     for table in tables.values():
         shared = shared.intersection(table.var_names, sort=False)
-    level = np.mean([np.asarray(t[:, shared].layers["log1p"].mean(axis=0)).ravel() for t in tables.values()], axis=0)
-    order = np.argsort(-level, kind="stable")
-    return list(shared[order[:n_genes]] if n_genes else shared[order])
+    if not n_genes or n_genes >= len(shared):
+        return list(shared)
+    markers = [g for g in MARKER_GENES if g in shared][:n_genes]
+    counts = ad.concat(
+        {name: ad.AnnData(X=t[:, shared].layers["counts"], var=t.var[[]].loc[shared]) for name, t in tables.items()},
+        label="section",
+    )
+    hvg = sc.pp.highly_variable_genes(
+        counts, n_top_genes=n_genes, flavor="seurat_v3", batch_key="section", inplace=False
+    )
+    ranked = hvg[hvg["highly_variable"]].drop(index=markers, errors="ignore")
+    ranked = ranked.sort_values(["highly_variable_nbatches", "highly_variable_rank"], ascending=[False, True])
+    return markers + list(ranked.index[: n_genes - len(markers)])
+
+
+def _section_eps(tables: dict[str, AnnData], genes: list[str], settings: DemoSettings) -> None:
+    """EPS of the demo's genes in every section (randomization p-values, detection in ``var``)."""
+    for table in tables.values():
+        tl.eps(table, use_rep=settings.use_rep, genes=genes, progress=False)
 
 
 def _leave_one_out(tables: dict[str, AnnData], genes: list[str], settings: DemoSettings, progress: bool) -> None:
@@ -168,7 +187,8 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
 def _plot_genes(table: AnnData, genes: list[str], settings: DemoSettings) -> list[str]:
     if settings.plot_genes:
         return list(settings.plot_genes)
-    predicted = table.var.loc[genes, "eps"].dropna().sort_values(ascending=False)
+    detected = table.var.loc[genes, "eps_n_detected"] >= min_detected_spots(table.n_obs, None)
+    predicted = table.var.loc[genes, "eps"][detected].dropna().sort_values(ascending=False)
     chosen = ["ERBB2"] if "ERBB2" in predicted.index else []
     return chosen + [g for g in predicted.index if g not in chosen][: 4 - len(chosen)]
 
@@ -290,7 +310,8 @@ def run_demo_steps(
     }
     timings["load, embed, EPS"] = time.perf_counter() - start
     genes = _shared_genes(tables, settings.n_genes)
-    logger.info("demo: predicting %d genes shared by %s", len(genes), sections)
+    _section_eps(tables, genes, settings)
+    logger.info("demo: scoring and predicting %d highly variable genes shared by %s", len(genes), sections)
     _leave_one_out(tables, genes, settings, progress)
     metrics = _evaluate(tables, genes, settings, progress)
     timings["predict + evaluate"] = time.perf_counter() - start - sum(timings.values())
@@ -300,7 +321,7 @@ def run_demo_steps(
             for s, t in tables.items()
         ]
     )
-    eps = pd.DataFrame({s: t.var["eps"] for s, t in tables.items()})
+    eps = pd.DataFrame({s: t.var.loc[genes, "eps"] for s, t in tables.items()})
     result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes)
     eps.to_csv(out / "eps.csv", index_label="gene")
     sps.to_csv(out / "sps.csv", index=False)

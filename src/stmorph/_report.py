@@ -32,11 +32,14 @@ _TEXT = {
         "Which genes can the image predict?",
         "Each bar is a gene's <b>Expression Predictability Score (EPS)</b>: it is high when spots whose image "
         "patches look alike (neighbours in the image-embedding space) also have similar expression of the gene, "
-        "and close to 0 when the image says nothing about it. The q-value next to each gene is the chance-level "
-        "test, corrected for testing thousands of genes (Benjamini–Hochberg); q &lt; 0.05 means the gene's "
-        "image-predictability is unlikely to be chance. Left: the most predictable genes; right: the least. "
-        "Genes detected in only a few spots can land at either extreme by chance; check how widely a gene is "
-        "expressed before reading much into it.",
+        "and close to 0 when the image says nothing about it. The label of each gene gives its q-value and in how "
+        "many spots it was detected. The q-value tests the gene against chance — the same expression values "
+        "shuffled over the spots (the randomization null of Geary's C, which accounts for how unevenly a gene is "
+        "expressed) — corrected for testing thousands of genes (Benjamini–Hochberg); q &lt; 0.05 means the gene's "
+        "image-predictability is unlikely to be chance. Only genes detected in at least 5 % of the spots are "
+        "ranked (stated above the bars): a gene seen in a handful of spots can land at either extreme by chance. "
+        "The genes are the 2,000 most highly variable genes shared by the sections, as in the EPS paper. Left: "
+        "the most predictable genes; right: the least.",
     ),
     "eps_vs_score": (
         "Does EPS tell in advance how well a gene will be predicted?",
@@ -85,7 +88,7 @@ _FILES = {
     "<section>/results.h5ad": "everything for one section (AnnData: counts, prepared expression, embeddings, EPS in "
     "<code>var</code>, predictions in <code>layers</code>, metrics in <code>var</code>, image in "
     "<code>uns['spatial']</code>); open with <code>anndata.read_h5ad</code>, draw with <code>st.pl.spatial</code>",
-    "eps.csv": "EPS of every gene (rows) in every section (columns)",
+    "eps.csv": "EPS of every scored gene (rows; the shared highly variable genes) in every section (columns)",
     "sps.csv": "SPS, number of spots and of genes per section",
     "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
     "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",

@@ -126,18 +126,37 @@ def eps_vs_score(
     return _utils.savefig_or_show(fig, "eps_vs_score", show=show, save=save)
 
 
-def _ranked(adata: AnnData, eps_key: str, qval_key: str, n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top-``n`` and bottom-``n`` genes by EPS (finite only), with their q-values."""
+DEFAULT_MIN_DETECTED_FRACTION = 0.05
+"""Default ``min_detected`` of :func:`eps_ranking`: genes detected in at least 5 % of the spots."""
+
+
+def min_detected_spots(n_obs: int, min_detected: int | None) -> int:
+    """``min_detected`` as given, or 5 % of the spots (rounded up) when ``None``."""
+    if min_detected is None:
+        return int(np.ceil(DEFAULT_MIN_DETECTED_FRACTION * n_obs))
+    check_range(min_detected, "min_detected", low=0, inclusive=True)
+    return int(min_detected)
+
+
+def _ranked(
+    adata: AnnData, eps_key: str, qval_key: str, n: int, min_detected: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Top-``n`` and bottom-``n`` genes by EPS (finite, detected in ``min_detected`` spots), with q and detection."""
     frame = pd.DataFrame(
         {
             "eps": get_stored(adata, "var", eps_key, _EPS_CALL).to_numpy(np.float64),
             "qval": get_stored(adata, "var", qval_key, _EPS_CALL).to_numpy(np.float64),
+            "detected": get_stored(adata, "var", f"{eps_key}_n_detected", _EPS_CALL).to_numpy(np.int64),
         },
         index=adata.var_names,
     )
-    frame = frame[np.isfinite(frame["eps"])].sort_values("eps", ascending=False, kind="stable")
+    frame = frame[np.isfinite(frame["eps"]) & (frame["detected"] >= min_detected)]
+    frame = frame.sort_values("eps", ascending=False, kind="stable")
     if len(frame) == 0:
-        raise InvalidParameterError(f"adata.var[{eps_key!r}] has no finite value; nothing to rank.")
+        raise InvalidParameterError(
+            f"adata.var[{eps_key!r}] has no finite value for a gene detected in >= {min_detected} spots; "
+            "nothing to rank. Lower `min_detected`."
+        )
     n = min(n, len(frame) // 2) if len(frame) > 1 else 1
     return frame.iloc[:n], frame.iloc[::-1].iloc[:n]
 
@@ -146,11 +165,18 @@ def _significance(qval: np.ndarray, floor: float = 1e-300) -> np.ndarray:
     return -np.log10(np.clip(qval, floor, 1.0))
 
 
-def _ranking_panel(ax: Axes, genes: pd.DataFrame, title: str, norm, cmap) -> None:
+def _gene_label(gene: str, qval: float, detected: int, n_obs: int) -> str:
+    """``GENE  (q = 1.2e-05, 149/180 spots)``."""
+    q = f"q = {qval:.1e}, " if np.isfinite(qval) else ""
+    return f"{gene}  ({q}{detected}/{n_obs} spots)"
+
+
+def _ranking_panel(ax: Axes, genes: pd.DataFrame, title: str, norm, cmap, n_obs: int) -> None:
     y = np.arange(len(genes))[::-1]
     colours = cmap(norm(_significance(genes["qval"].to_numpy()))) if np.isfinite(genes["qval"]).any() else "C0"
     ax.barh(y, genes["eps"], color=colours)
-    ax.set_yticks(y, [f"{g}  (q = {q:.1e})" if np.isfinite(q) else g for g, q in zip(genes.index, genes["qval"])])
+    labels = [_gene_label(g, q, d, n_obs) for g, q, d in zip(genes.index, genes["qval"], genes["detected"])]
+    ax.set_yticks(y, labels)
     ax.set_xlabel("EPS")
     ax.set_title(title)
     ax.axvline(0, color="black", linewidth=0.6)
@@ -163,6 +189,7 @@ def eps_ranking(
     *,
     eps_key: str = "eps",
     qval_key: str | None = None,
+    min_detected: int | None = None,
     cmap: str = "magma_r",
     figsize: tuple[float, float] | None = None,
     show: bool | None = None,
@@ -171,7 +198,9 @@ def eps_ranking(
     """The ``n`` most and ``n`` least image-predictable genes, with their EPS and q-values.
 
     Two bar charts (most predictable on the left, least on the right); each bar is labelled with
-    its gene and Benjamini–Hochberg q-value and coloured by −log10(q).
+    its gene, Benjamini–Hochberg q-value and the number of spots where it is detected, and coloured
+    by −log10(q). Only genes detected in at least ``min_detected`` spots are ranked (stated in the
+    title): a gene seen in a handful of spots can reach either extreme of EPS by chance.
 
     Parameters
     ----------
@@ -180,7 +209,11 @@ def eps_ranking(
     n
         Genes per panel (at most half of the genes with a finite EPS).
     eps_key, qval_key
-        ``var`` columns with the EPS and its q-value (default ``f"{{eps_key}}_qval"``).
+        ``var`` columns with the EPS and its q-value (default ``f"{{eps_key}}_qval"``); the
+        detection is read from ``var[f"{{eps_key}}_n_detected"]``.
+    min_detected
+        Rank only genes detected in at least this many spots; default 5 % of the spots (rounded
+        up). ``0`` ranks every gene.
     cmap
         Colour map of −log10(q).
     figsize
@@ -197,15 +230,17 @@ def eps_ranking(
     from matplotlib.colors import Normalize
 
     check_range(n, "n", low=1, inclusive=True)
-    top, bottom = _ranked(adata, eps_key, qval_key or f"{eps_key}_qval", int(n))
+    min_detected = min_detected_spots(adata.n_obs, min_detected)
+    top, bottom = _ranked(adata, eps_key, qval_key or f"{eps_key}_qval", int(n), min_detected)
     significance = _significance(pd.concat([top, bottom])["qval"].to_numpy())
     finite = significance[np.isfinite(significance)]
     norm = Normalize(0.0, max(float(finite.max()), 1.0) if len(finite) else 1.0)
     colormap = plt.get_cmap(cmap)
-    figsize = figsize or (11.0, 1.2 + 0.28 * len(top))
+    figsize = figsize or (12.0, 1.4 + 0.28 * len(top))
     fig, axes = plt.subplots(1, 2, figsize=figsize, layout="constrained")
-    _ranking_panel(axes[0], top, f"{len(top)} most predictable genes", norm, colormap)
-    _ranking_panel(axes[1], bottom, f"{len(bottom)} least predictable genes", norm, colormap)
+    _ranking_panel(axes[0], top, f"{len(top)} most predictable genes", norm, colormap, adata.n_obs)
+    _ranking_panel(axes[1], bottom, f"{len(bottom)} least predictable genes", norm, colormap, adata.n_obs)
+    fig.suptitle(f"genes detected in ≥ {min_detected} of {adata.n_obs} spots")
     if len(finite):
         mappable = plt.cm.ScalarMappable(norm=norm, cmap=colormap)
         fig.colorbar(mappable, ax=list(axes), label="−log10(q-value)", shrink=0.8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -28,21 +29,39 @@ from .._validation import (
     get_genes,
     get_matrix,
 )
-from ..errors import InvalidParameterError, ShapeMismatchError
+from ..errors import InputTypeError, InvalidParameterError, ShapeMismatchError, StmorphKeyError
 from ._geary import (
+    PVALUE_NULLS,
     analytic_pvalues,
     clip_like_scale,
     constant_mask,
     geary_terms,
     gearys_c,
     graph_moments,
+    kurtosis,
+    nonzero_counts,
+    normality_variance,
     permutation_pvalues,
+    randomization_variance,
 )
 from ._graph import build_graph, check_n_neighbors, matches_stored, stored_graph
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
+
+DEFAULT_N_PERMS = 999
+"""Permutations of ``pvalues="permutation"`` when ``n_perms`` is not given."""
+
+
+class _Default(Enum):
+    """Sentinel of an argument whose default depends on the data (scanpy's ``Empty``)."""
+
+    token = 0
+
+
+HVG_MASK = _Default.token
+"""Default ``mask_var``: ``var["highly_variable"]`` when that column exists, else every gene."""
 
 
 @dataclass
@@ -54,6 +73,8 @@ class EPSResult:
     pval: np.ndarray
     qval: np.ndarray
     n_constant: int
+    pvalues: str = "randomization"
+    n_perms: int = 0
 
     @property
     def sps(self) -> float:
@@ -84,7 +105,8 @@ def compute_eps(
     genes: pd.Index,
     *,
     max_value: float | None = None,
-    n_perms: int | None = None,
+    pvalues: str = "randomization",
+    n_perms: int = DEFAULT_N_PERMS,
     random_state: int = 0,
     progress: bool = False,
 ) -> EPSResult:
@@ -101,8 +123,11 @@ def compute_eps(
     max_value
         Clip each gene at ``mean ± max_value · sd`` first (what ``sc.pp.scale(max_value=...)``
         does); ``None`` uses ``X`` as given.
+    pvalues
+        The null of the p-values: ``"randomization"`` (Cliff & Ord's randomization variance, with
+        each gene's kurtosis), ``"normality"`` or ``"permutation"``.
     n_perms
-        Permutation p-values with this many row shuffles; ``None``: analytic (normality) p-values.
+        Row shuffles of ``pvalues="permutation"``.
     random_state
         Seed of the permutations.
     progress
@@ -119,12 +144,22 @@ def compute_eps(
     c = gearys_c(numer, ss, n, moments[0])
     with np.errstate(divide="ignore", invalid="ignore"):
         eps = -np.log(c)
-    if n_perms is None:
-        pval = analytic_pvalues(c, n, moments)
+    if pvalues == "randomization":
+        pval = analytic_pvalues(c, randomization_variance(n, moments, kurtosis(X)))
+    elif pvalues == "normality":
+        pval = analytic_pvalues(c, normality_variance(n, moments))
     else:
         rng = np.random.default_rng(random_state)
         pval = permutation_pvalues(graph, X, c, n_perms, rng, progress=progress)
-    return EPSResult(genes=genes, eps=eps, pval=pval, qval=bh_qvalues(pval), n_constant=int(constant.sum()))
+    return EPSResult(
+        genes=genes,
+        eps=eps,
+        pval=pval,
+        qval=bh_qvalues(pval),
+        n_constant=int(constant.sum()),
+        pvalues=pvalues,
+        n_perms=int(n_perms) if pvalues == "permutation" else 0,
+    )
 
 
 def _graph_for(
@@ -177,22 +212,80 @@ def _record_outputs(adata: AnnData, key_added: str, params: dict) -> dict[tuple[
     return {Key.uns.tool("eps", key_added): params}
 
 
-def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) -> tuple[object, pd.Index, np.ndarray]:
-    idx = get_genes(adata, genes)
+def _gene_positions(
+    adata: AnnData, genes: Sequence[str] | None, mask_var: str | np.ndarray | _Default | None
+) -> np.ndarray:
+    """Positions of the genes to score: ``genes``, else the ``mask_var`` genes, else all of them."""
+    if genes is not None:
+        if mask_var is not HVG_MASK and mask_var is not None:
+            raise InvalidParameterError("pass either `genes=` or `mask_var=`, not both.")
+        return get_genes(adata, genes)
+    if mask_var is HVG_MASK:
+        mask_var = "highly_variable" if "highly_variable" in adata.var.columns else None
+    if mask_var is None:
+        return np.arange(adata.n_vars)
+    return np.flatnonzero(_var_mask(adata, mask_var))
+
+
+def _var_mask(adata: AnnData, mask_var: str | np.ndarray) -> np.ndarray:
+    """The boolean gene mask named (a ``var`` column) or given (an array) by ``mask_var``."""
+    if isinstance(mask_var, str):
+        if mask_var not in adata.var.columns:
+            raise StmorphKeyError(
+                f"mask_var={mask_var!r} is not a column of adata.var; available: {list(adata.var.columns)}. "
+                "Run `sc.pp.highly_variable_genes` or pass `mask_var=None` for all genes."
+            )
+        mask, name = adata.var[mask_var].to_numpy(), f"adata.var[{mask_var!r}]"
+    else:
+        mask, name = np.asarray(mask_var), "mask_var"
+    if mask.dtype != np.bool_ or mask.shape != (adata.n_vars,):
+        raise InputTypeError(
+            f"{name} must be a boolean mask over the {adata.n_vars} genes; "
+            f"found dtype {mask.dtype}, shape {mask.shape}."
+        )
+    if not mask.any():
+        raise InvalidParameterError(f"{name} selects no gene.")
+    return mask
+
+
+def _expression(
+    adata: AnnData, layer: str | None, genes: Sequence[str] | None, mask_var: str | np.ndarray | _Default | None
+) -> tuple[object, pd.Index, np.ndarray]:
+    idx = _gene_positions(adata, genes, mask_var)
     X = get_matrix(adata, layer)
     if X.shape != adata.shape:
         raise ShapeMismatchError(f"expression must be (n_obs, n_vars) = {adata.shape}; found {X.shape}.")
-    if genes is not None:
+    if len(idx) < adata.n_vars:
         X = X[:, idx]
     return X, adata.var_names[idx], idx
 
 
-def _check_options(adata: AnnData, n_neighbors: int, n_perms: int | None, max_value: float | None) -> None:
+def n_detected(adata: AnnData, layer: str | None) -> np.ndarray:
+    """Spots where each gene is detected: non-zero in ``layers["counts"]``, else in the expression used."""
+    return nonzero_counts(get_matrix(adata, "counts" if "counts" in adata.layers else layer))
+
+
+def resolve_pvalues(pvalues: str | None, n_perms: int | None) -> tuple[str, int]:
+    """The null to test (``pvalues``) and the number of permutations (0 for an analytic null)."""
+    if pvalues is None:
+        pvalues = "randomization" if n_perms is None else "permutation"
+    if not isinstance(pvalues, str) or pvalues not in PVALUE_NULLS:
+        raise InvalidParameterError(f"pvalues must be one of {list(PVALUE_NULLS)}; found {pvalues!r}.")
+    if pvalues != "permutation":
+        if n_perms is not None:
+            raise InvalidParameterError(
+                f"n_perms={n_perms!r} applies to pvalues='permutation' only; found pvalues={pvalues!r}."
+            )
+        return pvalues, 0
+    n_perms = DEFAULT_N_PERMS if n_perms is None else n_perms
+    check_range(n_perms, "n_perms", low=1, inclusive=True)
+    return pvalues, int(n_perms)
+
+
+def _check_options(adata: AnnData, n_neighbors: int, max_value: float | None) -> None:
     check_unique_names(adata, "obs")
     check_unique_names(adata, "var")
     check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
-    if n_perms is not None:
-        check_range(n_perms, "n_perms", low=1, inclusive=True)
     if max_value is not None:
         check_range(max_value, "max_value", low=0)
 
@@ -215,6 +308,8 @@ def _eps_of(
     layer: str | None,
     genes: Sequence[str] | None,
     max_value: float | None,
+    mask_var: str | np.ndarray | _Default | None = HVG_MASK,
+    pvalues: str | None = None,
     n_perms: int | None = None,
     random_state: int = 0,
     progress: bool = False,
@@ -230,11 +325,19 @@ def _eps_of(
     ``var_names``, the graph used, and the ``obsp``/``uns`` entries to store when the graph was
     built here (else ``None``).
     """
-    _check_options(adata, n_neighbors, n_perms, max_value)
-    X, names, idx = _expression(adata, layer, genes)
+    _check_options(adata, n_neighbors, max_value)
+    pvalues, n_perms = resolve_pvalues(pvalues, n_perms)
+    X, names, idx = _expression(adata, layer, genes, mask_var)
     graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
     result = compute_eps(
-        graph, X, names, max_value=max_value, n_perms=n_perms, random_state=random_state, progress=progress
+        graph,
+        X,
+        names,
+        max_value=max_value,
+        pvalues=pvalues,
+        n_perms=n_perms,
+        random_state=random_state,
+        progress=progress,
     )
     _warn_constant(result.n_constant, len(names))
     return result, idx, graph, graph_outputs
@@ -248,7 +351,9 @@ def eps(
     graph_key: str = "image",
     layer: str | None = None,
     genes: Sequence[str] | None = None,
+    mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
+    pvalues: str | None = None,
     n_perms: int | None = None,
     random_state: int = 0,
     key_added: str = "eps",
@@ -283,13 +388,29 @@ def eps(
         same EPS; only the clip at ``max_value`` SDs differs (see ``max_value``).
     genes
         Only these genes (the others get NaN).
+    mask_var
+        Score only the genes of this boolean ``var`` column (or boolean array over the genes), as
+        scanpy's ``mask_var``; the others get NaN. Default: ``"highly_variable"`` when that column
+        exists (so ``st.tl.eps`` after ``sc.pp.highly_variable_genes`` scores the HVGs) and no
+        ``genes`` are given, else every gene. ``None``: every gene.
     max_value
         Clip each gene at ``mean ± max_value · sd`` before computing C, exactly what
         ``sc.pp.scale(max_value=max_value)`` clips (sparse input stays sparse). With
         ``layer="log1p", max_value=10`` the result equals the default on the scaled ``X``.
+    pvalues
+        The null hypothesis of ``var[f'{key_added}_pval']`` (no spatial structure on the graph):
+
+        - ``"randomization"`` (the default unless ``n_perms`` is given): Geary's C is compared with
+          its variance over all permutations of the gene's values (Cliff & Ord 1981; PySAL esda
+          ``Geary.VC_rand``), which includes each gene's kurtosis — calibrated also for genes
+          detected in few spots.
+        - ``"normality"``: the variance under normally distributed values (esda ``VC_norm``,
+          squidpy's ``pval_norm``); anti-conservative for sparse, heavy-tailed genes.
+        - ``"permutation"``: ``n_perms`` shuffles of the spots (the default when ``n_perms`` is
+          given).
     n_perms
-        Permutation p-values from this many shuffles of the spots (vectorised over genes, seeded
-        by ``random_state``); ``None``: analytic p-values under the normality assumption.
+        Permutations of ``pvalues="permutation"`` (vectorised over genes, seeded by
+        ``random_state``; 999 when not given).
     random_state
         Seed of the permutations and of an approximate graph.
     key_added
@@ -305,9 +426,14 @@ def eps(
     ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
 
     ``adata.var[key_added]`` : EPS per gene.
-    ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable).
+    ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable) under ``pvalues``.
     ``adata.var[f'{key_added}_qval']`` : Benjamini–Hochberg q-value over genes with an EPS.
-    ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues'}``.
+    ``adata.var[f'{key_added}_n_detected']`` : spots where the gene is detected, for every gene: the
+    non-zero entries of ``layers['counts']`` when present (:func:`stmorph.pp.prepare_expression`
+    stores it), else of the expression used (``X`` or ``layers[layer]``; on centred data without a
+    counts layer that is every spot).
+    ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues', 'n_perms', ...}``,
+    ``pvalues`` naming the null used.
     ``adata.uns['stmorph']['eps'][key_added]`` : the parameters.
     ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
 
@@ -321,8 +447,20 @@ def eps(
     True
     """
     result, idx, graph, graph_outputs = _eps_of(
-        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, n_perms, random_state, progress
+        adata,
+        use_rep,
+        n_neighbors,
+        graph_key,
+        layer,
+        genes,
+        max_value,
+        mask_var,
+        pvalues,
+        n_perms,
+        random_state,
+        progress,
     )
+    detected = n_detected(adata, layer)
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
 
     adata = adata.copy() if copy else adata
@@ -331,12 +469,13 @@ def eps(
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
         columns[column] = full
+    columns[f"{key_added}_n_detected"] = detected
     params = {
         "n_neighbors": int(graph.getnnz(axis=1).max()) if use_rep is None else int(n_neighbors),
         "graph_key": graph_key,
         "layer": layer if layer is not None else "X",
-        "pvalues": "analytic" if n_perms is None else "permutation",
-        "n_perms": int(n_perms or 0),
+        "pvalues": result.pvalues,
+        "n_perms": result.n_perms,
         "random_state": int(random_state),
     }
     if max_value is not None:
@@ -356,13 +495,14 @@ def slice_eps(
     graph_key: str = "image",
     layer: str | None = None,
     genes: Sequence[str] | None = None,
+    mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
 ) -> tuple[float, int, int, pd.Series]:
     """SPS of one slice without touching it: ``(sps, n_spots, n_genes, eps per gene)``.
 
     The pure per-slice step of :func:`sps` (safe to ship to a worker process).
     """
-    result, *_ = _eps_of(adata, use_rep, n_neighbors, graph_key, layer, genes, max_value)
+    result, *_ = _eps_of(adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, mask_var)
     return result.sps, adata.n_obs, result.n_genes, pd.Series(result.eps, index=result.genes, name="eps")
 
 
@@ -383,6 +523,7 @@ def sps(
     graph_key: str = "image",
     layer: str | None = None,
     genes: Sequence[str] | None = None,
+    mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
     client: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -396,7 +537,7 @@ def sps(
     data
         A list of AnnData (slices named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}``, or a
         :class:`~spatialdata.SpatialData` whose tables are the slices (named by table key).
-    use_rep, n_neighbors, graph_key, layer, genes, max_value
+    use_rep, n_neighbors, graph_key, layer, genes, mask_var, max_value
         As in :func:`eps`; expression should be prepared (:func:`stmorph.pp.prepare_expression`).
     client
         A :class:`dask.distributed.Client` whose workers process the slides (``client.map`` of
@@ -428,6 +569,7 @@ def sps(
         graph_key=graph_key,
         layer=layer,
         genes=genes,
+        mask_var=mask_var,
         max_value=max_value,
     )
     results = map_slides(one_slice, slices.values(), client=client)

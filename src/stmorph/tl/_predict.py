@@ -29,6 +29,7 @@ from .._validation import (
     get_patches,
     get_rep,
 )
+from ..models._cv import N_BLOCKS, best_candidate, check_groups, cross_validate, fit_model, spatial_blocks
 from ..models._predictor import Predictor, get_method
 
 if TYPE_CHECKING:
@@ -78,14 +79,65 @@ def _check_method_kwargs(cls: type[Predictor], kwargs: Mapping[str, Any]) -> Non
         )
 
 
-def _inputs(adata: AnnData, use_rep: str, kind: str, what: str) -> np.ndarray:
-    """The model inputs of every spot: ``(n, d)`` float32 embeddings or ``(n, P, P, 3)`` uint8 patches."""
+def _rep_keys(use_rep: str | Sequence[str]) -> list[str]:
+    """``use_rep`` as a non-empty list of unique ``obsm`` keys."""
+    keys = [use_rep] if isinstance(use_rep, str) else list(use_rep)
+    if not keys or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+        raise InvalidParameterError(
+            f"use_rep must be an obsm key or a non-empty list of distinct keys; found {use_rep!r}."
+        )
+    return keys
+
+
+def _inputs(adata: AnnData, use_rep: str | Sequence[str], kind: str, what: str) -> np.ndarray:
+    """The model inputs of every spot: ``(n, d)`` float32 embeddings (several keys side by side) or uint8 patches."""
+    keys = _rep_keys(use_rep)
     try:
         if kind == "patches":
-            return get_patches(adata, use_rep)
-        return get_rep(adata, use_rep).astype(np.float32, copy=False)
+            if len(keys) > 1:
+                raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {keys}.")
+            return get_patches(adata, keys[0])
+        return np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in keys], axis=1)
     except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
         raise type(err)(f"{what}: {err}") from None
+
+
+def _key_scaling(x_train: np.ndarray) -> dict[str, list[float]]:
+    """Column means and standard deviations of the training inputs (constant columns keep scale 1)."""
+    std = x_train.std(axis=0, dtype=np.float64)
+    return {"mean": x_train.mean(axis=0, dtype=np.float64).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+
+
+def _scale(x: np.ndarray, scaling: Mapping[str, Sequence[float]] | None) -> np.ndarray:
+    """Standardise ``x`` with the training statistics (each key of a ``use_rep`` list on its own scale)."""
+    if not scaling:
+        return x
+    return ((x - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])).astype(np.float32)
+
+
+def _blocks(adata: AnnData, seed: int) -> np.ndarray | None:
+    """Spatial CV blocks of ``adata``'s spots, or ``None`` without ``obsm["spatial"]``."""
+    if "spatial" not in adata.obsm:
+        return None
+    return spatial_blocks(np.asarray(adata.obsm["spatial"])[:, :2], random_state=seed)
+
+
+def _cv_groups(query, refs, test_mask, seed) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Grouped-CV labels of the training spots: (folds, spatial blocks made unique across sections).
+
+    Folds are the reference sections when there are several, else the spatial blocks of the one
+    training section (the reference, or the query's train spots within a slice).
+    """
+    if test_mask is not None:
+        blocks = _blocks(query[~test_mask], seed)
+        return blocks, blocks
+    per_ref = [_blocks(ref, seed) for ref in refs]
+    blocks = None
+    if all(b is not None for b in per_ref):
+        blocks = np.concatenate([b + N_BLOCKS * i for i, b in enumerate(per_ref)])
+    if len(refs) == 1:
+        return blocks, blocks
+    return np.repeat(np.arange(len(refs)), [ref.n_obs for ref in refs]), blocks
 
 
 def _layer_name(layer: str | None) -> str:
@@ -167,7 +219,7 @@ def _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
         check_unique_names(ref, "var")
         xs.append(_inputs(ref, use_rep, kind, what))
         if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm[{use_rep!r}]", "reference[0]")
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{_rep_keys(use_rep)}", "reference[0]")
         ys.append(_expression(ref, layer, get_genes(ref, genes, what=what), what))
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -178,15 +230,66 @@ def _new_model(method: str, random_state: int, device: str, progress: bool, kwar
     return cls(random_state=random_state, device=device, progress=progress, **kwargs)
 
 
+AUTO = "auto"
+DEFAULT_CANDIDATES: tuple = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}), "mlp")
+"""The candidates of ``method="auto"``: the fast ones (frozen ``bleep``/``heclip`` on request)."""
+
+
+def _label(name: str, options: Mapping[str, Any]) -> str:
+    return name + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+
+
+def _candidates(candidates: Sequence | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(label, method, options)`` of each candidate (a method name or a ``(name, options)`` pair), checked."""
+    items = list(DEFAULT_CANDIDATES if candidates is None else candidates)
+    if not items:
+        raise InvalidParameterError('candidates is empty; name at least one method for method="auto".')
+    parsed = []
+    for item in items:
+        name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+        if name == AUTO:
+            raise InvalidParameterError('"auto" cannot be its own candidate.')
+        cls = get_method(name)  # unknown names raise, listing the registered methods
+        _check_method_kwargs(cls, options)
+        if cls(**options).input != "embedding":
+            raise InvalidParameterError(
+                f'candidate {name!r} trains on patches; method="auto" compares embedding methods.'
+            )
+        parsed.append((_label(name, options), name, options))
+    if len({label for label, _, _ in parsed}) != len(parsed):
+        raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
+    return parsed
+
+
+def _select(candidates, x_train, y_train, groups, blocks, random_state, device):
+    """Nested grouped CV of the candidates; returns the winner's ``(method, options)`` and the CV table."""
+    groups = check_groups(groups, len(x_train), 'method="auto"')
+    labels = [label for label, _, _ in candidates]
+    makers = [
+        (lambda name=name, options=options: _new_model(name, random_state, device, False, options))
+        for _, name, options in candidates
+    ]
+    table = cross_validate(makers, labels, x_train, y_train, groups, blocks)
+    best = best_candidate(table, labels)
+    for label in labels:
+        logger.info(
+            "auto: %s mean HVG-50 Pearson %.3f", label, table["pearson_hvg50"][table["candidate"] == label].mean()
+        )
+    logger.info("auto: chose %s by %d-fold grouped CV", best, len(np.unique(groups)))
+    _, name, options = candidates[labels.index(best)]
+    return name, options, {**table, "selected": best}
+
+
 def predict(
     query: AnnData,
     reference: AnnData | Sequence[AnnData] | None = None,
     *,
     method: str | None = None,
-    use_rep: str | None = None,
+    use_rep: str | Sequence[str] | None = None,
     layer: str | None = None,
     genes: Sequence[str] | None = None,
     split: float | None = None,
+    candidates: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     key_added: str | None = None,
     model: Predictor | None = None,
     return_model: bool = False,
@@ -303,17 +406,26 @@ def predict(
             raise InvalidParameterError(f"model= is already fitted; options {options} cannot change it. Refit instead.")
         method, use_rep = model.name, use_rep or model.training.get("use_rep")
     elif method is None:
-        raise InvalidParameterError("method is required; choose one of st.tl.list_methods().")
+        raise InvalidParameterError('method is required; choose one of st.tl.list_methods() or "auto".')
+    if method == AUTO:
+        if method_kwargs or checkpoint is not None or resume:
+            raise InvalidParameterError(
+                'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
+                f"found {sorted(method_kwargs) + ['checkpoint'] * (checkpoint is not None) + ['resume'] * bool(resume)}."
+            )
+        parsed = _candidates(candidates)
+    elif candidates is not None:
+        raise InvalidParameterError(f'candidates= applies to method="auto" only; found method={method!r}.')
     if use_rep is None:
         raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
     key = key_added or f"predicted_{method}"
     check_unique_names(query, "var")
 
-    if mode != "model":
+    if mode != "model" and method != AUTO:
         model = _new_model(method, random_state, device, progress, method_kwargs)
         if checkpoint is not None or resume:
             model.set_checkpoint(checkpoint, resume)
-    kind = model.input
+    kind = "embedding" if model is None else model.input
     refs = _as_list(reference) if mode == "across" else []
     if mode == "model":
         genes = _gene_list(None, model.genes)
@@ -323,21 +435,31 @@ def predict(
     x_query = _inputs(query, use_rep, kind, "query")
     test_mask = _split(query.n_obs, split, random_state) if mode == "within" else None
 
+    cv_table = None
     if mode == "model":
         check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{use_rep!r}]", "the model")
+        x_query = _scale(x_query, model.training.get("scaling"))
     else:
         x_train, y_train = _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
         check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{use_rep!r}]", "the reference")
         check_n_obs(len(x_train), MIN_TRAIN, f"fitting {method!r} (training spots)")
+        scaling = _key_scaling(x_train) if len(_rep_keys(use_rep)) > 1 else None
+        x_train, x_query = _scale(x_train, scaling), _scale(x_query, scaling)
+        wants_cv = method == AUTO or any(isinstance(v, str) and v == "cv" for v in method_kwargs.values())
+        groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_cv else (None, None)
         start = time.perf_counter()
-        model.fit(x_train, y_train)
+        if method == AUTO:
+            name, options, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
+            model = _new_model(name, random_state, device, progress, options)
+        fit_model(model, x_train, y_train, groups)
         model.genes = list(genes)
         model.training = {
-            "use_rep": use_rep,
+            "use_rep": use_rep if isinstance(use_rep, str) else list(use_rep),
             "layer": "X" if layer is None else layer,
             "input_shape": tuple(x_train.shape[1:]),
             "n_train": len(x_train),
             "train_time_s": time.perf_counter() - start,
+            **({"scaling": scaling} if scaling else {}),
         }
         logger.info(
             "predict: fitted %r on %d spots × %d genes in %.1fs",
@@ -363,7 +485,7 @@ def predict(
         "mode": mode,
         "genes": np.asarray(genes, dtype=object),
         "layer": model.training["layer"],
-        "use_rep": use_rep,
+        "use_rep": use_rep if isinstance(use_rep, str) else np.asarray(use_rep, dtype=object),
         "n_train": int(model.training["n_train"]),
         "train_time_s": float(model.training["train_time_s"]),
         "predict_time_s": float(predict_time),
@@ -371,6 +493,8 @@ def predict(
     }
     if model.history:
         record["history"] = _plain(model.history)
+    if method == AUTO:
+        record.update(selected=cv_table["selected"], cv=cv_table)
     obs = {}
     if test_mask is not None:
         record.update(split=float(split), n_test=int(test_mask.sum()))

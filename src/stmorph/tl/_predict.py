@@ -394,6 +394,7 @@ def predict(
             "To keep query unchanged and get the model, pass query.copy() with return_model=True."
         )
     mode = _mode(reference, split, model)
+    given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
     if model is not None:
         if not model.genes or "input_shape" not in model.training:
             raise InvalidParameterError(
@@ -401,17 +402,16 @@ def predict(
             )
         if method is not None and method != model.name:
             raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
-        if method_kwargs or checkpoint is not None or resume:
-            options = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
-            raise InvalidParameterError(f"model= is already fitted; options {options} cannot change it. Refit instead.")
+        if given:
+            raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
         method, use_rep = model.name, use_rep or model.training.get("use_rep")
     elif method is None:
         raise InvalidParameterError('method is required; choose one of st.tl.list_methods() or "auto".')
     if method == AUTO:
-        if method_kwargs or checkpoint is not None or resume:
+        if given:
             raise InvalidParameterError(
                 'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
-                f"found {sorted(method_kwargs) + ['checkpoint'] * (checkpoint is not None) + ['resume'] * bool(resume)}."
+                f"found {given}."
             )
         parsed = _candidates(candidates)
     elif candidates is not None:
@@ -449,8 +449,8 @@ def predict(
         groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_cv else (None, None)
         start = time.perf_counter()
         if method == AUTO:
-            name, options, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
-            model = _new_model(name, random_state, device, progress, options)
+            name, chosen, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
+            model = _new_model(name, random_state, device, progress, chosen)
         fit_model(model, x_train, y_train, groups)
         model.genes = list(genes)
         model.training = {

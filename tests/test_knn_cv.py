@@ -207,3 +207,23 @@ def test_bad_candidates_raise_named_errors_and_leave_the_query_unchanged(candida
     with pytest.raises(InvalidParameterError, match="auto"):
         st.tl.predict(query, sections, method="ridge", candidates=["knn"], use_rep="X_emb", progress=False)
     assert_adata_equal(query, before)
+
+
+def test_reference_hvgs_is_the_union_of_each_references_top_genes():
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(rng.normal(size=(30, 6)) * np.array([5, 1, 1, 1, 4, 1.0]))
+    b = ad.AnnData(rng.normal(size=(30, 6)) * np.array([1, 6, 1, 1, 1, 5.0]))
+    for x in (a, b):
+        x.var_names = list("abcdef")
+    assert st.tl.reference_hvgs([a, b], n_top=2) == ["a", "e", "b", "f"]
+
+
+def test_cv_table_plot_draws_every_candidate_and_names_the_choice():
+    *sections, query = _cluster_sections(4)
+    st.tl.predict(query, sections, method="auto", candidates=["knn", "ridge"], use_rep="X_emb", progress=False)
+    fig = st.pl.cv_table(query, show=False)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["knn", "ridge"]
+    assert ax.get_title() == f"chosen: {query.uns['stmorph']['predict']['predicted_auto']['selected']}"
+    with pytest.raises(StmorphKeyError, match='method="auto"'):
+        st.pl.cv_table(sections[0], show=False)

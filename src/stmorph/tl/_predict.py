@@ -177,6 +177,48 @@ def _default_genes(refs: list[AnnData], query: AnnData) -> list[str]:
     return list(shared)
 
 
+def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *, layer: str | None = None) -> list[str]:
+    """BLEEP's gene set: the union of each reference section's ``n_top`` most variable genes, never the query's.
+
+    BLEEP trains on the union of the highly variable genes of its training sections; choosing the
+    genes on the query would leak the held-out section into training. Genes are ranked by the
+    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section; the union
+    keeps the first section's order, then each later section's new genes.
+
+    Parameters
+    ----------
+    reference
+        The reference section(s).
+    n_top
+        Genes taken from each section.
+    layer
+        Expression to rank (``None``: ``X``).
+
+    Returns
+    -------
+    Gene names, to pass as ``genes=`` to :func:`predict` (the query must have them).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> refs = [st.datasets.simulate(50, 20, seed=s).tables["table"] for s in (1, 2)]
+    >>> genes = st.tl.reference_hvgs(refs, n_top=5)
+    >>> 5 <= len(genes) <= 10
+    True
+    """
+    check_range(n_top, "n_top", low=1, inclusive=True)
+    chosen: dict[str, None] = {}
+    for ref in _as_list(reference):
+        mat = get_matrix(ref, layer)
+        if sparse.issparse(mat):
+            variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
+        else:
+            variance = np.asarray(mat, dtype=np.float64).var(axis=0)
+        top = np.argsort(-variance, kind="stable")[:n_top]
+        chosen.update(dict.fromkeys(ref.var_names[np.sort(top)]))
+    return list(chosen)
+
+
 def _gene_list(genes: Sequence[str] | None, default: Sequence[str]) -> list[str]:
     chosen = list(default) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
     if not chosen:

@@ -364,10 +364,14 @@ def predict(
     method
         One of :func:`~stmorph.tl.list_methods`: ``"linear"``, ``"ridge"`` (α=1), ``"mlp"`` (one
         hidden layer of 256), ``"lightgbm"`` (100 trees per gene), and the end-to-end methods
-        registered by other modules. Optional with ``model=``.
+        registered by other modules; ``"knn"`` (untrained top-k retrieval); or ``"auto"``: choose
+        among ``candidates`` by nested grouped cross-validation (leave one reference section out,
+        or spatial blocks within one section) and refit the winner on all training spots.
+        Optional with ``model=``.
     use_rep
         Key in ``obsm`` with ``(n, d)`` image embeddings, or ``(n, P, P, 3)`` uint8 patches for
-        methods whose ``input`` is ``"patches"``. Defaults to the fitted model's with ``model=``.
+        methods whose ``input`` is ``"patches"``; or a list of embedding keys, each standardised
+        on the training spots and then concatenated. Defaults to the fitted model's with ``model=``.
     layer
         Expression to learn: ``layers[layer]`` or ``X`` when ``None`` (normalised/log1p or scaled
         values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
@@ -377,6 +381,9 @@ def predict(
         genes with ``model=``. Genes missing from a reference or the query raise an error.
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
+    candidates
+        ``method="auto"`` only: method names or ``(name, options)`` pairs; default
+        ``knn(k="cv")``, ``ridge(alpha="cv", standardize=True)``, ``mlp``.
     key_added
         Layer name for the prediction; default ``f"predicted_{method}"``.
     model
@@ -413,7 +420,9 @@ def predict(
     ``uns['stmorph']['predict'][key]`` : ``method``, ``params``, ``mode`` (``"across"``,
         ``"within"`` or ``"model"``), ``genes``, ``layer`` (``"X"`` for ``X``), ``use_rep``,
         ``n_train``, ``train_time_s``, ``predict_time_s``, ``random_state``; ``split`` and
-        ``n_test`` within a slice; ``history`` (loss curves) for torch methods.
+        ``n_test`` within a slice; ``history`` (loss curves) for torch methods; with
+        ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
+        ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
 
     Examples

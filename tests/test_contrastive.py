@@ -79,9 +79,9 @@ def _brute_force_retrieval(query, reference, expression, k, weighted):
     for row in q:
         sim = r @ row
         nearest = np.argsort(-sim, kind="stable")[:k]
-        # BLEEP's weights exp(-(d² - d²_min)) on unit vectors, d² = 2 - 2 cos
-        d2 = 2 - 2 * sim[nearest]
-        w = np.exp(-(d2 - d2.min())) if weighted else np.ones(k)
+        # BLEEP's public code: neighbours by cosine, weights exp(-(d² - d²_min + 1)) on the raw vectors
+        d2 = ((reference[nearest] - query[len(out)]) ** 2).sum(axis=1)
+        w = np.exp(-(d2 - d2.min() + 1)) if weighted else np.ones(k)
         out.append((w[:, None] * expression[nearest]).sum(0) / w.sum())
     return np.array(out)
 

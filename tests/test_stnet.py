@@ -82,3 +82,20 @@ def test_stnet_through_predict_on_patches(subset):
     assert query.uns["stmorph"]["predict"]["predicted_stnet"]["params"]["epochs"] == 1
     with pytest.raises(KeyError, match="extract_patches"):
         st.tl.predict(query, reference, method="stnet", use_rep="no_patches", **TINY)
+
+
+def test_stnet_output_layer_starts_at_the_training_mean(subset):
+    patches, Y = subset
+    model = STNet(val_fraction=0, lr=0.0, **TINY).fit(patches, Y)  # lr=0: the initial network, untouched
+    np.testing.assert_allclose(model.predict(patches[:5]), np.tile(Y.mean(axis=0), (5, 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_stnet_tta_averages_the_eight_flips_and_rotations(subset):
+    patches, Y = subset
+    model = STNet(val_fraction=0, **TINY).fit(patches, Y)
+    views = [np.rot90(p, k, axes=(1, 2)) for p in (patches[:4], patches[:4, :, ::-1]) for k in range(4)]
+    expected = np.mean([model.predict(np.ascontiguousarray(v)) for v in views], axis=0)
+    plain = model.predict(patches[:4])
+    model.params["tta"] = True
+    np.testing.assert_allclose(model.predict(patches[:4]), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, expected, rtol=1e-5, atol=1e-6)  # the views do change the prediction

@@ -42,3 +42,17 @@ def flip_rotate(patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             patch = patch[::-1]
         out[i] = np.rot90(patch, k=int(turns[i]), axes=(0, 1))
     return out
+
+
+def dihedral_views(patches: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips/rotations of every patch (ST-Net's ``--average`` test-time augmentation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> views = dihedral_views(np.arange(4, dtype=np.uint8).reshape(1, 2, 2, 1))
+    >>> len(views), len({v.tobytes() for v in views})
+    (8, 8)
+    """
+    flipped = patches[:, :, ::-1]
+    return [np.ascontiguousarray(np.rot90(p, k=k, axes=(1, 2))) for p in (patches, flipped) for k in range(4)]

@@ -1,5 +1,7 @@
-"""Regression baselines of the EPS paper on image embeddings: linear, ridge (α=1), LightGBM (one model per gene).
+"""Baselines on image embeddings: the EPS paper's linear, ridge (α=1) and LightGBM, and untrained retrieval (knn).
 
+Ridge and knn can standardise the features and reduce them with PCA (:class:`FeatureTransform`),
+and choose ``alpha``/``k`` by grouped cross-validation (``"cv"``, :mod:`stmorph.models._cv`).
 The MLP baseline is torch code and lives in :mod:`stmorph.models._mlp`.
 """
 
@@ -13,8 +15,98 @@ from typing import Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import check_range
+from .._validation import check_choice, check_range
+from ._cv import ALPHA_GRID, K_GRID, grid_search
 from ._predictor import Predictor
+
+CV = "cv"
+"""Value of ``alpha=`` (ridge) or ``k=`` (knn) that chooses it by grouped cross-validation."""
+
+
+class FeatureTransform:
+    """Per-column standardisation and optional PCA, fitted on the training embeddings only.
+
+    Parameters
+    ----------
+    standardize
+        Z-score every column with the training mean and standard deviation (constant columns
+        are only centred).
+    n_pcs
+        Keep this many principal components of the (standardised) training features
+        (clipped to ``min(n, d)``); ``None`` keeps all columns.
+
+    Examples
+    --------
+    >>> X = np.array([[0.0, 10.0], [2.0, 30.0]])
+    >>> FeatureTransform(standardize=True).fit(X).transform(X)
+    array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
+    """
+
+    def __init__(self, standardize: bool = False, n_pcs: int | None = None):
+        self.standardize = bool(standardize)
+        self.n_pcs = n_pcs
+
+    def fit(self, X: np.ndarray) -> FeatureTransform:
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0) if self.standardize or self.n_pcs else np.zeros(X.shape[1])
+        std = X.std(axis=0) if self.standardize else np.ones(X.shape[1])
+        self.scale_ = np.where(std > 0, std, 1.0)
+        self.components_ = None
+        if self.n_pcs is not None:
+            _, _, vt = np.linalg.svd((X - self.mean_) / self.scale_, full_matrices=False)
+            self.components_ = vt[: min(self.n_pcs, len(vt))].T
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        return (Z if self.components_ is None else Z @ self.components_).astype(np.float32)
+
+
+def _check_features(standardize: bool, n_pcs: int | None) -> dict[str, Any]:
+    if n_pcs is not None:
+        check_range(n_pcs, "n_pcs", low=1, inclusive=True)
+    return {"standardize": bool(standardize), **({} if n_pcs is None else {"n_pcs": int(n_pcs)})}
+
+
+class _TunedPredictor(Predictor):
+    """A predictor with a feature transform and one setting (``tuned``) that ``"cv"`` chooses from ``grid``.
+
+    Subclasses implement :meth:`_fit_value` (fit with one value of the setting on transformed
+    features) and :meth:`_predict_grid` (predictions of held-out rows for every grid value).
+    """
+
+    tuned: str
+    grid: tuple
+
+    def _features(self) -> FeatureTransform:
+        return FeatureTransform(self.params["standardize"], self.params.get("n_pcs"))
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> _TunedPredictor:
+        """Fit on ``X``, ``Y``; with the setting ``"cv"``, choose it first by CV over ``groups`` (one label per row)."""
+        self.features_ = self._features().fit(X)
+        Z, Y = self.features_.transform(X), np.asarray(Y, dtype=np.float32)
+        value = self.params[self.tuned]
+        if value == CV:
+            self.cv_scores_, value = grid_search(
+                self.grid, lambda train, test: self._predict_grid(Z[train], Y[train], Z[test]), Y, groups, self.tuned
+            )
+            logger.info("%s: %s=%s chosen by %d-fold grouped CV", self.name, self.tuned, value, len(np.unique(groups)))
+        self.value_ = value
+        self._fit_value(Z, Y, value)
+        return self
+
+    def get_params(self) -> dict[str, Any]:
+        params = super().get_params()
+        if hasattr(self, "value_") and params[self.tuned] == CV:
+            params[f"{self.tuned}_cv"] = self.value_
+        return params
+
+    def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: Any) -> None:
+        raise NotImplementedError
+
+    def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
 
 
 class _SklearnRegressor(Predictor):
@@ -53,13 +145,29 @@ class Linear(_SklearnRegressor):
         return LinearRegression()
 
 
-class Ridge(_SklearnRegressor):
-    """Ridge regression (:class:`sklearn.linear_model.Ridge`), α=1 as in the EPS paper.
+def _ridge_path(Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray, alphas) -> list[np.ndarray]:
+    """Ridge predictions (with intercept) of ``Z_test`` for every α, from one SVD of the centred ``Z``."""
+    z_mean, y_mean = Z.mean(axis=0), Y.mean(axis=0)
+    u, s, vt = np.linalg.svd(Z - z_mean, full_matrices=False)
+    uty = u.T @ (Y - y_mean)
+    projected = (Z_test - z_mean) @ vt.T
+    return [(projected * (s / (s**2 + a))) @ uty + y_mean for a in alphas]
+
+
+class Ridge(_TunedPredictor):
+    """Ridge regression on the embeddings, α=1 as in the EPS paper, or α chosen by grouped CV.
 
     Parameters
     ----------
     alpha
-        L2 penalty.
+        L2 penalty (EPS paper: 1.0), or ``"cv"``: the α of ``ALPHA_GRID`` (10⁻² … 10⁶) with the best
+        mean held-out Pearson over the 50 most variable genes, by grouped CV (leave one
+        reference section out; spatial blocks within one section; see :mod:`stmorph.models._cv`).
+    standardize
+        Z-score each embedding column on the training spots first (off in the EPS paper).
+    n_pcs
+        Reduce the (standardised) embeddings to this many principal components first
+        (HEST-Benchmark's probe uses 256); ``None``: no PCA.
     **kwargs
         ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
@@ -69,18 +177,95 @@ class Ridge(_SklearnRegressor):
     >>> X = np.random.default_rng(0).normal(size=(50, 3)); Y = X @ np.ones((3, 2))
     >>> Ridge(alpha=1.0).fit(X, Y).predict(X).shape
     (50, 2)
+    >>> groups = np.repeat([0, 1, 2], [17, 17, 16])
+    >>> Ridge(alpha="cv").fit(X, Y, groups=groups).value_ < 1
+    True
     """
 
     name = "ridge"
+    tuned = "alpha"
+    grid = ALPHA_GRID
 
-    def __init__(self, *, alpha: float = 1.0, **kwargs: Any):
-        check_range(alpha, "alpha", low=0.0, inclusive=True)
-        super().__init__(alpha=float(alpha), **kwargs)
+    def __init__(self, *, alpha: float | str = 1.0, standardize: bool = False, n_pcs: int | None = None, **kwargs):
+        if alpha != CV:
+            check_range(alpha, "alpha", low=0.0, inclusive=True)
+            alpha = float(alpha)
+        super().__init__(alpha=alpha, **_check_features(standardize, n_pcs), **kwargs)
 
-    def _estimator(self) -> Any:
+    def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: float) -> None:
         from sklearn.linear_model import Ridge as SkRidge
 
-        return SkRidge(alpha=self.params["alpha"])
+        self.estimator_ = SkRidge(alpha=value).fit(Z, Y)
+
+    def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
+        return _ridge_path(Z, Y, Z_test, self.grid)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        out = self.estimator_.predict(self.features_.transform(X))
+        return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+
+
+class KNN(_TunedPredictor):
+    """Untrained retrieval: the mean expression of the ``k`` reference spots nearest (cosine) to each query spot.
+
+    BLEEP's and HECLIP's inference step without their training, on any embedding: the baseline a
+    trained retrieval model must beat. The search is :func:`~stmorph.models._retrieval.retrieve`.
+
+    Parameters
+    ----------
+    k
+        Number of neighbours (50, as BLEEP), or ``"cv"``: the ``k`` of ``K_GRID`` chosen by grouped CV
+        (as for :class:`Ridge`).
+    aggregation
+        ``"mean"`` or ``"weighted"`` (BLEEP's weights ``exp(-‖s - q‖²)``, normalised, on the
+        transformed features).
+    standardize, n_pcs
+        Feature transform before the search (see :class:`Ridge`); off by default.
+    **kwargs
+        ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]); Y = np.array([[1.0], [3.0], [10.0]])
+    >>> KNN(k=2).fit(X, Y).predict(np.array([[1.0, 0.05]]))
+    array([[2.]], dtype=float32)
+    """
+
+    name = "knn"
+    tuned = "k"
+    grid = K_GRID
+
+    def __init__(
+        self,
+        *,
+        k: int | str = 50,
+        aggregation: str = "mean",
+        standardize: bool = False,
+        n_pcs: int | None = None,
+        **kwargs: Any,
+    ):
+        if k != CV:
+            check_range(k, "k", low=1, inclusive=True)
+            k = int(k)
+        from ._retrieval import AGGREGATIONS
+
+        check_choice(aggregation, AGGREGATIONS, "aggregation")
+        super().__init__(k=k, aggregation=aggregation, **_check_features(standardize, n_pcs), **kwargs)
+
+    def _retrieve(self, Z_test: np.ndarray, Z: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
+        from ._retrieval import retrieve
+
+        return retrieve(Z_test, Z, Y, k=k, aggregation=self.params["aggregation"], progress=self.progress)
+
+    def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: int) -> None:
+        self.reference_, self.reference_expression_ = Z, Y
+
+    def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
+        return [self._retrieve(Z_test, Z, Y, k) for k in self.grid]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self._retrieve(self.features_.transform(X), self.reference_, self.reference_expression_, self.value_)
 
 
 def _default_n_jobs() -> int:

@@ -129,7 +129,7 @@ class ContrastivePredictor(TorchPredictor):
         n_views: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-3,
-        val_fraction: float = 0.1,
+        val_fraction: float = 0.2,
         k: int = 50,
         aggregation: str = "mean",
         chunk_size: int | None = None,

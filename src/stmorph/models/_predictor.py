@@ -107,6 +107,7 @@ class Predictor:
 _REGISTRY: dict[str, str | type[Predictor]] = {
     "linear": "stmorph.models._baselines:Linear",
     "ridge": "stmorph.models._baselines:Ridge",
+    "knn": "stmorph.models._baselines:KNN",
     "lightgbm": "stmorph.models._baselines:LightGBM",
     "mlp": "stmorph.models._mlp:MLP",
     "bleep": "stmorph.models._contrastive:BLEEP",
@@ -175,7 +176,7 @@ def list_methods() -> list[str]:
     --------
     >>> import stmorph as st
     >>> st.tl.list_methods()
-    ['bleep', 'heclip', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
+    ['bleep', 'heclip', 'knn', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
     """
     return sorted(_REGISTRY)
 

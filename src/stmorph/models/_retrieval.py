@@ -33,27 +33,29 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, np.finfo(np.float32).tiny)
 
 
-def _top_k(sim: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and similarities of the ``k`` largest entries of each row, best first.
+def _top_k(sim: torch.Tensor, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of each row, best first.
 
     ``torch.topk`` keeps only ``k`` entries per row (no full-width index array as ``argpartition``
     would allocate), so the similarity block is the only large temporary.
     """
-    top, idx = torch.topk(sim, k, dim=1, largest=True, sorted=True)
-    return idx.numpy(), top.numpy()
+    return torch.topk(sim, k, dim=1, largest=True, sorted=True).indices.numpy()
 
 
-def _weights(top_sim: np.ndarray, aggregation: str) -> np.ndarray:
+def _weights(query: np.ndarray, neighbours: np.ndarray, aggregation: str) -> np.ndarray:
     """Row-normalised weights of the retrieved neighbours.
 
-    ``"weighted"`` follows BLEEP's weighted average ``w_j ∝ exp(-(d_j² - d_min²))`` with
-    ``d`` the Euclidean distance of L2-normalised embeddings (``d² = 2 - 2 cos``), i.e.
-    ``w_j ∝ exp(2 (cos_j - cos_max))``.
+    ``query`` is ``(q, d)``, ``neighbours`` the ``(q, k, d)`` embeddings of each query's retrieved
+    reference spots, both *as given* (not L2-normalised). ``"weighted"`` is the formula of BLEEP's
+    public inference code, ``w_j ∝ exp(-(‖s_j - q‖² - min_j ‖s_j - q‖² + 1))`` on the un-normalised
+    projections (the neighbours themselves are chosen by cosine similarity); the shift by the
+    minimum and the ``+1`` cancel in the normalisation and only keep ``exp`` from underflowing.
     """
     if aggregation == "mean":
-        w = np.ones_like(top_sim)
+        w = np.ones(neighbours.shape[:2], dtype=np.float64)
     else:
-        w = np.exp(2.0 * (top_sim - top_sim[:, :1]))
+        d2 = np.sum((neighbours.astype(np.float64) - query[:, None, :]) ** 2, axis=2)
+        w = np.exp(-(d2 - d2.min(axis=1, keepdims=True) + 1.0))
     return w / w.sum(axis=1, keepdims=True)
 
 
@@ -81,7 +83,8 @@ def retrieve(
     k
         Number of neighbours (clipped to ``n_ref`` with a log message).
     aggregation
-        ``"mean"`` (BLEEP's and HECLIP's default) or ``"weighted"`` (see :func:`_weights`).
+        ``"mean"`` (BLEEP's and HECLIP's default) or ``"weighted"`` (BLEEP's distance weights on
+        the un-normalised ``query`` and ``reference``, see :func:`_weights`).
     chunk_size
         Query rows per chunk; ``None`` keeps both the similarity block (rows × ``n_ref``) and the
         gathered neighbour expression (rows × ``k`` × ``n_genes``) under ``max_elements``.
@@ -104,6 +107,7 @@ def retrieve(
     """
     check_choice(aggregation, AGGREGATIONS, "aggregation")
     check_range(k, "k", 1, None, inclusive=True)
+    raw_query, raw_reference = np.asarray(query, dtype=np.float32), np.asarray(reference, dtype=np.float32)
     query, reference = l2_normalize(query), l2_normalize(reference)
     if query.shape[1] != reference.shape[1] or reference.shape[0] != len(reference_expression):
         raise ShapeMismatchError(
@@ -120,7 +124,7 @@ def retrieve(
     query_t, reference_t = torch.from_numpy(query), torch.from_numpy(reference)
     starts = range(0, len(query), step)
     for start in tqdm(starts, desc="retrieval", disable=not progress, leave=False):
-        idx, top = _top_k(query_t[start : start + step] @ reference_t.T, k)
-        w = _weights(top, aggregation)
+        idx = _top_k(query_t[start : start + step] @ reference_t.T, k)
+        w = _weights(raw_query[start : start + step], raw_reference[idx], aggregation)
         out[start : start + step] = np.einsum("qk,qkg->qg", w, reference_expression[idx], dtype=np.float64)
     return out

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._validation import InvalidParameterError, check_range
-from ._augment import flip_rotate
+from ._augment import dihedral_views, flip_rotate
 from ._base import TorchPredictor, arrays_to_state, check_expression, check_inputs, state_to_arrays, train_val_split
 from ._encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, build_encoder, patches_to_tensor
 from ._train import train
@@ -65,7 +65,18 @@ class STNet(TorchPredictor):
     augment
         Random flips and 90° rotations of the training patches.
     val_fraction
-        Fraction of spots held out to keep the epoch with the lowest validation MSE (0: last epoch).
+        Fraction of spots held out to keep the epoch with the lowest validation MSE (0.2, as the
+        BLEEP and HECLIP code; 0: last epoch).
+    tta
+        Average the predictions of the 8 flips/rotations of each patch (ST-Net's ``--average``).
+
+    Notes
+    -----
+    As in the reference code, the output layer starts with zero weights and the training spots'
+    mean expression as bias, so training starts from the mean prediction. Patches are normalised
+    with the ImageNet mean/std that the DenseNet-121 weights were trained with (ST-Net normalises
+    with the training patches' own mean/std; with pretrained weights stmorph keeps their input
+    statistics).
     inference_batch_size
         Batch size for prediction.
     random_state, device, progress
@@ -95,7 +106,8 @@ class STNet(TorchPredictor):
         lr: float = 1e-4,
         weight_decay: float = 1e-3,
         augment: bool = True,
-        val_fraction: float = 0.1,
+        val_fraction: float = 0.2,
+        tta: bool = False,
         inference_batch_size: int = 64,
         random_state: int = 0,
         device: str = "auto",
@@ -117,6 +129,7 @@ class STNet(TorchPredictor):
             "weight_decay": float(weight_decay),
             "augment": bool(augment),
             "val_fraction": float(val_fraction),
+            "tta": bool(tta),
             "inference_batch_size": int(inference_batch_size),
         }
         if weights is not None:
@@ -147,6 +160,7 @@ class STNet(TorchPredictor):
         train_idx, val_idx = train_val_split(len(X), p["val_fraction"], rng, min_train=1)
         if not len(train_idx):
             raise InvalidParameterError(f"{self.name} needs at least 1 training spot; found none.")
+        self._start_from_mean(Y[train_idx])
         Y_t = torch.from_numpy(Y).to(self._device())
         order = np.concatenate([train_idx, val_idx])
 
@@ -178,10 +192,18 @@ class STNet(TorchPredictor):
         self.input_shape_ = tuple(X.shape[1:])
         return self
 
+    def _start_from_mean(self, Y_train: np.ndarray) -> None:
+        """Zero output weights and the training mean as bias (the reference code's initialisation)."""
+        with torch.no_grad():
+            self.net_.head.weight.zero_()
+            self.net_.head.bias.copy_(torch.from_numpy(Y_train.mean(axis=0)))
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predict ``(n, n_genes)`` expression of uint8 patches ``X``."""
+        """Predict ``(n, n_genes)`` expression of uint8 patches ``X`` (averaged over 8 views with ``tta``)."""
         X = self._check_predict_inputs(X)
-        return self._inference(self.net_, X, self._to_tensor, self.params["inference_batch_size"])
+        views = dihedral_views(X) if self.params.get("tta") else [X]
+        size = self.params["inference_batch_size"]
+        return np.mean([self._inference(self.net_, v, self._to_tensor, size) for v in views], axis=0)
 
     def _arrays(self, folder: Path) -> dict[str, np.ndarray]:
         return state_to_arrays(self.net_)

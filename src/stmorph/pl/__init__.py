@@ -1,8 +1,17 @@
 """Plotting: ``st.pl`` draws what ``st.tl`` stored."""
 
+from ._cv import cv_table
 from ._eps import eps_ranking, eps_vs_score, sps_vs_score
 from ._predict import gene_correlation
 from ._spatial import spatial
 from ._training import training
 
-__all__: list[str] = ["eps_ranking", "eps_vs_score", "gene_correlation", "spatial", "sps_vs_score", "training"]
+__all__: list[str] = [
+    "cv_table",
+    "eps_ranking",
+    "eps_vs_score",
+    "gene_correlation",
+    "spatial",
+    "sps_vs_score",
+    "training",
+]

@@ -7,7 +7,7 @@ from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
 from ._graph import image_graph
-from ._predict import predict
+from ._predict import predict, reference_hvgs
 
 __all__: list[str] = [
     "embed",
@@ -18,6 +18,7 @@ __all__: list[str] = [
     "list_encoders",
     "list_methods",
     "predict",
+    "reference_hvgs",
     "register_encoder",
     "register_method",
     "sps",

@@ -30,6 +30,7 @@ from .._validation import (
     get_patches,
     get_rep,
 )
+from ..models._cv import N_BLOCKS, best_candidate, check_groups, cross_validate, fit_model, spatial_blocks
 from ..models._predictor import Predictor, get_method
 
 if TYPE_CHECKING:
@@ -79,14 +80,65 @@ def _check_method_kwargs(cls: type[Predictor], kwargs: Mapping[str, Any]) -> Non
         )
 
 
-def _inputs(adata: AnnData, use_rep: str, kind: str, what: str) -> np.ndarray:
-    """The model inputs of every spot: ``(n, d)`` float32 embeddings or ``(n, P, P, 3)`` uint8 patches."""
+def _rep_keys(use_rep: str | Sequence[str]) -> list[str]:
+    """``use_rep`` as a non-empty list of unique ``obsm`` keys."""
+    keys = [use_rep] if isinstance(use_rep, str) else list(use_rep)
+    if not keys or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+        raise InvalidParameterError(
+            f"use_rep must be an obsm key or a non-empty list of distinct keys; found {use_rep!r}."
+        )
+    return keys
+
+
+def _inputs(adata: AnnData, use_rep: str | Sequence[str], kind: str, what: str) -> np.ndarray:
+    """The model inputs of every spot: ``(n, d)`` float32 embeddings (several keys side by side) or uint8 patches."""
+    keys = _rep_keys(use_rep)
     try:
         if kind == "patches":
-            return get_patches(adata, use_rep)
-        return get_rep(adata, use_rep).astype(np.float32, copy=False)
+            if len(keys) > 1:
+                raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {keys}.")
+            return get_patches(adata, keys[0])
+        return np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in keys], axis=1)
     except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
         raise type(err)(f"{what}: {err}") from None
+
+
+def _key_scaling(x_train: np.ndarray) -> dict[str, list[float]]:
+    """Column means and standard deviations of the training inputs (constant columns keep scale 1)."""
+    std = x_train.std(axis=0, dtype=np.float64)
+    return {"mean": x_train.mean(axis=0, dtype=np.float64).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+
+
+def _scale(x: np.ndarray, scaling: Mapping[str, Sequence[float]] | None) -> np.ndarray:
+    """Standardise ``x`` with the training statistics (each key of a ``use_rep`` list on its own scale)."""
+    if not scaling:
+        return x
+    return ((x - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])).astype(np.float32)
+
+
+def _blocks(adata: AnnData, seed: int) -> np.ndarray | None:
+    """Spatial CV blocks of ``adata``'s spots, or ``None`` without ``obsm["spatial"]``."""
+    if "spatial" not in adata.obsm:
+        return None
+    return spatial_blocks(np.asarray(adata.obsm["spatial"])[:, :2], random_state=seed)
+
+
+def _cv_groups(query, refs, test_mask, seed) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Grouped-CV labels of the training spots: (folds, spatial blocks made unique across sections).
+
+    Folds are the reference sections when there are several, else the spatial blocks of the one
+    training section (the reference, or the query's train spots within a slice).
+    """
+    if test_mask is not None:
+        blocks = _blocks(query[~test_mask], seed)
+        return blocks, blocks
+    per_ref = [_blocks(ref, seed) for ref in refs]
+    blocks = None
+    if all(b is not None for b in per_ref):
+        blocks = np.concatenate([b + N_BLOCKS * i for i, b in enumerate(per_ref)])
+    if len(refs) == 1:
+        return blocks, blocks
+    return np.repeat(np.arange(len(refs)), [ref.n_obs for ref in refs]), blocks
 
 
 def _layer_name(layer: str | None) -> str:
@@ -124,6 +176,48 @@ def _default_genes(refs: list[AnnData], query: AnnData) -> list[str]:
             f"identifiers (reference: e.g. {list(refs[0].var_names[:3])}, query: e.g. {list(query.var_names[:3])})."
         )
     return list(shared)
+
+
+def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *, layer: str | None = None) -> list[str]:
+    """BLEEP's gene set: the union of each reference section's ``n_top`` most variable genes, never the query's.
+
+    BLEEP trains on the union of the highly variable genes of its training sections; choosing the
+    genes on the query would leak the held-out section into training. Genes are ranked by the
+    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section; the union
+    keeps the first section's order, then each later section's new genes.
+
+    Parameters
+    ----------
+    reference
+        The reference section(s).
+    n_top
+        Genes taken from each section.
+    layer
+        Expression to rank (``None``: ``X``).
+
+    Returns
+    -------
+    Gene names, to pass as ``genes=`` to :func:`predict` (the query must have them).
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> refs = [st.datasets.simulate(50, 20, seed=s).tables["table"] for s in (1, 2)]
+    >>> genes = st.tl.reference_hvgs(refs, n_top=5)
+    >>> 5 <= len(genes) <= 10
+    True
+    """
+    check_range(n_top, "n_top", low=1, inclusive=True)
+    chosen: dict[str, None] = {}
+    for ref in _as_list(reference):
+        mat = get_matrix(ref, layer)
+        if sparse.issparse(mat):
+            variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
+        else:
+            variance = np.asarray(mat, dtype=np.float64).var(axis=0)
+        top = np.argsort(-variance, kind="stable")[:n_top]
+        chosen.update(dict.fromkeys(ref.var_names[np.sort(top)]))
+    return list(chosen)
 
 
 def _gene_list(genes: Sequence[str] | None, default: Sequence[str]) -> list[str]:
@@ -168,7 +262,7 @@ def _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
         check_unique_names(ref, "var")
         xs.append(_inputs(ref, use_rep, kind, what))
         if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm[{use_rep!r}]", "reference[0]")
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{_rep_keys(use_rep)}", "reference[0]")
         ys.append(_expression(ref, layer, get_genes(ref, genes, what=what), what))
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -179,15 +273,66 @@ def _new_model(method: str, random_state: int, device: str, progress: bool, kwar
     return cls(random_state=random_state, device=device, progress=progress, **kwargs)
 
 
+AUTO = "auto"
+DEFAULT_CANDIDATES: tuple = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}), "mlp")
+"""The candidates of ``method="auto"``: the fast ones (frozen ``bleep``/``heclip`` on request)."""
+
+
+def _label(name: str, options: Mapping[str, Any]) -> str:
+    return name + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+
+
+def _candidates(candidates: Sequence | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(label, method, options)`` of each candidate (a method name or a ``(name, options)`` pair), checked."""
+    items = list(DEFAULT_CANDIDATES if candidates is None else candidates)
+    if not items:
+        raise InvalidParameterError('candidates is empty; name at least one method for method="auto".')
+    parsed = []
+    for item in items:
+        name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
+        if name == AUTO:
+            raise InvalidParameterError('"auto" cannot be its own candidate.')
+        cls = get_method(name)  # unknown names raise, listing the registered methods
+        _check_method_kwargs(cls, options)
+        if cls(**options).input != "embedding":
+            raise InvalidParameterError(
+                f'candidate {name!r} trains on patches; method="auto" compares embedding methods.'
+            )
+        parsed.append((_label(name, options), name, options))
+    if len({label for label, _, _ in parsed}) != len(parsed):
+        raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
+    return parsed
+
+
+def _select(candidates, x_train, y_train, groups, blocks, random_state, device):
+    """Nested grouped CV of the candidates; returns the winner's ``(method, options)`` and the CV table."""
+    groups = check_groups(groups, len(x_train), 'method="auto"')
+    labels = [label for label, _, _ in candidates]
+    makers = [
+        (lambda name=name, options=options: _new_model(name, random_state, device, False, options))
+        for _, name, options in candidates
+    ]
+    table = cross_validate(makers, labels, x_train, y_train, groups, blocks)
+    best = best_candidate(table, labels)
+    for label in labels:
+        logger.info(
+            "auto: %s mean HVG-50 Pearson %.3f", label, table["pearson_hvg50"][table["candidate"] == label].mean()
+        )
+    logger.info("auto: chose %s by %d-fold grouped CV", best, len(np.unique(groups)))
+    _, name, options = candidates[labels.index(best)]
+    return name, options, {**table, "selected": best}
+
+
 def predict(
     query: AnnData,
     reference: AnnData | Sequence[AnnData] | None = None,
     *,
     method: str | None = None,
-    use_rep: str | None = None,
+    use_rep: str | Sequence[str] | None = None,
     layer: str | None = None,
     genes: Sequence[str] | None = None,
     split: float | None = None,
+    candidates: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     key_added: str | None = None,
     model: Predictor | None = None,
     return_model: bool = False,
@@ -220,10 +365,14 @@ def predict(
     method
         One of :func:`~stmorph.tl.list_methods`: ``"linear"``, ``"ridge"`` (α=1), ``"mlp"`` (one
         hidden layer of 256), ``"lightgbm"`` (100 trees per gene), and the end-to-end methods
-        registered by other modules. Optional with ``model=``.
+        registered by other modules; ``"knn"`` (untrained top-k retrieval); or ``"auto"``: choose
+        among ``candidates`` by nested grouped cross-validation (leave one reference section out,
+        or spatial blocks within one section) and refit the winner on all training spots.
+        Optional with ``model=``.
     use_rep
         Key in ``obsm`` with ``(n, d)`` image embeddings, or ``(n, P, P, 3)`` uint8 patches for
-        methods whose ``input`` is ``"patches"``. Defaults to the fitted model's with ``model=``.
+        methods whose ``input`` is ``"patches"``; or a list of embedding keys, each standardised
+        on the training spots and then concatenated. Defaults to the fitted model's with ``model=``.
     layer
         Expression to learn: ``layers[layer]`` or ``X`` when ``None`` (normalised/log1p or scaled
         values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
@@ -233,6 +382,9 @@ def predict(
         genes with ``model=``. Genes missing from a reference or the query raise an error.
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
+    candidates
+        ``method="auto"`` only: method names or ``(name, options)`` pairs; default
+        ``knn(k="cv")``, ``ridge(alpha="cv", standardize=True)``, ``mlp``.
     key_added
         Layer name for the prediction; default ``f"predicted_{method}"``.
     model
@@ -269,7 +421,9 @@ def predict(
     ``uns['stmorph']['predict'][key]`` : ``method``, ``params``, ``mode`` (``"across"``,
         ``"within"`` or ``"model"``), ``genes``, ``layer`` (``"X"`` for ``X``), ``use_rep``,
         ``n_train``, ``train_time_s``, ``predict_time_s``, ``random_state``; ``split`` and
-        ``n_test`` within a slice; ``history`` (loss curves) for torch methods.
+        ``n_test`` within a slice; ``history`` (loss curves) for torch methods; with
+        ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
+        ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
 
     Examples
@@ -292,6 +446,7 @@ def predict(
             "To keep query unchanged and get the model, pass query.copy() with return_model=True."
         )
     mode = _mode(reference, split, model)
+    given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
     if model is not None:
         if not model.genes or "input_shape" not in model.training:
             raise InvalidParameterError(
@@ -299,22 +454,30 @@ def predict(
             )
         if method is not None and method != model.name:
             raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
-        if method_kwargs or checkpoint is not None or resume:
-            options = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
-            raise InvalidParameterError(f"model= is already fitted; options {options} cannot change it. Refit instead.")
+        if given:
+            raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
         method, use_rep = model.name, use_rep or model.training.get("use_rep")
     elif method is None:
-        raise InvalidParameterError("method is required; choose one of st.tl.list_methods().")
+        raise InvalidParameterError('method is required; choose one of st.tl.list_methods() or "auto".')
+    if method == AUTO:
+        if given:
+            raise InvalidParameterError(
+                'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
+                f"found {given}."
+            )
+        parsed = _candidates(candidates)
+    elif candidates is not None:
+        raise InvalidParameterError(f'candidates= applies to method="auto" only; found method={method!r}.')
     if use_rep is None:
         raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
     key = key_added or Key.layers.predicted(method)
     check_unique_names(query, "var")
 
-    if mode != "model":
+    if mode != "model" and method != AUTO:
         model = _new_model(method, random_state, device, progress, method_kwargs)
         if checkpoint is not None or resume:
             model.set_checkpoint(checkpoint, resume)
-    kind = model.input
+    kind = "embedding" if model is None else model.input
     refs = _as_list(reference) if mode == "across" else []
     if mode == "model":
         genes = _gene_list(None, model.genes)
@@ -324,21 +487,31 @@ def predict(
     x_query = _inputs(query, use_rep, kind, "query")
     test_mask = _split(query.n_obs, split, random_state) if mode == "within" else None
 
+    cv_table = None
     if mode == "model":
         check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{use_rep!r}]", "the model")
+        x_query = _scale(x_query, model.training.get("scaling"))
     else:
         x_train, y_train = _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
         check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{use_rep!r}]", "the reference")
         check_n_obs(len(x_train), MIN_TRAIN, f"fitting {method!r} (training spots)")
+        scaling = _key_scaling(x_train) if len(_rep_keys(use_rep)) > 1 else None
+        x_train, x_query = _scale(x_train, scaling), _scale(x_query, scaling)
+        wants_cv = method == AUTO or any(isinstance(v, str) and v == "cv" for v in method_kwargs.values())
+        groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_cv else (None, None)
         start = time.perf_counter()
-        model.fit(x_train, y_train)
+        if method == AUTO:
+            name, chosen, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
+            model = _new_model(name, random_state, device, progress, chosen)
+        fit_model(model, x_train, y_train, groups)
         model.genes = list(genes)
         model.training = {
-            "use_rep": use_rep,
+            "use_rep": use_rep if isinstance(use_rep, str) else list(use_rep),
             "layer": "X" if layer is None else layer,
             "input_shape": tuple(x_train.shape[1:]),
             "n_train": len(x_train),
             "train_time_s": time.perf_counter() - start,
+            **({"scaling": scaling} if scaling else {}),
         }
         logger.info(
             "predict: fitted %r on %d spots × %d genes in %.1fs",
@@ -364,7 +537,7 @@ def predict(
         "mode": mode,
         "genes": np.asarray(genes, dtype=object),
         "layer": model.training["layer"],
-        "use_rep": use_rep,
+        "use_rep": use_rep if isinstance(use_rep, str) else np.asarray(use_rep, dtype=object),
         "n_train": int(model.training["n_train"]),
         "train_time_s": float(model.training["train_time_s"]),
         "predict_time_s": float(predict_time),
@@ -372,6 +545,8 @@ def predict(
     }
     if model.history:
         record["history"] = _plain(model.history)
+    if method == AUTO:
+        record.update(selected=cv_table["selected"], cv=cv_table)
     obs = {}
     if test_mask is not None:
         record.update(split=float(split), n_test=int(test_mask.sum()))

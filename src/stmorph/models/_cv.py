@@ -1,0 +1,181 @@
+"""Grouped cross-validation: the folds, the score, and the searches behind ``"cv"`` settings and ``method="auto"``.
+
+Folds are *groups* of spots, never random spots (neighbouring spots share tissue, so a random
+split leaks through spatial autocorrelation): one group per reference section when there are
+several, and contiguous spatial blocks (k-means on ``obsm["spatial"]``) within a single section.
+Every held-out fold is scored by the mean Pearson r over its ``N_HVG`` most variable genes
+(the selection criterion) and over all genes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._validation import TooFewObservationsError
+
+ALPHA_GRID = tuple(10.0**p for p in range(-2, 7))
+"""Ridge penalties searched by ``alpha="cv"``."""
+K_GRID = (5, 10, 20, 50, 100, 200)
+"""Neighbour counts searched by ``k="cv"``."""
+N_BLOCKS = 5
+"""Spatial blocks of a single section."""
+N_HVG = 50
+"""The score of a fold is the mean Pearson r over this many most variable genes of the held-out spots."""
+
+
+def spatial_blocks(coords: np.ndarray, n_blocks: int = N_BLOCKS, random_state: int = 0) -> np.ndarray:
+    """Contiguous spatial blocks of spots: k-means labels of their coordinates.
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` spot coordinates (``obsm["spatial"]``).
+    n_blocks
+        Number of blocks (at most the number of distinct coordinates).
+    random_state
+        Seed of k-means.
+
+    Examples
+    --------
+    >>> xy = np.array([[0, 0], [0, 1], [1, 0], [50, 50], [50, 51], [51, 50]])
+    >>> labels = spatial_blocks(xy, n_blocks=2)
+    >>> len(set(labels[:3])), len(set(labels[3:])), labels[0] != labels[3]
+    (1, 1, True)
+    """
+    from sklearn.cluster import KMeans
+
+    coords = np.asarray(coords, dtype=np.float64)
+    n_blocks = min(n_blocks, len(np.unique(coords, axis=0)))
+    if n_blocks < 2:
+        return np.zeros(len(coords), dtype=np.int64)
+    return KMeans(n_blocks, n_init=4, random_state=random_state).fit_predict(coords).astype(np.int64)
+
+
+def check_groups(groups: np.ndarray | None, n: int, what: str) -> np.ndarray:
+    """``groups`` as an array of ``n`` labels with at least two distinct values, else a clear error."""
+    if groups is None or len(np.unique(groups)) < 2:
+        found = "no groups" if groups is None else "a single group"
+        raise TooFewObservationsError(
+            f"{what} needs at least 2 cross-validation folds, found {found}: pass several reference sections, "
+            'or one section with obsm["spatial"] (split into spatial blocks); or set a fixed value instead of "cv".'
+        )
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise TooFewObservationsError(f"{what}: {len(groups)} group labels for {n} training spots.")
+    return groups
+
+
+def fold_scores(y_true: np.ndarray, y_pred: np.ndarray, n_hvg: int = N_HVG) -> tuple[float, float]:
+    """Mean Pearson r over the ``n_hvg`` most variable genes of ``y_true`` and over all (non-constant) genes.
+
+    Examples
+    --------
+    >>> y = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    >>> fold_scores(y, y)
+    (1.0, 1.0)
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    t, p = y_true - y_true.mean(axis=0), y_pred - y_pred.mean(axis=0)
+    denom = np.sqrt((t**2).sum(axis=0) * (p**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(denom > 0, (t * p).sum(axis=0) / denom, np.nan)
+    variance = y_true.var(axis=0)
+    hvg = np.argsort(-variance, kind="stable")[:n_hvg]
+    return _nanmean(r[hvg]), _nanmean(r)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else 0.0
+
+
+def folds(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index pairs, one per group (leave one group out), in sorted group order."""
+    return [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in np.unique(groups)]
+
+
+def grid_search(
+    grid: Sequence[Any],
+    predict_fold: Callable[[np.ndarray, np.ndarray], list[np.ndarray]],
+    Y: np.ndarray,
+    groups: np.ndarray | None,
+    name: str,
+) -> tuple[np.ndarray, Any]:
+    """Choose the grid value with the best mean held-out HVG score, leaving one group out at a time.
+
+    Parameters
+    ----------
+    grid
+        Candidate values of the setting.
+    predict_fold
+        ``predict_fold(train, test)`` returns the predictions of rows ``test`` for every grid
+        value, fitted on rows ``train``.
+    Y
+        ``(n, n_genes)`` expression.
+    groups
+        ``(n,)`` fold labels (:func:`check_groups`).
+    name
+        Name of the setting, for error messages.
+
+    Returns
+    -------
+    The ``(n_folds, len(grid))`` HVG scores and the chosen value (the first of the best ones).
+    """
+    groups = check_groups(groups, len(Y), f'{name}="cv"')
+    scores = np.array(
+        [[fold_scores(Y[test], pred)[0] for pred in predict_fold(train, test)] for train, test in folds(groups)]
+    )
+    return scores, grid[int(np.argmax(scores.mean(axis=0)))]
+
+
+def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None):
+    """``model.fit(X, Y)``, passing ``groups`` to models whose ``fit`` takes them (the ``"cv"`` settings)."""
+    import inspect
+
+    if "groups" in inspect.signature(model.fit).parameters:
+        return model.fit(X, Y, groups=groups)
+    return model.fit(X, Y)
+
+
+def cross_validate(
+    make_models: Sequence[Callable[[], Any]],
+    labels: Sequence[str],
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    blocks: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Leave-one-group-out scores of several candidate models (nested: each fits its own ``"cv"`` settings inside).
+
+    The inner folds of a candidate's ``"cv"`` settings are the remaining groups, or the spatial
+    ``blocks`` of the training rows when a single group remains (two reference sections).
+
+    Returns
+    -------
+    The CV table as plain arrays, one row per candidate × fold: ``candidate``, ``fold``,
+    ``pearson_hvg50``, ``pearson_all``.
+    """
+    rows = []
+    for make, label in zip(make_models, labels):
+        for fold, (train, test) in zip(np.unique(groups), folds(groups)):
+            inner = groups[train]
+            if len(np.unique(inner)) < 2:
+                inner = None if blocks is None else blocks[train]
+            model = fit_model(make(), X[train], Y[train], inner)
+            rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
+    candidate, fold, hvg, every = zip(*rows)
+    return {
+        "candidate": np.asarray(candidate, dtype=object),
+        "fold": np.asarray(fold, dtype=object),
+        "pearson_hvg50": np.asarray(hvg, dtype=np.float64),
+        "pearson_all": np.asarray(every, dtype=np.float64),
+    }
+
+
+def best_candidate(table: dict[str, np.ndarray], labels: Sequence[str]) -> str:
+    """The candidate with the highest mean ``pearson_hvg50`` over folds (the first one on ties)."""
+    means = [table["pearson_hvg50"][table["candidate"] == label].mean() for label in labels]
+    return labels[int(np.argmax(means))]

@@ -1,0 +1,75 @@
+"""The cross-validation table of ``st.tl.predict(method="auto")``: held-out Pearson per candidate and fold."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._validation import InvalidParameterError, StmorphKeyError
+from . import _utils
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from matplotlib.figure import Figure
+
+_AUTO_CALL = 'st.tl.predict(query, references, method="auto", use_rep="X_default")'
+SCORES = ("pearson_hvg50", "pearson_all")
+
+
+@_utils.shared_docs
+def cv_table(
+    adata: AnnData,
+    key: str = "predicted_auto",
+    *,
+    score: str = "pearson_hvg50",
+    panel_size: tuple[float, float] = (5.0, 3.2),
+    show: bool | None = None,
+    save: str | os.PathLike | bool | None = None,
+) -> Figure | None:
+    """Held-out mean Pearson of every ``method="auto"`` candidate: one dot per CV fold, a bar for the mean.
+
+    The candidate chosen (highest mean HVG-50 Pearson) is drawn in a darker colour and named in
+    the title.
+
+    Parameters
+    ----------
+    adata
+        The query of :func:`stmorph.tl.predict` with ``method="auto"``.
+    key
+        Its ``key_added`` (entry of ``uns["stmorph"]["predict"]``).
+    score
+        ``"pearson_hvg50"`` (mean over the held-out fold's 50 most variable genes, the selection
+        criterion) or ``"pearson_all"`` (all genes).
+    {panel_size}
+    {show_save_returns}
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> st.tl.predict(query, references, method="auto", use_rep="X_default")  # doctest: +SKIP
+    >>> st.pl.cv_table(query)  # doctest: +SKIP
+    """
+    if score not in SCORES:
+        raise InvalidParameterError(f"score must be one of {list(SCORES)}; found {score!r}.")
+    record = adata.uns.get("stmorph", {}).get("predict", {}).get(key, {})
+    if "cv" not in record:
+        raise StmorphKeyError(
+            f"adata.uns['stmorph']['predict'][{key!r}]['cv'] not found: no CV table recorded. Run `{_AUTO_CALL}`."
+        )
+    cv = record["cv"]
+    candidates = list(dict.fromkeys(np.asarray(cv["candidate"]).astype(str)))
+    values = np.asarray(cv[score], dtype=float)
+    names = np.asarray(cv["candidate"]).astype(str)
+    fig, (ax,) = _utils.subplots(1, ncols=1, panel_size=panel_size)
+    for i, name in enumerate(candidates):
+        mine = values[names == name]
+        chosen = name == str(cv["selected"])
+        ax.barh(i, mine.mean(), color="tab:blue" if chosen else "lightsteelblue")
+        ax.plot(mine, np.full(len(mine), i), "o", color="black", markersize=3)
+    ax.set_yticks(range(len(candidates)), candidates)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"held-out mean Pearson ({'HVG-50' if score == 'pearson_hvg50' else 'all genes'})")
+    ax.set_title(f"chosen: {cv['selected']}")
+    return _utils.savefig_or_show(fig, "cv_table", show=show, save=save)

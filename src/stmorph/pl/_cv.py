@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import InvalidParameterError, StmorphKeyError
+from .._anndata import tool_record
+from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def cv_table(
     """
     if score not in SCORES:
         raise InvalidParameterError(f"score must be one of {list(SCORES)}; found {score!r}.")
-    record = adata.uns.get("stmorph", {}).get("predict", {}).get(key, {})
+    record = tool_record(adata, "predict", key)
     if "cv" not in record:
         raise StmorphKeyError(
             f"adata.uns['stmorph']['predict'][{key!r}]['cv'] not found: no CV table recorded. Run `{_AUTO_CALL}`."

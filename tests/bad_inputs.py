@@ -7,6 +7,9 @@ The object the call was given (``target``) must be left exactly as it was.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -60,6 +63,13 @@ def _prepared():
 def table():
     """A fresh 60-spot prepared slice: scaled ``X``, ``layers['counts'/'log1p']``, ``obsm['X_lat'/'patches']``."""
     return _prepared().copy()
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the test process exits (builders take no ``tmp_path``)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _with(edit: Callable[[Any], None]):
@@ -477,9 +487,7 @@ def _():
 
 @_case("st.models.load", "config.json damaged", ModelFileError)
 def _():
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="stmorph-bad-"))
+    folder = scratch_folder("stmorph-bad-")
     (folder / "config.json").write_text("{ not json")
     (folder / "model.safetensors").write_bytes(b"")
     return None, lambda: st.models.load(folder)
@@ -492,11 +500,9 @@ def _():
 
 def pickle_checkpoint() -> Path:
     """A torch checkpoint holding a pickled non-tensor object (what ``weights_only=True`` refuses)."""
-    import tempfile
-
     import torch
 
-    path = Path(tempfile.mkdtemp(prefix="stmorph-pickle-")) / "evil.pt"
+    path = scratch_folder("stmorph-pickle-") / "evil.pt"
     torch.save({"weight": torch.zeros(2), "payload": _Payload()}, path)
     return path
 

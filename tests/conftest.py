@@ -21,6 +21,17 @@ from stmorph.datasets._paths import DATA_ENV, resolve_data_dir
 SECTIONS = ("C2", "C3", "C4", "C5")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reads the shipped sections (through ``data_dir``) as ``slow``.
+
+    Torch training, the demo and the cluster tests carry the mark themselves; ``pytest -m "not
+    slow"`` is the quick loop while developing, CI runs everything.
+    """
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Folder holding ``her2st/``; fails (not skips) when the shipped data is absent."""

@@ -13,15 +13,20 @@ import pytest
 import stmorph as st
 from stmorph.errors import InputTypeError, InvalidParameterError
 
+pytestmark = pytest.mark.slow  # starts a dask cluster and thread pools
+
 PATCHES = {"target_mpp": 3.5, "patch_size": 32}
 
 
 @pytest.fixture(scope="module")
-def client():
-    """A 2-worker local dask cluster (worker processes, so slides are pickled to them)."""
+def client(tmp_path_factory):
+    """A 2-worker local dask cluster (worker processes: slides are pickled to them), scratch space in a temp folder."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    scratch = tmp_path_factory.mktemp("dask")
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, local_directory=scratch
+    ) as cluster:
         with Client(cluster) as c:
             yield c
 

@@ -19,7 +19,7 @@ FAST = {"epochs": 20, "batch_size": 64, "progress": False}
 TINY_ENCODER = "tiny_test_encoder"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # trains BLEEP/HECLIP
 
 
 @pytest.fixture(scope="module")

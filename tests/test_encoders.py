@@ -150,6 +150,7 @@ def test_phikon_v2_reads_a_transformers_checkpoint(patches, tmp_path, monkeypatc
         build_encoder("phikon-v2", weights=str(tmp_path / "broken.safetensors"))
 
 
+@pytest.mark.slow  # builds a full-size ViT
 def test_a_wrong_weights_file_names_the_first_bad_tensor(tmp_path):
     torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0).state_dict(), tmp_path / "tiny.pt")
     with pytest.raises(ShapeMismatchError, match=r"uni \(.*tiny\.pt\).*first bad tensor: cls_token: checkpoint"):

@@ -15,7 +15,7 @@ from stmorph.models._stnet import STNet
 TINY = {"epochs": 1, "batch_size": 8, "progress": False}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # trains ST-Net
 
 
 @pytest.fixture(scope="module")

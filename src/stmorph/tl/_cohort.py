@@ -13,6 +13,7 @@ from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available
+from ._embed import next_sequence
 from ._embed_engine import embedding_outputs
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def slide_embedding(
         outputs["uns"][Key.uns.tool("patches", patches_key)] = params
     emb, params = embedding_outputs(table, patches_key=patches_key, image=sdata, progress=False, **options)
     outputs["obsm"][key] = emb
-    outputs["uns"][Key.uns.tool("embed", key)] = params
+    outputs["uns"][Key.uns.tool("embed", key)] = {**params, "sequence": next_sequence(table)}
     return outputs
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._anndata import commit_outputs
+from .._anndata import commit_outputs, read_uns
+from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
+from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError
 from ._embed_engine import embedding_outputs
 
@@ -14,10 +17,12 @@ if TYPE_CHECKING:
     import os
 
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 
+@doc_params("table_key", "progress", "copy")
 def embed(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     *,
     model: str = "default",
     weights: str | os.PathLike | None = None,
@@ -30,6 +35,7 @@ def embed(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     on_error: str = "raise",
+    table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -38,8 +44,9 @@ def embed(
     Parameters
     ----------
     adata
-        Table with patches in ``obsm[patches_key]`` (from :func:`stmorph.pp.extract_patches`).
-        For many slides use :func:`embed_cohort`.
+        Table with patches in ``obsm[patches_key]`` (from :func:`stmorph.pp.extract_patches`), or
+        a SpatialData holding it (``table_key``; lazily extracted patches are then read from its
+        image). For many slides use :func:`embed_cohort`.
     model
         Encoder name: ``"default"`` (EfficientNet-Lite0, ImageNet weights shipped with the package,
         1280-d), ``"hed"`` (stain and texture statistics, 57-d, no torch), ``"uni"`` (UNI ViT-L/16,
@@ -79,10 +86,9 @@ def embed(
         ``"raise"`` (default) stops with the error; ``"skip"`` re-reads the failing batch spot by
         spot, gives each unreadable spot a **NaN row** (the spot is kept), warns with the spot ids,
         and records them with their errors in ``uns["stmorph"]["embed"][key_added]["failed"]``.
-    progress
-        Show a progress bar.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
+    {table_key}
+    {progress}
+    {copy}
 
     Returns
     -------
@@ -90,7 +96,8 @@ def embed(
 
     ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings.
     ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device;
-    ``on_error`` and the ``failed`` spots' ``obs_names`` and ``errors`` when given ``checkpoint`` or ``on_error``).
+    ``on_error`` and the ``failed`` spots' ``obs_names`` and ``errors`` when given ``checkpoint`` or ``on_error``;
+    ``sequence``, the run's number on this table, by which :func:`eps` finds the latest embedding).
 
     Raises
     ------
@@ -119,6 +126,9 @@ def embed(
             f"embed takes one table; found a {type(adata).__name__} of {len(adata)} items. "
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
+    if is_spatialdata(adata) and image is None:
+        image = adata  # lazy patches are read from the SpatialData's image
+    adata = table_of(adata, table_key, name="st.tl.embed")
     key = key_added or Key.obsm.embedding(model)
     emb, params = embedding_outputs(
         adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
@@ -126,6 +136,41 @@ def embed(
         on_error=on_error,
     )  # fmt: skip
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
+    params["sequence"] = next_sequence(adata)
     adata = adata.copy() if copy else adata
     commit_outputs(adata, obsm={key: emb}, uns={Key.uns.tool("embed", key): params})
     return adata if copy else None
+
+
+def next_sequence(adata: AnnData) -> int:
+    """Number of the next embedding run on ``adata``: one more than any ``sequence`` recorded so far."""
+    records = read_uns(adata, Key.uns.tool("embed"), {})
+    if not isinstance(records, Mapping):
+        return 1
+    numbers = [record.get("sequence", 0) for record in records.values() if isinstance(record, Mapping)]
+    return int(max(numbers, default=0)) + 1
+
+
+def latest_embedding(adata: AnnData) -> str | None:
+    """The ``obsm`` key of the most recent :func:`embed` run still present in ``adata``, or ``None``.
+
+    Runs are ordered by the ``sequence`` each records (records written before it existed count as
+    older, in the order they were stored).
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((3, 2)), obsm={"X_a": np.ones((3, 4)), "X_b": np.ones((3, 4))})
+    >>> adata.uns["stmorph"] = {"embed": {"X_b": {"sequence": 2}, "X_a": {"sequence": 1}}}
+    >>> latest_embedding(adata)
+    'X_b'
+    """
+    records = read_uns(adata, Key.uns.tool("embed"), {})
+    if not isinstance(records, Mapping):
+        return None
+    present = [
+        (record.get("sequence", 0) if isinstance(record, Mapping) else 0, order, key)
+        for order, (key, record) in enumerate(records.items())
+        if key in adata.obsm
+    ]
+    return max(present)[2] if present else None

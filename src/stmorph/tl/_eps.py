@@ -19,9 +19,11 @@ import pandas as pd
 from scipy import sparse
 
 from .._anndata import commit_outputs, read_uns
+from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
+from .._tables import table_of
 from .._validation import (
     check_graph_shape,
     check_range,
@@ -30,6 +32,7 @@ from .._validation import (
     get_matrix,
 )
 from ..errors import InputTypeError, InvalidParameterError, ShapeMismatchError, StmorphKeyError
+from ._embed import latest_embedding
 from ._geary import (
     PVALUE_NULLS,
     analytic_pvalues,
@@ -166,11 +169,27 @@ def _graph_for(
     adata: AnnData, use_rep: str | None, n_neighbors: int, graph_key: str, random_state: int, progress: bool
 ) -> tuple[sparse.csr_matrix, dict | None]:
     """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
+    if use_rep is None and Key.obsp.connectivities(graph_key) not in adata.obsp:
+        use_rep = _recorded_embedding(adata, graph_key)
     if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors):
         return stored_graph(adata, graph_key), None
     return build_graph(
         adata, use_rep, n_neighbors=n_neighbors, key_added=graph_key, random_state=random_state, progress=progress
     )
+
+
+def _recorded_embedding(adata: AnnData, graph_key: str) -> str:
+    """The embedding :func:`stmorph.tl.embed` wrote last, for ``eps(adata)`` without ``use_rep`` or a stored graph."""
+    use_rep = latest_embedding(adata)
+    if use_rep is None:
+        raise StmorphKeyError(
+            f"st.tl.eps needs image embeddings or an image graph: no `use_rep` was given, there is no "
+            f"adata.obsp[{Key.obsp.connectivities(graph_key)!r}] and no embedding recorded by st.tl.embed. "
+            "Run `st.pp.extract_patches` and `st.tl.embed` first, pass `use_rep=<obsm key>`, or build a "
+            "graph with `st.tl.image_graph`."
+        )
+    logger.info("eps: using the embedding obsm[%r], the latest written by st.tl.embed", use_rep)
+    return use_rep
 
 
 def _is_eps_record(node: object) -> bool:
@@ -343,8 +362,9 @@ def _eps_of(
     return result, idx, graph, graph_outputs
 
 
+@doc_params("table_key", "copy")
 def eps(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     use_rep: str | None = None,
     *,
     n_neighbors: int = 5,
@@ -357,6 +377,7 @@ def eps(
     n_perms: int | None = None,
     random_state: int = 0,
     key_added: str = "eps",
+    table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -370,14 +391,17 @@ def eps(
     Parameters
     ----------
     adata
-        Annotated data matrix. The default expression ``X`` is the paper's: normalised, log1p,
-        z-scored and clipped at 10 (:func:`stmorph.pp.prepare_expression`).
+        Annotated data matrix, or a SpatialData holding it (``table_key``). The default expression
+        ``X`` is the paper's: normalised, log1p, z-scored and clipped at 10
+        (:func:`stmorph.pp.prepare_expression`).
     use_rep
         Key in ``adata.obsm`` with the embeddings; the graph is built (like
         :func:`~stmorph.tl.image_graph`, L2-normalised Euclidean, exact up to 50,000 spots) and
         stored under ``graph_key`` unless the stored graph was built from the same ``use_rep``
         and ``n_neighbors``. ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
-        (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's).
+        (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's), and when
+        there is none the embedding :func:`~stmorph.tl.embed` wrote last (logged), so
+        ``st.tl.eps(adata)`` works right after ``st.pp.extract_patches`` and ``st.tl.embed``.
     n_neighbors
         Neighbours per spot of a graph built here.
     graph_key
@@ -416,14 +440,15 @@ def eps(
     key_added
         Names of the ``var`` columns; SPS goes to ``uns['sps']`` (``uns[f'sps_{key_added}']``
         when ``key_added != 'eps'``).
+    {table_key}
     progress
         Show progress bars (graph search, permutations).
-    copy
-        Return a modified copy instead of editing ``adata``.
+    {copy}
 
     Returns
     -------
-    ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
+    ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData` (of the table, for a
+    SpatialData). Sets:
 
     ``adata.var[key_added]`` : EPS per gene.
     ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable) under ``pvalues``.
@@ -446,6 +471,7 @@ def eps(
     >>> bool(adata.var["eps"].head(6).gt(0).all())
     True
     """
+    adata = table_of(adata, table_key, name="st.tl.eps")
     result, idx, graph, graph_outputs = _eps_of(
         adata,
         use_rep,

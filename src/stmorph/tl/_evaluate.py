@@ -11,8 +11,10 @@ import pandas as pd
 from scipy import sparse
 
 from .._anndata import commit_outputs, tool_record
+from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
+from .._tables import table_of
 from .._validation import (
     InvalidParameterError,
     NonFiniteError,
@@ -30,6 +32,7 @@ from ._predict import SPLIT_KEY
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 _GENE_METRICS = {"pearson": pearson, "spearman": spearman, "rmse": rmse, "ssim": ssim}
 
@@ -113,8 +116,9 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
     return np.argsort(scores, kind="stable")[len(scores) - min(n, len(scores)) :][::-1]
 
 
+@doc_params("table_key")
 def evaluate(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     layer: str,
     *,
     truth_layer: str | None = None,
@@ -125,6 +129,7 @@ def evaluate(
     rank_layer: str | None = None,
     n_top: int = 50,
     hit_at_t: Sequence[int] = (1, 2, 3),
+    table_key: str | None = None,
     inplace: bool = True,
 ) -> pd.DataFrame | None:
     """Score a prediction against the measured expression: per gene, per spot, and the BLEEP summary table.
@@ -141,7 +146,8 @@ def evaluate(
     Parameters
     ----------
     adata
-        Slice holding the prediction in ``layers[layer]`` (from :func:`~stmorph.tl.predict`).
+        Slice holding the prediction in ``layers[layer]`` (from :func:`~stmorph.tl.predict`), or a
+        SpatialData holding it (``table_key``).
     layer
         Layer with the predicted expression.
     truth_layer
@@ -164,6 +170,7 @@ def evaluate(
         Size of the HEG and HVG sets.
     hit_at_t
         The ``T`` of Hit@T.
+    {table_key}
     inplace
         Write the results into ``adata`` and return ``None`` (default), or return the summary
         table and write nothing (scanpy's rule for functions that compute a table).
@@ -193,6 +200,7 @@ def evaluate(
     >>> list(table.index)
     ['ridge']
     """
+    adata = table_of(adata, table_key, name="st.tl.evaluate")
     if layer not in adata.layers:
         raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {list(adata.layers.keys())}.")
     check_unique_names(adata, "var")

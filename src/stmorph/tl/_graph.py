@@ -11,13 +11,16 @@ import numpy as np
 from scipy import sparse
 
 from .._anndata import commit_outputs
+from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._numba import run_kernel
+from .._tables import table_of
 from .._validation import InvalidParameterError, check_choice, check_n_obs, check_obsp_graph, check_range, get_rep
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 EXACT_MAX_OBS = 50_000
 """``method="auto"`` uses the exact search up to this many spots and pynndescent above it."""
@@ -263,8 +266,9 @@ def stored_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
     return graph
 
 
+@doc_params("table_key", "copy")
 def image_graph(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     use_rep: str,
     *,
     n_neighbors: int = 5,
@@ -273,6 +277,7 @@ def image_graph(
     method: Literal["auto", "exact", "pynndescent"] = "auto",
     key_added: str = "image",
     random_state: int = 0,
+    table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
@@ -284,7 +289,8 @@ def image_graph(
     Parameters
     ----------
     adata
-        Annotated data matrix with embeddings in ``obsm[use_rep]``.
+        Annotated data matrix with embeddings in ``obsm[use_rep]``, or a SpatialData holding it
+        (``table_key``).
     use_rep
         Key in ``adata.obsm`` (any representation: image, ATAC or protein embedding, ...).
     n_neighbors
@@ -301,10 +307,10 @@ def image_graph(
         Prefix of the output keys.
     random_state
         Seed of pynndescent.
+    {table_key}
     progress
         Show a progress bar for the exact search.
-    copy
-        Return a modified copy instead of editing ``adata``.
+    {copy}
 
     Returns
     -------
@@ -322,6 +328,7 @@ def image_graph(
     >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
     5
     """
+    adata = table_of(adata, table_key, name="st.tl.image_graph")
     _, outputs = build_graph(
         adata,
         use_rep,

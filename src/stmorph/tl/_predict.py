@@ -13,8 +13,10 @@ import pandas as pd
 from scipy import sparse
 
 from .._anndata import commit_outputs
+from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
+from .._tables import is_spatialdata, table_of
 from .._validation import (
     InvalidParameterError,
     StmorphKeyError,
@@ -35,6 +37,7 @@ from ..models._predictor import Predictor, get_method
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 SPLIT_KEY = Key.obs.split
 """``obs`` column that marks the within-slice ``"train"``/``"test"`` spots."""
@@ -323,9 +326,22 @@ def _select(candidates, x_train, y_train, groups, blocks, random_state, device):
     return name, options, {**table, "selected": best}
 
 
+def _reference_tables(reference: Any, table_key: str | None) -> Any:
+    """``reference`` with each SpatialData replaced by its table (AnnData kept as they are)."""
+    if reference is None:
+        return None
+    one = is_spatialdata(reference) or not isinstance(reference, Sequence)
+    tables = [
+        table_of(item, table_key if is_spatialdata(item) else None, name="st.tl.predict (reference)")
+        for item in ([reference] if one else reference)
+    ]
+    return tables[0] if one else tables
+
+
+@doc_params("copy")
 def predict(
-    query: AnnData,
-    reference: AnnData | Sequence[AnnData] | None = None,
+    query: AnnData | SpatialData,
+    reference: AnnData | SpatialData | Sequence[AnnData | SpatialData] | None = None,
     *,
     method: str | None = None,
     use_rep: str | Sequence[str] | None = None,
@@ -340,6 +356,7 @@ def predict(
     device: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
     **method_kwargs: Any,
@@ -359,9 +376,11 @@ def predict(
     Parameters
     ----------
     query
-        Slice to predict; its spots need ``obsm[use_rep]``.
+        Slice to predict; its spots need ``obsm[use_rep]``. A SpatialData stands for its table
+        (``table_key``; the predictions are written into that table).
     reference
-        Training slice(s), each with ``obsm[use_rep]`` and the expression in ``X`` or ``layers[layer]``.
+        Training slice(s), each with ``obsm[use_rep]`` and the expression in ``X`` or ``layers[layer]``
+        (SpatialData: their table ``table_key``, or their only table).
     method
         One of :func:`~stmorph.tl.list_methods`: ``"linear"``, ``"ridge"`` (α=1), ``"mlp"`` (one
         hidden layer of 256), ``"lightgbm"`` (100 trees per gene), and the end-to-end methods
@@ -402,10 +421,11 @@ def predict(
     resume
         Continue an interrupted training from ``checkpoint`` (same data and settings): finished
         epochs are not repeated and the predictions equal those of an uninterrupted run.
+    table_key
+        The table of SpatialData inputs (``None``: each one's only table).
     progress
         Show progress bars (MLP epochs, LightGBM genes).
-    copy
-        Return a modified copy of ``query`` instead of editing it in place.
+    {copy}
     **method_kwargs
         Options of the method, e.g. ``alpha=`` for ridge, ``epochs=``/``val_fraction=`` for the MLP,
         ``n_jobs=`` for LightGBM; unknown options raise an error listing the valid ones.
@@ -445,6 +465,8 @@ def predict(
             "copy=True returns the new AnnData and return_model=True the fitted model; ask for one. "
             "To keep query unchanged and get the model, pass query.copy() with return_model=True."
         )
+    query = table_of(query, table_key, name="st.tl.predict")
+    reference = _reference_tables(reference, table_key)
     mode = _mode(reference, split, model)
     given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
     if model is not None:

@@ -110,3 +110,60 @@ def test_progress_records_shape_size_and_checksums(finished):
     assert rows["shape"] == [adata.n_obs, 57]
     assert rows["size"] == (folder / EMBEDDINGS_FILE).stat().st_size
     assert sorted(map(int, rows["batches"])) == list(range(8))
+
+
+MLP = {"method": "mlp", "use_rep": "X_lat", "split": 0.2, "batch_size": 16, "device": "cpu", "progress": False}
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A table and the folder of a finished 6-epoch MLP training checkpoint on it."""
+    adata, folder = table(), tmp_path / "train"
+    st.tl.predict(adata, checkpoint=folder, epochs=6, **MLP)
+    return adata, folder
+
+
+def _predict_refused(adata, folder, match: str, **options) -> None:
+    before = adata.copy()
+    with pytest.raises(CheckpointMismatchError, match=match):
+        st.tl.predict(adata, checkpoint=folder, resume=True, key_added="resumed", **{**MLP, **options})
+    assert_adata_equal(adata, before)
+
+
+def test_t4_another_reference_of_the_same_shape_is_refused(trained):
+    adata, folder = trained
+    other = adata.copy()
+    other.X = np.asarray(other.X)[::-1].copy()  # other expression, same spots, genes and shape
+    _predict_refused(other, folder, r"\['expression_blake2b'\] differ", epochs=6)
+
+
+def test_t4_other_embeddings_or_genes_are_refused(trained):
+    adata, folder = trained
+    other = adata.copy()
+    other.obsm["X_lat"] = other.obsm["X_lat"] * 2
+    _predict_refused(other, folder, r"\['inputs_blake2b'\] differ", epochs=6)
+    renamed = adata.copy()
+    renamed.var_names = [f"g{i}" for i in range(adata.n_vars)]
+    _predict_refused(renamed, folder, r"\['genes_blake2b'\] differ", epochs=6)
+
+
+def test_t5_other_epochs_or_settings_are_refused(trained):
+    adata, folder = trained
+    _predict_refused(adata, folder, r"\['epochs'\] differ \(checkpoint \[6\], now \[3\]\)", epochs=3)
+    _predict_refused(adata, folder, r"\['lr'\] differ", epochs=6, lr=0.5)
+    _predict_refused(adata, folder, r"'random_state', 'seed'\] differ", epochs=6, random_state=1)  # and the split
+
+
+def test_the_same_training_resumes_to_the_same_predictions(trained):
+    adata, folder = trained
+    st.tl.predict(adata, checkpoint=folder, resume=True, key_added="resumed", epochs=6, **MLP)
+    np.testing.assert_array_equal(adata.layers["resumed"], adata.layers["predicted_mlp"])
+
+
+def test_damaged_training_checkpoint_is_refused_by_name(trained):
+    from stmorph.models._train import TRAIN_CHECKPOINT
+
+    adata, folder = trained
+    path = folder / TRAIN_CHECKPOINT
+    path.write_bytes(path.read_bytes()[:-100])
+    _predict_refused(adata, folder, f"{TRAIN_CHECKPOINT}.*is damaged", epochs=6)

@@ -273,7 +273,7 @@ class ContrastivePredictor(TorchPredictor):
             drop_last=True,
             progress=self.progress,
             desc=self.name,
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         self.input_shape_ = tuple(X.shape[1:])
         self.reference_expression_ = Y

@@ -104,7 +104,7 @@ class MLP(Predictor):
             patience=p["patience"] if n_train < len(order) else None,
             progress=self.progress,
             desc="mlp epochs",
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         return self
 

@@ -173,7 +173,7 @@ class STNet(TorchPredictor):
             patience=p["epochs"] if len(val_idx) else None,  # keep the best epoch
             progress=self.progress,
             desc=self.name,
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         self.input_shape_ = tuple(X.shape[1:])
         return self

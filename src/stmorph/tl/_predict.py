@@ -331,8 +331,8 @@ def predict(
         check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{use_rep!r}]", "the reference")
         check_n_obs(len(x_train), MIN_TRAIN, f"fitting {method!r} (training spots)")
         start = time.perf_counter()
+        model.genes = list(genes)  # before fit: a training checkpoint records them
         model.fit(x_train, y_train)
-        model.genes = list(genes)
         model.training = {
             "use_rep": use_rep,
             "layer": "X" if layer is None else layer,

@@ -22,6 +22,7 @@ from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import (
+    check_finite,
     check_graph_shape,
     check_range,
     check_unique_names,
@@ -179,6 +180,8 @@ def _record_outputs(adata: AnnData, key_added: str, params: dict) -> dict[tuple[
 
 def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) -> tuple[object, pd.Index, np.ndarray]:
     idx = get_genes(adata, genes)
+    if not len(idx):
+        raise InvalidParameterError("genes selects no gene (an empty list); pass gene names, or None for all genes.")
     X = get_matrix(adata, layer)
     if X.shape != adata.shape:
         raise ShapeMismatchError(f"expression must be (n_obs, n_vars) = {adata.shape}; found {X.shape}.")
@@ -194,6 +197,7 @@ def _check_options(adata: AnnData, n_neighbors: int, n_perms: int | None, max_va
     if n_perms is not None:
         check_range(n_perms, "n_perms", low=1, inclusive=True)
     if max_value is not None:
+        check_finite(np.float64(max_value), "max_value")
         check_range(max_value, "max_value", low=0)
 
 

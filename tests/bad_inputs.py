@@ -619,7 +619,7 @@ def _her2st_with(edit: Callable[[Any], None]) -> Path:
 
     from stmorph.datasets._her2st import her2st_files
 
-    files, root = her2st_files("C2"), _tmp("her2st")
+    files, root = her2st_files("C2"), _tmp("counts")
     (root / "her2st").mkdir()
     shutil.copy(files["image"], root / "her2st" / "N1_HE.jpg")
     shutil.copy(files["spots"], root / "her2st" / "N1_spots.tsv")

@@ -117,7 +117,7 @@ def _check_counts(counts: pd.DataFrame, path: Path) -> None:
             row, col = np.argwhere(bad)[0]
             raise error(
                 f"{path}: {int(bad.sum())} count(s) are {problem}, e.g. spot {counts.index[row]!r}, gene "
-                f"{str(counts.columns[col])!r} ({values[row, col]!r}); counts must be non-negative integers. "
+                f"{str(counts.columns[col])!r} ({float(values[row, col])}); counts must be non-negative integers. "
                 "The file is damaged or not a HER2ST count table."
             )
 

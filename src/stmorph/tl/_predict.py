@@ -249,7 +249,9 @@ def predict(
         is saved after every epoch.
     resume
         Continue an interrupted training from ``checkpoint`` (same data and settings): finished
-        epochs are not repeated and the predictions equal those of an uninterrupted run.
+        epochs are not repeated and the predictions equal those of an uninterrupted run. A
+        checkpoint made from other inputs, expression or genes, or with other options (e.g.
+        ``epochs``), or a damaged one, raises :class:`~stmorph.errors.CheckpointMismatchError`.
     progress
         Show progress bars (MLP epochs, LightGBM genes).
     copy

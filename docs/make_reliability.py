@@ -45,6 +45,17 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
   (`st.tl.predict(method="mlp"|"bleep"|"heclip"|"stnet", checkpoint=path, resume=True)`, through the
   shared loop `stmorph.models._train.train`) saves its full state after every epoch and resumes to
   the same predictions as an uninterrupted run (`tests/test_fault_tolerance.py`).
+- **Checkpoints prove they belong to the run.** A checkpoint records a fingerprint of what it was
+  made from (blake2b content hashes of the patches — or of the window centres and a sample of
+  windows of a lazily read image —, the weights file, the reference inputs, expression and genes,
+  and every option such as `epochs`) and of its own files (shape, dtype, size and per-batch
+  checksums of `embeddings.npy`; a checksum of the saved weights). Resuming verifies all of it,
+  opening the files read-only, and refuses a truncated or replaced file or another run's
+  checkpoint with `CheckpointMismatchError` naming what differs (`tests/test_checkpoints.py`).
+  Hashing costs under 1 % of a 5 000-spot embedding run (2 s for 0.75 GB of patches).
+- **User data is never dropped silently.** Output keys with `/` (which h5ad and zarr nest) are
+  refused, and a user's non-dict value on the way to a `uns["stmorph"]` record (e.g. a string in
+  `uns["stmorph"]`) is never overwritten: the tool raises and writes nothing.
 - **Safe loading.** Weights are read only from safetensors or `torch.load(weights_only=True)`;
   a checkpoint that would unpickle Python objects is refused (`tests/test_safe_loading.py`).
 

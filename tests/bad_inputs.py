@@ -20,6 +20,7 @@ import numpy as np
 
 import stmorph as st
 from stmorph.errors import (
+    CheckpointMismatchError,
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
@@ -525,3 +526,163 @@ def _():
 @_case("st.datasets.simulate", "more planted genes than genes", InvalidParameterError)
 def _():
     return None, lambda: st.datasets.simulate(20, 5, n_planted=6)
+
+
+# ------------------------------------------------ issue 17 §1: silently wrong results, now refused
+def _tmp(prefix: str) -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"stmorph-{prefix}-"))
+
+
+def _embedded_checkpoint() -> tuple[Any, Path]:
+    """A table and the folder of its finished "hed" embedding checkpoint (batches of 8)."""
+    a, folder = table(), _tmp("ckpt")
+    st.tl.embed(a, model="hed", batch_size=8, checkpoint=folder, progress=False)
+    return a, folder
+
+
+def _resume_embed(a, folder: Path):
+    return lambda: st.tl.embed(a, model="hed", batch_size=8, checkpoint=folder, resume=True, progress=False)
+
+
+@_case("st.tl.embed", "resume: embeddings.npy truncated (CK5)", CheckpointMismatchError)
+def _():
+    a, folder = _embedded_checkpoint()
+    path = folder / "embeddings.npy"
+    path.write_bytes(path.read_bytes()[:-4000])
+    return a, _resume_embed(a, folder)
+
+
+@_case("st.tl.embed", "resume: embeddings.npy replaced by an (N, 7) float64 array (CK6)", CheckpointMismatchError)
+def _():
+    a, folder = _embedded_checkpoint()
+    np.save(folder / "embeddings.npy", np.zeros((a.n_obs, 7)))
+    return a, _resume_embed(a, folder)
+
+
+@_case("st.tl.embed", "resume: other patches under the same key (CK7)", CheckpointMismatchError)
+def _():
+    a, folder = _embedded_checkpoint()
+    a.obsm["patches"] = a.obsm["patches"][::-1].copy()
+    return a, _resume_embed(a, folder)
+
+
+_MLP = {"method": "mlp", "use_rep": "X_lat", "split": 0.2, "batch_size": 16, "device": "cpu", "progress": False}
+
+
+def _trained_checkpoint() -> tuple[Any, Path]:
+    a, folder = table(), _tmp("train")
+    st.tl.predict(a, checkpoint=folder, epochs=4, **_MLP)
+    return a, folder
+
+
+@_case("st.tl.predict", "resume: another reference of the same shape (T4)", CheckpointMismatchError)
+def _():
+    a, folder = _trained_checkpoint()
+    a.X = np.asarray(a.X)[::-1].copy()
+    return a, lambda: st.tl.predict(a, checkpoint=folder, resume=True, epochs=4, **_MLP)
+
+
+@_case("st.tl.predict", "resume: epochs=2 from a 4-epoch checkpoint (T5)", CheckpointMismatchError)
+def _():
+    a, folder = _trained_checkpoint()
+    return a, lambda: st.tl.predict(a, checkpoint=folder, resume=True, epochs=2, **_MLP)
+
+
+@_case("st.tl.predict", "epochs=2.5 (would be truncated)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, epochs=2.5, **_MLP)
+
+
+@_case("st.pp.prepare_expression", "max_value=nan (all-NaN result)", NonFiniteError)
+def _():
+    a = table()
+    a.X = a.layers["counts"].copy()
+    return a, lambda: st.pp.prepare_expression(a, max_value=np.nan)
+
+
+@_case("st.pp.prepare_expression", "n_top_genes=-5", InvalidParameterError)
+def _():
+    a = table()
+    a.X = a.layers["counts"].copy()
+    return a, lambda: st.pp.prepare_expression(a, n_top_genes=-5)
+
+
+@_case("st.tl.eps", "genes=[] (no gene)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", genes=[], progress=False)
+
+
+@_case("st.pp.extract_patches", "mpp=inf (0-px windows)", NonFiniteError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), mpp=np.inf, progress=False, copy=True)
+
+
+@_case("st.tl.embed", "key_added with '/' (nested by h5ad)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", key_added="a/b", progress=False)
+
+
+@_case("st.tl.predict", "user's string in uns['stmorph'] would be overwritten", InputTypeError)
+def _():
+    a = table()
+    a.uns["stmorph"] = "my notes"
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2)
+
+
+def _her2st_with(edit: Callable[[Any], None]) -> Path:
+    """A data folder holding section C2 as "N1" with its count table edited by ``edit(DataFrame)``."""
+    import gzip
+    import shutil
+
+    import pandas as pd
+
+    from stmorph.datasets._her2st import her2st_files
+
+    files, root = her2st_files("C2"), _tmp("counts")
+    (root / "her2st").mkdir()
+    shutil.copy(files["image"], root / "her2st" / "N1_HE.jpg")
+    shutil.copy(files["spots"], root / "her2st" / "N1_spots.tsv")
+    counts = pd.read_csv(files["counts"], sep="\t", index_col=0).astype(float)
+    edit(counts)
+    with gzip.open(root / "her2st" / "N1_counts.tsv.gz", "wt") as handle:
+        counts.to_csv(handle, sep="\t")
+    return root
+
+
+@_case("st.datasets.her2st", "an NA count (was loaded as -2147483648)", NonFiniteError)
+def _():
+    root = _her2st_with(lambda c: c.iloc.__setitem__((3, 5), np.nan))
+    return None, lambda: st.datasets.her2st("N1", data_dir=root)
+
+
+@_case("st.datasets.her2st", "a negative count", InputTypeError)
+def _():
+    root = _her2st_with(lambda c: c.iloc.__setitem__((3, 5), -2))
+    return None, lambda: st.datasets.her2st("N1", data_dir=root)
+
+
+@_case("st.models.load", "saved model whose reference bank is all NaN", ModelFileError)
+def _():
+    from stmorph.models._io import WEIGHTS_FILE, read_arrays, write_safetensors
+
+    model = st.tl.predict(table(), method="bleep", use_rep="X_lat", split=0.2, epochs=1, batch_size=16,
+                          device="cpu", progress=False, return_model=True)  # fmt: skip
+    folder = _tmp("model")
+    model.save(folder)
+    arrays = read_arrays(folder / WEIGHTS_FILE)
+    arrays["reference_expression"] = np.full_like(arrays["reference_expression"], np.nan)
+    write_safetensors(folder / WEIGHTS_FILE, arrays)
+    return None, lambda: st.models.load(folder)
+
+
+@_case("stmorph predict (CLI)", "--params '{\"copy\": true}' (wrote nothing)", InvalidParameterError)
+def _():
+    from stmorph.cli import main
+
+    args = ["predict", "q.h5ad", "--reference", "r.h5ad", "--use-rep", "X", "--out", "o.h5ad"]
+    return None, lambda: main([*args, "--params", '{"copy": true}'])

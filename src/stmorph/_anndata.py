@@ -2,7 +2,8 @@
 
 Every tool computes all its results first and hands them to :func:`commit_outputs`, so an
 exception during the computation leaves the user's object exactly as it was. Replacing an
-existing key is allowed (it is the documented ``key_added``) but is announced with a warning.
+existing key is allowed (it is the documented ``key_added``) but is announced with a warning; a
+user's non-dict value on the way to an ``uns`` record is never replaced (an error says where).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._keys import UNS_KEY, Key
+from .errors import InputTypeError, InvalidParameterError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,17 +31,42 @@ def _existing(adata: AnnData, slot: str, key: str) -> bool:
     return key in cont.columns if slot in ("obs", "var") else key in cont
 
 
-def _uns_set(adata: AnnData, path: tuple[str, ...], value: Any) -> bool:
+def _uns_set(adata: AnnData, path: tuple[str, ...], value: Any) -> None:
     node = adata.uns
     for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, Mapping):
-            child = {}
-            node[part] = child
-        node = child
-    replaced = path[-1] in node
+        node = node.setdefault(part, {})
     node[path[-1]] = value
-    return replaced
+
+
+def _uns_blocker(adata: AnnData, path: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The first node on the way to ``path`` that holds a non-dict value (a user's), or ``None``."""
+    node: Any = adata.uns
+    for depth, part in enumerate(path[:-1], start=1):
+        node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            return None
+        if not isinstance(node, Mapping):
+            return path[:depth]
+    return None
+
+
+def _check_writable(adata: AnnData, slots: Mapping[str, Mapping[str, Any]], uns: Mapping[tuple[str, ...], Any]) -> None:
+    """Refuse keys h5ad would nest ('/') and ``uns`` paths that would overwrite a user's non-dict value."""
+    keys = [key for items in slots.values() for key in items] + [part for path in uns for part in path]
+    slashed = sorted({str(k) for k in keys if "/" in str(k)})
+    if slashed:
+        raise InvalidParameterError(
+            f"output key(s) {slashed} (key_added) hold '/', which h5ad and zarr store as nested groups, so "
+            "the result would not read back under that name; choose a key without '/'."
+        )
+    for path in uns:
+        blocker = _uns_blocker(adata, path)
+        if blocker is not None:
+            found = type(read_uns(adata, blocker)).__name__
+            raise InputTypeError(
+                f"adata.uns{list(blocker)} holds a {found}, where stmorph keeps its records (a dict) to write "
+                f"uns{list(path)}; stmorph does not overwrite it. Move or delete that value first."
+            )
 
 
 _MISSING = object()
@@ -124,6 +151,14 @@ def commit_outputs(
         ``("stmorph", "predict", "ridge")``.
     warn
         Emit one :class:`UserWarning` listing the keys that already existed and are replaced.
+
+    Raises
+    ------
+    InvalidParameterError
+        A key holds ``'/'`` (h5ad and zarr would store it as nested groups).
+    InputTypeError
+        An ``uns`` path runs through a value that is not a dict (e.g. a user's string in
+        ``uns["stmorph"]``): it is never replaced silently. Nothing is written.
     **slots
         ``obs``, ``var``, ``obsm``, ``varm``, ``obsp`` or ``layers``: mappings of key to value.
 
@@ -139,6 +174,7 @@ def commit_outputs(
     if unknown:
         raise TypeError(f"unknown AnnData slot(s) {sorted(unknown)}; use one of {_SLOTS} or uns")
     uns_items = {(k,) if isinstance(k, str) else tuple(k): v for k, v in (uns or {}).items()}
+    _check_writable(adata, slots, uns_items)
     replaced = [f"{slot}[{key!r}]" for slot, items in slots.items() for key in items if _existing(adata, slot, key)]
     replaced += [f"uns{list(p)}" for p in uns_items if _uns_has(adata, p)]
     for slot, items in slots.items():

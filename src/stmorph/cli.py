@@ -8,6 +8,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import InvalidParameterError
+
 # Each command's one-line help (listed by `stmorph --help`) and description (`stmorph <command> --help`).
 _HELP = {
     "demo": "run the whole story on the bundled HER2ST sections",
@@ -134,9 +136,12 @@ def _run_predict(args: argparse.Namespace) -> None:
     from . import tl
     from .tl._evaluate import evaluation_table
 
+    params = json.loads(args.params)
+    if "copy" in params:  # the prediction would go into a copy that is never written
+        raise InvalidParameterError("--params must not set 'copy': the command writes the query it reads to --out.")
     query = ad.read_h5ad(args.query)
     references = [ad.read_h5ad(p) for p in args.reference]
-    tl.predict(query, references, method=args.method, use_rep=args.use_rep, layer=args.layer, **json.loads(args.params))
+    tl.predict(query, references, method=args.method, use_rep=args.use_rep, layer=args.layer, **params)
     if args.evaluate:
         tl.evaluate(query, f"predicted_{args.method}")
         print(evaluation_table(query, args.method).to_string())

@@ -17,6 +17,7 @@ InvalidParameterError
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointMismatchError",
     "InconsistentUnitsError",
     "InputTypeError",
     "InvalidParameterError",
@@ -71,3 +72,7 @@ class UnsafeCheckpointError(ValueError):
 
 class ModelFileError(ValueError):
     """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
+
+
+class CheckpointMismatchError(InvalidParameterError):
+    """A checkpoint to resume from belongs to another run (other inputs or options) or its files are damaged."""

@@ -12,6 +12,7 @@ from scipy import sparse
 
 from .._image import no_pixel_limit, read_rgb
 from .._logging import logger
+from ..errors import InputTypeError, NonFiniteError
 from ._paths import download, resolve_data_dir, verify_cached
 from ._spatialdata import build_spatialdata
 
@@ -98,7 +99,27 @@ def her2st_files(section: str, data_dir: str | os.PathLike | None = None) -> dic
 def _read_counts(path: Path) -> pd.DataFrame:
     counts = pd.read_csv(path, sep="\t", index_col=0)
     counts.index = counts.index.astype(str)
+    _check_counts(counts, path)
     return counts
+
+
+def _check_counts(counts: pd.DataFrame, path: Path) -> None:
+    """Refuse missing (``NA``), non-numeric, negative or fractional counts, naming the first bad entry."""
+    values = counts.to_numpy()
+    if values.dtype.kind not in "iuf":
+        raise InputTypeError(f"{path}: the counts must be numbers; found non-numeric entries (dtype {values.dtype}).")
+    for problem, bad, error in (
+        ("missing (NA)", np.isnan(values) if values.dtype.kind == "f" else None, NonFiniteError),
+        ("negative", values < 0, InputTypeError),
+        ("not a whole number", values != np.round(values), InputTypeError),
+    ):
+        if bad is not None and bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise error(
+                f"{path}: {int(bad.sum())} count(s) are {problem}, e.g. spot {counts.index[row]!r}, gene "
+                f"{str(counts.columns[col])!r} ({float(values[row, col])}); counts must be non-negative integers. "
+                "The file is damaged or not a HER2ST count table."
+            )
 
 
 def _read_spots(path: Path) -> pd.DataFrame:
@@ -198,6 +219,8 @@ def her2st(section: str = "C2", data_dir: str | os.PathLike | None = None) -> Sp
         A file of the section is missing (the path is named).
     ValueError
         The counts and spots files share too few spot ids (the count is given).
+    NonFiniteError, InputTypeError
+        A count is missing (``NA``), negative or fractional (the spot and gene are named).
 
     Examples
     --------

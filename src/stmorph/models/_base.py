@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import InputTypeError, ModelFileError, ShapeMismatchError, check_finite, check_same_shape
+from .._validation import (
+    InputTypeError,
+    InvalidParameterError,
+    ModelFileError,
+    ShapeMismatchError,
+    check_finite,
+    check_same_shape,
+)
 from ._io import save_arrays
 from ._predictor import Predictor
 
@@ -17,6 +24,22 @@ if TYPE_CHECKING:
     import torch
 
 NET_PREFIX = "net."
+
+
+def check_whole(value: float, name: str) -> None:
+    """Raise :class:`~stmorph.errors.InvalidParameterError` if ``value`` is not a whole number (``epochs=2.5``).
+
+    Examples
+    --------
+    >>> check_whole(3, "epochs")
+    >>> check_whole(2.5, "epochs")
+    Traceback (most recent call last):
+    ...
+    stmorph.errors.InvalidParameterError: epochs must be a whole number; found 2.5 (it would be truncated to 2).
+    """
+    if isinstance(value, bool) or not np.isfinite(value) or value != int(value):
+        shown = f" (it would be truncated to {int(value)})" if np.isfinite(value) else ""
+        raise InvalidParameterError(f"{name} must be a whole number; found {value!r}{shown}.")
 
 
 def check_inputs(X: np.ndarray, input_kind: str, method: str) -> np.ndarray:

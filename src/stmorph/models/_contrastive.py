@@ -33,6 +33,7 @@ from ._base import (
     arrays_to_state,
     check_expression,
     check_inputs,
+    check_whole,
     state_to_arrays,
     train_val_split,
 )
@@ -154,6 +155,7 @@ class ContrastivePredictor(TorchPredictor):
         check_range(settings["batch_size"], "batch_size", 2, None, inclusive=True)
         for key, value in {**settings, "k": k, "inference_batch_size": inference_batch_size}.items():
             check_range(value, key, 1, None, inclusive=True)
+            check_whole(value, key)
         params = {
             "mode": mode,
             "encoder": encoder,
@@ -273,7 +275,7 @@ class ContrastivePredictor(TorchPredictor):
             drop_last=True,
             progress=self.progress,
             desc=self.name,
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         self.input_shape_ = tuple(X.shape[1:])
         self.reference_expression_ = Y

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_range
+from ._base import check_whole
 from ._predictor import Predictor
 from ._train import resolve_device, seed_everything, train
 
@@ -61,6 +62,7 @@ class MLP(Predictor):
     ):
         check_range(hidden, "hidden", low=1, inclusive=True)
         check_range(epochs, "epochs", low=1, inclusive=True)
+        check_whole(epochs, "epochs")
         check_range(batch_size, "batch_size", low=1, inclusive=True)
         check_range(lr, "lr", low=0.0)
         check_range(weight_decay, "weight_decay", low=0.0, inclusive=True)
@@ -104,7 +106,7 @@ class MLP(Predictor):
             patience=p["patience"] if n_train < len(order) else None,
             progress=self.progress,
             desc="mlp epochs",
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         return self
 

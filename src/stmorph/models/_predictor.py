@@ -87,9 +87,23 @@ class Predictor:
         self._checkpoint = None if folder is None else Path(folder)
         self._resume = bool(resume)
 
-    def _train_options(self) -> dict[str, Any]:
-        """The checkpoint options of :func:`stmorph.models._train.train`."""
-        return {"checkpoint": self._checkpoint, "resume": self._resume}
+    def _train_options(self, X: np.ndarray, Y: np.ndarray) -> dict[str, Any]:
+        """The checkpoint options of :func:`stmorph.models._train.train`, with the fingerprint of this fit.
+
+        The fingerprint (content hashes of the training inputs ``X``, expression ``Y`` and genes, and
+        every setting) is only computed when a checkpoint is kept.
+        """
+        if self._checkpoint is None:
+            return {"checkpoint": None, "resume": False}
+        import json
+
+        from .._fingerprint import hash_arrays, hash_value
+
+        print_ = {"method": self.name, "random_state": self.random_state}
+        print_.update(json.loads(json.dumps(self.params, default=str)))  # plain values: read back weights_only
+        print_.update(inputs_blake2b=hash_arrays(X), expression_blake2b=hash_arrays(Y))
+        print_["genes_blake2b"] = hash_value([str(g) for g in self.genes])
+        return {"checkpoint": self._checkpoint, "resume": self._resume, "fingerprint": print_}
 
     def fit(self, X: np.ndarray, Y: np.ndarray) -> Predictor:
         """Fit on training inputs ``X`` and expression ``Y``; returns ``self``."""

@@ -16,7 +16,15 @@ from torch import nn
 
 from .._validation import InvalidParameterError, check_range
 from ._augment import dihedral_views, flip_rotate
-from ._base import TorchPredictor, arrays_to_state, check_expression, check_inputs, state_to_arrays, train_val_split
+from ._base import (
+    TorchPredictor,
+    arrays_to_state,
+    check_expression,
+    check_inputs,
+    check_whole,
+    state_to_arrays,
+    train_val_split,
+)
 from ._encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, build_encoder, patches_to_tensor
 from ._train import train
 from ._weights import load_into
@@ -119,6 +127,7 @@ class STNet(TorchPredictor):
             "inference_batch_size": inference_batch_size,
         }.items():
             check_range(value, key, 1, None, inclusive=True)
+            check_whole(value, key)
         check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
         if input_size is not None:
             check_range(input_size, "input_size", 16, None, inclusive=True)
@@ -187,7 +196,7 @@ class STNet(TorchPredictor):
             patience=p["epochs"] if len(val_idx) else None,  # keep the best epoch
             progress=self.progress,
             desc=self.name,
-            **self._train_options(),
+            **self._train_options(X, Y),
         )
         self.input_shape_ = tuple(X.shape[1:])
         return self

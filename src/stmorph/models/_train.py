@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._fingerprint import check_same
 from .._logging import logger
+from ..errors import CheckpointMismatchError
 
 if TYPE_CHECKING:
     import torch
@@ -72,12 +74,45 @@ def _save_state(folder: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, folder / TRAIN_CHECKPOINT)
 
 
-def _load_state(folder: Path) -> dict[str, Any] | None:
-    """The saved training state (read with ``weights_only=True``: tensors and plain Python values only)."""
+def _module_checksum(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a module's state dict (names, dtypes, shapes and values)."""
+    import torch
+
+    from .._fingerprint import hash_arrays, hash_value
+
+    tensors = [v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() for v in state.values()]
+    return hash_value([[k, str(v.dtype), list(v.shape)] for k, v in state.items()]) + hash_arrays(*tensors)
+
+
+def _load_state(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved training state, after checking it belongs to this run (``fingerprint``) and is intact.
+
+    Read with ``weights_only=True`` (tensors and plain Python values only).
+    """
+    import pickle
+    import zipfile
+
     import torch
 
     path = folder / TRAIN_CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if not path.is_file():
+        return None
+    advice = "Use another checkpoint folder, or resume=False to start over."
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointMismatchError(f"training checkpoint {str(path)!r} is damaged ({err}). {advice}") from err
+    if not isinstance(saved, dict) or not {"fingerprint", "module", "module_blake2b"} <= set(saved):
+        raise CheckpointMismatchError(
+            f"training checkpoint {str(path)!r} records no fingerprint of its run (not written by this "
+            f"stmorph version, or not a training checkpoint). {advice}"
+        )
+    check_same(saved["fingerprint"], fingerprint, repr(str(path)), advice)
+    if _module_checksum(saved["module"]) != saved["module_blake2b"]:
+        raise CheckpointMismatchError(
+            f"training checkpoint {str(path)!r}: the weights differ from those recorded. {advice}"
+        )
+    return saved
 
 
 def train(
@@ -98,6 +133,7 @@ def train(
     desc: str = "training",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``module`` with AdamW on mini-batches of ``n_train`` samples.
 
@@ -132,7 +168,11 @@ def train(
         after every epoch, as ``train_state.pt`` (tensors and plain values only).
     resume
         Continue from the state in ``checkpoint``: finished epochs are not repeated, and the result
-        is the same as an uninterrupted run with the same seed.
+        is the same as an uninterrupted run with the same seed. The checkpoint must come from the
+        same run: the options above and ``fingerprint`` are recorded in it and compared.
+    fingerprint
+        What else the run depends on (plain values: content hashes of the data, the model's
+        settings); a checkpoint whose record differs is refused.
 
     Returns
     -------
@@ -156,7 +196,10 @@ def train(
     history: dict[str, list[float]] = {"loss": [], "val_loss": []}
     best, best_state, stale, start = np.inf, None, 0, 0
     folder = None if checkpoint is None else Path(checkpoint)
-    saved = _load_state(folder) if folder is not None and resume else None
+    print_ = {**(fingerprint or {}), "n_train": int(n_train), "n_val": 0 if val_indices is None else len(val_indices)}
+    print_.update(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay))
+    print_.update(seed=int(seed), patience=None if patience is None else int(patience), drop_last=bool(drop_last))
+    saved = _load_state(folder, print_) if folder is not None and resume else None
     if saved is not None:
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -191,6 +234,7 @@ def train(
         if folder is not None:
             state = {"module": module.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state}
             state.update(torch_rng=torch.get_rng_state(), history=history, best=float(best), stale=stale)
+            state.update(fingerprint=print_, module_blake2b=_module_checksum(state["module"]))
             _save_state(folder, {**state, "epoch": epoch + 1, "best_state": best_state, "stopped": stopped})
         if stopped:
             break

@@ -11,7 +11,7 @@ from scipy import sparse
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import InputTypeError, check_n_obs, check_range, check_unique_names, get_matrix
+from .._validation import InputTypeError, check_finite, check_n_obs, check_range, check_unique_names, get_matrix
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -113,7 +113,9 @@ def prepare_expression(
     _check_counts(counts, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     check_n_obs(adata.n_obs, 2, "prepare_expression (z-scoring)")
     check_range(target_sum, "target_sum", low=0)
+    check_range(n_top_genes, "n_top_genes", low=1, inclusive=True)
     if max_value is not None:
+        check_finite(np.float64(max_value), "max_value")  # NaN passes every range check and clips to NaN
         check_range(max_value, "max_value", low=0)
     work = _run_pipeline(
         counts,

@@ -14,7 +14,7 @@ import numpy as np
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import check_choice, check_range
+from .._validation import check_choice, check_finite, check_range
 from ._sources import patch_source
 from ._windows import as_yxc, check_inside, read_patches, windows_inside
 
@@ -125,10 +125,12 @@ def extract_patches(
     (187, 64, 64, 3)
     """
     check_choice(store, _STORES, "store")
+    check_finite(np.float64(target_mpp), "target_mpp")
     check_range(target_mpp, "target_mpp", low=0)
     check_range(patch_size, "patch_size", low=1, inclusive=True)
     check_range(batch_size, "batch_size", low=1, inclusive=True)
     if mpp is not None:
+        check_finite(np.float64(mpp), "mpp")  # inf would give 0-px windows
         check_range(mpp, "mpp", low=0)
     table, source = patch_source(data, image_key, table_key, shapes_key, library_id, mpp, target_mpp)
     image = as_yxc(source.image)

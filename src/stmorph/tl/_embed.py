@@ -79,8 +79,10 @@ def embed(
         is kept after the run; delete it when done.
     resume
         Continue the run saved in ``checkpoint``: finished batches are not recomputed. The
-        checkpoint must come from the same spots (obs names), model, weights, patches and
-        ``batch_size``, else an error says what differs. ``False`` starts over.
+        checkpoint must come from the same spots (obs names), model, weights file, patches (their
+        content: the pixels, or for lazy patches the window centres and a sample of windows) and
+        ``batch_size``, and its files must be those it recorded (size, shape, dtype, checksums),
+        else :class:`~stmorph.errors.CheckpointMismatchError` says what differs. ``False`` starts over.
     on_error
         What to do with a patch that cannot be read (corrupt or unreadable image data):
         ``"raise"`` (default) stops with the error; ``"skip"`` re-reads the failing batch spot by
@@ -112,6 +114,8 @@ def embed(
     ShapeMismatchError
         The checkpoint's keys or shapes do not fit the architecture (counts of missing and
         unexpected keys are given).
+    CheckpointMismatchError
+        ``resume=True`` with a checkpoint of another run, or whose files are damaged.
 
     Examples
     --------

@@ -54,6 +54,37 @@ def _patch_fetcher(adata: AnnData, key: str, image: Any) -> Fetch:
     return get_patches(adata, key).__getitem__
 
 
+def _read_sample(fetch: Fetch, indices: np.ndarray) -> list[Any]:
+    """The patches of ``indices`` one by one; an unreadable one is represented by its error's type."""
+    out: list[Any] = []
+    for i in indices:
+        try:
+            out.append(fetch(np.array([i])))
+        except Exception as err:  # an unreadable spot: reported by the run itself (on_error)
+            out.append(np.array([type(err).__name__], dtype=object))
+    return out
+
+
+def _source_fingerprint(adata: AnnData, key: str, fetch: Fetch, weights: str | None) -> dict[str, str]:
+    """Content hashes a checkpoint must agree with: the patches (or their image windows) and the weights file.
+
+    In-memory patches are hashed whole; lazily read ones by their window centres and parameters and
+    the pixels of a sample of windows (the image is never read whole).
+    """
+    from .._fingerprint import hash_arrays, hash_file, hash_value, sample_indices
+    from ..pp._lazy import lazy_patch_params
+
+    params = lazy_patch_params(adata, key) if key not in adata.obsm else None
+    if params is None:
+        patches = hash_arrays(get_patches(adata, key))
+    else:
+        window = {k: params.get(k) for k in ("window_px", "patch_size", "level", "image_key", "image", "source")}
+        sample = _read_sample(fetch, sample_indices(adata.n_obs))
+        patches = hash_arrays(np.asarray(adata.obsm[params["centres_key"]]), *sample) + hash_value(window)
+    file = weights not in (None, "hub") and Path(weights).is_file()
+    return {"patches_blake2b": patches, "weights_blake2b": hash_file(weights) if file else ""}
+
+
 def _embed_torch(
     fetch: Fetch, n: int, progress: bool, *, encoder: Encoder, batch_size: int, device: Any, num_workers: int
 ) -> np.ndarray:
@@ -141,6 +172,8 @@ def embedding_outputs(
     if checkpoint is None and on_error == "raise":
         emb = run(fetch, adata.n_obs, progress)
     else:
+        if checkpoint is not None:  # what the checkpoint was made from: checked when it is resumed
+            settings = {**settings, **_source_fingerprint(adata, patches_key, fetch, weights)}
         emb, failed = run_batches(
             run, fetch, adata.obs_names, batch_size, checkpoint=checkpoint, resume=resume, on_error=on_error,
             settings=settings, progress=progress,

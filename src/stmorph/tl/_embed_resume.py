@@ -2,8 +2,12 @@
 
 A checkpoint is a folder holding ``embeddings.npy`` (a float32 ``(n_spots, dim)`` memory-mapped
 array, NaN where nothing was computed yet) and ``progress.json`` (the run's fingerprint, the
-finished batches and the spots that could not be read). Rows are flushed to disk before a batch is
-recorded as finished, so an interrupted run resumes after its last recorded batch.
+finished batches, the spots that could not be read, and the shape, dtype, size and per-batch
+checksums of ``embeddings.npy``). Rows are flushed to disk before a batch is recorded as finished,
+so an interrupted run resumes after its last recorded batch. A checkpoint is verified (opened
+read-only) before it is resumed: another run's fingerprint, a truncated or replaced embeddings
+file, or rows that changed since they were recorded raise
+:class:`~stmorph.errors.CheckpointMismatchError`.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from .._fingerprint import check_same, hash_arrays
 from .._logging import logger
 from .._validation import InvalidParameterError
+from ..errors import CheckpointMismatchError
 
 ON_ERROR = ("raise", "skip")
 EMBEDDINGS_FILE = "embeddings.npy"
 PROGRESS_FILE = "progress.json"
+_DTYPE = np.dtype(np.float32)
+_ADVICE = "Use another checkpoint folder, or resume=False to start over."
 
 Fetch = Callable[[np.ndarray], np.ndarray]
 Run = Callable[[Fetch, int, bool], np.ndarray]
@@ -36,57 +44,115 @@ def fingerprint(obs_names: Sequence[str], **settings: Any) -> dict[str, Any]:
     return {"n_spots": len(obs_names), "obs_names_sha1": digest, **settings}
 
 
+def _damaged(path: Path, what: str) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"checkpoint file {str(path)!r} is damaged: {what}. Its finished batches cannot be trusted. {_ADVICE}"
+    )
+
+
 class Checkpoint:
     """The progress of one embedding run, on disk (``folder``) or in memory (``folder=None``)."""
 
-    def __init__(self, folder: str | os.PathLike | None, print_: dict[str, Any], resume: bool):
+    def __init__(self, folder: str | os.PathLike | None, print_: dict[str, Any], resume: bool, batch_size: int):
         self.folder = None if folder is None else Path(folder)
         self.print = print_
+        self.batch_size = batch_size
         self.done: set[int] = set()
         self.failed: dict[str, str] = {}
+        self.sums: dict[str, str] = {}
         self.rows: np.ndarray | None = None
         if self.folder is not None and resume and (self.folder / PROGRESS_FILE).is_file():
             self._load()
 
+    def _rows_of(self, batch: int) -> slice:
+        return slice(batch * self.batch_size, min((batch + 1) * self.batch_size, self.print["n_spots"]))
+
+    def _read_state(self) -> dict[str, Any]:
+        path = self.folder / PROGRESS_FILE
+        try:
+            state = json.loads(path.read_text())
+            fields = state["fingerprint"], state["done"], state["failed"], state.get("rows")
+            if fields[3] is not None:
+                fields[3]["size"], fields[3]["shape"][1], dict(fields[3]["batches"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            raise _damaged(path, f"not a progress record ({type(err).__name__}: {err})") from err
+        if not isinstance(fields[0], dict) or not isinstance(fields[2], dict):
+            raise _damaged(path, "its 'fingerprint' and 'failed' entries must be objects")
+        return state
+
     def _load(self) -> None:
-        state = json.loads((self.folder / PROGRESS_FILE).read_text())
-        saved = state["fingerprint"]
-        differ = sorted(k for k in set(saved) | set(self.print) if saved.get(k) != self.print.get(k))
-        if differ:
-            raise InvalidParameterError(
-                f"checkpoint {str(self.folder)!r} belongs to another run: {differ} differ (checkpoint "
-                f"{[saved.get(k) for k in differ]}, now {[self.print.get(k) for k in differ]}). "
-                "Use another checkpoint folder, or resume=False to start over."
-            )
+        state = self._read_state()
+        check_same(state["fingerprint"], self.print, repr(str(self.folder)), _ADVICE)
         self.done, self.failed = set(state["done"]), dict(state["failed"])
-        if (self.folder / EMBEDDINGS_FILE).is_file():
-            self.rows = np.load(self.folder / EMBEDDINGS_FILE, mmap_mode="r+")
+        record = state.get("rows")
+        if record is not None:  # else no batch wrote rows yet: a leftover embeddings file is overwritten
+            self.rows = self._verified_rows(record)
         logger.info("embed: resuming %s with %d finished batches", self.folder, len(self.done))
+
+    def _verified_rows(self, record: dict[str, Any]) -> np.ndarray:
+        """The embeddings file, opened read-only, after checking it is the one ``progress.json`` describes."""
+        path = self.folder / EMBEDDINGS_FILE
+        if not path.is_file():
+            raise _damaged(path, "the file is missing")
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise _damaged(path, f"it holds {size} bytes, but {record['size']} were written (truncated or replaced)")
+        try:
+            rows = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as err:
+            raise _damaged(path, f"not a .npy array ({err})") from err
+        expected = (self.print["n_spots"], int(record["shape"][1]))
+        if rows.shape != expected or rows.dtype != _DTYPE:
+            raise _damaged(path, f"it holds a {rows.dtype} {rows.shape} array; the run wrote float32 {expected}")
+        self.sums = dict(record["batches"])
+        changed = [b for b in sorted(self.done) if self._checksum(rows, b) != self.sums.get(str(b))]
+        if changed:
+            raise _damaged(path, f"the rows of finished batch(es) {changed[:10]} differ from those recorded")
+        return rows
+
+    def _checksum(self, rows: np.ndarray, batch: int) -> str:
+        return hash_arrays(rows[self._rows_of(batch)])
 
     def _allocate(self, dim: int) -> np.ndarray:
         shape = (self.print["n_spots"], dim)
         if self.folder is None:
-            return np.full(shape, np.nan, dtype=np.float32)
+            return np.full(shape, np.nan, dtype=_DTYPE)
         self.folder.mkdir(parents=True, exist_ok=True)
-        rows = np.lib.format.open_memmap(self.folder / EMBEDDINGS_FILE, mode="w+", dtype=np.float32, shape=shape)
+        rows = np.lib.format.open_memmap(self.folder / EMBEDDINGS_FILE, mode="w+", dtype=_DTYPE, shape=shape)
         rows[:] = np.nan
         return rows
+
+    def _writable(self, dim: int) -> np.ndarray:
+        """The rows array, allocated on first use; a verified (read-only) checkpoint is reopened for writing."""
+        if self.rows is None:
+            return self._allocate(dim)
+        if self.rows.shape[1] != dim:
+            raise CheckpointMismatchError(
+                f"checkpoint {str(self.folder)!r} holds {self.rows.shape[1]}-d embeddings, but the encoder now "
+                f"returns {dim}-d ones. {_ADVICE}"
+            )
+        if isinstance(self.rows, np.memmap) and self.rows.mode == "r":
+            return np.load(self.folder / EMBEDDINGS_FILE, mmap_mode="r+")
+        return self.rows
 
     def record(self, batch: int, idx: np.ndarray, feats: np.ndarray | None, failed: dict[str, str]) -> None:
         """Store the rows of a finished batch (``feats`` for the readable spots ``idx``), then mark it done."""
         if feats is not None and len(idx):
-            if self.rows is None:
-                self.rows = self._allocate(feats.shape[1])
+            self.rows = self._writable(feats.shape[1])
             self.rows[idx] = feats
         self.done.add(batch)
         self.failed.update(failed)
         if self.folder is None:
             return
-        if isinstance(self.rows, np.memmap):
+        state: dict[str, Any] = {"fingerprint": self.print, "done": sorted(self.done), "failed": self.failed}
+        if self.rows is not None:
             self.rows.flush()
+            for done in self.done - {int(b) for b in self.sums}:  # this batch, and earlier ones without rows
+                self.sums[str(done)] = self._checksum(self.rows, done)
+            size = (self.folder / EMBEDDINGS_FILE).stat().st_size
+            state["rows"] = {"shape": list(self.rows.shape), "dtype": _DTYPE.str, "size": size, "batches": self.sums}
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / (PROGRESS_FILE + ".tmp")
-        state = {"fingerprint": self.print, "done": sorted(self.done), "failed": self.failed}
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.folder / PROGRESS_FILE)  # atomic: a crash leaves the old or the new state
 
@@ -139,7 +205,7 @@ def run_batches(
     from tqdm.auto import tqdm
 
     n = len(ids)
-    state = Checkpoint(checkpoint, fingerprint(ids, batch_size=int(batch_size), **settings), resume)
+    state = Checkpoint(checkpoint, fingerprint(ids, batch_size=int(batch_size), **settings), resume, batch_size)
     starts = range(0, n, batch_size)
     bar = tqdm(total=n, desc=f"embedding ({settings.get('model')})", disable=not progress, leave=False)
     bar.update(sum(min(batch_size, n - starts[b]) for b in state.done))

@@ -25,6 +25,7 @@ from .._logging import logger
 from .._parallel import map_slides
 from .._tables import table_of
 from .._validation import (
+    check_finite,
     check_graph_shape,
     check_range,
     check_unique_names,
@@ -238,7 +239,10 @@ def _gene_positions(
     if genes is not None:
         if mask_var is not HVG_MASK and mask_var is not None:
             raise InvalidParameterError("pass either `genes=` or `mask_var=`, not both.")
-        return get_genes(adata, genes)
+        idx = get_genes(adata, genes)
+        if not len(idx):
+            raise InvalidParameterError("genes selects no gene (an empty list); pass gene names, or None for all.")
+        return idx
     if mask_var is HVG_MASK:
         mask_var = "highly_variable" if "highly_variable" in adata.var.columns else None
     if mask_var is None:
@@ -306,6 +310,7 @@ def _check_options(adata: AnnData, n_neighbors: int, max_value: float | None) ->
     check_unique_names(adata, "var")
     check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     if max_value is not None:
+        check_finite(np.float64(max_value), "max_value")
         check_range(max_value, "max_value", low=0)
 
 

@@ -420,7 +420,9 @@ def predict(
         is saved after every epoch.
     resume
         Continue an interrupted training from ``checkpoint`` (same data and settings): finished
-        epochs are not repeated and the predictions equal those of an uninterrupted run.
+        epochs are not repeated and the predictions equal those of an uninterrupted run. A
+        checkpoint made from other inputs, expression or genes, or with other options (e.g.
+        ``epochs``), or a damaged one, raises :class:`~stmorph.errors.CheckpointMismatchError`.
     table_key
         The table of SpatialData inputs (``None``: each one's only table).
     progress
@@ -525,8 +527,8 @@ def predict(
         if method == AUTO:
             name, chosen, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
             model = _new_model(name, random_state, device, progress, chosen)
+        model.genes = list(genes)  # before fit: a training checkpoint records them
         fit_model(model, x_train, y_train, groups)
-        model.genes = list(genes)
         model.training = {
             "use_rep": use_rep if isinstance(use_rep, str) else list(use_rep),
             "layer": "X" if layer is None else layer,

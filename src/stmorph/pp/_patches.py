@@ -147,9 +147,7 @@ def extract_patches(
     check_range(batch_size, "batch_size", low=1, inclusive=True)
     if mpp is not None:
         check_range(mpp, "mpp", low=0)
-    table, source = patch_source(
-        data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp
-    )
+    table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp

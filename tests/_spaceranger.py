@@ -32,10 +32,15 @@ class Crop:
     y0: int
     mpp: float
 
+    @property
+    def offset(self) -> np.ndarray:
+        """``(x0, y0)``: crop pixels + offset = section pixels."""
+        return np.array([self.x0, self.y0], dtype=np.float64)
+
     def inside(self, centres: np.ndarray, margin: float) -> np.ndarray:
         """True where a centre (section pixels) lies at least ``margin`` pixels inside the crop."""
         h, w = self.image.shape[:2]
-        local = centres - [self.x0, self.y0]
+        local = centres - self.offset
         return (local >= margin).all(axis=1) & (local[:, 0] <= w - margin) & (local[:, 1] <= h - margin)
 
 
@@ -84,7 +89,7 @@ def write_visium(root: Path, crop: Crop, table, library_id: str) -> Path:
     spot gives back that pixel size.
     """
     root.mkdir(parents=True, exist_ok=True)
-    centres = np.asarray(table.obsm["spatial"], dtype=np.float64) - [crop.x0, crop.y0]
+    centres = np.asarray(table.obsm["spatial"], dtype=np.float64) - crop.offset
     write_10x_h5(root / "filtered_feature_bc_matrix.h5", table.X, table.obs_names, table.var_names, library_id)
     positions = pd.DataFrame(
         {

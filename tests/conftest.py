@@ -93,7 +93,6 @@ CROP_X0, CROP_Y0, CROP_SIDE = 3500, 4500, 2600
 def c2_crop(her2st_sdata):
     """``(crop, table)``: a window of the C2 image and the C2 spots whose 112 µm patch lies wholly inside it."""
     import numpy as np
-
     from _spaceranger import Crop
 
     sdata = her2st_sdata("C2")

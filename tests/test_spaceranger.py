@@ -51,10 +51,10 @@ def c2_image(her2st_sdata):
     return np.moveaxis(np.asarray(her2st_sdata("C2").images["he"].data), 0, -1)
 
 
-def _expected_bin_patches(table, crop, c2_image):
+def _expected_bin_patches(table, crop, c2_image, **options):
     """The bins' patches cut from the HER2ST loader's image at the reader's own bin centres (crop → section px)."""
-    centres = np.asarray(table.obsm["spatial"], dtype=np.float64) + [crop.x0, crop.y0]
-    return st.pp.extract_patches((c2_image, centres), mpp=crop.mpp, progress=False).obsm["patches"]
+    centres = np.asarray(table.obsm["spatial"], dtype=np.float64) + crop.offset
+    return st.pp.extract_patches((c2_image, centres), mpp=crop.mpp, progress=False, **options).obsm["patches"]
 
 
 def test_visium_hd_folder_uses_16_um_bins_and_their_squares_by_default(visium_hd_folder, c2_crop, c2_image):
@@ -80,10 +80,7 @@ def test_visium_hd_bin_size_selects_the_table(visium_hd_folder, c2_crop, c2_imag
     st.pp.extract_patches(sdata, bin_size=8, patch_size=32, progress=False)
     table = sdata.tables["square_008um"]
     assert tool_record(table, "patches", "patches")["bin_size_um"] == 8
-    expected = st.pp.extract_patches(
-        (c2_image, np.asarray(table.obsm["spatial"]) + [c2_crop[0].x0, c2_crop[0].y0]),
-        mpp=c2_crop[0].mpp, patch_size=32, progress=False,
-    ).obsm["patches"]  # fmt: skip
+    expected = _expected_bin_patches(table, c2_crop[0], c2_image, patch_size=32)
     np.testing.assert_array_equal(table.obsm["patches"], expected)
 
 

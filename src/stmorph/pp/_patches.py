@@ -16,13 +16,24 @@ from .._keys import Key
 from .._logging import logger
 from .._validation import check_choice, check_range
 from ._sources import patch_source
-from ._windows import as_yxc, check_inside, read_patches, windows_inside
+from ._tissue import tissue_mask, window_fractions
+from ._windows import as_yxc, check_inside, read_patches, window_origins, windows_inside
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
+    from ._sources import PatchSource
+
 _STORES = ("memory", "lazy")
+
+
+def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_size: int) -> tuple[np.ndarray, float]:
+    """Tissue fraction of each spot's window and the saturation threshold of the mask."""
+    overview = image if source.overview is None else as_yxc(source.overview)
+    found = tissue_mask(overview, width=image.shape[1])
+    origins = window_origins(source.centres, window_px, patch_size)[0]
+    return window_fractions(found, origins, window_px), found.threshold
 
 
 def extract_patches(
@@ -114,8 +125,13 @@ def extract_patches(
     ``obsm[key_added]`` : uint8 ``(n_spots, patch_size, patch_size, 3)`` (``store="memory"``).
     ``obsm[f"{key_added}_centres_px"]`` : window centres in pixels of the level read (``store="lazy"``).
     ``obs["patch_complete"]`` : False where the window crosses the image edge (white padding).
+    ``obs["tissue_fraction"]`` : share of each window on tissue (0–1; the part outside the image
+    counts as glass), from a saturation + Otsu tissue mask of the slide (as HEST, sopa and squidpy
+    segment tissue; :mod:`stmorph.pp._tissue`), the same with either ``store``. Drop background
+    and edge patches with e.g. ``adata[adata.obs["tissue_fraction"] > 0.5]``.
     ``uns["stmorph"]["patches"][key_added]`` : parameters (``target_mpp``, ``patch_size``,
-    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source; for a
+    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
+    ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
     SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``).
 
     Raises
@@ -165,6 +181,7 @@ def extract_patches(
         complete = windows_inside(source.centres, window_px, patch_size, image.shape)
         params["centres_key"] = Key.obsm.patch_centres(key_added)
         obsm = {params["centres_key"]: source.centres}
+    tissue = _tissue_fraction(source, image, window_px, patch_size)
     if not complete.all():
         logger.info("extract_patches: %d patches cross the image edge (white padding)", int((~complete).sum()))
     params.update(
@@ -174,9 +191,13 @@ def extract_patches(
         window_px=float(window_px),
         tile_um=float(patch_size * target_mpp),
         n_incomplete=int((~complete).sum()),
+        tissue_threshold=tissue[1],
     )
     table = table.copy() if copy else table
     commit_outputs(
-        table, obsm=obsm, obs={Key.obs.patch_complete: complete}, uns={Key.uns.tool("patches", key_added): params}
+        table,
+        obsm=obsm,
+        obs={Key.obs.patch_complete: complete, Key.obs.tissue_fraction: tissue[0]},
+        uns={Key.uns.tool("patches", key_added): params},
     )
     return table if copy or isinstance(data, tuple | list) else None  # a pair has no table to write into

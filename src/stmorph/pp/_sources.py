@@ -56,12 +56,16 @@ class PatchSource:
         µm per pixel of ``image``.
     info
         h5ad-serialisable description recorded in ``uns`` (source kind, key, pyramid level).
+    overview
+        A coarser array of the same image (a pyramid's coarsest level) for the tissue mask;
+        ``None``: ``image`` itself.
     """
 
     image: Any
     centres: np.ndarray
     mpp: float
     info: dict[str, Any] = field(default_factory=dict)
+    overview: Any = None
 
 
 def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
@@ -353,7 +357,7 @@ def _from_spatialdata(
         info["shapes_key"] = shapes_key
     if sdata.path is not None:  # zarr-backed: the image can be opened again from there
         info["zarr_path"] = str(sdata.path)
-    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info)
+    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
 
 
 def _visium_mpp(scalefactors: dict, mpp: float | None, library_id: str) -> float:

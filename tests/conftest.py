@@ -94,3 +94,42 @@ def sim_sdata():
 def sim_table(sim_sdata):
     """A fresh copy of the simulated table, safe to modify."""
     return sim_sdata.tables["table"].copy()
+
+
+CROP_X0, CROP_Y0, CROP_SIDE = 3500, 4500, 2600
+"""The window of HER2ST C2 (section pixels) written into the Space Ranger test folders."""
+
+
+@pytest.fixture(scope="session")
+def c2_crop(her2st_sdata):
+    """``(crop, table)``: a window of the C2 image and the C2 spots whose 112 µm patch lies wholly inside it."""
+    import numpy as np
+    from _spaceranger import Crop
+
+    sdata = her2st_sdata("C2")
+    image = np.moveaxis(np.asarray(sdata.images["he"].data), 0, -1)
+    table = sdata.tables["table"]
+    mpp = st._anndata.dataset_info(table)["mpp"]
+    crop = Crop(image[CROP_Y0 : CROP_Y0 + CROP_SIDE, CROP_X0 : CROP_X0 + CROP_SIDE].copy(), CROP_X0, CROP_Y0, mpp)
+    margin = 112 / mpp / 2 + 8  # half a default patch window plus the resampling filter's reach
+    return crop, table[crop.inside(table.obsm["spatial"], margin)].copy()
+
+
+@pytest.fixture(scope="session")
+def visium_folder(tmp_path_factory, c2_crop):
+    """``(folder, full-resolution image path)``: a Visium Space Ranger folder of the C2 crop (library ``C2``)."""
+    from _spaceranger import write_visium
+
+    folder = tmp_path_factory.mktemp("spaceranger") / "C2"
+    image_path = write_visium(folder, c2_crop[0], c2_crop[1], "C2")
+    return folder, image_path
+
+
+@pytest.fixture(scope="session")
+def visium_hd_folder(tmp_path_factory, c2_crop):
+    """A Visium HD Space Ranger folder over the C2 crop with 8 µm and 16 µm bins."""
+    from _spaceranger import write_visium_hd
+
+    folder = tmp_path_factory.mktemp("spaceranger_hd") / "C2hd"
+    write_visium_hd(folder, c2_crop[0])
+    return folder

@@ -101,3 +101,57 @@ def test_eps_command_writes_genes_by_slices(demo_run, tmp_path):
     assert list(table.columns) == ["C2", "C3"] and list(summary["slice"]) == ["C2", "C3"]
     demo_eps = pd.read_csv(out / "eps.csv", index_col=0)
     pd.testing.assert_frame_equal(table.loc[demo_eps.index], demo_eps, check_names=False)
+
+
+def _run(argv: list[str]) -> str:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def colour_encoder():
+    st.tl.register_encoder(ENCODER, colour_features, overwrite=True)
+    return ENCODER
+
+
+def test_embed_command_reads_a_space_ranger_folder_into_embeddings_of_its_patches(
+    visium_folder, colour_encoder, tmp_path
+):
+    folder, image = visium_folder
+    out = tmp_path / "C2.h5ad"
+    printed = _run(["embed", str(folder), "--image", str(image), "--model", colour_encoder, "--out", str(out)])
+    assert f"wrote {out} with obsm['X_{colour_encoder}']" in printed
+    table = ad.read_h5ad(out)
+    from spatialdata_io import visium
+
+    expected = st.pp.extract_patches(visium(folder, dataset_id="C2", fullres_image_file=image), copy=True)
+    np.testing.assert_allclose(table.obsm[f"X_{colour_encoder}"], colour_features(expected.obsm["patches"]))
+    assert "tissue_fraction" in table.obs
+
+
+def test_embed_command_takes_the_visium_hd_bin_size(visium_hd_folder, colour_encoder, tmp_path):
+    out = tmp_path / "hd.h5ad"
+    _run(["embed", str(visium_hd_folder), "--bin-size", "8", "--model", colour_encoder, "--out", str(out)])
+    table = ad.read_h5ad(out)
+    assert table.n_obs == (192 // 8) ** 2
+    assert table.uns["stmorph"]["patches"]["patches"]["bin_size_um"] == 8
+
+
+def test_eps_command_embeds_raw_inputs_first(visium_folder, colour_encoder, tmp_path):
+    folder, image = visium_folder
+    _run(["eps", str(folder), "--image", str(image), "--model", colour_encoder, "--out", str(tmp_path)])
+    eps = pd.read_csv(tmp_path / "eps.csv", index_col=0)
+    assert list(eps.columns) == ["C2"] and np.isfinite(eps["C2"]).sum() > 100
+
+
+def test_inputs_are_checked_before_any_is_read(visium_folder, tmp_path):
+    from stmorph._inputs import input_kind
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(st.errors.InputTypeError, match="none of: a Visium HD Space Ranger folder"):
+        input_kind(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # the second input is missing: nothing is read
+        main(["eps", str(visium_folder[0]), str(tmp_path / "missing.h5ad"), "--out", str(tmp_path)])
+    assert not (tmp_path / "eps.csv").exists()

@@ -84,6 +84,7 @@ class Key:
 
         split = "stmorph_split"
         patch_complete = "patch_complete"
+        tissue_fraction = "tissue_fraction"
 
     class var:
         """``var`` columns."""

@@ -1,4 +1,9 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``stmorph eps``, ``stmorph predict``."""
+"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``.
+
+``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
+SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
+patches are cut and embedded first. Progress goes to stderr, results to stdout.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,26 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 from .errors import InvalidParameterError
 
 # Each command's one-line help (listed by `stmorph --help`) and description (`stmorph <command> --help`).
 _HELP = {
     "demo": "run the whole story on the bundled HER2ST sections",
+    "embed": "image embeddings of a slide (Space Ranger, Visium HD, .zarr, HEST, .h5ad) into an .h5ad",
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
 }
 _DESCRIPTION = {
     "demo": "Embed the spots, compute EPS/SPS per section, predict each section from the others (ridge and BLEEP), "
     "evaluate, and write results.h5ad per section, eps.csv, metrics.csv, PNGs and report.html.",
+    "embed": "Read a slide (a Visium or Visium HD Space Ranger folder, a SpatialData .zarr store, a HEST-1k sample "
+    "<root>/st/<id>.h5ad, or an .h5ad with patches or a Visium image), cut one patch per spot with "
+    "st.pp.extract_patches and write the table with obsm['X_<model>'] from st.tl.embed.",
     "eps": "Compute EPS/SPS on each slice (expression prepared with st.pp.prepare_expression unless --prepared) and "
     "write eps.csv (genes × slices) and sps.csv to the output folder.",
     "predict": "Fit a method on the reference slice(s) and predict the query; writes the query with "
@@ -39,11 +52,28 @@ def _add_output_arguments(parser: argparse.ArgumentParser, out_folder: str | Non
         Add the required ``--use-rep``: the ``obsm`` key of the image embeddings.
     """
     if use_rep:
-        parser.add_argument("--use-rep", required=True, help="obsm key of the image embeddings, e.g. X_default")
+        parser.add_argument(
+            "--use-rep", default=None, help="obsm key of the image embeddings (default: X_<model>, embedded if absent)"
+        )
     if out_folder is None:
         parser.add_argument("--out", required=True, help="output .h5ad")
     else:
         parser.add_argument("--out", default=out_folder, help="output folder (default: %(default)s)")
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """How raw inputs are read and embedded: ``--model``, ``--weights``, ``--bin-size``, ``--image``."""
+    parser.add_argument("--model", default="default", help="encoder of st.tl.embed (default: %(default)s)")
+    parser.add_argument("--weights", default=None, help="encoder weights: a local file, or 'hub'")
+    parser.add_argument("--bin-size", type=int, default=None, help="Visium HD bin size in µm (default: 16)")
+    parser.add_argument("--image", default=None, help="full-resolution H&E image of a Visium Space Ranger folder")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _embed_arguments(embed: argparse.ArgumentParser) -> None:
+    embed.add_argument("input", help="Space Ranger / Visium HD folder, .zarr, HEST <root>/st/<id>.h5ad or .h5ad")
+    _add_output_arguments(embed, None)
+    _add_input_arguments(embed)
 
 
 def _demo_arguments(demo: argparse.ArgumentParser) -> None:
@@ -61,27 +91,32 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
 
 
 def _eps_arguments(eps: argparse.ArgumentParser) -> None:
-    eps.add_argument("inputs", nargs="+", help=".h5ad files, one per slice, with image embeddings in obsm")
+    eps.add_argument("inputs", nargs="+", help="slices: .h5ad files with embeddings, or any input of `stmorph embed`")
     _add_output_arguments(eps, "stmorph_eps", use_rep=True)
+    _add_input_arguments(eps)
     eps.add_argument("--n-neighbors", type=int, default=5, help="neighbours of the image graph (default: 5)")
     eps.add_argument("--prepared", action="store_true", help="X already holds prepared (scaled) expression")
 
 
 def _predict_arguments(predict: argparse.ArgumentParser) -> None:
-    predict.add_argument("query", help=".h5ad of the slice to predict")
-    predict.add_argument("--reference", nargs="+", required=True, help=".h5ad file(s) of the training slices")
+    predict.add_argument("query", help="the slice to predict (.h5ad, or any input of `stmorph embed`)")
+    predict.add_argument("--reference", nargs="+", required=True, help="the training slice(s), as the query")
     predict.add_argument("--method", default="ridge", help="one of st.tl.list_methods() (default: %(default)s)")
     predict.add_argument("--layer", default=None, help="expression layer to learn (default: X)")
     _add_output_arguments(predict, None, use_rep=True)
     predict.add_argument("--evaluate", action="store_true", help="also score the prediction against the measured")
     predict.add_argument("--params", default="{}", help="method options as JSON, e.g. '{\"epochs\": 20}'")
+    _add_input_arguments(predict)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stmorph", description="EPS/SPS and image-to-expression prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, add_arguments in (("demo", _demo_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)):
+    commands = (
+        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)
+    )  # fmt: skip
+    for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
     return parser
 
@@ -112,16 +147,60 @@ def _slice_names(paths: Sequence[str]) -> list[str]:
     return [Path(p).parent.name if stems.count(s) > 1 else s for p, s in zip(paths, stems)]
 
 
-def _run_eps(args: argparse.Namespace) -> None:
+def _check_inputs(args: argparse.Namespace, paths: Sequence[str]) -> None:
+    """Every input is a recognised kind and a local weights file exists, before anything heavy is read."""
+    from ._inputs import input_kind
+
+    for path in paths:
+        input_kind(path)
+    if args.weights not in (None, "hub") and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights {args.weights!r} does not exist.")
+
+
+def _embedded(path: str, args: argparse.Namespace, use_rep: str | None = None) -> ad.AnnData:
+    """The table of one input with image embeddings in ``obsm[use_rep]`` (embedded now unless stored)."""
     import anndata as ad
 
+    from . import tl
+    from ._inputs import input_kind, read_slide
+
+    if use_rep is not None and input_kind(path) == "h5ad":
+        adata = ad.read_h5ad(path)
+        if use_rep in adata.obsm:
+            return adata
+    slide = read_slide(path, bin_size=args.bin_size, image=args.image)
+    tl.embed(
+        slide.table, model=args.model, weights=args.weights, image=slide.image, key_added=use_rep,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    return slide.table
+
+
+def _use_rep(args: argparse.Namespace) -> str:
+    from ._keys import Key
+
+    return args.use_rep or Key.obsm.embedding(args.model)
+
+
+def _run_embed(args: argparse.Namespace) -> None:
+    from ._keys import Key
+
+    _check_inputs(args, [args.input])
+    table = _embedded(args.input, args)
+    table.write_h5ad(args.out)
+    print(f"wrote {args.out} with obsm[{Key.obsm.embedding(args.model)!r}] ({table.n_obs} spots)")
+
+
+def _run_eps(args: argparse.Namespace) -> None:
     from . import pp, tl
 
-    slices = dict(zip(_slice_names(args.inputs), (ad.read_h5ad(p) for p in args.inputs)))
+    _check_inputs(args, args.inputs)
+    use_rep = _use_rep(args)
+    slices = dict(zip(_slice_names(args.inputs), (_embedded(p, args, use_rep) for p in args.inputs)))
     if not args.prepared:
         for adata in slices.values():
             pp.prepare_expression(adata)
-    summary, eps = tl.sps(slices, use_rep=args.use_rep, n_neighbors=args.n_neighbors)
+    summary, eps = tl.sps(slices, use_rep=use_rep, n_neighbors=args.n_neighbors)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     eps.to_csv(out / "eps.csv", index_label="gene")
@@ -131,17 +210,17 @@ def _run_eps(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    import anndata as ad
-
     from . import tl
     from .tl._evaluate import evaluation_table
 
     params = json.loads(args.params)
     if "copy" in params:  # the prediction would go into a copy that is never written
         raise InvalidParameterError("--params must not set 'copy': the command writes the query it reads to --out.")
-    query = ad.read_h5ad(args.query)
-    references = [ad.read_h5ad(p) for p in args.reference]
-    tl.predict(query, references, method=args.method, use_rep=args.use_rep, layer=args.layer, **params)
+    _check_inputs(args, [args.query, *args.reference])
+    use_rep = _use_rep(args)
+    query = _embedded(args.query, args, use_rep)
+    references = [_embedded(p, args, use_rep) for p in args.reference]
+    tl.predict(query, references, method=args.method, use_rep=use_rep, layer=args.layer, **params)
     if args.evaluate:
         tl.evaluate(query, f"predicted_{args.method}")
         print(evaluation_table(query, args.method).to_string())
@@ -153,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stmorph`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    {"demo": _run_demo, "eps": _run_eps, "predict": _run_predict}[args.command](args)
+    {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}[args.command](args)
     return 0
 
 

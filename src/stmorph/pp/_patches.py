@@ -16,20 +16,32 @@ from .._keys import Key
 from .._logging import logger
 from .._validation import check_choice, check_finite, check_range
 from ._sources import patch_source
-from ._windows import as_yxc, check_inside, read_patches, windows_inside
+from ._tissue import tissue_mask, window_fractions
+from ._windows import as_yxc, check_inside, read_patches, window_origins, windows_inside
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
+    from ._sources import PatchSource
+
 _STORES = ("memory", "lazy")
+
+
+def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_size: int) -> tuple[np.ndarray, float]:
+    """Tissue fraction of each spot's window and the saturation threshold of the mask."""
+    overview = image if source.overview is None else as_yxc(source.overview)
+    found = tissue_mask(overview, width=image.shape[1])
+    origins = window_origins(source.centres, window_px, patch_size)[0]
+    return window_fractions(found, origins, window_px), found.threshold
 
 
 def extract_patches(
     data: SpatialData | AnnData | tuple[Any, np.ndarray],
     *,
     image_key: str | None = None,
-    table_key: str = "table",
+    table_key: str | None = None,
+    bin_size: int | None = None,
     shapes_key: str | None = None,
     library_id: str | None = None,
     mpp: float | None = None,
@@ -61,14 +73,27 @@ def extract_patches(
           the hires (then lowres) image with its scale factor.
         - ``(image, coordinates)``: an ``(H, W, 3)`` uint8 array and ``(n, 2)`` centres in its
           pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned.
-    image_key, table_key, shapes_key
-        SpatialData elements (defaults: the only image; ``"table"``; the shapes the table annotates).
+    image_key
+        SpatialData image element. Default: the only one, else the finest image that shares a
+        coordinate system with the spot shapes (a ``spatialdata_io.visium`` full-resolution image
+        before its hires and lowres images); the choice is logged and recorded (``image_key``).
+    table_key
+        SpatialData table. Default: the only one; for a ``spatialdata_io.visium_hd`` object (tables
+        ``square_<NNN>um``), the table of ``bin_size``.
+    bin_size
+        Visium HD bin size in µm (e.g. 8 or 16), selecting the table ``square_<NNN>um``. Default: 16 µm
+        when several bin tables are present (an error lists the bins when 16 µm is not among them).
+    shapes_key
+        SpatialData shapes of the spots. Default: the shapes the table annotates.
     library_id
         Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
     mpp
-        µm per pixel of the full-resolution image. Default: SpatialData ``"um"`` coordinate system,
-        else ``table.uns["stmorph"]["dataset"]["mpp"]``; Visium ``scalefactors["microns_per_pixel"]``, else
-        55 µm / ``spot_diameter_fullres``.
+        µm per pixel of the full-resolution image. Default, for a SpatialData, in this order: the
+        image's ``"um"`` coordinate system; ``table.uns["stmorph"]["dataset"]["mpp"]``; the table's
+        ``uns["spatial"][library]["scalefactors"]["microns_per_pixel"]``; Visium spot circles (55 µm
+        diameter); Visium HD bin squares (side = the bin size of the table's ``square_<NNN>um``
+        name). For a Visium AnnData: ``scalefactors["microns_per_pixel"]``, else 55 µm /
+        ``spot_diameter_fullres``. The source used is logged and recorded (``mpp_from``).
     target_mpp
         µm per pixel of the patches.
     patch_size
@@ -100,17 +125,25 @@ def extract_patches(
     ``obsm[key_added]`` : uint8 ``(n_spots, patch_size, patch_size, 3)`` (``store="memory"``).
     ``obsm[f"{key_added}_centres_px"]`` : window centres in pixels of the level read (``store="lazy"``).
     ``obs["patch_complete"]`` : False where the window crosses the image edge (white padding).
+    ``obs["tissue_fraction"]`` : share of each window on tissue (0–1; the part outside the image
+    counts as glass), from a saturation + Otsu tissue mask of the slide (as HEST, sopa and squidpy
+    segment tissue; :mod:`stmorph.pp._tissue`), the same with either ``store``. Drop background
+    and edge patches with e.g. ``adata[adata.obs["tissue_fraction"] > 0.5]``.
     ``uns["stmorph"]["patches"][key_added]`` : parameters (``target_mpp``, ``patch_size``,
-    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source).
+    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
+    ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
+    SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``).
 
     Raises
     ------
     OutOfImageError
         Spot centres lie outside the image (the message gives how many).
     InvalidParameterError
-        The pixel size is unknown (pass ``mpp=``) or a parameter is out of range.
+        The pixel size is unknown (pass ``mpp=``; e.g. shapes of neither circles nor bin squares) or
+        a parameter is out of range.
     StmorphKeyError
-        A named element, table or library is missing.
+        A named element, table or library is missing; several tables and no ``table_key``/``bin_size``
+        to choose; no table of ``bin_size`` (the message lists the bins present).
     InconsistentUnitsError
         The image's ``'um'`` coordinate system and ``table.uns['stmorph']['mpp']`` give different pixel sizes.
 
@@ -132,7 +165,7 @@ def extract_patches(
     if mpp is not None:
         check_finite(np.float64(mpp), "mpp")  # inf would give 0-px windows
         check_range(mpp, "mpp", low=0)
-    table, source = patch_source(data, image_key, table_key, shapes_key, library_id, mpp, target_mpp)
+    table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp
@@ -150,6 +183,7 @@ def extract_patches(
         complete = windows_inside(source.centres, window_px, patch_size, image.shape)
         params["centres_key"] = Key.obsm.patch_centres(key_added)
         obsm = {params["centres_key"]: source.centres}
+    tissue = _tissue_fraction(source, image, window_px, patch_size)
     if not complete.all():
         logger.info("extract_patches: %d patches cross the image edge (white padding)", int((~complete).sum()))
     params.update(
@@ -159,9 +193,13 @@ def extract_patches(
         window_px=float(window_px),
         tile_um=float(patch_size * target_mpp),
         n_incomplete=int((~complete).sum()),
+        tissue_threshold=tissue[1],
     )
     table = table.copy() if copy else table
     commit_outputs(
-        table, obsm=obsm, obs={Key.obs.patch_complete: complete}, uns={Key.uns.tool("patches", key_added): params}
+        table,
+        obsm=obsm,
+        obs={Key.obs.patch_complete: complete, Key.obs.tissue_fraction: tissue[0]},
+        uns={Key.uns.tool("patches", key_added): params},
     )
     return table if copy or isinstance(data, tuple | list) else None  # a pair has no table to write into

@@ -9,7 +9,8 @@ mapped through their coordinate transformations), a Visium-style AnnData (``obsm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,11 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 VISIUM_SPOT_UM = 55.0
-"""Diameter of a Visium spot in µm, used to derive µm/px from ``spot_diameter_fullres``."""
+"""Diameter of a Visium spot in µm, used to derive µm/px from ``spot_diameter_fullres`` or the spot circles."""
+DEFAULT_BIN_UM = 16
+"""Visium HD bin size (µm) read when a SpatialData holds several bin tables and no ``bin_size=`` is given."""
+_BIN_TABLE = re.compile(r"square_(\d{3})um")
+"""Name of a Visium HD bin table (``spatialdata_io.visium_hd``): ``square_<bin size in µm, 3 digits>um``."""
 
 
 @dataclass
@@ -51,12 +56,16 @@ class PatchSource:
         µm per pixel of ``image``.
     info
         h5ad-serialisable description recorded in ``uns`` (source kind, key, pyramid level).
+    overview
+        A coarser array of the same image (a pyramid's coarsest level) for the tissue mask;
+        ``None``: ``image`` itself.
     """
 
     image: Any
     centres: np.ndarray
     mpp: float
     info: dict[str, Any] = field(default_factory=dict)
+    overview: Any = None
 
 
 def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
@@ -93,16 +102,29 @@ def _affine(element: Any, cs: str) -> np.ndarray:
     return np.asarray(tf.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
 
 
-def _common_cs(a: Any, b: Any) -> str:
+def _shared_cs(a: Any, b: Any) -> str | None:
+    """A coordinate system both elements map to (``"global"`` preferred), or ``None``."""
     from spatialdata.transformations import get_transformation
 
     common = set(get_transformation(a, get_all=True)) & set(get_transformation(b, get_all=True))
     if not common:
+        return None
+    return "global" if "global" in common else sorted(common)[0]
+
+
+def _common_cs(a: Any, b: Any) -> str:
+    cs = _shared_cs(a, b)
+    if cs is None:
         raise InvalidParameterError(
             "the image and the spot shapes share no coordinate system, so spots cannot be placed on the image; "
             "add a common one (e.g. 'global') with `spatialdata.transformations.set_transformation`."
         )
-    return "global" if "global" in common else sorted(common)[0]
+    return cs
+
+
+def _scale(matrix: np.ndarray) -> float:
+    """Mean linear scale of a 2-D affine matrix (square root of its determinant)."""
+    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
 
 
 def _spot_shapes(sdata: SpatialData, table: AnnData, shapes_key: str | None) -> tuple[str | None, np.ndarray | None]:
@@ -128,9 +150,144 @@ def _spot_shapes(sdata: SpatialData, table: AnnData, shapes_key: str | None) -> 
     return shapes_key, np.column_stack([centroids.x.to_numpy(), centroids.y.to_numpy()])[pos]
 
 
-def _spatialdata_mpp(sdata: SpatialData, image_key: str, table: AnnData, mpp: float | None) -> float:
+def bin_tables(keys: Sequence[str]) -> dict[int, str]:
+    """Visium HD bin tables among ``keys`` (``spatialdata_io.visium_hd`` names): ``{bin size in µm: key}``.
+
+    Examples
+    --------
+    >>> bin_tables(["square_016um", "square_008um", "cell_segmentations"])
+    {8: 'square_008um', 16: 'square_016um'}
+    """
+    found = {int(m.group(1)): key for key in keys if (m := _BIN_TABLE.fullmatch(key))}
+    return dict(sorted(found.items()))
+
+
+def _bin_list(bins: dict[int, str]) -> str:
+    return ", ".join(f"{b} µm" for b in bins) or "none"
+
+
+def choose_table(keys: Sequence[str], table_key: str | None, bin_size: int | None) -> str:
+    """The table to cut patches for: ``table_key``; the Visium HD table of ``bin_size``; the only one.
+
+    Without either, several tables resolve only when they include Visium HD bins of
+    :data:`DEFAULT_BIN_UM` µm.
+    """
+    keys = list(keys)
+    if table_key is not None:
+        return one_key(keys, table_key, "table", "table_key")
+    bins = bin_tables(keys)
+    if bin_size is not None:
+        if bin_size not in bins:
+            raise StmorphKeyError(
+                f"no Visium HD table of {bin_size} µm bins; bins present: {_bin_list(bins)} "
+                f"(tables {_available(keys)}). Pass `bin_size=` one of them, or `table_key=`."
+            )
+        return bins[bin_size]
+    if len(keys) == 1:
+        return keys[0]
+    if DEFAULT_BIN_UM in bins:
+        logger.info("extract_patches: Visium HD bins of %s; using %d µm", _bin_list(bins), DEFAULT_BIN_UM)
+        return bins[DEFAULT_BIN_UM]
+    if bins:
+        raise StmorphKeyError(
+            f"found Visium HD tables of {_bin_list(bins)} bins but not the default {DEFAULT_BIN_UM} µm; "
+            "choose one with `bin_size=`."
+        )
+    raise StmorphKeyError(f"found {len(keys)} tables {_available(keys)}; choose one with `table_key=`.")
+
+
+def choose_image(sdata: SpatialData, image_key: str | None, shapes: Any) -> str:
+    """``image_key``; else the finest image sharing a coordinate system with the spot shapes (logged)."""
+    keys = list(sdata.images.keys())
+    if image_key is not None or len(keys) <= 1 or shapes is None:
+        return one_key(keys, image_key, "image element", "image_key")
+    pixel_size = {}  # one image pixel in units of the shapes' own coordinates
+    for key in keys:
+        cs = _shared_cs(sdata.images[key], shapes)
+        if cs is not None:
+            pixel_size[key] = _scale(_affine(sdata.images[key], cs)) / _scale(_affine(shapes, cs))
+    if not pixel_size:
+        raise InvalidParameterError(
+            f"none of the image elements {_available(keys)} shares a coordinate system with the spot shapes; "
+            "pass `image_key=` after adding one with `spatialdata.transformations.set_transformation`."
+        )
+    best = min(pixel_size, key=pixel_size.get)
+    logger.info("extract_patches: using images[%r], the finest of %s placed with the spots", best, sorted(pixel_size))
+    return best
+
+
+def _table_microns_per_pixel(table: AnnData) -> float | None:
+    """``uns["spatial"][library]["scalefactors"]["microns_per_pixel"]`` of a table with one library."""
+    libraries = table.uns.get("spatial")
+    if not isinstance(libraries, Mapping) or len(libraries) != 1:
+        return None
+    scalefactors = next(iter(libraries.values())).get("scalefactors", {})
+    value = scalefactors.get("microns_per_pixel")
+    return None if value is None else float(value)
+
+
+def _circle_diameter(shapes: Any) -> float | None:
+    """Median diameter of circle shapes (points with a ``radius``), in their own units."""
+    if "radius" not in shapes.columns or not (shapes.geometry.geom_type == "Point").all():
+        return None
+    return 2 * float(np.median(shapes["radius"].to_numpy(np.float64)))
+
+
+def _square_side(shapes: Any) -> float | None:
+    """Median side of axis-aligned square shapes (Visium HD bins), in their own units."""
+    sample = shapes.geometry.iloc[:256]
+    if len(sample) == 0 or not (sample.geom_type == "Polygon").all():
+        return None
+    bounds = sample.bounds
+    width, height = (bounds["maxx"] - bounds["minx"]).to_numpy(), (bounds["maxy"] - bounds["miny"]).to_numpy()
+    if not (np.allclose(width, height, rtol=1e-3) and np.allclose(sample.area.to_numpy(), width * height, rtol=1e-3)):
+        return None
+    return float(np.median(width))
+
+
+def _named_bin_um(*names: str | None) -> int | None:
+    """Bin size in µm from the first name holding ``square_<NNN>um`` (Visium HD tables and shapes)."""
+    for name in names:
+        match = _BIN_TABLE.search(name or "")
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _shape_unit_um(table: AnnData, table_key: str, shapes_key: str | None, shapes: Any) -> tuple[float, str] | None:
+    """µm per unit of the spots' own coordinates and where it came from, or ``None`` when unknown."""
+    found = _table_microns_per_pixel(table)
+    if found is not None:
+        return found, "scalefactors"
+    if shapes is None:
+        return None
+    diameter = _circle_diameter(shapes)
+    if diameter is not None:
+        return VISIUM_SPOT_UM / diameter, "visium_spot_circles"
+    side, bin_um = _square_side(shapes), _named_bin_um(table_key, shapes_key)
+    if side is not None and bin_um is not None:
+        return bin_um / side, "visium_hd_bin_squares"
+    return None
+
+
+MPP_SOURCES = {
+    "mpp": "mpp=",
+    "um_coordinate_system": "the image's 'um' coordinate system",
+    "dataset_metadata": "table.uns['stmorph']['dataset']['mpp']",
+    "scalefactors": "the table's scalefactors['microns_per_pixel']",
+    "visium_spot_circles": f"the Visium spot circles ({VISIUM_SPOT_UM:g} µm diameter)",
+    "visium_hd_bin_squares": "the Visium HD bin squares (side = bin size)",
+}
+"""What each recorded ``mpp_from`` value means."""
+
+
+def _spatialdata_mpp(
+    sdata: SpatialData, image_key: str, table: AnnData, table_key: str, spots: tuple[str | None, Any],
+    to_image: np.ndarray, mpp: float | None,
+) -> tuple[float, str]:  # fmt: skip
+    """µm per pixel of ``images[image_key]`` (level 0) and its source, in the documented order."""
     if mpp is not None:
-        return float(mpp)
+        return float(mpp), "mpp"
     found = image_mpp(sdata, image_key)
     table_mpp = dataset_info(table).get("mpp")
     if found is not None and table_mpp is not None:
@@ -140,50 +297,67 @@ def _spatialdata_mpp(sdata: SpatialData, image_key: str, table: AnnData, mpp: fl
             f"the pixel size of images[{image_key!r}] ('um' system)",
             "table.uns['stmorph']['dataset']['mpp']",
         )
-    if found is None:
-        found = table_mpp
-    if found is None:
+    if found is not None:
+        return float(found), "um_coordinate_system"
+    if table_mpp is not None:
+        return float(table_mpp), "dataset_metadata"
+    unit = _shape_unit_um(table, table_key, *spots)
+    if unit is None:
+        shapes_key, shapes = spots
+        kind = "no shapes" if shapes is None else f"shapes[{shapes_key!r}] of neither circles nor named bin squares"
         raise InvalidParameterError(
-            f"the pixel size of images[{image_key!r}] is unknown: it has no 'um' coordinate system and the table "
-            "has no uns['stmorph']['dataset']['mpp']. Pass `mpp=<µm per pixel of the full-resolution image>`."
+            f"the pixel size of images[{image_key!r}] is unknown: it has no 'um' coordinate system, the table has "
+            f"no uns['stmorph']['dataset']['mpp'] nor scalefactors['microns_per_pixel'], and the spots are {kind}. "
+            "Pass `mpp=<µm per pixel of that image>`."
         )
-    return float(found)
+    return unit[0] / _scale(to_image), unit[1]
 
 
 def _from_spatialdata(
     sdata: SpatialData,
     image_key: str | None,
-    table_key: str,
+    table_key: str | None,
+    bin_size: int | None,
     shapes_key: str | None,
     mpp: float | None,
     target_mpp: float,
 ) -> tuple[AnnData, PatchSource]:
-    table = sdata.tables[one_key(sdata.tables.keys(), table_key, "table", "table_key")]
-    image_key = one_key(sdata.images.keys(), image_key, "image element", "image_key")
-    element = sdata.images[image_key]
-    mpp0 = _spatialdata_mpp(sdata, image_key, table, mpp)
+    table_key = choose_table(sdata.tables.keys(), table_key, bin_size)
+    table = sdata.tables[table_key]
     shapes_key, own = _spot_shapes(sdata, table, shapes_key)
+    shapes = None if shapes_key is None else sdata.shapes[shapes_key]
+    image_key = choose_image(sdata, image_key, shapes)
+    element = sdata.images[image_key]
     if own is None:  # no annotated shapes: obsm["spatial"] holds full-resolution image pixels
         if "spatial" not in table.obsm:
             raise StmorphKeyError(
                 "the table annotates no shapes element and has no obsm['spatial']; pass `shapes_key=`."
             )
         centres0 = np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
+        to_image = np.eye(3)
     else:
-        cs = _common_cs(element, sdata.shapes[shapes_key])
-        to_image = np.linalg.inv(_affine(element, cs)) @ _affine(sdata.shapes[shapes_key], cs)
+        cs = _common_cs(element, shapes)
+        to_image = np.linalg.inv(_affine(element, cs)) @ _affine(shapes, cs)
         centres0 = own @ to_image[:2, :2].T + to_image[:2, 2]
+    mpp0, mpp_from = _spatialdata_mpp(sdata, image_key, table, table_key, (shapes_key, shapes), to_image, mpp)
+    logger.info("extract_patches: images[%r] at %.4f µm/px, from %s", image_key, mpp0, MPP_SOURCES[mpp_from])
     levels = pyramid_levels(element)
     level = _choose_level(levels, mpp0, target_mpp)
     factor = np.array(
         [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
     )
-    info = {"source": "spatialdata", "image_key": image_key, "table_key": table_key, "level": level, "source_mpp": mpp0}
+    info = {
+        "source": "spatialdata", "image_key": image_key, "table_key": table_key, "level": level,
+        "source_mpp": mpp0, "mpp_from": mpp_from,
+    }  # fmt: skip
+    bin_um = _named_bin_um(table_key) if mpp_from == "visium_hd_bin_squares" else None
+    if bin_um is not None:
+        info["bin_size_um"] = bin_um
     if shapes_key is not None:
         info["shapes_key"] = shapes_key
     if sdata.path is not None:  # zarr-backed: the image can be opened again from there
         info["zarr_path"] = str(sdata.path)
-    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info)
+    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
 
 
 def _visium_mpp(scalefactors: dict, mpp: float | None, library_id: str) -> float:
@@ -246,14 +420,14 @@ def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
 
 
 def patch_source(
-    data: Any, image_key: str | None, table_key: str, shapes_key: str | None, library_id: str | None,
-    mpp: float | None, target_mpp: float,
+    data: Any, image_key: str | None, table_key: str | None, bin_size: int | None, shapes_key: str | None,
+    library_id: str | None, mpp: float | None, target_mpp: float,
 ) -> tuple[AnnData, PatchSource]:  # fmt: skip
     from anndata import AnnData
     from spatialdata import SpatialData
 
     if isinstance(data, SpatialData):
-        return _from_spatialdata(data, image_key, table_key, shapes_key, mpp, target_mpp)
+        return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp)
     if isinstance(data, AnnData):
         if "spatial" not in data.uns:
             raise StmorphKeyError(

@@ -64,7 +64,7 @@ def _resample(canvas: np.ndarray, box: tuple[float, float, float, float], out_si
     return np.asarray(Image.fromarray(canvas).resize((out_size, out_size), Image.Resampling.LANCZOS, box=box))
 
 
-def _window_origins(centres_px: np.ndarray, size_px: float, out_size: int) -> tuple[np.ndarray, bool]:
+def window_origins(centres_px: np.ndarray, size_px: float, out_size: int) -> tuple[np.ndarray, bool]:
     """Top-left corners ``(n, 2)`` of the windows, snapped to whole pixels when no resizing is needed."""
     exact = abs(size_px - out_size) < 1e-6
     origins = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2) - size_px / 2
@@ -79,7 +79,7 @@ def _complete(origins: np.ndarray, size_px: float, shape: tuple[int, ...]) -> np
 
 def windows_inside(centres_px: np.ndarray, size_px: float, out_size: int, shape: tuple[int, ...]) -> np.ndarray:
     """True where the window :func:`read_patches` cuts around a centre lies wholly inside an image of ``shape``."""
-    return _complete(_window_origins(centres_px, size_px, out_size)[0], size_px, shape)
+    return _complete(window_origins(centres_px, size_px, out_size)[0], size_px, shape)
 
 
 def read_patches(
@@ -129,7 +129,7 @@ def read_patches(
     from tqdm.auto import tqdm
 
     image = as_yxc(image)
-    origins, exact = _window_origins(centres_px, size_px, out_size)
+    origins, exact = window_origins(centres_px, size_px, out_size)
     complete = _complete(origins, size_px, image.shape)
     margin = 0 if exact else _resample_margin(size_px / out_size)
     span = int(np.ceil(size_px)) + 2 * margin + (0 if exact else 1)

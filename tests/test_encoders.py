@@ -204,7 +204,7 @@ def test_hf_hub_names_are_tried_on_the_hub(stub_hub, patches):
     adata.obsm["patches"] = patches
     st.tl.embed(adata, model="hf-hub:someone/tiny-reg4", progress=False)  # the name implies weights="hub"
     assert requests[0] == ("someone/tiny-reg4", "config.json")
-    params = adata.uns["stmorph"]["embed"]["X_hf-hub:someone/tiny-reg4"]
+    params = adata.uns["stmorph"]["embed"]["X_someone_tiny-reg4"]
     assert params["mean"] == [0.1, 0.2, 0.3] and params["dim"] == 192  # the hub config's, not ImageNet's
 
 

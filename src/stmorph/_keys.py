@@ -58,8 +58,11 @@ class Key:
 
         @staticmethod
         def embedding(model: str) -> str:
-            """Default key of the embeddings of encoder ``model``."""
-            return f"X_{model}"
+            """Default key of the embeddings of encoder ``model``: ``X_<model>``, a hub name by its repository.
+
+            ``"hf-hub:owner/name"`` gives ``X_owner_name`` (h5ad and zarr would nest a key with ``/``).
+            """
+            return "X_" + model.removeprefix("hf-hub:").replace("/", "_")
 
         @staticmethod
         def patch_centres(key: str = "patches") -> str:

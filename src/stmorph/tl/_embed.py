@@ -62,7 +62,7 @@ def embed(
     device
         Torch device; ``"auto"`` uses CUDA when available. On the CPU results are deterministic.
     key_added
-        ``obsm`` key of the embeddings (default ``f"X_{model}"``) and
+        ``obsm`` key of the embeddings (default ``X_<model>``; ``X_owner_name`` for ``"hf-hub:owner/name"``) and
         ``uns["stmorph"]["embed"]`` key of the parameters.
     patches_key
         ``obsm`` key of the patches, or ``key_added`` of an ``extract_patches(store="lazy")`` run.

@@ -93,11 +93,15 @@ def _bounds(low: float | None, high: float | None, inclusive: bool) -> str:
     """``" in [1, inf)"``-style text of the accepted range (empty when unbounded)."""
     if low is None and high is None:
         return ""
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
+    lo = "-inf" if low is None else _number(low)
+    hi = "inf" if high is None else _number(high)
     left = "[" if inclusive and low is not None else "("
     right = "]" if inclusive and high is not None else ")"
     return f" in {left}{lo}, {hi}{right}"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, numbers.Integral) else f"{value:g}"
 
 
 def _found(value: object) -> str:
@@ -158,6 +162,27 @@ def check_int(value: int, name: str, low: int | None = None, high: int | None = 
     if (low is not None and value < low) or (high is not None and value > high):
         raise InvalidParameterError(f"{name} must be an integer{_bounds(low, high, True)}; found {value!r}.")
     return value
+
+
+def check_ints(values: Sequence[int], name: str, low: int | None = None, high: int | None = None) -> list[int]:
+    """Return ``values`` as a list of ints after checking it is a non-empty sequence of integers in ``[low, high]``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray) or len(values) == 0:
+        raise InvalidParameterError(
+            f"{name} must be a non-empty sequence of integers{_bounds(low, high, True)}; found {_found(values)}."
+        )
+    return [check_int(v, name, low, high) for v in values]
+
+
+MAX_SEED = 2**32 - 1
+"""Largest ``random_state`` accepted (numpy, pynndescent and torch all take seeds below 2**32)."""
+
+
+def check_seed(random_state: int, name: str = "random_state") -> int:
+    """Return ``random_state`` as an int after checking it is an integer seed in ``[0, 2**32 - 1]``.
+
+    ``None`` is refused: stmorph records the seed with every result, so that a run can be repeated.
+    """
+    return check_int(random_state, name, low=0, high=MAX_SEED)
 
 
 def check_bool(value: bool, name: str) -> bool:

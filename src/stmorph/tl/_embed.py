@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import InputTypeError
-from ._embed_engine import embedding_outputs
+from .._validation import InputTypeError, check_bool
+from ._embed_engine import check_engine_options, embedding_outputs
 
 if TYPE_CHECKING:
     import os
@@ -119,6 +119,11 @@ def embed(
             f"embed takes one table; found a {type(adata).__name__} of {len(adata)} items. "
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
+    check_engine_options(
+        batch_size=batch_size, num_workers=num_workers, device=device, on_error=on_error, checkpoint=checkpoint,
+        resume=resume, progress=progress,
+    )  # fmt: skip
+    check_bool(copy, "copy")
     key = key_added or Key.obsm.embedding(model)
     emb, params = embedding_outputs(
         adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,

@@ -22,8 +22,11 @@ from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
 from .._validation import (
+    check_bool,
     check_graph_shape,
+    check_int,
     check_range,
+    check_seed,
     check_unique_names,
     get_genes,
     get_matrix,
@@ -187,14 +190,14 @@ def _expression(adata: AnnData, layer: str | None, genes: Sequence[str] | None) 
     return X, adata.var_names[idx], idx
 
 
-def _check_options(adata: AnnData, n_neighbors: int, n_perms: int | None, max_value: float | None) -> None:
-    check_unique_names(adata, "obs")
-    check_unique_names(adata, "var")
-    check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
+def _check_options(n_neighbors: int, n_perms: int | None, max_value: float | None, random_state: int) -> None:
+    """Raise :class:`InvalidParameterError` naming the first bad option of :func:`eps` / :func:`sps`."""
+    check_int(n_neighbors, "n_neighbors", low=1)
     if n_perms is not None:
-        check_range(n_perms, "n_perms", low=1, inclusive=True)
+        check_int(n_perms, "n_perms", low=1)
     if max_value is not None:
         check_range(max_value, "max_value", low=0)
+    check_seed(random_state)
 
 
 def _warn_constant(n_constant: int, n_genes: int) -> None:
@@ -230,7 +233,10 @@ def _eps_of(
     ``var_names``, the graph used, and the ``obsp``/``uns`` entries to store when the graph was
     built here (else ``None``).
     """
-    _check_options(adata, n_neighbors, n_perms, max_value)
+    _check_options(n_neighbors, n_perms, max_value, random_state)
+    check_unique_names(adata, "obs")
+    check_unique_names(adata, "var")
+    check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     X, names, idx = _expression(adata, layer, genes)
     graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
     result = compute_eps(
@@ -320,6 +326,9 @@ def eps(
     >>> bool(adata.var["eps"].head(6).gt(0).all())
     True
     """
+    _check_options(n_neighbors, n_perms, max_value, random_state)
+    check_bool(progress, "progress")
+    check_bool(copy, "copy")
     result, idx, graph, graph_outputs = _eps_of(
         adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, n_perms, random_state, progress
     )
@@ -418,6 +427,7 @@ def sps(
     >>> list(summary.columns)
     ['slice', 'sps', 'n_spots', 'n_genes']
     """
+    _check_options(n_neighbors, None, max_value, 0)
     slices = _slices(data)
     if not slices:
         raise InvalidParameterError("sps needs at least one slice; found none.")

@@ -213,9 +213,10 @@ def check_device(device: object, name: str = "device") -> str:
     return text
 
 
-PATH_KINDS = ("file", "dir", "folder_to_write", "file_to_write")
+PATH_KINDS = ("file", "dir", "folder_to_write", "file_to_write", "file_to_create")
 """What :func:`check_path` checks: an existing file, an existing folder, a folder that may be created
-(not an existing file), a file that may be written (its folder exists and it is not a folder)."""
+(not an existing file), a file that may be written (its folder exists and it is not a folder), a file
+that may be created with its folders (it is not a folder)."""
 
 
 def check_path(value: object, name: str, kind: str) -> Path:
@@ -250,6 +251,7 @@ _KIND_TEXT = {
     "dir": "folder",
     "folder_to_write": "folder (existing or to be created), not a file",
     "file_to_write": "file to write, not a folder",
+    "file_to_create": "file to write, not a folder",
 }
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._validation import check_range, get_genes, get_matrix
+from .._validation import check_bool, check_int, check_range, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
+
+MAX_IMAGE_SIDE = 20000
+"""Largest ``max_image_side`` in pixels (the background image is held in memory)."""
 
 
 def _is_spatialdata(data: Any) -> bool:
@@ -261,6 +264,10 @@ def spatial(
     """
     import anndata as ad
 
+    _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
+    check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
+    check_range(size, "size", low=0)
+    check_bool(same_scale, "same_scale")
     genes = [genes] if isinstance(genes, str) else list(genes)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)

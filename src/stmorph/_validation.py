@@ -7,18 +7,20 @@ here too, for the modules that check inputs; users import them from :mod:`stmorp
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 from .errors import (
+    DamagedFileError,
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
@@ -183,6 +185,19 @@ def check_seed(random_state: int, name: str = "random_state") -> int:
     ``None`` is refused: stmorph records the seed with every result, so that a run can be repeated.
     """
     return check_int(random_state, name, low=0, high=MAX_SEED)
+
+
+def check_mapping(value: object, name: str) -> Mapping:
+    """Return ``value`` after checking it is a mapping (a dict), e.g. ``uns['spatial']``.
+
+    Raises
+    ------
+    InputTypeError
+        The message names ``name`` and the type found.
+    """
+    if not isinstance(value, Mapping):
+        raise InputTypeError(f"{name} must be a dict; found {_found(value)}. Restore it or delete the entry.")
+    return value
 
 
 def check_bool(value: bool, name: str) -> bool:
@@ -435,3 +450,41 @@ def check_agree(found: float, expected: float, name: str, expected_from: str, rt
             "the coordinates and the image would be placed at different scales. Fix the wrong one, or pass "
             "the value explicitly."
         )
+
+
+def read_json(
+    path: Path,
+    what: str,
+    required: Mapping[str, type | tuple[type, ...]],
+    optional: Mapping[str, type | tuple[type, ...]] | None = None,
+    error: type[DamagedFileError] = DamagedFileError,
+) -> dict[str, Any]:
+    """Read the JSON object in ``path`` (a ``what``, e.g. ``"model config"``) and check its fields' types.
+
+    Raises
+    ------
+    DamagedFileError
+        (or ``error``) The file is not UTF-8 JSON, not an object, lacks a ``required`` field, or a
+        field has another type; the message names the file and the field.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} ({what}) is not valid JSON: {err}. The file is damaged; restore or delete it.") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} ({what}) must hold a JSON object; found {type(data).__name__}.")
+    fields = {**required, **(optional or {})}
+    for key, kind in fields.items():
+        if key not in data:
+            if key in required:
+                raise error(f"{path} ({what}) lacks the field {key!r}.")
+            continue
+        value = data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = "/".join(t.__name__ for t in _as_tuple(kind))
+            raise error(f"{path} ({what}): field {key!r} must be {names}; found {_found(value)}.")
+    return data
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

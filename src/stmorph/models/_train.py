@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
+from ._weights import read_torch_file
 
 if TYPE_CHECKING:
     import torch
@@ -74,10 +75,8 @@ def _save_state(folder: Path, state: dict[str, Any]) -> None:
 
 def _load_state(folder: Path) -> dict[str, Any] | None:
     """The saved training state (read with ``weights_only=True``: tensors and plain Python values only)."""
-    import torch
-
     path = folder / TRAIN_CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    return read_torch_file(path, "training checkpoint") if path.is_file() else None
 
 
 def train(

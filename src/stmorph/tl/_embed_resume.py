@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import InvalidParameterError
+from .._validation import DamagedFileError, InvalidParameterError, read_json
 
 ON_ERROR = ("raise", "skip")
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -36,6 +36,9 @@ def fingerprint(obs_names: Sequence[str], **settings: Any) -> dict[str, Any]:
     return {"n_spots": len(obs_names), "obs_names_sha1": digest, **settings}
 
 
+_PROGRESS_FIELDS = {"fingerprint": dict, "done": list, "failed": dict}
+
+
 class Checkpoint:
     """The progress of one embedding run, on disk (``folder``) or in memory (``folder=None``)."""
 
@@ -49,7 +52,11 @@ class Checkpoint:
             self._load()
 
     def _load(self) -> None:
-        state = json.loads((self.folder / PROGRESS_FILE).read_text())
+        state = read_json(self.folder / PROGRESS_FILE, "embedding checkpoint progress", _PROGRESS_FIELDS)
+        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in state["done"]):
+            raise DamagedFileError(
+                f"{self.folder / PROGRESS_FILE}: field 'done' must hold batch numbers (integers ≥ 0)."
+            )
         saved = state["fingerprint"]
         differ = sorted(k for k in set(saved) | set(self.print) if saved.get(k) != self.print.get(k))
         if differ:

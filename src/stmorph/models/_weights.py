@@ -88,7 +88,7 @@ def read_torch_file(path: Path, what: str) -> object:
             "Python objects, which stmorph refuses (it can run code). Re-save only the weights, e.g. "
             "`torch.save(model.state_dict(), path)` or with safetensors."
         ) from None  # torch's own message suggests the unsafe weights_only=False: never pass it on
-    except (RuntimeError, EOFError, KeyError, OSError, ValueError) as err:
+    except Exception as err:  # torch fails on garbage with any type (IndexError, KeyError, EOFError, ...)
         raise DamagedFileError(
             f"{what} {str(path)!r} is not a readable torch checkpoint ({type(err).__name__}: {str(err)[:120]}); "
             "the file is truncated or of another format."

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._validation import check_bool, check_int, check_range, get_genes, get_matrix
+from .._validation import check_bool, check_int, check_mapping, check_range, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -85,7 +85,7 @@ def visium_uns(sdata: SpatialData, table: AnnData, image_key: str, library_id: s
 
 
 def _library_id(adata: AnnData, library_id: str | None) -> str:
-    libraries = list(adata.uns["spatial"].keys())
+    libraries = list(check_mapping(adata.uns["spatial"], "adata.uns['spatial']").keys())
     if library_id is None:
         if len(libraries) != 1:
             raise InvalidParameterError(
@@ -120,7 +120,10 @@ def _table_and_image(
 
 def _small_visium_record(record: dict[str, Any], library_id: str, max_side: int) -> dict[str, Any]:
     """A Visium library record reduced to its best image (``hires``, else ``lowres``), at most ``max_side``."""
-    images, factors = record.get("images", {}), record.get("scalefactors", {})
+    where = f"adata.uns['spatial'][{library_id!r}]"
+    record = check_mapping(record, where)
+    images = check_mapping(record.get("images", {}), f"{where}['images']")
+    factors = check_mapping(record.get("scalefactors", {}), f"{where}['scalefactors']")
     res = next((r for r in ("hires", "lowres") if r in images and f"tissue_{r}_scalef" in factors), None)
     if res is None:
         raise StmorphKeyError(

@@ -81,19 +81,19 @@ def check_plot_options(
     *,
     show: bool | None,
     save: str | os.PathLike | bool | None,
-    ncols: int | None = None,
+    ncols: int = 1,
     **sizes: tuple[float, float] | None,
 ) -> None:
     """Raise :class:`InvalidParameterError` naming the first bad shared option of a plot.
 
+    ``ncols`` is the plot's panels per row (plots without the option keep the default);
     ``sizes`` are the figure/panel sizes by parameter name (``panel_size=``, ``figsize=``).
     """
     if show is not None:
         check_bool(show, "show")
     if save is not None and not isinstance(save, bool):
         check_path(save, "save", "file_to_create")
-    if ncols is not None:
-        check_int(ncols, "ncols", low=1)
+    check_int(ncols, "ncols", low=1)
     for name, size in sizes.items():
         check_size(size, name)
 

@@ -29,6 +29,14 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
 - **Validation.** Every public function checks its inputs; each bad input raises a specific
   exception of `stmorph.errors` (`st.errors`; each a subclass of `ValueError` or `KeyError`) whose
   message names the key, the expected and the found value, and what to do.
+- **Parameters.** One set of checks runs at the top of every public function, before any work:
+  integers refuse bools, fractions, NaN and strings; numbers must be finite and in range; devices,
+  choices and paths (a checkpoint folder that is an existing file) are checked; each error names
+  the parameter and the accepted values. A hypothesis test drives every public function's
+  parameters with hostile values (`tests/test_properties_params.py`).
+- **Damaged files.** Truncated or foreign weights, checkpoints, images, tables, `progress.json` and
+  model `config.json` files raise `DamagedFileError` / `ModelFileError` naming the file and field;
+  an unsafe pickle is refused without ever suggesting to load it unsafely (`tests/test_damaged_files.py`).
 - **Atomic writes.** Tools compute everything first and write their outputs in one final step
   (`stmorph._anndata.commit_outputs`), so an exception leaves the AnnData exactly as it was
   (`tests/test_atomic.py` injects failures in the middle of `eps`, `predict` and `embed`).

@@ -21,12 +21,15 @@ import numpy as np
 import stmorph as st
 from stmorph.errors import (
     CheckpointMismatchError,
+    DamagedFileError,
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
+    MissingPathError,
     ModelFileError,
     NonFiniteError,
     OutOfImageError,
+    PathKindError,
     ShapeMismatchError,
     StmorphKeyError,
     TooFewObservationsError,
@@ -481,7 +484,7 @@ def _():
 
 
 # ------------------------------------------------------------------------------ st.models.load
-@_case("st.models.load", "folder does not exist", FileNotFoundError)
+@_case("st.models.load", "folder does not exist", MissingPathError)
 def _():
     return None, lambda: st.models.load("/nonexistent/stmorph-model")
 
@@ -513,7 +516,7 @@ class _Payload:
 
 
 # --------------------------------------------------------------------------- st.datasets
-@_case("st.datasets.her2st", "unknown section (files missing)", FileNotFoundError)
+@_case("st.datasets.her2st", "unknown section (files missing)", MissingPathError)
 def _():
     return None, lambda: st.datasets.her2st("Z9")
 
@@ -686,3 +689,141 @@ def _():
 
     args = ["predict", "q.h5ad", "--reference", "r.h5ad", "--use-rep", "X", "--out", "o.h5ad"]
     return None, lambda: main([*args, "--params", '{"copy": true}'])
+
+
+# ------------------------------------------------- issue 17 §2–§3: parameter types, damaged files (p17b)
+@_case("st.tl.eps", "n_neighbors=2.5 (not an integer)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=2.5, progress=False)
+
+
+@_case("st.tl.eps", "n_neighbors=True (a bool)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=True, progress=False)
+
+
+@_case("st.tl.eps", 'n_neighbors="5" (a string)', InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors="5", progress=False)
+
+
+@_case("st.tl.eps", "n_perms=2.5", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=2.5, progress=False)
+
+
+@_case("st.tl.eps", "random_state=None (refused before the computation)", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", random_state=None, progress=False)
+
+
+@_case("st.tl.eps", "max_value=nan", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep="X_lat", max_value=np.nan, progress=False)
+
+
+@_case("st.tl.predict", "split=nan", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=np.nan)
+
+
+@_case("st.tl.predict", 'device="banana"', InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, device="banana")
+
+
+@_case("st.tl.evaluate", "n_top=2.5", InvalidParameterError)
+def _():
+    a = _predicted()
+    return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=2.5)
+
+
+@_case("st.tl.embed", "batch_size=2.5", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", batch_size=2.5, progress=False)
+
+
+@_case("st.tl.embed", "num_workers=1.5", InvalidParameterError)
+def _():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", num_workers=1.5, progress=False)
+
+
+@_case("st.tl.embed", "checkpoint is an existing file", PathKindError)
+def _():
+    import tempfile
+
+    a = table()
+    path = Path(tempfile.mkdtemp(prefix="stmorph-ckpt-")) / "file"
+    path.write_text("not a folder")
+    return a, lambda: st.tl.embed(a, model="hed", checkpoint=path, progress=False)
+
+
+@_case("st.pp.extract_patches", "patch_size=10**7 (would need terabytes)", InvalidParameterError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), patch_size=10**7, progress=False)
+
+
+@_case("st.pp.extract_patches", "target_mpp=inf", InvalidParameterError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), target_mpp=np.inf, progress=False)
+
+
+@_case("st.pp.extract_patches", "mpp=nan", InvalidParameterError)
+def _():
+    return None, lambda: st.pp.extract_patches(_sim(), mpp=np.nan, progress=False)
+
+
+@_case("st.pp.extract_patches", "Visium spot_diameter_fullres=0", InvalidParameterError)
+def _():
+    a = table()
+    a.uns["spatial"] = {"lib": {"images": {}, "scalefactors": {"spot_diameter_fullres": 0}}}
+    return a, lambda: st.pp.extract_patches(a, progress=False)
+
+
+@_case("st.pp.extract_patches", "uns['spatial'] is not a dict", InputTypeError)
+def _():
+    a = table()
+    a.uns["spatial"] = "lib"
+    return a, lambda: st.pp.extract_patches(a, progress=False)
+
+
+@_case("st.models.load_state_dict_safely", "truncated .safetensors", DamagedFileError)
+def _():
+    return None, lambda: st.models.load_state_dict_safely(_damaged_weights("w.safetensors"))
+
+
+@_case("st.models.load_state_dict_safely", "text file as .pt", DamagedFileError)
+def _():
+    return None, lambda: st.models.load_state_dict_safely(_damaged_weights("w.pt"))
+
+
+def _damaged_weights(name: str) -> Path:
+    """A weights file cut short (``.safetensors``) or holding text (``.pt``)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="stmorph-damaged-")) / name
+    if name.endswith(".safetensors"):
+        path.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{")
+    else:
+        path.write_text("this is not a checkpoint\n")
+    return path
+
+
+@_case("st.datasets.her2st", "section name with a path separator", InvalidParameterError)
+def _():
+    return None, lambda: st.datasets.her2st("../C2")
+
+
+@_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
+def _():
+    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)

@@ -146,12 +146,109 @@ def test_eps_command_embeds_raw_inputs_first(visium_folder, colour_encoder, tmp_
     assert list(eps.columns) == ["C2"] and np.isfinite(eps["C2"]).sum() > 100
 
 
-def test_inputs_are_checked_before_any_is_read(visium_folder, tmp_path):
+def test_inputs_are_checked_before_any_is_read(visium_folder, tmp_path, capsys):
     from stmorph._inputs import input_kind
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(st.errors.InputTypeError, match="none of: a Visium HD Space Ranger folder"):
         input_kind(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="does not exist"):  # the second input is missing: nothing is read
-        main(["eps", str(visium_folder[0]), str(tmp_path / "missing.h5ad"), "--out", str(tmp_path)])
+    code, err = run_cli(["eps", visium_folder[0], tmp_path / "missing.h5ad", "--out", tmp_path], capsys)
+    assert code == 2 and "missing.h5ad" in err and "does not exist" in err  # the second input: nothing is read
     assert not (tmp_path / "eps.csv").exists()
+
+
+# ------------------------------------------------------------------ user mistakes: one line, exit 2 or 1
+@pytest.fixture(scope="module")
+def slice_files(tmp_path_factory):
+    """Two small simulated slices with embeddings in ``obsm['X_lat']``, written as .h5ad (no demo needed)."""
+    folder = tmp_path_factory.mktemp("slices")
+    paths = []
+    for seed in (0, 1):
+        adata = st.datasets.simulate(60, 12, n_planted=3, seed=seed, spot_px=16).tables["table"]
+        adata.obsm["X_lat"] = np.asarray(adata.obsm["latent"], dtype=np.float32)
+        adata.X = np.log1p(adata.X.toarray().astype(np.float32))
+        paths.append(folder / f"s{seed}.h5ad")
+        adata.write_h5ad(paths[-1])
+    return paths
+
+
+def run_cli(argv, capsys):
+    """``(exit status, stderr)`` of ``stmorph argv``; argparse's own exits count as returns."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def predict_argv(query, reference, out, *extra):
+    return ["predict", query, "--reference", reference, "--use-rep", "X_lat", "--out", out, *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "named"),
+    [
+        (["--params", "{not json"], 2, "--params is not valid JSON"),
+        (["--params", "[1, 2]"], 2, "--params must be a JSON object"),
+        (["--params", '{"copy": true}'], 2, "must not set ['copy']"),
+        (["--params", '{"method": "ridge"}'], 2, "must not set ['method']"),
+        (["--method", "banana"], 2, "--method='banana' is not valid"),
+        (["--params", '{"alpha": -1}'], 2, "alpha must be a finite number"),
+    ],
+)
+def test_predict_usage_mistakes_print_one_line_and_write_nothing(slice_files, tmp_path, capsys, extra, status, named):
+    out = tmp_path / "out.h5ad"
+    code, err = run_cli(predict_argv(*slice_files, out, *extra), capsys)
+    assert code == status
+    assert err.count("\n") == 1 and err.startswith("stmorph predict: error:") and named in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_missing_option_is_one_usage_line(slice_files, tmp_path, capsys):
+    code, err = run_cli(["predict", slice_files[0], "--reference", slice_files[1], "--out", tmp_path / "o"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--use-rep" in err
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "no_rep"])
+def test_bad_h5ad_inputs_name_the_file(slice_files, tmp_path, capsys, damage):
+    bad = tmp_path / "bad.h5ad"
+    if damage == "corrupt":
+        bad.write_bytes(slice_files[0].read_bytes()[:1000])
+    elif damage == "no_rep":
+        adata = ad.read_h5ad(slice_files[0])
+        del adata.obsm["X_lat"]
+        adata.write_h5ad(bad)
+    code, err = run_cli(predict_argv(bad, slice_files[1], tmp_path / "out.h5ad"), capsys)
+    assert code == (2 if damage == "missing" else 1)
+    assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
+    code, err = run_cli(["eps", slice_files[0], bad, "--use-rep", "X_lat", "--out", tmp_path / "eps"], capsys)
+    assert code == (2 if damage == "missing" else 1) and str(bad) in err
+    assert not (tmp_path / "eps").exists()  # checked before any EPS was computed
+
+
+def test_out_folder_missing_or_a_file_is_refused_before_work(slice_files, tmp_path, capsys):
+    code, err = run_cli(predict_argv(*slice_files, tmp_path / "nowhere" / "out.h5ad"), capsys)
+    assert code == 2 and "nowhere" in err and "does not exist" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = run_cli(["eps", *slice_files, "--use-rep", "X_lat", "--prepared", "--out", blocker], capsys)
+    assert code == 2 and "is a file" in err
+
+
+def test_demo_checks_every_section_before_embedding(tmp_path, capsys, data_dir):
+    out = tmp_path / "demo"
+    code, err = run_cli(["demo", "--sections", "C2", "Z9", "--data-dir", data_dir, "--out", out], capsys)
+    assert code == 2 and "'Z9'" in err and err.count("\n") == 1
+    assert not out.exists()  # nothing was embedded or written
+
+
+def test_evaluate_failure_keeps_the_finished_prediction(slice_files, tmp_path, capsys, monkeypatch):
+    def failing_evaluate(*args, **kwargs):
+        raise st.errors.TooFewObservationsError("evaluating needs at least 3 spots; found 0.")
+
+    monkeypatch.setattr(st.tl, "evaluate", failing_evaluate)
+    out = tmp_path / "out.h5ad"
+    code, err = run_cli(predict_argv(*slice_files, out, "--evaluate"), capsys)
+    assert code == 1 and "at least 3 spots" in err
+    written = ad.read_h5ad(out)
+    assert np.isfinite(written.layers["predicted_ridge"]).all()

@@ -22,7 +22,7 @@ from . import datasets, pl, pp, tl
 from ._anndata import read_uns
 from ._keys import Key
 from ._logging import logger
-from ._validation import check_range
+from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
 from .pl._eps import min_detected_spots
 from .tl._evaluate import evaluation_table
@@ -257,6 +257,23 @@ def run_demo(
     return run_demo_steps(out, sections, data_dir=data_dir, settings=settings, progress=progress).report
 
 
+def _check_inputs(
+    sections: Sequence[str], data_dir: str | os.PathLike | None, settings: DemoSettings, out: str | os.PathLike
+) -> None:
+    """Check every input before any section is embedded: options, methods, the output folder, each section's files."""
+    from .datasets._her2st import her2st_files
+
+    if settings.n_genes is not None:
+        check_int(settings.n_genes, "n_genes", low=1)
+    if settings.torch_threads is not None:
+        check_int(settings.torch_threads, "torch_threads", low=1)
+    for method in settings.methods:
+        check_choice(method, tl.list_methods(), "method")
+    check_path(out, "out", "folder_to_write")
+    for section in sections:
+        her2st_files(section, data_dir)
+
+
 def run_demo_steps(
     out: str | os.PathLike = "stmorph_demo",
     sections: Sequence[str] = ("C2", "C3", "C4", "C5"),
@@ -299,8 +316,7 @@ def run_demo_steps(
         raise InvalidParameterError(
             f"the demo needs at least two sections (one is predicted from the others); got {sections}."
         )
-    if settings.n_genes is not None:
-        check_range(settings.n_genes, "n_genes", low=1, inclusive=True)
+    _check_inputs(sections, data_dir, settings, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings, start = {}, time.perf_counter()

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import DamagedFileError, MissingPathError
+
 if TYPE_CHECKING:
     import os
 
@@ -47,10 +49,18 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     >>> read_rgb(path).shape
     (4, 6, 3)
     """
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with no_pixel_limit(), Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with no_pixel_limit(), Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise MissingPathError(f"image file {str(path)!r} does not exist.") from None
+        raise DamagedFileError(
+            f"image file {str(path)!r} could not be read ({type(err).__name__}: {err}); it is truncated or not "
+            "an image. Restore the file (delete it to download a cached dataset again)."
+        ) from None
 
 
 def image_mpp(sdata: SpatialData, image_key: str) -> float | None:

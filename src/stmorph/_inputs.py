@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._logging import logger
-from ._validation import InputTypeError, StmorphKeyError
+from .errors import InputTypeError, MissingPathError, StmorphKeyError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -61,8 +61,8 @@ def input_kind(path: str | os.PathLike) -> str:
 
     Raises
     ------
-    FileNotFoundError
-        Nothing is at ``path``.
+    MissingPathError
+        Nothing is at ``path`` (a ``FileNotFoundError``).
     InputTypeError
         ``path`` is none of the recognised inputs (the message lists them).
 
@@ -76,7 +76,7 @@ def input_kind(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"input {str(path)!r} does not exist.")
+        raise MissingPathError(f"input {str(path)!r} does not exist.")
     if path.is_dir():
         if path.suffix == ".zarr" or (path / "zmetadata").is_file() or (path / "zarr.json").is_file():
             return "zarr"

@@ -7,17 +7,26 @@ here too, for the modules that check inputs; users import them from :mod:`stmorp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import json
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 from .errors import (
+    DamagedFileError,
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
+    MissingPathError,
     NonFiniteError,
+    PathKindError,
     ShapeMismatchError,
     StmorphKeyError,
     TooFewObservationsError,
@@ -77,26 +86,188 @@ def check_n_obs(n_obs: int, needed: int, what: str) -> None:
         )
 
 
+def _is_real(value: object) -> bool:
+    """True for ints and floats (Python or numpy), False for bools, strings, complex and the rest."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _bounds(low: float | None, high: float | None, inclusive: bool) -> str:
+    """``" in [1, inf)"``-style text of the accepted range (empty when unbounded)."""
+    if low is None and high is None:
+        return ""
+    lo = "-inf" if low is None else _number(low)
+    hi = "inf" if high is None else _number(high)
+    left = "[" if inclusive and low is not None else "("
+    right = "]" if inclusive and high is not None else ")"
+    return f" in {left}{lo}, {hi}{right}"
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, numbers.Integral) else f"{value:g}"
+
+
+def _found(value: object) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
 def check_choice(value: object, choices: Sequence[object], name: str) -> None:
-    """Raise :class:`InvalidParameterError` if ``value`` is not one of ``choices``."""
-    if value not in choices:
+    """Raise :class:`InvalidParameterError` if ``value`` is not one of ``choices``.
+
+    A bool matches only a bool (``True`` is not ``1``); an array matches nothing.
+    """
+    ok = not isinstance(value, np.ndarray) and any(
+        isinstance(value, bool) == isinstance(c, bool) and value == c for c in choices
+    )
+    if not ok:
         raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {_available(choices, 50)}.")
 
 
 def check_range(
     value: float, name: str, low: float | None = None, high: float | None = None, inclusive: bool = False
-) -> None:
-    """Raise :class:`InvalidParameterError` if ``value`` is outside ``(low, high)``.
+) -> float:
+    """Return ``value`` as a float after checking it is a finite number in ``(low, high)``.
 
-    The bounds are open unless ``inclusive``; ``None`` means unbounded.
+    The bounds are open unless ``inclusive``; ``None`` means unbounded. Bools, strings, NaN and
+    ±inf are refused whatever the bounds.
+
+    Raises
+    ------
+    InvalidParameterError
+        The message names ``name``, the accepted range and the value found.
     """
+    accepted = f"{name} must be a finite number{_bounds(low, high, inclusive)}"
+    if not _is_real(value) or not math.isfinite(value):
+        raise InvalidParameterError(f"{accepted}; found {_found(value)}.")
     below = low is not None and (value < low if inclusive else value <= low)
     above = high is not None and (value > high if inclusive else value >= high)
     if below or above:
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        br = "[]" if inclusive else "()"
-        raise InvalidParameterError(f"{name} must lie in {br[0]}{lo}, {hi}{br[1]}; found {value!r}.")
+        raise InvalidParameterError(f"{accepted}; found {value!r}.")
+    return float(value)
+
+
+def check_int(value: int, name: str, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking it is an integer in ``[low, high]``.
+
+    A float without a fraction (``5.0``) is accepted; bools, fractions, NaN, ±inf and strings are not.
+
+    Raises
+    ------
+    InvalidParameterError
+        The message names ``name``, the accepted range and the value found.
+    """
+    integral = isinstance(value, numbers.Integral) or (
+        _is_real(value) and math.isfinite(value) and float(value).is_integer()
+    )
+    if not _is_real(value) or not integral:
+        raise InvalidParameterError(f"{name} must be an integer{_bounds(low, high, True)}; found {_found(value)}.")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidParameterError(f"{name} must be an integer{_bounds(low, high, True)}; found {value!r}.")
+    return value
+
+
+def check_ints(values: Sequence[int], name: str, low: int | None = None, high: int | None = None) -> list[int]:
+    """Return ``values`` as a list of ints after checking it is a non-empty sequence of integers in ``[low, high]``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | np.ndarray) or len(values) == 0:
+        raise InvalidParameterError(
+            f"{name} must be a non-empty sequence of integers{_bounds(low, high, True)}; found {_found(values)}."
+        )
+    return [check_int(v, name, low, high) for v in values]
+
+
+MAX_SEED = 2**32 - 1
+"""Largest ``random_state`` accepted (numpy, pynndescent and torch all take seeds below 2**32)."""
+
+
+def check_seed(random_state: int, name: str = "random_state") -> int:
+    """Return ``random_state`` as an int after checking it is an integer seed in ``[0, 2**32 - 1]``.
+
+    ``None`` is refused: stmorph records the seed with every result, so that a run can be repeated.
+    """
+    return check_int(random_state, name, low=0, high=MAX_SEED)
+
+
+def check_mapping(value: object, name: str) -> Mapping:
+    """Return ``value`` after checking it is a mapping (a dict), e.g. ``uns['spatial']``.
+
+    Raises
+    ------
+    InputTypeError
+        The message names ``name`` and the type found.
+    """
+    if not isinstance(value, Mapping):
+        raise InputTypeError(f"{name} must be a dict; found {_found(value)}. Restore it or delete the entry.")
+    return value
+
+
+def check_bool(value: bool, name: str) -> bool:
+    """Return ``value`` after checking it is ``True`` or ``False`` (a string such as ``"no"`` is refused)."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidParameterError(f"{name} must be True or False; found {_found(value)}.")
+    return bool(value)
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+"""The device strings :func:`check_device` accepts (``N``: a GPU index)."""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: object, name: str = "device") -> str:
+    """Return ``device`` as a string after checking it is one of :data:`DEVICES` (or a ``torch.device``).
+
+    Raises
+    ------
+    InvalidParameterError
+        Any other value, e.g. ``"banana"`` or ``"cuda:x"``.
+    """
+    text = str(device) if type(device).__module__ == "torch" else device
+    if not isinstance(text, str) or _DEVICE.fullmatch(text) is None:
+        raise InvalidParameterError(
+            f"{name}={device!r} is not a device; choose one of {_available(DEVICES)} (N: a GPU index)."
+        )
+    return text
+
+
+PATH_KINDS = ("file", "dir", "folder_to_write", "file_to_write", "file_to_create")
+"""What :func:`check_path` checks: an existing file, an existing folder, a folder that may be created
+(not an existing file), a file that may be written (its folder exists and it is not a folder), a file
+that may be created with its folders (it is not a folder)."""
+
+
+def check_path(value: object, name: str, kind: str) -> Path:
+    """Return ``value`` as a :class:`~pathlib.Path` after checking it is a path of ``kind`` (:data:`PATH_KINDS`).
+
+    Raises
+    ------
+    InputTypeError
+        ``value`` is not a string or path.
+    MissingPathError
+        The file or folder that must exist does not (or the folder of a file to write).
+    PathKindError
+        A file where a folder is needed, or the reverse.
+    """
+    check_choice(kind, PATH_KINDS, "kind")
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise InputTypeError(f"{name} must be a path (str or os.PathLike); found {_found(value)}.")
+    path = Path(value)
+    if kind in ("file", "dir") and not path.exists():
+        raise MissingPathError(f"{name}: {str(path)!r} does not exist; pass an existing {_KIND_TEXT[kind]}.")
+    if kind == "file_to_write" and not path.parent.is_dir():
+        raise MissingPathError(f"{name}: the folder {str(path.parent)!r} of {str(path)!r} does not exist; create it.")
+    wants_dir = kind in ("dir", "folder_to_write")
+    if path.exists() and path.is_dir() != wants_dir:
+        found = "a folder" if path.is_dir() else "a file"
+        raise PathKindError(f"{name}: {str(path)!r} is {found}; expected {_KIND_TEXT[kind]}.")
+    return path
+
+
+_KIND_TEXT = {
+    "file": "file",
+    "dir": "folder",
+    "folder_to_write": "folder (existing or to be created), not a file",
+    "file_to_write": "file to write, not a folder",
+    "file_to_create": "file to write, not a folder",
+}
 
 
 def get_rep(adata: AnnData, use_rep: str, *, finite: bool = True) -> np.ndarray:
@@ -279,3 +450,41 @@ def check_agree(found: float, expected: float, name: str, expected_from: str, rt
             "the coordinates and the image would be placed at different scales. Fix the wrong one, or pass "
             "the value explicitly."
         )
+
+
+def read_json(
+    path: Path,
+    what: str,
+    required: Mapping[str, type | tuple[type, ...]],
+    optional: Mapping[str, type | tuple[type, ...]] | None = None,
+    error: type[DamagedFileError] = DamagedFileError,
+) -> dict[str, Any]:
+    """Read the JSON object in ``path`` (a ``what``, e.g. ``"model config"``) and check its fields' types.
+
+    Raises
+    ------
+    DamagedFileError
+        (or ``error``) The file is not UTF-8 JSON, not an object, lacks a ``required`` field, or a
+        field has another type; the message names the file and the field.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} ({what}) is not valid JSON: {err}. The file is damaged; restore or delete it.") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} ({what}) must hold a JSON object; found {type(data).__name__}.")
+    fields = {**required, **(optional or {})}
+    for key, kind in fields.items():
+        if key not in data:
+            if key in required:
+                raise error(f"{path} ({what}) lacks the field {key!r}.")
+            continue
+        value = data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = "/".join(t.__name__ for t in _as_tuple(kind))
+            raise error(f"{path} ({what}): field {key!r} must be {names}; found {_found(value)}.")
+    return data
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+from ._validation import check_choice, check_int, check_path
 
 if TYPE_CHECKING:
     import anndata as ad
-
-from .errors import InvalidParameterError
 
 # Each command's one-line help (listed by `stmorph --help`) and description (`stmorph <command> --help`).
 _HELP = {
@@ -109,8 +110,15 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_input_arguments(predict)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``stmorph predict: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stmorph", description="EPS/SPS and image-to-expression prediction.")
+    parser = _Parser(prog="stmorph", description="EPS/SPS and image-to-expression prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
@@ -153,20 +161,19 @@ def _check_inputs(args: argparse.Namespace, paths: Sequence[str]) -> None:
 
     for path in paths:
         input_kind(path)
-    if args.weights not in (None, "hub") and not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights {args.weights!r} does not exist.")
+    if args.weights not in (None, "hub"):
+        check_path(args.weights, "--weights", "file")
 
 
-def _embedded(path: str, args: argparse.Namespace, use_rep: str | None = None) -> ad.AnnData:
+def _embedded(path: str, args: argparse.Namespace, option: str, use_rep: str | None = None) -> ad.AnnData:
     """The table of one input with image embeddings in ``obsm[use_rep]`` (embedded now unless stored)."""
-    import anndata as ad
 
     from . import tl
     from ._inputs import input_kind, read_slide
 
-    if use_rep is not None and input_kind(path) == "h5ad":
-        adata = ad.read_h5ad(path)
-        if use_rep in adata.obsm:
+    if input_kind(path) == "h5ad":
+        adata = _read_h5ad(path, option, args.use_rep)  # an explicit --use-rep must be there
+        if use_rep is not None and use_rep in adata.obsm:
             return adata
     slide = read_slide(path, bin_size=args.bin_size, image=args.image)
     tl.embed(
@@ -186,17 +193,48 @@ def _run_embed(args: argparse.Namespace) -> None:
     from ._keys import Key
 
     _check_inputs(args, [args.input])
-    table = _embedded(args.input, args)
+    check_path(args.out, "--out", "file_to_write")
+    table = _embedded(args.input, args, "input")
     table.write_h5ad(args.out)
     print(f"wrote {args.out} with obsm[{Key.obsm.embedding(args.model)!r}] ({table.n_obs} spots)")
+
+
+class UsageError(Exception):
+    """A mistake in the command line itself (``--params``, an option): exit status 2."""
+
+
+def _read_h5ad(path: str, option: str, use_rep: str | None = None):
+    """Read the ``.h5ad`` file ``path`` given as ``option``; a missing or unreadable file is a named stmorph error.
+
+    With ``use_rep``, also check that the file holds ``obsm[use_rep]``.
+    """
+    import anndata as ad
+
+    from .errors import DamagedFileError, StmorphKeyError
+
+    check_path(path, option, "file")
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py / anndata errors of a damaged file
+        raise DamagedFileError(
+            f"{option}: {path!r} is not a readable .h5ad file ({type(err).__name__}: {err})."
+        ) from None
+    if use_rep is not None and use_rep not in adata.obsm:
+        raise StmorphKeyError(
+            f"{option}: {path!r} has no obsm[{use_rep!r}] (--use-rep); it holds {sorted(adata.obsm)}. "
+            "Embed the spots first (st.tl.embed) or pass another --use-rep."
+        )
+    return adata
 
 
 def _run_eps(args: argparse.Namespace) -> None:
     from . import pp, tl
 
+    check_int(args.n_neighbors, "--n-neighbors", low=1)
+    check_path(args.out, "--out", "folder_to_write")
     _check_inputs(args, args.inputs)
     use_rep = _use_rep(args)
-    slices = dict(zip(_slice_names(args.inputs), (_embedded(p, args, use_rep) for p in args.inputs)))
+    slices = dict(zip(_slice_names(args.inputs), (_embedded(p, args, "input", use_rep) for p in args.inputs)))
     if not args.prepared:
         for adata in slices.values():
             pp.prepare_expression(adata)
@@ -209,31 +247,74 @@ def _run_eps(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'eps.csv'} and {out / 'sps.csv'}")
 
 
+_PREDICT_OWN = ("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added")
+"""Options of st.tl.predict that the ``predict`` command sets itself (not accepted in ``--params``)."""
+
+
+def _method_params(text: str) -> dict:
+    """The ``--params`` JSON object; not JSON, not an object, or repeating a command option is a usage error."""
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--params is not valid JSON ({err}); pass an object, e.g. '{{\"epochs\": 20}}'.") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"--params must be a JSON object of method options; found {type(params).__name__}.")
+    repeated = sorted(set(params) & set(_PREDICT_OWN))
+    if repeated:
+        raise UsageError(f"--params must not set {repeated}: the command sets them (use its own options).")
+    return params
+
+
 def _run_predict(args: argparse.Namespace) -> None:
     from . import tl
     from .tl._evaluate import evaluation_table
 
-    params = json.loads(args.params)
-    if "copy" in params:  # the prediction would go into a copy that is never written
-        raise InvalidParameterError("--params must not set 'copy': the command writes the query it reads to --out.")
+    params = _method_params(args.params)
+    check_choice(args.method, tl.list_methods(), "--method")
+    check_path(args.out, "--out", "file_to_write")
     _check_inputs(args, [args.query, *args.reference])
     use_rep = _use_rep(args)
-    query = _embedded(args.query, args, use_rep)
-    references = [_embedded(p, args, use_rep) for p in args.reference]
+    query = _embedded(args.query, args, "query", use_rep)
+    references = [_embedded(p, args, "--reference", use_rep) for p in args.reference]
     tl.predict(query, references, method=args.method, use_rep=use_rep, layer=args.layer, **params)
-    if args.evaluate:
-        tl.evaluate(query, f"predicted_{args.method}")
-        print(evaluation_table(query, args.method).to_string())
+    layer = f"predicted_{args.method}"
     query.write_h5ad(args.out)
-    print(f"wrote {args.out} with layers['predicted_{args.method}']")
+    print(f"wrote {args.out} with layers[{layer!r}]")
+    if args.evaluate:  # after the write: a failing evaluation never discards the prediction
+        tl.evaluate(query, layer)
+        print(evaluation_table(query, args.method).to_string())
+        query.write_h5ad(args.out)
+        print(f"wrote the metrics into {args.out}")
+
+
+_COMMANDS = {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
+    """Run one subcommand; a user mistake prints one line ``stmorph <command>: error: ...`` and no traceback.
+
+    Returns the exit status: 0, 2 for a usage mistake (an option or parameter), 1 for a data problem
+    (a missing key, a damaged file, too few spots, ...).
+    """
+    from . import errors
+
+    data_errors = tuple(getattr(errors, name) for name in errors.__all__)
+    try:
+        _COMMANDS[command](args)
+    except (UsageError, errors.InvalidParameterError) as err:
+        print(f"stmorph {command}: error: {err}", file=sys.stderr)
+        return 2
+    except data_errors as err:
+        print(f"stmorph {command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``stmorph`` console script."""
+    """Entry point of the ``stmorph`` console script (exit status 0, 1 for bad data, 2 for bad usage)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}[args.command](args)
-    return 0
+    return _run(args.command, args)
 
 
 if __name__ == "__main__":

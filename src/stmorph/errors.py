@@ -1,8 +1,8 @@
 """The exception types stmorph raises, importable as ``stmorph.errors`` (``st.errors``).
 
-Every message names the offending key or value, what was expected, what was found, and what to
-do. Each type subclasses :class:`ValueError` or :class:`KeyError`, so ``except ValueError`` in
-user code keeps working.
+Every message names the offending key, value or file, what was expected, what was found, and what
+to do. Each type subclasses :class:`ValueError` or :class:`KeyError` (file errors :class:`OSError`
+too, type errors :class:`TypeError` too), so ``except ValueError`` in user code keeps working.
 
 Examples
 --------
@@ -18,12 +18,15 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointMismatchError",
+    "DamagedFileError",
     "InconsistentUnitsError",
     "InputTypeError",
     "InvalidParameterError",
+    "MissingPathError",
     "ModelFileError",
     "NonFiniteError",
     "OutOfImageError",
+    "PathKindError",
     "ShapeMismatchError",
     "StmorphKeyError",
     "TooFewObservationsError",
@@ -54,8 +57,8 @@ class InvalidParameterError(ValueError):
     """A parameter value is outside its allowed range or set."""
 
 
-class InputTypeError(ValueError):
-    """An input has a dtype or type the function cannot use (e.g. non-numeric expression)."""
+class InputTypeError(ValueError, TypeError):
+    """An input has a dtype or type the function cannot use (e.g. non-numeric expression, a non-dict ``uns`` entry)."""
 
 
 class OutOfImageError(ValueError):
@@ -70,7 +73,19 @@ class UnsafeCheckpointError(ValueError):
     """A weights file is not a plain state dict (loading it would unpickle arbitrary objects)."""
 
 
-class ModelFileError(ValueError):
+class DamagedFileError(ValueError, OSError):
+    """A file exists but cannot be read: truncated, of another format, or with damaged fields (the message names it)."""
+
+
+class MissingPathError(InvalidParameterError, FileNotFoundError):
+    """A file or folder a parameter names does not exist."""
+
+
+class PathKindError(InvalidParameterError, OSError):
+    """A parameter names a file where a folder is needed, or a folder where a file is needed."""
+
+
+class ModelFileError(DamagedFileError):
     """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
 
 

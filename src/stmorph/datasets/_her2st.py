@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,8 @@ from scipy import sparse
 
 from .._image import no_pixel_limit, read_rgb
 from .._logging import logger
-from ..errors import InputTypeError, NonFiniteError
+from .._validation import check_path
+from ..errors import DamagedFileError, InputTypeError, InvalidParameterError, MissingPathError, NonFiniteError
 from ._paths import download, resolve_data_dir, verify_cached
 from ._spatialdata import build_spatialdata
 
@@ -57,6 +59,9 @@ def _urls(section: str) -> dict[str, str]:
     }
 
 
+_SECTION = re.compile(r"[A-Za-z0-9_]+")
+
+
 def her2st_files(section: str, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Paths of the three files of a HER2ST section, downloading them into the cache if needed.
 
@@ -75,14 +80,22 @@ def her2st_files(section: str, data_dir: str | os.PathLike | None = None) -> dic
 
     Raises
     ------
-    FileNotFoundError
-        A file is missing from a given (non-cache) folder; the message names it.
+    MissingPathError
+        A file is missing from a given (non-cache) folder; the message names it (a :class:`FileNotFoundError`).
+    InvalidParameterError
+        ``section`` is not a section name.
     """
+    if not isinstance(section, str) or _SECTION.fullmatch(section) is None:
+        raise InvalidParameterError(
+            f"section must be a HER2ST section name such as 'C2' (letters and digits); found {section!r}."
+        )
+    if data_dir is not None:
+        check_path(data_dir, "data_dir", "dir")
     folder, is_cache = resolve_data_dir(data_dir)
     files = _files(folder / "her2st", section)
     missing = [p for p in files.values() if not p.exists()]
     if missing and not is_cache:
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"HER2ST section {section!r}: missing {', '.join(str(p) for p in missing)}. "
             f"Put the section's files there or set $STMORPH_DATA_DIR to the folder that holds her2st/."
         )
@@ -96,8 +109,21 @@ def her2st_files(section: str, data_dir: str | os.PathLike | None = None) -> dic
     return files
 
 
+def _read_tsv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_csv(path, sep="\\t")``; a truncated or foreign file raises :class:`DamagedFileError` naming it."""
+    import zlib
+
+    try:
+        return pd.read_csv(path, sep="\t", **kwargs)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DamagedFileError(
+            f"{path} could not be read as a tab-separated table ({type(err).__name__}: {err}); the file is truncated "
+            "or damaged. Delete it to download it again, or restore it."
+        ) from None
+
+
 def _read_counts(path: Path) -> pd.DataFrame:
-    counts = pd.read_csv(path, sep="\t", index_col=0)
+    counts = _read_tsv(path, index_col=0)
     counts.index = counts.index.astype(str)
     _check_counts(counts, path)
     return counts
@@ -123,7 +149,7 @@ def _check_counts(counts: pd.DataFrame, path: Path) -> None:
 
 
 def _read_spots(path: Path) -> pd.DataFrame:
-    spots = pd.read_csv(path, sep="\t")
+    spots = _read_tsv(path)
     need = {"x", "y", "pixel_x", "pixel_y"}
     if not need <= set(spots.columns):
         raise ValueError(f"{path} must have columns {sorted(need)}; found {list(spots.columns)}")

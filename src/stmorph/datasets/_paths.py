@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from .._logging import logger
+from ..errors import DamagedFileError
 
 DATA_ENV = "STMORPH_DATA_DIR"
 CACHE_ENV = "STMORPH_CACHE_DIR"
@@ -92,4 +93,6 @@ def verify_cached(path: Path) -> None:
     """Check a cached download against the checksum stored when it was downloaded."""
     record = path.with_name(path.name + ".sha256")
     if record.exists() and sha256(path) != record.read_text().strip():
-        raise OSError(f"{path} does not match the checksum recorded at download ({record}); delete it and retry.")
+        raise DamagedFileError(
+            f"{path} does not match the checksum recorded at download ({record}); delete it and retry."
+        )

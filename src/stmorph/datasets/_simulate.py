@@ -10,11 +10,14 @@ from scipy import sparse
 
 from .._anndata import commit_outputs
 from .._keys import Key
-from .._validation import check_range
+from .._validation import check_int, check_range, check_seed
 from ._spatialdata import build_spatialdata
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
+
+MAX_SPOT_PX = 1024
+"""Largest ``spot_px`` of the simulated image."""
 
 _PINK = np.array([235.0, 170.0, 200.0])  # eosin-rich stroma
 _PURPLE = np.array([120.0, 70.0, 160.0])  # haematoxylin-rich tissue
@@ -60,11 +63,16 @@ def _counts(
     return rng.poisson(library * np.exp(log_mu)).astype(np.int32), factor
 
 
-def _check_options(n_spots: int, n_genes: int, n_planted: int, n_factors: int, spot_px: int, mpp: float) -> None:
-    for value, name in ((n_spots, "n_spots"), (n_factors, "n_factors"), (spot_px, "spot_px")):
-        check_range(value, name, low=1, inclusive=True)
-    check_range(n_planted, "n_planted", low=0, high=n_genes, inclusive=True)
+def _check_options(
+    n_spots: int, n_genes: int, n_planted: int, n_factors: int, effect: float, spot_px: int, mpp: float, seed: int
+) -> None:
+    for value, name in ((n_spots, "n_spots"), (n_genes, "n_genes"), (n_factors, "n_factors")):
+        check_int(value, name, low=1)
+    check_int(spot_px, "spot_px", low=1, high=MAX_SPOT_PX)
+    check_int(n_planted, "n_planted", low=0, high=int(n_genes))
+    check_range(effect, "effect")
     check_range(mpp, "mpp", low=0)
+    check_seed(seed, "seed")
 
 
 def simulate(
@@ -135,7 +143,7 @@ def simulate(
     """
     import anndata as ad
 
-    _check_options(n_spots, n_genes, n_planted, n_factors, spot_px, mpp)
+    _check_options(n_spots, n_genes, n_planted, n_factors, effect, spot_px, mpp, seed)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n_spots, n_factors))
     side = int(np.ceil(np.sqrt(n_spots)))

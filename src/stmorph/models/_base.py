@@ -15,6 +15,7 @@ from .._validation import (
     ModelFileError,
     ShapeMismatchError,
     check_finite,
+    check_path,
     check_same_shape,
 )
 from ._io import save_arrays
@@ -169,8 +170,8 @@ class TorchPredictor(Predictor):
         >>> model.save("bleep_her2st")  # doctest: +SKIP
         >>> st.models.load("bleep_her2st")  # doctest: +SKIP
         """
+        folder = check_path(path, "path", "folder_to_write")
         self._require_fitted()
-        folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         save_arrays(folder, self._config(), self._arrays(folder))
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import check_choice, check_range
+from .._validation import check_choice, check_int, check_range
 from ._cv import ALPHA_GRID, K_GRID, grid_search
 from ._predictor import Predictor
 
@@ -314,12 +314,12 @@ class LightGBM(Predictor):
         n_jobs: int | None = None,
         **kwargs: Any,
     ):
-        check_range(n_estimators, "n_estimators", low=1, inclusive=True)
+        check_int(n_estimators, "n_estimators", low=1)
         check_range(learning_rate, "learning_rate", low=0.0)
-        check_range(num_leaves, "num_leaves", low=2, inclusive=True)
-        check_range(max_bin, "max_bin", low=2, inclusive=True)
+        check_int(num_leaves, "num_leaves", low=2)
+        check_int(max_bin, "max_bin", low=2)
         n_jobs = _default_n_jobs() if n_jobs is None else n_jobs
-        check_range(n_jobs, "n_jobs", low=1, inclusive=True)
+        check_int(n_jobs, "n_jobs", low=1)
         super().__init__(
             n_estimators=int(n_estimators),
             learning_rate=float(learning_rate),

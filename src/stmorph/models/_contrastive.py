@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._logging import logger
-from .._validation import InvalidParameterError, ModelFileError, _available, check_choice, check_range
+from .._validation import InvalidParameterError, ModelFileError, _available, check_choice, check_int, check_range
 from ._augment import flip_rotate
 from ._base import (
     NET_PREFIX,
@@ -33,7 +33,6 @@ from ._base import (
     arrays_to_state,
     check_expression,
     check_inputs,
-    check_whole,
     state_to_arrays,
     train_val_split,
 )
@@ -152,10 +151,9 @@ class ContrastivePredictor(TorchPredictor):
         check_range(temperature, "temperature", 0, None)
         check_range(dropout, "dropout", 0, 1, inclusive=True)
         check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
-        check_range(settings["batch_size"], "batch_size", 2, None, inclusive=True)
+        check_int(settings["batch_size"], "batch_size", low=2)
         for key, value in {**settings, "k": k, "inference_batch_size": inference_batch_size}.items():
-            check_range(value, key, 1, None, inclusive=True)
-            check_whole(value, key)
+            check_int(value, key, low=1)
         params = {
             "mode": mode,
             "encoder": encoder,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import ModelFileError
+from .._validation import ModelFileError, check_path, read_json
 
 if TYPE_CHECKING:
     from ._predictor import Predictor
@@ -63,20 +63,29 @@ def save_arrays(path: str | os.PathLike, config: dict[str, Any], arrays: dict[st
     (folder / CONFIG_FILE).write_text(text, encoding="utf-8")
 
 
+_CONFIG_FIELDS = {"format": str, "version": int, "method": str, "genes": list}
+_CONFIG_OPTIONAL = {
+    "params": dict,
+    "random_state": int,
+    "input": str,
+    "history": dict,
+    "training": dict,
+    "input_shape": list,
+}
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     """Read and check ``config.json`` of a saved model folder."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"saved model folder {str(folder)!r} does not exist; pass the path given to `.save()`.")
+    check_path(folder, "saved model folder", "dir")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise ModelFileError(
                 f"{str(folder)!r} is not a complete stmorph model: {name} is missing (expected {CONFIG_FILE} and "
                 f"{WEIGHTS_FILE}, as written by `model.save(path)`)."
             )
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFileError(f"{folder / CONFIG_FILE} is not valid JSON: {err}") from err
+    config = read_json(folder / CONFIG_FILE, "model config", _CONFIG_FIELDS, _CONFIG_OPTIONAL, error=ModelFileError)
+    if not all(isinstance(g, str) for g in config["genes"]):
+        raise ModelFileError(f"{folder / CONFIG_FILE} (model config): field 'genes' must hold gene names (strings).")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelFileError(f"{folder / CONFIG_FILE} is not an stmorph model config (expected format {FORMAT!r}).")
     if config.get("version") != FORMAT_VERSION:
@@ -84,9 +93,6 @@ def read_config(folder: Path) -> dict[str, Any]:
             f"{folder / CONFIG_FILE} has format version {config.get('version')!r}; this stmorph reads version "
             f"{FORMAT_VERSION}. Re-save the model with a matching stmorph version."
         )
-    for key in ("method", "genes"):
-        if key not in config:
-            raise ModelFileError(f"{folder / CONFIG_FILE} lacks the entry {key!r}.")
     return config
 
 
@@ -137,8 +143,10 @@ def load(path: str | os.PathLike) -> Predictor:
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist.
+    MissingPathError
+        ``path`` does not exist (a :class:`FileNotFoundError`).
+    PathKindError
+        ``path`` is a file, not a model folder.
     ModelFileError
         A file is missing, damaged, of another format version, or the files disagree (e.g. the
         number of genes in the config and in the weights).
@@ -158,4 +166,12 @@ def load(path: str | os.PathLike) -> Predictor:
     cls = get_method(config["method"])
     if not hasattr(cls, "from_saved"):
         raise ModelFileError(f"method {config['method']!r} cannot be loaded from files.")
-    return cls.from_saved(folder, config, read_arrays(folder / WEIGHTS_FILE))
+    arrays = read_arrays(folder / WEIGHTS_FILE)
+    try:
+        return cls.from_saved(folder, config, arrays)
+    except ModelFileError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError) as err:  # a field of the right type with a bad value
+        raise ModelFileError(
+            f"{folder / CONFIG_FILE} (model config) does not describe a loadable model: {err}"
+        ) from None

@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_range
-from ._base import check_whole
+from .._validation import check_int, check_range
 from ._predictor import Predictor
 from ._train import resolve_device, seed_everything, train
 
@@ -60,13 +59,12 @@ class MLP(Predictor):
         patience: int = 10,
         **kwargs: Any,
     ):
-        check_range(hidden, "hidden", low=1, inclusive=True)
-        check_range(epochs, "epochs", low=1, inclusive=True)
-        check_whole(epochs, "epochs")
-        check_range(batch_size, "batch_size", low=1, inclusive=True)
+        check_int(hidden, "hidden", low=1)
+        check_int(epochs, "epochs", low=1)
+        check_int(batch_size, "batch_size", low=1)
         check_range(lr, "lr", low=0.0)
         check_range(weight_decay, "weight_decay", low=0.0, inclusive=True)
-        check_range(patience, "patience", low=1, inclusive=True)
+        check_int(patience, "patience", low=1)
         params = {"hidden": int(hidden), "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr)}
         params.update(weight_decay=float(weight_decay), patience=int(patience))
         if val_fraction is not None:

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._validation import InvalidParameterError, check_choice
+from .._validation import InvalidParameterError, check_bool, check_choice, check_device, check_seed
 
 
 class Predictor:
@@ -51,9 +51,9 @@ class Predictor:
     """Whether :meth:`fit` trains over epochs and can save and resume its state (the torch models)."""
 
     def __init__(self, *, random_state: int = 0, device: str = "auto", progress: bool = True, **params: Any):
-        self.random_state = random_state
-        self.device = device
-        self.progress = progress
+        self.random_state = check_seed(random_state)
+        self.device = check_device(device)
+        self.progress = check_bool(progress, "progress")
         self.params = params
         self.genes: list[str] = []
         self.history: dict[str, list[float]] = {}

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._logging import logger
-from .._validation import ShapeMismatchError, check_choice, check_range
+from .._validation import ShapeMismatchError, check_choice, check_int
 
 AGGREGATIONS = ("mean", "weighted")
 MAX_ELEMENTS = 2**24
@@ -106,7 +106,7 @@ def retrieve(
     array([[15.]], dtype=float32)
     """
     check_choice(aggregation, AGGREGATIONS, "aggregation")
-    check_range(k, "k", 1, None, inclusive=True)
+    check_int(k, "k", low=1)
     raw_query, raw_reference = np.asarray(query, dtype=np.float32), np.asarray(reference, dtype=np.float32)
     query, reference = l2_normalize(query), l2_normalize(reference)
     if query.shape[1] != reference.shape[1] or reference.shape[0] != len(reference_expression):

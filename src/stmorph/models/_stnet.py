@@ -14,17 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import InvalidParameterError, check_range
+from .._validation import InvalidParameterError, check_int, check_range
 from ._augment import dihedral_views, flip_rotate
-from ._base import (
-    TorchPredictor,
-    arrays_to_state,
-    check_expression,
-    check_inputs,
-    check_whole,
-    state_to_arrays,
-    train_val_split,
-)
+from ._base import TorchPredictor, arrays_to_state, check_expression, check_inputs, state_to_arrays, train_val_split
 from ._encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder, build_encoder, patches_to_tensor
 from ._train import train
 from ._weights import load_into
@@ -126,11 +118,10 @@ class STNet(TorchPredictor):
             "batch_size": batch_size,
             "inference_batch_size": inference_batch_size,
         }.items():
-            check_range(value, key, 1, None, inclusive=True)
-            check_whole(value, key)
+            check_int(value, key, low=1)
         check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
         if input_size is not None:
-            check_range(input_size, "input_size", 16, None, inclusive=True)
+            check_int(input_size, "input_size", low=16)
         params: dict[str, Any] = {
             "epochs": int(epochs),
             "batch_size": int(batch_size),

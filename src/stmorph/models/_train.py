@@ -11,6 +11,7 @@ import numpy as np
 
 from .._fingerprint import check_same
 from .._logging import logger
+from .._validation import InvalidParameterError, check_device
 from ..errors import CheckpointMismatchError
 
 if TYPE_CHECKING:
@@ -23,11 +24,23 @@ LossFn = Callable[["torch.nn.Module", Any], "torch.Tensor"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; any other string is passed to :class:`torch.device`."""
+    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` must be available.
+
+    Raises
+    ------
+    InvalidParameterError
+        Not a device string (see :func:`~stmorph._validation.check_device`), or the device is not
+        available on this machine.
+    """
     import torch
 
+    device = check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    kind, _, index = device.partition(":")
+    if not available[kind] or (index and int(index) >= torch.cuda.device_count()):
+        raise InvalidParameterError(f"device={device!r} is not available on this machine; use 'auto' or 'cpu'.")
     return torch.device(device)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._logging import logger
-from .._validation import ShapeMismatchError, UnsafeCheckpointError
+from .._validation import ShapeMismatchError, UnsafeCheckpointError, check_path
+from ..errors import DamagedFileError
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,50 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` on the CPU; a damaged file raises :class:`DamagedFileError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DamagedFileError(
+            f"{path} could not be read as safetensors ({err}); the file is truncated or of another format."
+        ) from None
+
+
+def read_torch_file(path: Path, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with named stmorph errors for damaged or unsafe files.
+
+    ``what`` names the file in the messages (e.g. ``"weights file"``, ``"training checkpoint"``).
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        Loading would unpickle Python objects other than tensors and plain values (refused).
+    DamagedFileError
+        The file is truncated or not a torch checkpoint.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(
+            f"{what} {str(path)!r} is not a plain state dict (or is damaged): loading it would unpickle arbitrary "
+            "Python objects, which stmorph refuses (it can run code). Re-save only the weights, e.g. "
+            "`torch.save(model.state_dict(), path)` or with safetensors."
+        ) from None  # torch's own message suggests the unsafe weights_only=False: never pass it on
+    except Exception as err:  # torch fails on garbage with any type (IndexError, KeyError, EOFError, ...)
+        raise DamagedFileError(
+            f"{what} {str(path)!r} is not a readable torch checkpoint ({type(err).__name__}: {str(err)[:120]}); "
+            "the file is truncated or of another format."
+        ) from None
+
+
 def load_state_dict_safely(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from a safetensors file or a plain torch checkpoint, never unpickling objects.
 
@@ -68,8 +113,10 @@ def load_state_dict_safely(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist.
+    MissingPathError
+        ``path`` does not exist (a :class:`FileNotFoundError`).
+    DamagedFileError
+        The file is truncated or of another format.
     UnsafeCheckpointError
         The file needs arbitrary Python objects to load (a pickled model, a custom class), or
         holds no tensors.
@@ -82,25 +129,10 @@ def load_state_dict_safely(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     >>> sorted(load_state_dict_safely(path))
     ['bias', 'weight']
     """
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist; pass the path of a local checkpoint.")
+    path = check_path(path, "weights", "file")
     if _is_safetensors(path):
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"{path} is not a plain state dict: loading it would unpickle arbitrary Python objects, which "
-            f"stmorph refuses (it can run code). Re-save only the weights, e.g. "
-            f"`torch.save(model.state_dict(), path)` or with safetensors."
-        ) from err
+        return read_safetensors(path)
+    obj = read_torch_file(path, "weights file")
     return _unwrap(obj, path)
 
 

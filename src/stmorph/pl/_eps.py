@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import dataset_info
-from .._validation import check_range, get_stored
+from .._validation import check_int, check_range, get_stored
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -105,6 +105,8 @@ def eps_vs_score(
     >>> st.tl.evaluate(query, layer="predicted_ridge")  # doctest: +SKIP
     >>> st.pl.eps_vs_score(query, "pearson_ridge")  # doctest: +SKIP
     """
+    _utils.check_plot_options(show=show, save=save, ncols=ncols, panel_size=panel_size)
+    check_range(size, "size", low=0)
     from scipy.stats import spearmanr
 
     eps = get_stored(adata, "var", eps_key, _EPS_CALL).to_numpy(np.float64)
@@ -229,7 +231,8 @@ def eps_ranking(
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
-    check_range(n, "n", low=1, inclusive=True)
+    check_int(n, "n", low=1)
+    _utils.check_plot_options(show=show, save=save, figsize=figsize)
     min_detected = min_detected_spots(adata.n_obs, min_detected)
     top, bottom = _ranked(adata, eps_key, qval_key or f"{eps_key}_qval", int(n), min_detected)
     significance = _significance(pd.concat([top, bottom])["qval"].to_numpy())
@@ -302,6 +305,7 @@ def sps_vs_score(
     """
     import matplotlib.pyplot as plt
 
+    _utils.check_plot_options(show=show, save=save, figsize=figsize)
     score = [score] if isinstance(score, str) else list(score)
     table = _slice_table(data, score)
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import check_range, get_genes, get_matrix
+from .._validation import check_int, check_range, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -123,7 +123,9 @@ def gene_correlation(
     >>> import stmorph as st
     >>> st.pl.gene_correlation(query, ["measured", "predicted_bleep"], n_genes=40)  # doctest: +SKIP
     """
-    check_range(n_genes, "n_genes", low=2, inclusive=True)
+    check_int(n_genes, "n_genes", low=2)
+    check_range(panel_size, "panel_size", low=0, high=_utils.MAX_INCHES)
+    _utils.check_plot_options(show=show, save=save)
     layers = list(layers) if layers is not None else [_utils.MEASURED, *_utils.require_predicted_layers(adata)]
     predicted = [layer for layer in layers if layer != _utils.MEASURED]
     matrices = {layer: _layer_matrix(adata, layer, predicted) for layer in layers}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._validation import check_range, get_genes, get_matrix
+from .._validation import check_bool, check_int, check_mapping, check_range, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
     from spatialdata import SpatialData
+
+MAX_IMAGE_SIDE = 20000
+"""Largest ``max_image_side`` in pixels (the background image is held in memory)."""
 
 
 def _is_spatialdata(data: Any) -> bool:
@@ -82,7 +85,7 @@ def visium_uns(sdata: SpatialData, table: AnnData, image_key: str, library_id: s
 
 
 def _library_id(adata: AnnData, library_id: str | None) -> str:
-    libraries = list(adata.uns["spatial"].keys())
+    libraries = list(check_mapping(adata.uns["spatial"], "adata.uns['spatial']").keys())
     if library_id is None:
         if len(libraries) != 1:
             raise InvalidParameterError(
@@ -117,7 +120,10 @@ def _table_and_image(
 
 def _small_visium_record(record: dict[str, Any], library_id: str, max_side: int) -> dict[str, Any]:
     """A Visium library record reduced to its best image (``hires``, else ``lowres``), at most ``max_side``."""
-    images, factors = record.get("images", {}), record.get("scalefactors", {})
+    where = f"adata.uns['spatial'][{library_id!r}]"
+    record = check_mapping(record, where)
+    images = check_mapping(record.get("images", {}), f"{where}['images']")
+    factors = check_mapping(record.get("scalefactors", {}), f"{where}['scalefactors']")
     res = next((r for r in ("hires", "lowres") if r in images and f"tissue_{r}_scalef" in factors), None)
     if res is None:
         raise StmorphKeyError(
@@ -261,6 +267,10 @@ def spatial(
     """
     import anndata as ad
 
+    _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
+    check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
+    check_range(size, "size", low=0)
+    check_bool(same_scale, "same_scale")
     genes = [genes] if isinstance(genes, str) else list(genes)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .._anndata import read_uns
 from .._keys import Key
+from .._validation import check_bool
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -79,6 +80,8 @@ def training(
     >>> model = st.tl.predict(query, ref, method="bleep", use_rep="X_default", return_model=True)  # doctest: +SKIP
     >>> st.pl.training(model)  # doctest: +SKIP
     """
+    _utils.check_plot_options(show=show, save=save, ncols=ncols, panel_size=panel_size)
+    check_bool(logy, "logy")
     histories = {name: curves for name, curves in _histories(data, key).items() if curves}
     if not histories:
         raise InvalidParameterError(

@@ -13,7 +13,7 @@ import numpy as np
 from .._anndata import tool_record
 from .._keys import Key
 from .._logging import logger
-from .._validation import get_stored
+from .._validation import InvalidParameterError, check_bool, check_int, check_path, check_range, get_stored
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -61,6 +61,41 @@ def shared_docs(plot: _Plot) -> _Plot:
     if plot.__doc__:
         plot.__doc__ = inspect.cleandoc(plot.__doc__).format_map(SHARED_DOCS)
     return plot
+
+
+MAX_INCHES = 100.0
+"""Largest figure or panel side in inches accepted (a 100-inch side at 150 dpi is 15 000 px)."""
+
+
+def check_size(size: tuple[float, float] | None, name: str) -> None:
+    """Raise :class:`InvalidParameterError` unless ``size`` is ``None`` or ``(width, height)`` in inches."""
+    if size is None:
+        return
+    if isinstance(size, str) or not isinstance(size, Sequence) or len(size) != 2:
+        raise InvalidParameterError(f"{name} must be (width, height) in inches; found {size!r}.")
+    for value, side in zip(size, ("width", "height")):
+        check_range(value, f"{name} {side}", low=0, high=MAX_INCHES, inclusive=False)
+
+
+def check_plot_options(
+    *,
+    show: bool | None,
+    save: str | os.PathLike | bool | None,
+    ncols: int = 1,
+    **sizes: tuple[float, float] | None,
+) -> None:
+    """Raise :class:`InvalidParameterError` naming the first bad shared option of a plot.
+
+    ``ncols`` is the plot's panels per row (plots without the option keep the default);
+    ``sizes`` are the figure/panel sizes by parameter name (``panel_size=``, ``figsize=``).
+    """
+    if show is not None:
+        check_bool(show, "show")
+    if save is not None and not isinstance(save, bool):
+        check_path(save, "save", "file_to_create")
+    check_int(ncols, "ncols", low=1)
+    for name, size in sizes.items():
+        check_size(size, name)
 
 
 def subplots(n_panels: int, *, ncols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:

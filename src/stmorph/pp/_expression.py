@@ -11,7 +11,15 @@ from scipy import sparse
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import InputTypeError, check_finite, check_n_obs, check_range, check_unique_names, get_matrix
+from .._validation import (
+    InputTypeError,
+    check_bool,
+    check_int,
+    check_n_obs,
+    check_range,
+    check_unique_names,
+    get_matrix,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -108,15 +116,17 @@ def prepare_expression(
     >>> sorted(adata.layers)
     ['counts', 'log1p']
     """
+    check_int(min_cells, "min_cells", low=0)
+    check_int(min_counts, "min_counts", low=0)
+    check_int(n_top_genes, "n_top_genes", low=1)
+    check_range(target_sum, "target_sum", low=0)
+    if max_value is not None:
+        check_range(max_value, "max_value", low=0)
+    check_bool(copy, "copy")
     check_unique_names(adata, "var")
     counts = get_matrix(adata, layer)
     _check_counts(counts, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     check_n_obs(adata.n_obs, 2, "prepare_expression (z-scoring)")
-    check_range(target_sum, "target_sum", low=0)
-    check_range(n_top_genes, "n_top_genes", low=1, inclusive=True)
-    if max_value is not None:
-        check_finite(np.float64(max_value), "max_value")  # NaN passes every range check and clips to NaN
-        check_range(max_value, "max_value", low=0)
     work = _run_pipeline(
         counts,
         adata.var_names,

@@ -14,7 +14,7 @@ import numpy as np
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import check_choice, check_finite, check_range
+from .._validation import check_bool, check_choice, check_int, check_range
 from ._sources import patch_source
 from ._tissue import tissue_mask, window_fractions
 from ._windows import as_yxc, check_inside, read_patches, window_origins, windows_inside
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from ._sources import PatchSource
+
+MAX_PATCH_SIZE = 4096
+"""Largest ``patch_size`` in pixels (one 4096-px RGB patch is 48 MiB)."""
+MAX_MPP = 1e4
+"""Largest pixel size in µm accepted for ``mpp`` / ``target_mpp`` (1 cm per pixel)."""
 
 _STORES = ("memory", "lazy")
 
@@ -158,13 +163,13 @@ def extract_patches(
     (187, 64, 64, 3)
     """
     check_choice(store, _STORES, "store")
-    check_finite(np.float64(target_mpp), "target_mpp")
-    check_range(target_mpp, "target_mpp", low=0)
-    check_range(patch_size, "patch_size", low=1, inclusive=True)
-    check_range(batch_size, "batch_size", low=1, inclusive=True)
+    check_range(target_mpp, "target_mpp", low=0, high=MAX_MPP)
+    check_int(patch_size, "patch_size", low=1, high=MAX_PATCH_SIZE)
+    check_int(batch_size, "batch_size", low=1)
     if mpp is not None:
-        check_finite(np.float64(mpp), "mpp")  # inf would give 0-px windows
-        check_range(mpp, "mpp", low=0)
+        check_range(mpp, "mpp", low=0, high=MAX_MPP)
+    check_bool(progress, "progress")
+    check_bool(copy, "copy")
     table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)

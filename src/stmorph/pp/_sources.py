@@ -27,6 +27,8 @@ from .._validation import (
     StmorphKeyError,
     _available,
     check_agree,
+    check_mapping,
+    check_range,
 )
 
 if TYPE_CHECKING:
@@ -360,13 +362,18 @@ def _from_spatialdata(
     return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
 
 
-def _visium_mpp(scalefactors: dict, mpp: float | None, library_id: str) -> float:
+def _scalefactor(scalefactors: Mapping, name: str, library_id: str) -> float:
+    """``scalefactors[name]`` after checking it is a positive finite number (the message names the field)."""
+    return check_range(scalefactors[name], f"uns['spatial'][{library_id!r}]['scalefactors'][{name!r}]", low=0)
+
+
+def _visium_mpp(scalefactors: Mapping, mpp: float | None, library_id: str) -> float:
     if mpp is not None:
         return float(mpp)
     if "microns_per_pixel" in scalefactors:
-        return float(scalefactors["microns_per_pixel"])
+        return _scalefactor(scalefactors, "microns_per_pixel", library_id)
     if "spot_diameter_fullres" in scalefactors:
-        return VISIUM_SPOT_UM / float(scalefactors["spot_diameter_fullres"])
+        return VISIUM_SPOT_UM / _scalefactor(scalefactors, "spot_diameter_fullres", library_id)
     raise InvalidParameterError(
         f"uns['spatial'][{library_id!r}]['scalefactors'] has neither 'microns_per_pixel' nor "
         "'spot_diameter_fullres'; pass `mpp=<µm per full-resolution pixel>`."
@@ -374,9 +381,10 @@ def _visium_mpp(scalefactors: dict, mpp: float | None, library_id: str) -> float
 
 
 def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> tuple[AnnData, PatchSource]:
+    check_mapping(adata.uns["spatial"], "uns['spatial']")
     library_id = one_key(adata.uns["spatial"].keys(), library_id, "library_id in uns['spatial']", "library_id")
-    lib = adata.uns["spatial"][library_id]
-    scalefactors = dict(lib.get("scalefactors", {}))
+    lib = check_mapping(adata.uns["spatial"][library_id], f"uns['spatial'][{library_id!r}]")
+    scalefactors = check_mapping(lib.get("scalefactors", {}), f"uns['spatial'][{library_id!r}]['scalefactors']")
     mpp_full = _visium_mpp(scalefactors, mpp, library_id)
     if "spatial" not in adata.obsm:
         raise StmorphKeyError("adata.obsm['spatial'] (spot centres in full-resolution pixels) not found.")
@@ -387,8 +395,8 @@ def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> 
         return adata, PatchSource(read_rgb(Path(path)), centres, mpp_full, {**info, "image": "fullres"})
     images = lib.get("images", {})
     for name in ("hires", "lowres"):
-        scalef = scalefactors.get(f"tissue_{name}_scalef")
-        if name in images and scalef:
+        if name in images and f"tissue_{name}_scalef" in scalefactors:
+            scalef = _scalefactor(scalefactors, f"tissue_{name}_scalef", library_id)
             logger.info("extract_patches: full-resolution image not found; using the %s image", name)
             image = np.asarray(images[name])
             if image.dtype.kind == "f":  # scanpy may store float images in [0, 1]

@@ -12,9 +12,9 @@ from .._anndata import commit_outputs, tool_record
 from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
-from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available
+from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available, check_bool
 from ._embed import next_sequence
-from ._embed_engine import embedding_outputs
+from ._embed_engine import check_engine_options, embedding_outputs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -149,6 +149,8 @@ def embed_cohort(
     >>> [s.tables["table"].obsm["X_hed"].shape for s in slides]
     [(20, 57), (20, 57)]
     """
+    check_engine_options(batch_size=batch_size, num_workers=num_workers, device=device)
+    check_bool(copy, "copy")
     slides = list(slides)
     if not slides:
         raise InvalidParameterError(

@@ -10,8 +10,8 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
-from .._validation import InputTypeError
-from ._embed_engine import embedding_outputs
+from .._validation import InputTypeError, check_bool
+from ._embed_engine import check_engine_options, embedding_outputs
 
 if TYPE_CHECKING:
     import os
@@ -130,6 +130,11 @@ def embed(
             f"embed takes one table; found a {type(adata).__name__} of {len(adata)} items. "
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
+    check_engine_options(
+        batch_size=batch_size, num_workers=num_workers, device=device, on_error=on_error, checkpoint=checkpoint,
+        resume=resume, progress=progress,
+    )  # fmt: skip
+    check_bool(copy, "copy")
     if is_spatialdata(adata) and image is None:
         image = adata  # lazy patches are read from the SpatialData's image
     adata = table_of(adata, table_key, name="st.tl.embed")

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._validation import ShapeMismatchError, check_choice, check_finite, check_range, get_patches
+from .._validation import (
+    ShapeMismatchError,
+    check_bool,
+    check_choice,
+    check_device,
+    check_finite,
+    check_int,
+    check_path,
+    get_patches,
+)
 from ..models._encoders import Encoder, Featurizer, patches_to_tensor, resolve_encoder
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
@@ -24,6 +33,9 @@ if TYPE_CHECKING:
     import os
 
     from anndata import AnnData
+
+MAX_BATCH_SIZE = 65536
+"""Largest ``batch_size`` accepted (a batch of 224-px patches this size is ~10 GB)."""
 
 
 def _prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
@@ -141,6 +153,27 @@ def _engine(
     return run, {"kind": "features"}
 
 
+def check_engine_options(
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: str,
+    on_error: str = "raise",
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> None:
+    """Raise :class:`InvalidParameterError` (naming the option) for a bad option of the embedding engine."""
+    check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+    check_int(num_workers, "num_workers", low=0)
+    check_device(device)
+    check_choice(on_error, ON_ERROR, "on_error")
+    if checkpoint is not None:
+        check_path(checkpoint, "checkpoint", "folder_to_write")
+    check_bool(resume, "resume")
+    check_bool(progress, "progress")
+
+
 def embedding_outputs(
     adata: AnnData,
     *,
@@ -158,12 +191,10 @@ def embedding_outputs(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Float32 embeddings of every patch of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
 
-    The computing step of :func:`~stmorph.tl.embed` (its options, same meaning).
+    The computing step of :func:`~stmorph.tl.embed` (its options, same meaning, checked by the caller
+    with :func:`check_engine_options`).
     """
     fetch = _patch_fetcher(adata, patches_key, image)
-    check_range(batch_size, "batch_size", low=1, inclusive=True)
-    check_range(num_workers, "num_workers", low=0, inclusive=True)
-    check_choice(on_error, ON_ERROR, "on_error")
     weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
     run, engine_params = _engine(resolve_encoder(model, weights), model, batch_size, device, num_workers)

@@ -25,9 +25,12 @@ from .._logging import logger
 from .._parallel import map_slides
 from .._tables import table_of
 from .._validation import (
+    check_bool,
     check_finite,
     check_graph_shape,
+    check_int,
     check_range,
+    check_seed,
     check_unique_names,
     get_genes,
     get_matrix,
@@ -301,17 +304,19 @@ def resolve_pvalues(pvalues: str | None, n_perms: int | None) -> tuple[str, int]
             )
         return pvalues, 0
     n_perms = DEFAULT_N_PERMS if n_perms is None else n_perms
-    check_range(n_perms, "n_perms", low=1, inclusive=True)
+    check_int(n_perms, "n_perms", low=1)
     return pvalues, int(n_perms)
 
 
-def _check_options(adata: AnnData, n_neighbors: int, max_value: float | None) -> None:
-    check_unique_names(adata, "obs")
-    check_unique_names(adata, "var")
-    check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
+def _check_options(n_neighbors: int, n_perms: int | None, max_value: float | None, random_state: int) -> None:
+    """Raise :class:`InvalidParameterError` naming the first bad option of :func:`eps` / :func:`sps`."""
+    check_int(n_neighbors, "n_neighbors", low=1)
+    if n_perms is not None:
+        check_int(n_perms, "n_perms", low=1)
     if max_value is not None:
         check_finite(np.float64(max_value), "max_value")
         check_range(max_value, "max_value", low=0)
+    check_seed(random_state)
 
 
 def _warn_constant(n_constant: int, n_genes: int) -> None:
@@ -349,7 +354,10 @@ def _eps_of(
     ``var_names``, the graph used, and the ``obsp``/``uns`` entries to store when the graph was
     built here (else ``None``).
     """
-    _check_options(adata, n_neighbors, max_value)
+    _check_options(n_neighbors, n_perms, max_value, random_state)
+    check_unique_names(adata, "obs")
+    check_unique_names(adata, "var")
+    check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     pvalues, n_perms = resolve_pvalues(pvalues, n_perms)
     X, names, idx = _expression(adata, layer, genes, mask_var)
     graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
@@ -476,6 +484,9 @@ def eps(
     >>> bool(adata.var["eps"].head(6).gt(0).all())
     True
     """
+    _check_options(n_neighbors, n_perms, max_value, random_state)
+    check_bool(progress, "progress")
+    check_bool(copy, "copy")
     adata = table_of(adata, table_key, name="st.tl.eps")
     result, idx, graph, graph_outputs = _eps_of(
         adata,
@@ -590,6 +601,7 @@ def sps(
     >>> list(summary.columns)
     ['slice', 'sps', 'n_spots', 'n_genes']
     """
+    _check_options(n_neighbors, None, max_value, 0)
     slices = _slices(data)
     if not slices:
         raise InvalidParameterError("sps needs at least one slice; found none.")

@@ -20,9 +20,11 @@ from .._validation import (
     NonFiniteError,
     ShapeMismatchError,
     StmorphKeyError,
+    check_bool,
     check_finite,
+    check_int,
+    check_ints,
     check_n_obs,
-    check_range,
     check_unique_names,
     get_genes,
     get_matrix,
@@ -201,10 +203,12 @@ def evaluate(
     ['ridge']
     """
     adata = table_of(adata, table_key, name="st.tl.evaluate")
-    if layer not in adata.layers:
+    check_int(n_top, "n_top", low=1)
+    hit_at_t = check_ints(hit_at_t, "hit_at_t", low=1)
+    check_bool(inplace, "inplace")
+    if not isinstance(layer, str) or layer not in adata.layers:
         raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {list(adata.layers.keys())}.")
     check_unique_names(adata, "var")
-    check_range(n_top, "n_top", low=1, inclusive=True)
     name = key_added or layer.removeprefix(Key.layers.predicted_prefix)
     record = _record(adata, layer)
     truth_name = truth_layer or str(record.get("layer", "X"))
@@ -218,7 +222,7 @@ def evaluate(
     truth = _matrix(adata, truth_name, idx, rows)
     check_finite(truth, f"adata.{'X' if truth_name == 'X' else f'layers[{truth_name!r}]'}")
     for t in hit_at_t:
-        check_range(t, "hit_at_t", low=1, high=len(idx), inclusive=True)
+        check_int(t, "hit_at_t", low=1, high=len(idx))
 
     per_gene = {metric: fn(truth, pred) for metric, fn in _GENE_METRICS.items()}
     ranked = truth if rank_layer is None else _matrix(adata, rank_layer, idx, rows)

@@ -16,7 +16,16 @@ from .._keys import Key
 from .._logging import logger
 from .._numba import run_kernel
 from .._tables import table_of
-from .._validation import InvalidParameterError, check_choice, check_n_obs, check_obsp_graph, check_range, get_rep
+from .._validation import (
+    InvalidParameterError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_n_obs,
+    check_obsp_graph,
+    check_seed,
+    get_rep,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -155,7 +164,7 @@ def check_n_neighbors(n_obs: int, n_neighbors: int, what: str) -> None:
 
     ``what`` names the use in the message, e.g. ``"EPS"``.
     """
-    check_range(n_neighbors, "n_neighbors", low=1, inclusive=True)
+    check_int(n_neighbors, "n_neighbors", low=1)
     check_n_obs(n_obs, n_neighbors + 1, f"{what} with n_neighbors={n_neighbors}")
 
 
@@ -328,6 +337,13 @@ def image_graph(
     >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
     5
     """
+    check_int(n_neighbors, "n_neighbors", low=1)
+    check_choice(metric, METRICS, "metric")
+    check_choice(method, METHODS, "method")
+    check_bool(normalize, "normalize")
+    check_seed(random_state)
+    check_bool(progress, "progress")
+    check_bool(copy, "copy")
     adata = table_of(adata, table_key, name="st.tl.image_graph")
     _, outputs = build_graph(
         adata,

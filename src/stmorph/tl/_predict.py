@@ -21,11 +21,15 @@ from .._validation import (
     InvalidParameterError,
     StmorphKeyError,
     TooFewObservationsError,
+    check_bool,
+    check_device,
     check_finite,
     check_n_obs,
     check_numeric,
+    check_path,
     check_range,
     check_same_shape,
+    check_seed,
     check_unique_names,
     get_genes,
     get_matrix,
@@ -66,6 +70,24 @@ def _mode(reference: object, split: float | None, model: Predictor | None) -> st
         )
     check_range(split, "split", low=0.0, high=1.0)
     return "within"
+
+
+def _check_options(
+    split: float | None,
+    random_state: int,
+    device: str,
+    checkpoint: str | os.PathLike | None,
+    **flags: bool,
+) -> None:
+    """Raise :class:`InvalidParameterError` naming the first bad option of :func:`predict`."""
+    if split is not None:
+        check_range(split, "split", low=0.0, high=1.0)
+    check_seed(random_state)
+    check_device(device)
+    if checkpoint is not None:
+        check_path(checkpoint, "checkpoint", "folder_to_write")
+    for name, value in flags.items():
+        check_bool(value, name)
 
 
 def _check_method_kwargs(cls: type[Predictor], kwargs: Mapping[str, Any]) -> None:
@@ -462,6 +484,8 @@ def predict(
     >>> other.obsm["X_latent"] = other.obsm["latent"]
     >>> st.tl.predict(other, model=model)  # no refit
     """
+    _check_options(split, random_state, device, checkpoint, resume=resume, progress=progress, copy=copy)
+    check_bool(return_model, "return_model")
     if copy and return_model:
         raise InvalidParameterError(
             "copy=True returns the new AnnData and return_model=True the fitted model; ask for one. "

@@ -106,94 +106,94 @@ CASES: list[BadInput] = []
 
 # ----------------------------------------------------------------------------------- st.tl.eps
 @_case("st.tl.eps", "use_rep not in obsm", StmorphKeyError)
-def _():
+def eps_use_rep_not_in_obsm():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_missing", progress=False)
 
 
 @_case("st.tl.eps", "no use_rep and no stored graph", StmorphKeyError)
-def _():
+def eps_no_use_rep_and_no_stored_graph():
     a = table()
     return a, lambda: st.tl.eps(a, progress=False)
 
 
 @_case("st.tl.eps", "NaN in X", NonFiniteError)
-def _():
+def eps_nan_in_x():
     a = _with(lambda a: _set_x(a, 3, 2, np.nan))
     return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
 
 
 @_case("st.tl.eps", "inf in the embedding", NonFiniteError)
-def _():
+def eps_inf_in_the_embedding():
     a = table()
     a.obsm["X_lat"][5, 0] = np.inf
     return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
 
 
 @_case("st.tl.eps", "non-numeric (string) embedding", InputTypeError)
-def _():
+def eps_non_numeric_string_embedding():
     a = _with(lambda a: _set_rep(a, "X_str", np.full((a.n_obs, 2), "x", dtype=object)))
     return a, lambda: st.tl.eps(a, use_rep="X_str", progress=False)
 
 
 @_case("st.tl.eps", "n_neighbors >= number of spots", TooFewObservationsError)
-def _():
+def eps_n_neighbors_number_of_spots():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=a.n_obs, progress=False)
 
 
 @_case("st.tl.eps", "layer not in layers", StmorphKeyError)
-def _():
+def eps_layer_not_in_layers():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", layer="raw", progress=False)
 
 
 @_case("st.tl.eps", "genes not in var_names", StmorphKeyError)
-def _():
+def eps_genes_not_in_var_names():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", genes=["NOT_A_GENE"], progress=False)
 
 
 @_case("st.tl.eps", "duplicated var_names", ShapeMismatchError)
-def _():
+def eps_duplicated_var_names():
     a = table()
     a.var_names = ["g"] * a.n_vars
     return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
 
 
 @_case("st.tl.eps", "duplicated obs_names", ShapeMismatchError)
-def _():
+def eps_duplicated_obs_names():
     a = table()
     a.obs_names = ["s"] * a.n_obs
     return a, lambda: st.tl.eps(a, use_rep="X_lat", progress=False)
 
 
 @_case("st.tl.eps", "negative n_perms", InvalidParameterError)
-def _():
+def eps_negative_n_perms():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=-1, progress=False)
 
 
 @_case("st.tl.eps", "pvalues not one of the nulls", InvalidParameterError)
-def _():
+def eps_pvalues_not_one_of_the_nulls():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", pvalues="analytic", progress=False)
 
 
 @_case("st.tl.eps", "mask_var naming a missing var column", StmorphKeyError)
-def _():
+def eps_mask_var_naming_a_missing_var_column():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", mask_var="highly_variable", progress=False)
 
 
 @_case("st.tl.eps", "mask_var naming a non-boolean var column", InputTypeError)
-def _():
+def eps_mask_var_naming_a_non_boolean_var_column():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", mask_var="n_cells", progress=False)
 
 
 @_case("st.tl.eps", "stored graph with negative weights", InvalidParameterError)
-def _():
+def eps_stored_graph_with_negative_weights():
     a = table()
     st.tl.image_graph(a, use_rep="X_lat", progress=False)
     graph = a.obsp["image_connectivities"].copy()
@@ -203,7 +203,7 @@ def _():
 
 
 @_case("st.tl.eps", "stored graph whose edges all have weight 0", InvalidParameterError)
-def _():
+def eps_stored_graph_whose_edges_all_have_weight_0():
     a = table()
     st.tl.image_graph(a, use_rep="X_lat", progress=False)
     graph = a.obsp["image_connectivities"].copy()
@@ -213,7 +213,7 @@ def _():
 
 
 @_case("st.tl.sps", "one slice lacks use_rep", StmorphKeyError)
-def _():
+def sps_one_slice_lacks_use_rep():
     a, b = table(), table()
     del b.obsm["X_lat"]
     return b, lambda: st.tl.sps({"a": a, "b": b}, use_rep="X_lat")
@@ -221,45 +221,45 @@ def _():
 
 # --------------------------------------------------------------------------- st.tl.image_graph
 @_case("st.tl.image_graph", "NaN in the embedding", NonFiniteError)
-def _():
+def image_graph_nan_in_the_embedding():
     a = table()
     a.obsm["X_lat"][0, 0] = np.nan
     return a, lambda: st.tl.image_graph(a, use_rep="X_lat", progress=False)
 
 
 @_case("st.tl.image_graph", "n_neighbors >= number of spots", TooFewObservationsError)
-def _():
+def image_graph_n_neighbors_number_of_spots():
     a = table()
     return a, lambda: st.tl.image_graph(a, use_rep="X_lat", n_neighbors=100, progress=False)
 
 
 @_case("st.tl.image_graph", "unknown metric", InvalidParameterError)
-def _():
+def image_graph_unknown_metric():
     a = table()
     return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="manhattan-ish")
 
 
 # -------------------------------------------------------------------------- st.pp.prepare_expression
 @_case("st.pp.prepare_expression", "negative counts", InputTypeError)
-def _():
+def prepare_expression_negative_counts():
     a = _with(lambda a: _set_x(a, 0, 0, -1.0))
     return a, lambda: st.pp.prepare_expression(a)
 
 
 @_case("st.pp.prepare_expression", "NaN in the counts", NonFiniteError)
-def _():
+def prepare_expression_nan_in_the_counts():
     a = _with(lambda a: _set_x(a, 0, 0, np.nan))
     return a, lambda: st.pp.prepare_expression(a)
 
 
 @_case("st.pp.prepare_expression", "counts layer missing", StmorphKeyError)
-def _():
+def prepare_expression_counts_layer_missing():
     a = table()
     return a, lambda: st.pp.prepare_expression(a, layer="raw_counts")
 
 
 @_case("st.pp.prepare_expression", "a single spot (cannot z-score)", TooFewObservationsError)
-def _():
+def prepare_expression_a_single_spot_cannot_z_score():
     a = table()[:1].copy()
     a.X = a.layers["counts"]
     return a, lambda: st.pp.prepare_expression(a)
@@ -267,65 +267,65 @@ def _():
 
 # ------------------------------------------------------------------------------- st.tl.predict
 @_case("st.tl.predict", "unknown method", InvalidParameterError)
-def _():
+def predict_unknown_method():
     a = table()
     return a, lambda: st.tl.predict(a, method="magic", use_rep="X_lat", split=0.2)
 
 
 @_case("st.tl.predict", "unknown method option", InvalidParameterError)
-def _():
+def predict_unknown_method_option():
     a = table()
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, alpah=2.0)
 
 
 @_case("st.tl.predict", "split outside (0, 1)", InvalidParameterError)
-def _():
+def predict_split_outside_0_1():
     a = table()
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=1.5)
 
 
 @_case("st.tl.predict", "too few spots for the split", TooFewObservationsError)
-def _():
+def predict_too_few_spots_for_the_split():
     a = table()[:4].copy()
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.5)
 
 
 @_case("st.tl.predict", "use_rep missing in the reference", StmorphKeyError)
-def _():
+def predict_use_rep_missing_in_the_reference():
     a, ref = table(), table()
     del ref.obsm["X_lat"]
     return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
 
 
 @_case("st.tl.predict", "embedding width differs between reference and query", ShapeMismatchError)
-def _():
+def predict_embedding_width_differs_between_reference_and_query():
     a, ref = table(), table()
     ref.obsm["X_lat"] = np.hstack([ref.obsm["X_lat"], ref.obsm["X_lat"]])
     return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
 
 
 @_case("st.tl.predict", "requested genes missing from the reference", StmorphKeyError)
-def _():
+def predict_requested_genes_missing_from_the_reference():
     a, ref = table(), table()
     ref = ref[:, 2:].copy()
     return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat", genes=list(a.var_names[:3]))
 
 
 @_case("st.tl.predict", "NaN in the reference expression", NonFiniteError)
-def _():
+def predict_nan_in_the_reference_expression():
     a, ref = table(), _with(lambda r: _set_x(r, 1, 1, np.nan))
     return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat")
 
 
 @_case("st.tl.predict", "duplicated var_names", ShapeMismatchError)
-def _():
+def predict_duplicated_var_names():
     a = table()
     a.var_names = ["g"] * a.n_vars
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2)
 
 
 @_case("st.tl.predict", "reference and split both given", InvalidParameterError)
-def _():
+def predict_reference_and_split_both_given():
     a = table()
     return a, lambda: st.tl.predict(a, table(), method="ridge", use_rep="X_lat", split=0.2)
 
@@ -335,14 +335,14 @@ def _ridge_model():
 
 
 @_case("st.tl.predict", "model= fitted on embeddings of another width", ShapeMismatchError)
-def _():
+def predict_model_fitted_on_embeddings_of_another_width():
     a, model = table(), _ridge_model()
     a.obsm["X_lat"] = np.hstack([a.obsm["X_lat"], a.obsm["X_lat"]])
     return a, lambda: st.tl.predict(a, model=model)
 
 
 @_case("st.tl.predict", "model= predicts genes the query lacks", StmorphKeyError)
-def _():
+def predict_model_predicts_genes_the_query_lacks():
     a, model = table()[:, 4:].copy(), _ridge_model()
     return a, lambda: st.tl.predict(a, model=model)
 
@@ -355,69 +355,69 @@ def _predicted():
 
 
 @_case("st.tl.evaluate", "prediction layer missing", StmorphKeyError)
-def _():
+def evaluate_prediction_layer_missing():
     a = table()
     return a, lambda: st.tl.evaluate(a, "predicted_ridge")
 
 
 @_case("st.tl.evaluate", "NaN in the truth", NonFiniteError)
-def _():
+def evaluate_nan_in_the_truth():
     a = _predicted()
     _set_x(a, int(np.flatnonzero(a.obs["stmorph_split"] == "test")[0]), 0, np.nan)
     return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=3)
 
 
 @_case("st.tl.evaluate", "n_top = 0", InvalidParameterError)
-def _():
+def evaluate_n_top_0():
     a = _predicted()
     return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=0)
 
 
 @_case("st.tl.evaluate", "marker gene not evaluated", StmorphKeyError)
-def _():
+def evaluate_marker_gene_not_evaluated():
     a = _predicted()
     return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=3, marker_genes=["NOT_A_GENE"])
 
 
 # --------------------------------------------------------------------------------- st.tl.embed
 @_case("st.tl.embed", "patches missing", StmorphKeyError)
-def _():
+def embed_patches_missing():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", patches_key="tiles", progress=False)
 
 
 @_case("st.tl.embed", "float patches instead of uint8", InputTypeError)
-def _():
+def embed_float_patches_instead_of_uint8():
     a = _with(lambda a: _set_rep(a, "patches", a.obsm["patches"].astype(np.float32)))
     return a, lambda: st.tl.embed(a, model="hed", progress=False)
 
 
 @_case("st.tl.embed", "patches not (n, P, P, 3)", ShapeMismatchError)
-def _():
+def embed_patches_not_n_p_p_3():
     a = _with(lambda a: _set_rep(a, "patches", a.obsm["patches"][:, :, :8]))
     return a, lambda: st.tl.embed(a, model="hed", progress=False)
 
 
 @_case("st.tl.embed", "unknown encoder", InvalidParameterError)
-def _():
+def embed_unknown_encoder():
     a = table()
     return a, lambda: st.tl.embed(a, model="not-an-encoder", progress=False)
 
 
 @_case("st.tl.embed", "batch_size = 0", InvalidParameterError)
-def _():
+def embed_batch_size_0():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", batch_size=0, progress=False)
 
 
 @_case("st.tl.embed", "weights file does not exist", FileNotFoundError)
-def _():
+def embed_weights_file_does_not_exist():
     a = table()
     return a, lambda: st.tl.embed(a, model="resnet50", weights="/nonexistent/weights.safetensors", progress=False)
 
 
 @_case("st.tl.embed", "unknown on_error", InvalidParameterError)
-def _():
+def embed_unknown_on_error():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", on_error="ignore", progress=False)
 
@@ -429,35 +429,35 @@ def _pair(coords: np.ndarray):
 
 
 @_case("st.pp.extract_patches", "3 spot centres outside the image", OutOfImageError)
-def _():
+def extract_patches_3_spot_centres_outside_the_image():
     return None, _pair(np.array([[10.0, 10.0], [90.0, 10.0], [10.0, 120.0], [-5.0, 50.0]]))
 
 
 @_case("st.pp.extract_patches", "coordinates not (n, 2)", ShapeMismatchError)
-def _():
+def extract_patches_coordinates_not_n_2():
     return None, _pair(np.arange(5.0))
 
 
 @_case("st.pp.extract_patches", "pixel size (mpp) unknown", InvalidParameterError)
-def _():
+def extract_patches_pixel_size_mpp_unknown():
     image = np.zeros((100, 80, 3), dtype=np.uint8)
     return None, lambda: st.pp.extract_patches((image, np.array([[10.0, 10.0]])), progress=False)
 
 
 @_case("st.pp.extract_patches", "image element missing", StmorphKeyError)
-def _():
+def extract_patches_image_element_missing():
     return None, lambda: st.pp.extract_patches(_sim(), image_key="hires", progress=False)
 
 
 @_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
-def _():
+def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
     sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
     sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"] = 0.25
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
 
 @_case("st.pp.extract_patches", "image and spots share no coordinate system", InvalidParameterError)
-def _():
+def extract_patches_image_and_spots_share_no_coordinate_system():
     from spatialdata.transformations import Identity, set_transformation
 
     sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
@@ -466,31 +466,31 @@ def _():
 
 
 @_case("st.pp.extract_patches", "Visium AnnData without uns['spatial']", StmorphKeyError)
-def _():
+def extract_patches_visium_anndata_without_uns_spatial():
     a = table()
     return a, lambda: st.pp.extract_patches(a, progress=False)
 
 
 @_case("st.pp.extract_patches", "Visium scalefactors without a pixel size", InvalidParameterError)
-def _():
+def extract_patches_visium_scalefactors_without_a_pixel_size():
     a = table()
     a.uns["spatial"] = {"lib": {"images": {}, "scalefactors": {"tissue_hires_scalef": 0.1}}}
     return a, lambda: st.pp.extract_patches(a, progress=False)
 
 
 @_case("st.pp.extract_patches", "target_mpp <= 0", InvalidParameterError)
-def _():
+def extract_patches_target_mpp_0():
     return None, lambda: st.pp.extract_patches(_sim(), target_mpp=0, progress=False)
 
 
 # ------------------------------------------------------------------------------ st.models.load
 @_case("st.models.load", "folder does not exist", MissingPathError)
-def _():
+def load_folder_does_not_exist():
     return None, lambda: st.models.load("/nonexistent/stmorph-model")
 
 
 @_case("st.models.load", "config.json damaged", ModelFileError)
-def _():
+def load_config_json_damaged():
     folder = scratch_folder("stmorph-bad-")
     (folder / "config.json").write_text("{ not json")
     (folder / "model.safetensors").write_bytes(b"")
@@ -498,7 +498,7 @@ def _():
 
 
 @_case("st.models.load_state_dict_safely", "pickled object in a checkpoint", UnsafeCheckpointError)
-def _():
+def load_state_dict_safely_pickled_object_in_a_checkpoint():
     return None, lambda: st.models.load_state_dict_safely(pickle_checkpoint())
 
 
@@ -517,30 +517,24 @@ class _Payload:
 
 # --------------------------------------------------------------------------- st.datasets
 @_case("st.datasets.her2st", "unknown section (files missing)", MissingPathError)
-def _():
+def her2st_unknown_section_files_missing():
     return None, lambda: st.datasets.her2st("Z9")
 
 
 @_case("st.datasets.simulate", "zero spots", InvalidParameterError)
-def _():
+def simulate_zero_spots():
     return None, lambda: st.datasets.simulate(0, 10)
 
 
 @_case("st.datasets.simulate", "more planted genes than genes", InvalidParameterError)
-def _():
+def simulate_more_planted_genes_than_genes():
     return None, lambda: st.datasets.simulate(20, 5, n_planted=6)
 
 
 # ------------------------------------------------ issue 17 §1: silently wrong results, now refused
-def _tmp(prefix: str) -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix=f"stmorph-{prefix}-"))
-
-
 def _embedded_checkpoint() -> tuple[Any, Path]:
     """A table and the folder of its finished "hed" embedding checkpoint (batches of 8)."""
-    a, folder = table(), _tmp("ckpt")
+    a, folder = table(), scratch_folder("stmorph-ckpt-")
     st.tl.embed(a, model="hed", batch_size=8, checkpoint=folder, progress=False)
     return a, folder
 
@@ -550,7 +544,7 @@ def _resume_embed(a, folder: Path):
 
 
 @_case("st.tl.embed", "resume: embeddings.npy truncated (CK5)", CheckpointMismatchError)
-def _():
+def embed_resume_embeddings_npy_truncated_ck5():
     a, folder = _embedded_checkpoint()
     path = folder / "embeddings.npy"
     path.write_bytes(path.read_bytes()[:-4000])
@@ -558,14 +552,14 @@ def _():
 
 
 @_case("st.tl.embed", "resume: embeddings.npy replaced by an (N, 7) float64 array (CK6)", CheckpointMismatchError)
-def _():
+def embed_resume_embeddings_npy_replaced_by_an_n_7_float64_array_ck6():
     a, folder = _embedded_checkpoint()
     np.save(folder / "embeddings.npy", np.zeros((a.n_obs, 7)))
     return a, _resume_embed(a, folder)
 
 
 @_case("st.tl.embed", "resume: other patches under the same key (CK7)", CheckpointMismatchError)
-def _():
+def embed_resume_other_patches_under_the_same_key_ck7():
     a, folder = _embedded_checkpoint()
     a.obsm["patches"] = a.obsm["patches"][::-1].copy()
     return a, _resume_embed(a, folder)
@@ -575,63 +569,63 @@ _MLP = {"method": "mlp", "use_rep": "X_lat", "split": 0.2, "batch_size": 16, "de
 
 
 def _trained_checkpoint() -> tuple[Any, Path]:
-    a, folder = table(), _tmp("train")
+    a, folder = table(), scratch_folder("stmorph-train-")
     st.tl.predict(a, checkpoint=folder, epochs=4, **_MLP)
     return a, folder
 
 
 @_case("st.tl.predict", "resume: another reference of the same shape (T4)", CheckpointMismatchError)
-def _():
+def predict_resume_another_reference_of_the_same_shape_t4():
     a, folder = _trained_checkpoint()
     a.X = np.asarray(a.X)[::-1].copy()
     return a, lambda: st.tl.predict(a, checkpoint=folder, resume=True, epochs=4, **_MLP)
 
 
 @_case("st.tl.predict", "resume: epochs=2 from a 4-epoch checkpoint (T5)", CheckpointMismatchError)
-def _():
+def predict_resume_epochs_2_from_a_4_epoch_checkpoint_t5():
     a, folder = _trained_checkpoint()
     return a, lambda: st.tl.predict(a, checkpoint=folder, resume=True, epochs=2, **_MLP)
 
 
 @_case("st.tl.predict", "epochs=2.5 (would be truncated)", InvalidParameterError)
-def _():
+def predict_epochs_2_5_would_be_truncated():
     a = table()
     return a, lambda: st.tl.predict(a, epochs=2.5, **_MLP)
 
 
-@_case("st.pp.prepare_expression", "max_value=nan (all-NaN result)", NonFiniteError)
-def _():
+@_case("st.pp.prepare_expression", "max_value=nan (all-NaN result)", InvalidParameterError)
+def prepare_expression_max_value_nan_all_nan_result():
     a = table()
     a.X = a.layers["counts"].copy()
     return a, lambda: st.pp.prepare_expression(a, max_value=np.nan)
 
 
 @_case("st.pp.prepare_expression", "n_top_genes=-5", InvalidParameterError)
-def _():
+def prepare_expression_n_top_genes_5():
     a = table()
     a.X = a.layers["counts"].copy()
     return a, lambda: st.pp.prepare_expression(a, n_top_genes=-5)
 
 
 @_case("st.tl.eps", "genes=[] (no gene)", InvalidParameterError)
-def _():
+def eps_genes_no_gene():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", genes=[], progress=False)
 
 
-@_case("st.pp.extract_patches", "mpp=inf (0-px windows)", NonFiniteError)
-def _():
+@_case("st.pp.extract_patches", "mpp=inf (0-px windows)", InvalidParameterError)
+def extract_patches_mpp_inf_0_px_windows():
     return None, lambda: st.pp.extract_patches(_sim(), mpp=np.inf, progress=False, copy=True)
 
 
 @_case("st.tl.embed", "key_added with '/' (nested by h5ad)", InvalidParameterError)
-def _():
+def embed_key_added_with_nested_by_h5ad():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", key_added="a/b", progress=False)
 
 
 @_case("st.tl.predict", "user's string in uns['stmorph'] would be overwritten", InputTypeError)
-def _():
+def predict_user_s_string_in_uns_stmorph_would_be_overwritten():
     a = table()
     a.uns["stmorph"] = "my notes"
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2)
@@ -646,7 +640,7 @@ def _her2st_with(edit: Callable[[Any], None]) -> Path:
 
     from stmorph.datasets._her2st import her2st_files
 
-    files, root = her2st_files("C2"), _tmp("counts")
+    files, root = her2st_files("C2"), scratch_folder("stmorph-counts-")
     (root / "her2st").mkdir()
     shutil.copy(files["image"], root / "her2st" / "N1_HE.jpg")
     shutil.copy(files["spots"], root / "her2st" / "N1_spots.tsv")
@@ -658,24 +652,24 @@ def _her2st_with(edit: Callable[[Any], None]) -> Path:
 
 
 @_case("st.datasets.her2st", "an NA count (was loaded as -2147483648)", NonFiniteError)
-def _():
+def her2st_an_na_count_was_loaded_as_2147483648():
     root = _her2st_with(lambda c: c.iloc.__setitem__((3, 5), np.nan))
     return None, lambda: st.datasets.her2st("N1", data_dir=root)
 
 
 @_case("st.datasets.her2st", "a negative count", InputTypeError)
-def _():
+def her2st_a_negative_count():
     root = _her2st_with(lambda c: c.iloc.__setitem__((3, 5), -2))
     return None, lambda: st.datasets.her2st("N1", data_dir=root)
 
 
 @_case("st.models.load", "saved model whose reference bank is all NaN", ModelFileError)
-def _():
+def load_saved_model_whose_reference_bank_is_all_nan():
     from stmorph.models._io import WEIGHTS_FILE, read_arrays, write_safetensors
 
     model = st.tl.predict(table(), method="bleep", use_rep="X_lat", split=0.2, epochs=1, batch_size=16,
                           device="cpu", progress=False, return_model=True)  # fmt: skip
-    folder = _tmp("model")
+    folder = scratch_folder("stmorph-model-")
     model.save(folder)
     arrays = read_arrays(folder / WEIGHTS_FILE)
     arrays["reference_expression"] = np.full_like(arrays["reference_expression"], np.nan)
@@ -683,135 +677,125 @@ def _():
     return None, lambda: st.models.load(folder)
 
 
-@_case("stmorph predict (CLI)", "--params '{\"copy\": true}' (wrote nothing)", InvalidParameterError)
-def _():
-    from stmorph.cli import main
-
-    args = ["predict", "q.h5ad", "--reference", "r.h5ad", "--use-rep", "X", "--out", "o.h5ad"]
-    return None, lambda: main([*args, "--params", '{"copy": true}'])
-
-
 # ------------------------------------------------- issue 17 §2–§3: parameter types, damaged files (p17b)
 @_case("st.tl.eps", "n_neighbors=2.5 (not an integer)", InvalidParameterError)
-def _():
+def eps_n_neighbors_2_5_not_an_integer():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=2.5, progress=False)
 
 
 @_case("st.tl.eps", "n_neighbors=True (a bool)", InvalidParameterError)
-def _():
+def eps_n_neighbors_true_a_bool():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=True, progress=False)
 
 
 @_case("st.tl.eps", 'n_neighbors="5" (a string)', InvalidParameterError)
-def _():
+def eps_n_neighbors_5_a_string():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors="5", progress=False)
 
 
 @_case("st.tl.eps", "n_perms=2.5", InvalidParameterError)
-def _():
+def eps_n_perms_2_5():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=2.5, progress=False)
 
 
 @_case("st.tl.eps", "random_state=None (refused before the computation)", InvalidParameterError)
-def _():
+def eps_random_state_none_refused_before_the_computation():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", random_state=None, progress=False)
 
 
 @_case("st.tl.eps", "max_value=nan", InvalidParameterError)
-def _():
+def eps_max_value_nan():
     a = table()
     return a, lambda: st.tl.eps(a, use_rep="X_lat", max_value=np.nan, progress=False)
 
 
 @_case("st.tl.predict", "split=nan", InvalidParameterError)
-def _():
+def predict_split_nan():
     a = table()
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=np.nan)
 
 
 @_case("st.tl.predict", 'device="banana"', InvalidParameterError)
-def _():
+def predict_device_banana():
     a = table()
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, device="banana")
 
 
 @_case("st.tl.evaluate", "n_top=2.5", InvalidParameterError)
-def _():
+def evaluate_n_top_2_5():
     a = _predicted()
     return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=2.5)
 
 
 @_case("st.tl.embed", "batch_size=2.5", InvalidParameterError)
-def _():
+def embed_batch_size_2_5():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", batch_size=2.5, progress=False)
 
 
 @_case("st.tl.embed", "num_workers=1.5", InvalidParameterError)
-def _():
+def embed_num_workers_1_5():
     a = table()
     return a, lambda: st.tl.embed(a, model="hed", num_workers=1.5, progress=False)
 
 
 @_case("st.tl.embed", "checkpoint is an existing file", PathKindError)
-def _():
-    import tempfile
+def embed_checkpoint_is_an_existing_file():
 
     a = table()
-    path = Path(tempfile.mkdtemp(prefix="stmorph-ckpt-")) / "file"
+    path = scratch_folder("stmorph-ckpt-") / "file"
     path.write_text("not a folder")
     return a, lambda: st.tl.embed(a, model="hed", checkpoint=path, progress=False)
 
 
 @_case("st.pp.extract_patches", "patch_size=10**7 (would need terabytes)", InvalidParameterError)
-def _():
+def extract_patches_patch_size_10_7_would_need_terabytes():
     return None, lambda: st.pp.extract_patches(_sim(), patch_size=10**7, progress=False)
 
 
 @_case("st.pp.extract_patches", "target_mpp=inf", InvalidParameterError)
-def _():
+def extract_patches_target_mpp_inf():
     return None, lambda: st.pp.extract_patches(_sim(), target_mpp=np.inf, progress=False)
 
 
 @_case("st.pp.extract_patches", "mpp=nan", InvalidParameterError)
-def _():
+def extract_patches_mpp_nan():
     return None, lambda: st.pp.extract_patches(_sim(), mpp=np.nan, progress=False)
 
 
 @_case("st.pp.extract_patches", "Visium spot_diameter_fullres=0", InvalidParameterError)
-def _():
+def extract_patches_visium_spot_diameter_fullres_0():
     a = table()
     a.uns["spatial"] = {"lib": {"images": {}, "scalefactors": {"spot_diameter_fullres": 0}}}
     return a, lambda: st.pp.extract_patches(a, progress=False)
 
 
 @_case("st.pp.extract_patches", "uns['spatial'] is not a dict", InputTypeError)
-def _():
+def extract_patches_uns_spatial_is_not_a_dict():
     a = table()
     a.uns["spatial"] = "lib"
     return a, lambda: st.pp.extract_patches(a, progress=False)
 
 
 @_case("st.models.load_state_dict_safely", "truncated .safetensors", DamagedFileError)
-def _():
+def load_state_dict_safely_truncated_safetensors():
     return None, lambda: st.models.load_state_dict_safely(_damaged_weights("w.safetensors"))
 
 
 @_case("st.models.load_state_dict_safely", "text file as .pt", DamagedFileError)
-def _():
+def load_state_dict_safely_text_file_as_pt():
     return None, lambda: st.models.load_state_dict_safely(_damaged_weights("w.pt"))
 
 
 def _damaged_weights(name: str) -> Path:
     """A weights file cut short (``.safetensors``) or holding text (``.pt``)."""
-    import tempfile
 
-    path = Path(tempfile.mkdtemp(prefix="stmorph-damaged-")) / name
+    path = scratch_folder("stmorph-damaged-") / name
     if name.endswith(".safetensors"):
         path.write_bytes(b"\x40\x00\x00\x00\x00\x00\x00\x00{")
     else:
@@ -820,10 +804,10 @@ def _damaged_weights(name: str) -> Path:
 
 
 @_case("st.datasets.her2st", "section name with a path separator", InvalidParameterError)
-def _():
+def her2st_section_name_with_a_path_separator():
     return None, lambda: st.datasets.her2st("../C2")
 
 
 @_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
-def _():
+def simulate_seed_1():
     return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)

@@ -175,6 +175,11 @@ def _embedded(path: str, args: argparse.Namespace, option: str, use_rep: str | N
         adata = _read_h5ad(path, option, args.use_rep)  # an explicit --use-rep must be there
         if use_rep is not None and use_rep in adata.obsm:
             return adata
+        if "patches" not in adata.obsm and "spatial" not in adata.uns:
+            raise UsageError(
+                f"{option}: {path!r} has no obsm[{use_rep!r}] and no patches or image to embed; pass "
+                f"--use-rep with one of its embeddings {sorted(adata.obsm)}."
+            )
     slide = read_slide(path, bin_size=args.bin_size, image=args.image)
     tl.embed(
         slide.table, model=args.model, weights=args.weights, image=slide.image, key_added=use_rep,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointMismatchError",
+    "DamagedCheckpointError",
     "DamagedFileError",
     "InconsistentUnitsError",
     "InputTypeError",
@@ -91,3 +92,7 @@ class ModelFileError(DamagedFileError):
 
 class CheckpointMismatchError(InvalidParameterError):
     """A checkpoint to resume from belongs to another run (other inputs or options) or its files are damaged."""
+
+
+class DamagedCheckpointError(CheckpointMismatchError, DamagedFileError):
+    """A checkpoint's own files are damaged (truncated, replaced, unreadable fields): nothing in it can be trusted."""

@@ -12,7 +12,7 @@ import numpy as np
 from .._fingerprint import check_same
 from .._logging import logger
 from .._validation import InvalidParameterError, check_device
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointMismatchError, DamagedCheckpointError
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +114,7 @@ def _load_state(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | N
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointMismatchError(f"training checkpoint {str(path)!r} is damaged ({err}). {advice}") from err
+        raise DamagedCheckpointError(f"training checkpoint {str(path)!r} is damaged ({err}). {advice}") from err
     if not isinstance(saved, dict) or not {"fingerprint", "module", "module_blake2b"} <= set(saved):
         raise CheckpointMismatchError(
             f"training checkpoint {str(path)!r} records no fingerprint of its run (not written by this "

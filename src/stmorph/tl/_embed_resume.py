@@ -24,8 +24,8 @@ import numpy as np
 
 from .._fingerprint import check_same, hash_arrays
 from .._logging import logger
-from .._validation import InvalidParameterError
-from ..errors import CheckpointMismatchError
+from .._validation import InvalidParameterError, read_json
+from ..errors import CheckpointMismatchError, DamagedCheckpointError
 
 ON_ERROR = ("raise", "skip")
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -44,8 +44,8 @@ def fingerprint(obs_names: Sequence[str], **settings: Any) -> dict[str, Any]:
     return {"n_spots": len(obs_names), "obs_names_sha1": digest, **settings}
 
 
-def _damaged(path: Path, what: str) -> CheckpointMismatchError:
-    return CheckpointMismatchError(
+def _damaged(path: Path, what: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(
         f"checkpoint file {str(path)!r} is damaged: {what}. Its finished batches cannot be trusted. {_ADVICE}"
     )
 
@@ -69,15 +69,16 @@ class Checkpoint:
 
     def _read_state(self) -> dict[str, Any]:
         path = self.folder / PROGRESS_FILE
+        fields = {"fingerprint": dict, "done": list, "failed": dict}
+        state = read_json(path, "embedding checkpoint progress", fields, {"rows": dict}, error=DamagedCheckpointError)
+        if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in state["done"]):
+            raise _damaged(path, "field 'done' must hold batch numbers (integers ≥ 0)")
+        rows = state.get("rows")
         try:
-            state = json.loads(path.read_text())
-            fields = state["fingerprint"], state["done"], state["failed"], state.get("rows")
-            if fields[3] is not None:
-                fields[3]["size"], fields[3]["shape"][1], dict(fields[3]["batches"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-            raise _damaged(path, f"not a progress record ({type(err).__name__}: {err})") from err
-        if not isinstance(fields[0], dict) or not isinstance(fields[2], dict):
-            raise _damaged(path, "its 'fingerprint' and 'failed' entries must be objects")
+            if rows is not None:
+                int(rows["size"]), int(rows["shape"][1]), dict(rows["batches"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise _damaged(path, f"field 'rows' is not a record of the embeddings file ({err!r})") from None
         return state
 
     def _load(self) -> None:

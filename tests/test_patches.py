@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+from _adata_compare import assert_adata_equal
 from skimage.transform import resize
 
 import stmorph as st
@@ -254,3 +255,33 @@ def test_patches_and_parameters_survive_h5ad_round_trip(c2_default, tmp_path):
     assert np.array_equal(back.obsm["patches"], c2_default.obsm["patches"])
     assert back.uns["stmorph"]["patches"]["patches"]["target_mpp"] == 0.5
     assert back.obs["patch_complete"].dtype == bool
+
+
+def test_lazy_patches_refuse_another_image_of_the_same_shape():
+    sdata = st.datasets.simulate(40, 6, n_planted=2, seed=5, spot_px=16)
+    image = np.asarray(sdata.images["he"].transpose("y", "x", "c"))
+    coords = np.asarray(sdata.tables["table"].obsm["spatial"])
+    table = st.pp.extract_patches((image, coords), mpp=1.0, target_mpp=2.0, patch_size=16, store="lazy", progress=False)
+    np.testing.assert_array_equal(
+        patch_reader(table, image=image).read(np.arange(3)),
+        read_patches(image, coords[:3], 16 * 2.0, 16)[0],
+    )
+    other = np.ascontiguousarray(image[::-1])  # same shape, other pixels
+    with pytest.raises(InvalidParameterError, match="not the one the patches"):
+        patch_reader(table, image=other)
+    with pytest.raises(InvalidParameterError, match="not the one the patches"):
+        st.tl.embed(table, model="hed", image=other, progress=False)
+
+
+def test_nan_pixels_of_a_float_visium_image_are_refused_not_turned_black(her2st_adata):
+    visium = her2st_adata("C2").copy()
+    lib = next(iter(visium.uns["spatial"]))
+    info = visium.uns["spatial"][lib]
+    info.get("metadata", {}).pop("source_image_path", None)
+    hires = np.asarray(info["images"]["hires"]).astype(np.float32) / 255
+    hires[10:20, 10:20] = np.nan
+    info["images"] = {"hires": hires}
+    before = visium.copy()
+    with pytest.raises(st.errors.NonFiniteError, match="NaN or infinite pixel"):
+        st.pp.extract_patches(visium, progress=False)
+    assert_adata_equal(visium, before)

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
+SAMPLE_WINDOWS = 8
+"""Windows hashed at a lazy extraction (``sample_hash``) and checked when the patches are read back."""
+
+
 @dataclass
 class PatchReader:
     """Reads the patches of a table extracted with ``store="lazy"``, a batch at a time.
@@ -39,6 +43,12 @@ class PatchReader:
 
     def __len__(self) -> int:
         return len(self.centres)
+
+    def sample_hash(self) -> str:
+        """Content hash of a few windows spread over the spots: which image the windows are read from."""
+        from .._fingerprint import hash_arrays, sample_indices
+
+        return hash_arrays(self.read(sample_indices(len(self), SAMPLE_WINDOWS)))
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 ``(len(indices), patch_size, patch_size, 3)`` patches of the spots ``indices``."""
@@ -107,6 +117,9 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
         No lazy extraction under ``key``.
     OutOfImageError
         The image given does not hold the recorded windows (another image or resolution).
+    InvalidParameterError
+        The image given is another image of the same size: the pixels of a few sample windows
+        differ from those hashed at extraction (``sample_hash``).
 
     Examples
     --------
@@ -126,4 +139,10 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
     centres = np.asarray(adata.obsm[params["centres_key"]], dtype=np.float64)
     array = as_yxc(_lazy_image(adata, params, image))
     check_inside(centres, array.shape, adata.obs_names)
-    return PatchReader(array, centres, float(params["window_px"]), int(params["patch_size"]))
+    reader = PatchReader(array, centres, float(params["window_px"]), int(params["patch_size"]))
+    if "sample_hash" in params and reader.sample_hash() != params["sample_hash"]:
+        raise InvalidParameterError(
+            f"the image given is not the one the patches of uns['stmorph']['patches'][{key!r}] were extracted "
+            f"from: {SAMPLE_WINDOWS} sample windows hold other pixels. Pass the same image (or extract again)."
+        )
+    return reader

@@ -30,6 +30,7 @@ from .._validation import (
     check_mapping,
     check_range,
 )
+from ..errors import NonFiniteError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -400,6 +401,12 @@ def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> 
             logger.info("extract_patches: full-resolution image not found; using the %s image", name)
             image = np.asarray(images[name])
             if image.dtype.kind == "f":  # scanpy may store float images in [0, 1]
+                bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+                if bad:  # NaN would be cast to black pixels
+                    raise NonFiniteError(
+                        f"uns['spatial'][{library_id!r}]['images'][{name!r}] holds {bad} NaN or infinite pixel "
+                        "values; fix or replace the image before extracting patches."
+                    )
                 image = np.clip(image * 255 if image.max() <= 1 else image, 0, 255).round().astype(np.uint8)
             return adata, PatchSource(image, centres * scalef, mpp_full / scalef, {**info, "image": name})
     raise StmorphKeyError(

@@ -678,70 +678,74 @@ def load_saved_model_whose_reference_bank_is_all_nan():
 
 
 # ------------------------------------------------- issue 17 §2–§3: parameter types, damaged files (p17b)
-@_case("st.tl.eps", "n_neighbors=2.5 (not an integer)", InvalidParameterError)
-def eps_n_neighbors_2_5_not_an_integer():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=2.5, progress=False)
+def _nothing() -> None:
+    """No target: the call builds its own input (files, the cached simulated SpatialData)."""
 
 
-@_case("st.tl.eps", "n_neighbors=True (a bool)", InvalidParameterError)
-def eps_n_neighbors_true_a_bool():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors=True, progress=False)
+def _calling(make: Callable[[], Any], call: Callable[[Any], Any]):
+    """A builder: a fresh target from ``make()`` and the call ``call(target)`` on it."""
+
+    def build():
+        target = make()
+        return target, lambda: call(target)
+
+    return build
 
 
-@_case("st.tl.eps", 'n_neighbors="5" (a string)', InvalidParameterError)
-def eps_n_neighbors_5_a_string():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_neighbors="5", progress=False)
-
-
-@_case("st.tl.eps", "n_perms=2.5", InvalidParameterError)
-def eps_n_perms_2_5():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", n_perms=2.5, progress=False)
-
-
-@_case("st.tl.eps", "random_state=None (refused before the computation)", InvalidParameterError)
-def eps_random_state_none_refused_before_the_computation():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", random_state=None, progress=False)
-
-
-@_case("st.tl.eps", "max_value=nan", InvalidParameterError)
-def eps_max_value_nan():
-    a = table()
-    return a, lambda: st.tl.eps(a, use_rep="X_lat", max_value=np.nan, progress=False)
-
-
-@_case("st.tl.predict", "split=nan", InvalidParameterError)
-def predict_split_nan():
-    a = table()
-    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=np.nan)
-
-
-@_case("st.tl.predict", 'device="banana"', InvalidParameterError)
-def predict_device_banana():
-    a = table()
-    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, device="banana")
-
-
-@_case("st.tl.evaluate", "n_top=2.5", InvalidParameterError)
-def evaluate_n_top_2_5():
-    a = _predicted()
-    return a, lambda: st.tl.evaluate(a, "predicted_ridge", n_top=2.5)
-
-
-@_case("st.tl.embed", "batch_size=2.5", InvalidParameterError)
-def embed_batch_size_2_5():
-    a = table()
-    return a, lambda: st.tl.embed(a, model="hed", batch_size=2.5, progress=False)
-
-
-@_case("st.tl.embed", "num_workers=1.5", InvalidParameterError)
-def embed_num_workers_1_5():
-    a = table()
-    return a, lambda: st.tl.embed(a, model="hed", num_workers=1.5, progress=False)
+HOSTILE_VALUES = [
+    (
+        "st.tl.eps",
+        "n_neighbors=2.5 (not an integer)",
+        table,
+        lambda a: st.tl.eps(a, use_rep="X_lat", n_neighbors=2.5, progress=False),
+    ),
+    (
+        "st.tl.eps",
+        "n_neighbors=True (a bool)",
+        table,
+        lambda a: st.tl.eps(a, use_rep="X_lat", n_neighbors=True, progress=False),
+    ),
+    (
+        "st.tl.eps",
+        'n_neighbors="5" (a string)',
+        table,
+        lambda a: st.tl.eps(a, use_rep="X_lat", n_neighbors="5", progress=False),
+    ),
+    ("st.tl.eps", "n_perms=2.5", table, lambda a: st.tl.eps(a, use_rep="X_lat", n_perms=2.5, progress=False)),
+    (
+        "st.tl.eps",
+        "random_state=None (refused before the computation)",
+        table,
+        lambda a: st.tl.eps(a, use_rep="X_lat", random_state=None, progress=False),
+    ),
+    ("st.tl.eps", "max_value=nan", table, lambda a: st.tl.eps(a, use_rep="X_lat", max_value=np.nan, progress=False)),
+    ("st.tl.predict", "split=nan", table, lambda a: st.tl.predict(a, method="ridge", use_rep="X_lat", split=np.nan)),
+    (
+        "st.tl.predict",
+        'device="banana"',
+        table,
+        lambda a: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, device="banana"),
+    ),
+    ("st.tl.evaluate", "n_top=2.5", _predicted, lambda a: st.tl.evaluate(a, "predicted_ridge", n_top=2.5)),
+    ("st.tl.embed", "batch_size=2.5", table, lambda a: st.tl.embed(a, model="hed", batch_size=2.5, progress=False)),
+    ("st.tl.embed", "num_workers=1.5", table, lambda a: st.tl.embed(a, model="hed", num_workers=1.5, progress=False)),
+    (
+        "st.pp.extract_patches",
+        "patch_size=10**7 (would need terabytes)",
+        _nothing,
+        lambda a: st.pp.extract_patches(_sim(), patch_size=10**7, progress=False),
+    ),
+    (
+        "st.pp.extract_patches",
+        "target_mpp=inf",
+        _nothing,
+        lambda a: st.pp.extract_patches(_sim(), target_mpp=np.inf, progress=False),
+    ),
+    ("st.pp.extract_patches", "mpp=nan", _nothing, lambda a: st.pp.extract_patches(_sim(), mpp=np.nan, progress=False)),
+]
+"""Hostile parameter values (non-integers, bools, strings, NaN, ±inf, absurd sizes): each an InvalidParameterError."""
+for _function, _problem, _make, _call in HOSTILE_VALUES:
+    _case(_function, _problem, InvalidParameterError)(_calling(_make, _call))
 
 
 @_case("st.tl.embed", "checkpoint is an existing file", PathKindError)
@@ -751,21 +755,6 @@ def embed_checkpoint_is_an_existing_file():
     path = scratch_folder("stmorph-ckpt-") / "file"
     path.write_text("not a folder")
     return a, lambda: st.tl.embed(a, model="hed", checkpoint=path, progress=False)
-
-
-@_case("st.pp.extract_patches", "patch_size=10**7 (would need terabytes)", InvalidParameterError)
-def extract_patches_patch_size_10_7_would_need_terabytes():
-    return None, lambda: st.pp.extract_patches(_sim(), patch_size=10**7, progress=False)
-
-
-@_case("st.pp.extract_patches", "target_mpp=inf", InvalidParameterError)
-def extract_patches_target_mpp_inf():
-    return None, lambda: st.pp.extract_patches(_sim(), target_mpp=np.inf, progress=False)
-
-
-@_case("st.pp.extract_patches", "mpp=nan", InvalidParameterError)
-def extract_patches_mpp_nan():
-    return None, lambda: st.pp.extract_patches(_sim(), mpp=np.nan, progress=False)
 
 
 @_case("st.pp.extract_patches", "Visium spot_diameter_fullres=0", InvalidParameterError)

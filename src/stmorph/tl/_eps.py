@@ -38,7 +38,8 @@ from ._geary import (
     graph_moments,
     permutation_pvalues,
 )
-from ._graph import build_graph, check_n_neighbors, matches_stored, stored_graph
+from ._graph import build_graph, check_n_neighbors, check_stored_exclusion, matches_stored, stored_graph
+from ._spatial import SPATIAL_KEY, spatial_knn_graph, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -128,13 +129,27 @@ def compute_eps(
 
 
 def _graph_for(
-    adata: AnnData, use_rep: str | None, n_neighbors: int, graph_key: str, random_state: int, progress: bool
+    adata: AnnData,
+    use_rep: str | None,
+    n_neighbors: int,
+    graph_key: str,
+    random_state: int,
+    progress: bool,
+    exclude_radius: float | None = None,
 ) -> tuple[sparse.csr_matrix, dict | None]:
     """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
-    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors):
+    if use_rep is None:
+        check_stored_exclusion(adata, graph_key, exclude_radius)
+    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
         return stored_graph(adata, graph_key), None
     return build_graph(
-        adata, use_rep, n_neighbors=n_neighbors, key_added=graph_key, random_state=random_state, progress=progress
+        adata,
+        use_rep,
+        n_neighbors=n_neighbors,
+        exclude_radius=exclude_radius,
+        key_added=graph_key,
+        random_state=random_state,
+        progress=progress,
     )
 
 
@@ -218,6 +233,7 @@ def _eps_of(
     n_perms: int | None = None,
     random_state: int = 0,
     progress: bool = False,
+    exclude_radius: float | None = None,
 ) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None]:
     """EPS of one slice without touching it: the step :func:`eps` and :func:`slice_eps` share.
 
@@ -232,12 +248,28 @@ def _eps_of(
     """
     _check_options(adata, n_neighbors, n_perms, max_value)
     X, names, idx = _expression(adata, layer, genes)
-    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
+    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress, exclude_radius)
     result = compute_eps(
         graph, X, names, max_value=max_value, n_perms=n_perms, random_state=random_state, progress=progress
     )
     _warn_constant(result.n_constant, len(names))
     return result, idx, graph, graph_outputs
+
+
+def _spatial_columns(
+    adata: AnnData,
+    n_neighbors: int,
+    layer: str | None,
+    genes: Sequence[str] | None,
+    max_value: float | None,
+    key_added: str,
+) -> dict[str, np.ndarray]:
+    """``var[f'{key_added}_spatial']``: the genes' ``-log C`` on the spatial kNN graph (``{}`` without coordinates)."""
+    if SPATIAL_KEY not in adata.obsm:
+        return {}
+    X, names, _ = _expression(adata, layer, genes)
+    graph = spatial_knn_graph(spot_positions(adata), n_neighbors)
+    return {Key.var.spatial_eps(key_added): compute_eps(graph, X, names, max_value=max_value).eps}
 
 
 def eps(
@@ -250,6 +282,7 @@ def eps(
     genes: Sequence[str] | None = None,
     max_value: float | None = None,
     n_perms: int | None = None,
+    exclude_radius: float | None = None,
     random_state: int = 0,
     key_added: str = "eps",
     progress: bool = True,
@@ -290,6 +323,11 @@ def eps(
     n_perms
         Permutation p-values from this many shuffles of the spots (vectorised over genes, seeded
         by ``random_state``); ``None``: analytic p-values under the normality assumption.
+    exclude_radius
+        Spatial-proximity control, in µm (see :func:`~stmorph.tl.image_graph`): each spot's image
+        neighbours are taken only among spots farther than this, so neighbours that share
+        tissue or pixels cannot raise EPS. ``None``: the paper's graph. A stored graph is reused
+        only when it was built with the same radius.
     random_state
         Seed of the permutations and of an approximate graph.
     key_added
@@ -307,6 +345,9 @@ def eps(
     ``adata.var[key_added]`` : EPS per gene.
     ``adata.var[f'{key_added}_pval']`` : one-sided p-value (small C, i.e. predictable).
     ``adata.var[f'{key_added}_qval']`` : Benjamini–Hochberg q-value over genes with an EPS.
+    ``adata.var[f'{key_added}_spatial']`` : ``-log`` Geary's C of the gene on the spatial kNN
+    graph of ``obsm['spatial']`` (same ``n_neighbors``), to read beside EPS; only when
+    ``obsm['spatial']`` exists.
     ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues'}``.
     ``adata.uns['stmorph']['eps'][key_added]`` : the parameters.
     ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
@@ -321,13 +362,15 @@ def eps(
     True
     """
     result, idx, graph, graph_outputs = _eps_of(
-        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, n_perms, random_state, progress
+        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, n_perms, random_state, progress, exclude_radius
     )
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
+    per_gene = dict(zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)))
+    per_gene.update(_spatial_columns(adata, n_neighbors, layer, genes, max_value, key_added))
 
     adata = adata.copy() if copy else adata
     columns = {}
-    for column, values in zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)):
+    for column, values in per_gene.items():
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
         columns[column] = full
@@ -341,6 +384,8 @@ def eps(
     }
     if max_value is not None:
         params["max_value"] = float(max_value)
+    if exclude_radius is not None:
+        params["exclude_radius"] = float(exclude_radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
     uns.update(_record_outputs(adata, key_added, params))
     outputs = graph_outputs or {"obsp": {}, "uns": {}}

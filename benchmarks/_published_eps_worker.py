@@ -43,7 +43,15 @@ def main() -> None:
     t2 = time.perf_counter()
     np.save(folder / "published_eps.npy", eps)
     np.save(folder / "published_knn.npy", knn_index)
+    from threadpoolctl import threadpool_info
+
+    blas = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({Path(i['filepath']).name})"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
     out = {
+        "blas": blas,
         "knn_s": t1 - t0,
         "laplacian_s": t2 - t1,
         "total_s": t2 - t0,

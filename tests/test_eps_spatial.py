@@ -148,3 +148,14 @@ def test_bad_exclusion_raises_named_error_and_leaves_adata_unchanged(slice_, rad
         else:
             st.tl.image_graph(adata, "latent_tile", exclude_radius=radius, progress=False)
     assert_adata_equal(adata, before)
+
+
+def test_radius_leaving_fewer_than_2k_candidates_still_finds_the_k_nearest_outside():
+    # spot 0 sits alone; the other 11 lie within 10 µm of each other: each of them keeps exactly
+    # one candidate (spot 0) farther than 50 µm, the k = 1 it needs, fewer than the 2k the search keeps
+    rng = np.random.default_rng(8)
+    xy = np.vstack([[1000.0, 1000.0], rng.uniform(0, 10, size=(11, 2))])
+    x = rng.standard_normal((12, 3))
+    idx, _ = _graph.knn_exact(_graph.prepare_embedding(x), 1, exclusion=Exclusion(xy, 50.0))
+    np.testing.assert_array_equal(idx[1:, 0], 0)
+    np.testing.assert_array_equal(idx[0], _reference_knn_outside(x, xy, 50.0, 1)[0])

@@ -43,19 +43,15 @@ def prepare_embedding(rep: np.ndarray, *, metric: str = "euclidean", normalize: 
     return rep
 
 
-def _rerank(rep: np.ndarray, rows: np.ndarray, cand: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float64 distances to candidate columns; keep the ``k`` best by (distance, index)."""
-    q = rep[rows].astype(np.float64)[:, None, :]
-    c = rep[cand].astype(np.float64)
-    if metric == "cosine":
-        qn = np.linalg.norm(q, axis=2)
-        cn = np.linalg.norm(c, axis=2)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dist = 1.0 - np.einsum("rkd,rkd->rk", np.broadcast_to(q, c.shape), c) / (qn * cn)
-        dist = np.nan_to_num(dist, nan=1.0)
-    else:
-        diff = c - q
-        dist = np.sqrt(np.einsum("rkd,rkd->rk", diff, diff))
+def _rerank(rep: np.ndarray, cand: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 distances to candidate columns; keep the ``k`` best by (distance, index).
+
+    Unfilled candidates (ids outside ``rep``, left when an exclusion radius allows fewer than
+    ``2k`` spots) get an infinite distance and sort last.
+    """
+    from ._knn_kernels import candidate_distances
+
+    dist = run_kernel(candidate_distances, rep, cand, metric == "cosine")
     order = np.lexsort((cand, dist), axis=1)[:, :k]  # by distance, then by index
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
@@ -116,13 +112,7 @@ def knn_exact(
         run_kernel(merge_rows, sims, sqnorm, i, j, keys[rows], cand[rows], xy, r2)
         if j > i:
             run_kernel(merge_columns, sims, sqnorm, j, i, keys[cols], cand[cols], xy, r2)
-    indices = np.empty((n, n_neighbors), dtype=np.int64)
-    distances = np.empty((n, n_neighbors), dtype=np.float64)
-    chunk = max(1, _BLOCK_ELEMENTS // (8 * m * rep.shape[1]))
-    for start in range(0, n, chunk):
-        rows = np.arange(start, min(start + chunk, n))
-        indices[rows], distances[rows] = _rerank(rep, rows, cand[rows], n_neighbors, metric)
-    return indices, distances
+    return _rerank(rep, cand, n_neighbors, metric)
 
 
 def drop_self(idx: np.ndarray, dist: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:

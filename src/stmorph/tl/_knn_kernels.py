@@ -103,3 +103,46 @@ def merge_columns(
                 if key <= worst[r] and (key < worst[r] or j < ids[row, m - 1]) and _allowed(xy, r2, row0 + row, j):
                     _insert(keys, ids, row, key, j)
                     worst[r] = keys[row, m - 1]
+
+
+@numba.njit(inline="always")
+def _euclidean(rep: np.ndarray, i: int, j: int) -> float:
+    acc = 0.0
+    for d in range(rep.shape[1]):
+        diff = np.float64(rep[i, d]) - np.float64(rep[j, d])
+        acc += diff * diff
+    return np.sqrt(acc)
+
+
+@numba.njit(inline="always")
+def _cosine(rep: np.ndarray, i: int, j: int) -> float:
+    dot = qq = cc = 0.0
+    for d in range(rep.shape[1]):
+        a, b = np.float64(rep[i, d]), np.float64(rep[j, d])
+        dot += a * b
+        qq += a * a
+        cc += b * b
+    norm = np.sqrt(qq) * np.sqrt(cc)
+    return 1.0 - dot / norm if norm > 0 else 1.0
+
+
+@numba.njit(parallel=True, cache=True)
+def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
+    """Exact float64 distances from ``rep[i]`` to each ``rep[cand[i, t]]`` (``inf`` for ids outside ``rep``).
+
+    Euclidean, or cosine distance ``1 - cos`` (``1`` when a norm is 0). Every product is formed in
+    float64 from the stored values, so float32 near-ties are resolved exactly; nothing of size
+    ``n × candidates × d`` is allocated.
+    """
+    n = rep.shape[0]
+    out = np.empty(cand.shape)
+    for i in numba.prange(cand.shape[0]):
+        for t in range(cand.shape[1]):
+            j = cand[i, t]
+            if j < 0 or j >= n:
+                out[i, t] = np.inf
+            elif cosine:
+                out[i, t] = _cosine(rep, i, j)
+            else:
+                out[i, t] = _euclidean(rep, i, j)
+    return out

@@ -92,7 +92,7 @@ def _ours_eps_worker(folder: Path, k: int) -> None:
     genes = pd.Index([f"g{i}" for i in range(expression.shape[1])])
     warm = np.random.default_rng(0).standard_normal((5000, 4))  # numba compilation, for the timed dtypes
     warm_graph, _, _ = knn_graph(warm.astype(embedding.dtype), k, method="exact")
-    geary_terms(warm_graph, warm.astype(expression.dtype))
+    compute_eps(warm_graph, warm.astype(expression.dtype), genes[:4])  # and the imports of the p-values
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     t0 = time.perf_counter()
     graph, _, _ = knn_graph(embedding, k, method="exact")

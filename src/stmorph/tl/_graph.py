@@ -26,8 +26,11 @@ EXACT_MAX_OBS = 50_000
 METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "pynndescent")
 
-_BLOCK_ELEMENTS = 2**24
-"""Similarity entries held at once by the exact search (a 4096 × 4096 block: 64 MiB of float32)."""
+_BLOCK_ELEMENTS = 2**22
+"""Similarity entries held at once by the exact search (a 2048 × 2048 block: 16 MiB of float32).
+
+Small enough that the two merge passes over a block read it from cache, large enough that the
+matrix product keeps BLAS at full speed (a 4096 block was ~10 % slower end to end, 1024 ~40 %)."""
 
 
 def prepare_embedding(rep: np.ndarray, *, metric: str = "euclidean", normalize: bool = True) -> np.ndarray:

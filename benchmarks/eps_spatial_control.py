@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("sections", nargs="*", default=["C2", "C3"])
     parser.add_argument("--radii", type=float, nargs="+", default=[250.0, 500.0])
     args = parser.parse_args()
-    print(f"| section | exclude_radius µm | SPS | mean EPS on spatial graph | Spearman vs default | top-{TOP} overlap |")
+    header = ("section", "exclude_radius µm", "SPS", "mean EPS on spatial graph", "Spearman vs default")
+    print("| " + " | ".join(header) + f" | top-{TOP} overlap |")
     print("|---|---|---|---|---|---|")
     tops = []
     for section in args.sections:

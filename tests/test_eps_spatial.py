@@ -100,7 +100,11 @@ def test_excluded_graph_is_stored_with_its_radius_and_not_reused_silently(slice_
     assert out.uns["image"]["params"]["exclude_radius"] == RADIUS_UM
     assert out.uns["stmorph"]["eps"]["eps"]["exclude_radius"] == RADIUS_UM
     assert (out.obsp["image_connectivities"] != default_graph).nnz > 0  # rebuilt, not reused
-    # the stored graph now has the radius: asking for another one without use_rep is an error
+    # the stored graph now has the radius: using it records the radius, asking for another is an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        st.tl.eps(out, key_added="again", progress=False)
+    assert out.uns["stmorph"]["eps"]["again"]["exclude_radius"] == RADIUS_UM
     with pytest.raises(InvalidParameterError, match="exclude_radius=450"):
         st.tl.eps(out, exclude_radius=200.0, progress=False)
 

@@ -38,7 +38,14 @@ from ._geary import (
     graph_moments,
     permutation_pvalues,
 )
-from ._graph import build_graph, check_n_neighbors, check_stored_exclusion, matches_stored, stored_graph
+from ._graph import (
+    build_graph,
+    check_n_neighbors,
+    check_stored_exclusion,
+    matches_stored,
+    stored_exclude_radius,
+    stored_graph,
+)
 from ._spatial import SPATIAL_KEY, spatial_knn_graph, spot_positions
 
 if TYPE_CHECKING:
@@ -384,8 +391,9 @@ def eps(
     }
     if max_value is not None:
         params["max_value"] = float(max_value)
-    if exclude_radius is not None:
-        params["exclude_radius"] = float(exclude_radius)
+    radius = exclude_radius if graph_outputs is not None else stored_exclude_radius(adata, graph_key)
+    if radius is not None:  # the radius of the graph used, also when it was stored before
+        params["exclude_radius"] = float(radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
     uns.update(_record_outputs(adata, key_added, params))
     outputs = graph_outputs or {"obsp": {}, "uns": {}}

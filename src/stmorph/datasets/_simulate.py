@@ -163,8 +163,9 @@ def simulate(
     SpatialData laid out like :func:`~stmorph.datasets.her2st`; the table additionally has
     ``var["planted"]`` (bool), ``var["factor"]`` (factor index, -1 for noise) and
     ``obsm["latent"]`` (the true factors, n_spots × n_factors); ``uns["stmorph"]["dataset"]`` is
-    ``{"name": "simulate", "mpp": mpp, "params": {"n_planted", "n_smooth", "smooth_um", "n_factors",
-    "effect", "seed"}}``; ``var["smooth"]`` (bool) marks the smooth genes.
+    ``{"name": "simulate", "mpp": mpp, "params": {"n_planted", "n_factors", "effect", "seed"}}``
+    (plus ``"n_smooth"`` and ``"smooth_um"`` when ``n_smooth > 0``); ``var["smooth"]`` (bool) marks
+    the smooth genes.
 
     Raises
     ------
@@ -207,13 +208,8 @@ def simulate(
     table.obsm["spatial"] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
     table.obsm["latent"] = z
     table.obsm["latent_tile"] = np.hstack([z, shared])
-    params = {
-        "n_planted": n_planted,
-        "n_smooth": n_smooth,
-        "smooth_um": float(smooth_um),
-        "n_factors": n_factors,
-        "effect": effect,
-        "seed": seed,
-    }
+    params = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "seed": seed}
+    if n_smooth:
+        params.update(n_smooth=n_smooth, smooth_um=float(smooth_um))
     commit_outputs(table, uns={Key.uns.dataset: {"name": "simulate", "mpp": float(mpp), "params": params}})
     return build_spatialdata(image, table, mpp, spot_radius_px=spot_px / 2)

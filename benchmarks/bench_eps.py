@@ -10,6 +10,10 @@ approximate- vs exact-graph EPS on a 100,000-spot subsample of the HD slice), ``
 sparse-memory`` (peak memory of the EPS step on sparse log1p input for growing N). Sizes can be
 lowered with ``--n``/``--dim``/``--genes`` for a quick run. Data are synthetic
 (``benchmarks/_eps_data.py``). Prints the figures; asserts nothing.
+
+Each scenario's process runs with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed from
+its environment (numpy's OpenBLAS then picks its best kernel, AVX-512 "SkylakeX" on this CPU) and
+prints the kernels ``threadpoolctl`` reports, beside the load average after it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from scipy import sparse, stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _eps_data
+from compare_published import blas_env, blas_kernels
 
 from stmorph.tl._eps import compute_eps
 from stmorph.tl._graph import knn_graph
@@ -152,6 +157,8 @@ def _worker(args: argparse.Namespace) -> None:
         out = run_hd_check(args.n or 1_000_000, args.dim or 256, args.genes, args.n_sub)
     else:
         out = run_sparse_memory(args.sizes, args.genes)
+    for row in out if isinstance(out, list) else [out]:
+        row["blas"] = blas_kernels()
     print("RESULT " + json.dumps(out))
 
 
@@ -180,12 +187,13 @@ def main() -> None:
         cmd += [f"--n={args.n}"] if args.n else []
         cmd += [f"--dim={args.dim}"] if args.dim else []
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=blas_env(None))
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"[{what}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
             continue
-        print(f"[{what}] (process wall time {time.perf_counter() - t0:.0f} s incl. data generation)")
+        load = Path("/proc/loadavg").read_text().split()[0]
+        print(f"[{what}] (process wall time {time.perf_counter() - t0:.0f} s incl. data generation; load after {load})")
         _print(json.loads(line[0][len("RESULT ") :]))
 
 

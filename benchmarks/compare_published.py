@@ -18,6 +18,14 @@ in float64), the largest EPS difference, time and peak-memory ratios, and the La
 alone. Each side runs in its own process (peak RSS is its own); numba compilation is excluded on
 both sides. Data are synthetic (``benchmarks/_eps_data.py``). Prints the figures.
 
+BLAS kernels: each side runs at its best kernel, in its own process. stmorph runs with
+``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` removed from its environment (numpy's OpenBLAS
+0.3.31 then picks its AVX-512 "SkylakeX" kernel on this CPU); the published code runs with
+``OPENBLAS_CORETYPE=Haswell`` (faiss-cpu bundles OpenBLAS 0.3.15, which without it falls back to
+the slow generic kernel here), ``--published-coretype`` to change it. Both workers print the
+kernels ``threadpoolctl`` reports. The variables are only set for these subprocesses, never in
+tests or CI.
+
 ``--what baselines``: linear / ridge / LightGBM / MLP of ``expression_copilot.baseline.Baseline``
 against ``st.tl.predict`` on the same synthetic data and the same 80/20 split (1,000 spots ×
 256-d × 200 genes): per-gene test Pearson (largest difference, means) and fit+predict time.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -40,8 +49,30 @@ HERE = Path(__file__).resolve().parent
 BENCH_PYTHON = HERE.parent / ".benchmarks_env" / "bin" / "python"
 
 
-def _run_worker(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_env(coretype: str | None) -> dict[str, str]:
+    """This process's environment with the OpenBLAS kernel variables unset, or the core type forced."""
+    env = {k: v for k, v in os.environ.items() if k not in _BLAS_VARIABLES}
+    if coretype is not None:
+        env["OPENBLAS_CORETYPE"] = coretype
+    return env
+
+
+def blas_kernels() -> list[str]:
+    """The BLAS libraries loaded in this process, as ``threadpoolctl`` reports them."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({Path(i['filepath']).name})"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+
+
+def _run_worker(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         raise RuntimeError(f"{cmd[:2]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -61,25 +92,28 @@ def _ours_eps_worker(folder: Path, k: int) -> None:
     genes = pd.Index([f"g{i}" for i in range(expression.shape[1])])
     warm = np.random.default_rng(0).standard_normal((5000, 4))  # numba compilation, for the timed dtypes
     warm_graph, _, _ = knn_graph(warm.astype(embedding.dtype), k, method="exact")
-    geary_terms(warm_graph, warm.astype(expression.dtype))
+    compute_eps(warm_graph, warm.astype(expression.dtype), genes[:4])  # and the imports of the p-values
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()  # CPU time of all threads: robust to a loaded machine
     graph, _, _ = knn_graph(embedding, k, method="exact")
     t1 = time.perf_counter()
     result = compute_eps(graph, expression, genes)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     numer, ss, _ = geary_terms(graph, expression)  # the Laplacian step alone, timed again
     gearys_c(numer, ss, graph.shape[0], float(graph.sum()))
     t3 = time.perf_counter()
     np.save(folder / "ours_eps.npy", result.eps)
     np.save(folder / "ours_knn.npy", graph.indices.reshape(graph.shape[0], k))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    out = {"knn_s": t1 - t0, "eps_step_s": t2 - t1, "laplacian_s": t3 - t2, "total_s": t2 - t0}
+    out = {"knn_s": t1 - t0, "eps_step_s": t2 - t1, "laplacian_s": t3 - t2, "total_s": t2 - t0, "total_cpu_s": c2 - c0}
+    out["blas"] = blas_kernels()
     print("RESULT " + json.dumps({**out, "peak_rss_gb": peak, "rss_before_gb": before}))
 
 
-def compare_eps(sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int = 5) -> list[dict]:
-    """EPS side by side with ``expression_copilot.mi.calc_eps`` for each N in ``sizes``."""
+def compare_eps(
+    sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int = 5, published_coretype: str = "Haswell"
+) -> list[dict]:
+    """EPS side by side with ``expression_copilot.mi.calc_eps`` for each N in ``sizes``, each at its best kernel."""
     sys.path.insert(0, str(HERE))
     import _eps_data
 
@@ -93,8 +127,14 @@ def compare_eps(sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int =
             np.save(folder / "embedding.npy", _eps_data.embedding(z, dim))
             # C order, as sc.pp.scale leaves adata.X; both sides read the same file
             np.save(folder / "expression.npy", np.ascontiguousarray(_eps_data.scaled_expression(z, n_genes)))
-            theirs = _run_worker([str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)])
-            ours = _run_worker([sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)])
+            theirs = _run_worker(
+                [str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)],
+                env=blas_env(published_coretype),
+            )
+            ours = _run_worker(
+                [sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)], env=blas_env(None)
+            )
+            print(f"  BLAS published: {theirs['blas']}; ours: {ours['blas']}")
             eps_p, eps_o = np.load(folder / "published_eps.npy"), np.load(folder / "ours_eps.npy")
             knn_p = np.sort(np.load(folder / "published_knn.npy"), axis=1)
             knn_o = np.sort(np.load(folder / "ours_knn.npy"), axis=1)
@@ -112,11 +152,15 @@ def compare_eps(sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int =
             "ours_laplacian_s": ours["laplacian_s"],
             "ours_total_s": ours["total_s"],
             "ours_peak_gb": ours["peak_rss_gb"],
+            "published_total_cpu_s": theirs["total_cpu_s"],
+            "ours_total_cpu_s": ours["total_cpu_s"],
             "speedup_total": theirs["total_s"] / ours["total_s"],
+            "speedup_total_cpu": theirs["total_cpu_s"] / ours["total_cpu_s"],
             "speedup_knn": theirs["knn_s"] / ours["knn_s"],
             "speedup_laplacian": theirs["laplacian_s"] / ours["laplacian_s"],
             "peak_memory_ratio": ours["peak_rss_gb"] / theirs["peak_rss_gb"],
         }
+        row["load_after"] = Path("/proc/loadavg").read_text().split()[0]
         rows.append(row)
         print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
@@ -192,13 +236,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[5_000, 20_000, 50_000], help="N spots (eps)")
     parser.add_argument("--worker-eps", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--dim", type=int, default=1024, help="embedding dimensions (eps)")
+    parser.add_argument("--genes", type=int, default=2000, help="genes (eps)")
+    parser.add_argument("--published-coretype", default="Haswell", help="OPENBLAS_CORETYPE of the published side")
     args = parser.parse_args()
     if args.worker_eps is not None:
         _ours_eps_worker(args.worker_eps, args.k)
         return
     print(f"compare_published --what {args.what}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.what == "eps":
-        compare_eps(args.sizes, k=args.k)
+        compare_eps(args.sizes, args.dim, args.genes, args.k, args.published_coretype)
     elif args.what == "baselines":
         compare_baselines()
 

@@ -89,9 +89,9 @@ def test_cosine_metric_ranks_like_normalised_euclidean():
 def test_auto_uses_exact_up_to_threshold_and_pynndescent_above(monkeypatch):
     calls = []
 
-    def fake_pynndescent(rep, n_neighbors, *, metric, random_state):
+    def fake_pynndescent(rep, n_neighbors, *, metric, exclusion, random_state):
         calls.append(rep.shape[0])
-        return _graph.knn_exact(rep, n_neighbors)
+        return _graph.knn_exact(rep, n_neighbors, exclusion=exclusion)
 
     monkeypatch.setattr(_graph, "knn_pynndescent", fake_pynndescent)
     monkeypatch.setattr(_graph, "EXACT_MAX_OBS", 100)

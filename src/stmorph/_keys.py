@@ -102,6 +102,11 @@ class Key:
             """Per-gene score ``metric`` (``pearson``, ``spearman``, ``rmse``, ``ssim``) of evaluation ``name``."""
             return f"{metric}_{name}"
 
+        @staticmethod
+        def spatial_eps(key_added: str = "eps") -> str:
+            """``-log`` Geary's C on the spatial kNN graph, beside the EPS of ``st.tl.eps(key_added=...)``."""
+            return f"{key_added}_spatial"
+
     class layers:
         """``layers`` keys."""
 

@@ -50,7 +50,15 @@ from ._geary import (
     permutation_pvalues,
     randomization_variance,
 )
-from ._graph import build_graph, check_n_neighbors, matches_stored, stored_graph
+from ._graph import (
+    build_graph,
+    check_n_neighbors,
+    check_stored_exclusion,
+    matches_stored,
+    stored_exclude_radius,
+    stored_graph,
+)
+from ._spatial import SPATIAL_KEY, spatial_knn_graph, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -169,15 +177,29 @@ def compute_eps(
 
 
 def _graph_for(
-    adata: AnnData, use_rep: str | None, n_neighbors: int, graph_key: str, random_state: int, progress: bool
+    adata: AnnData,
+    use_rep: str | None,
+    n_neighbors: int,
+    graph_key: str,
+    random_state: int,
+    progress: bool,
+    exclude_radius: float | None = None,
 ) -> tuple[sparse.csr_matrix, dict | None]:
     """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
     if use_rep is None and Key.obsp.connectivities(graph_key) not in adata.obsp:
         use_rep = _recorded_embedding(adata, graph_key)
-    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors):
+    if use_rep is None:
+        check_stored_exclusion(adata, graph_key, exclude_radius)
+    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
         return stored_graph(adata, graph_key), None
     return build_graph(
-        adata, use_rep, n_neighbors=n_neighbors, key_added=graph_key, random_state=random_state, progress=progress
+        adata,
+        use_rep,
+        n_neighbors=n_neighbors,
+        exclude_radius=exclude_radius,
+        key_added=graph_key,
+        random_state=random_state,
+        progress=progress,
     )
 
 
@@ -340,6 +362,7 @@ def _eps_of(
     n_perms: int | None = None,
     random_state: int = 0,
     progress: bool = False,
+    exclude_radius: float | None = None,
 ) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None]:
     """EPS of one slice without touching it: the step :func:`eps` and :func:`slice_eps` share.
 
@@ -358,7 +381,7 @@ def _eps_of(
     check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     pvalues, n_perms = resolve_pvalues(pvalues, n_perms)
     X, names, idx = _expression(adata, layer, genes, mask_var)
-    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress)
+    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress, exclude_radius)
     result = compute_eps(
         graph,
         X,
@@ -371,6 +394,23 @@ def _eps_of(
     )
     _warn_constant(result.n_constant, len(names))
     return result, idx, graph, graph_outputs
+
+
+def _spatial_columns(
+    adata: AnnData,
+    n_neighbors: int,
+    layer: str | None,
+    genes: Sequence[str] | None,
+    mask_var: str | np.ndarray | _Default | None,
+    max_value: float | None,
+    key_added: str,
+) -> dict[str, np.ndarray]:
+    """``var[f'{key_added}_spatial']``: the genes' ``-log C`` on the spatial kNN graph (``{}`` without coordinates)."""
+    if SPATIAL_KEY not in adata.obsm:
+        return {}
+    X, names, _ = _expression(adata, layer, genes, mask_var)
+    graph = spatial_knn_graph(spot_positions(adata), n_neighbors)
+    return {Key.var.spatial_eps(key_added): compute_eps(graph, X, names, max_value=max_value).eps}
 
 
 @doc_params("table_key", "copy")
@@ -386,6 +426,7 @@ def eps(
     max_value: float | None = None,
     pvalues: str | None = None,
     n_perms: int | None = None,
+    exclude_radius: float | None = None,
     random_state: int = 0,
     key_added: str = "eps",
     table_key: str | None = None,
@@ -446,6 +487,11 @@ def eps(
     n_perms
         Permutations of ``pvalues="permutation"`` (vectorised over genes, seeded by
         ``random_state``; 999 when not given).
+    exclude_radius
+        Spatial-proximity control, in µm (see :func:`~stmorph.tl.image_graph`): each spot's image
+        neighbours are taken only among spots farther than this, so neighbours that share
+        tissue or pixels cannot raise EPS. ``None``: the paper's graph. A stored graph is reused
+        only when it was built with the same radius.
     random_state
         Seed of the permutations and of an approximate graph.
     key_added
@@ -470,6 +516,9 @@ def eps(
     counts layer that is every spot).
     ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues', 'n_perms', ...}``,
     ``pvalues`` naming the null used.
+    ``adata.var[f'{key_added}_spatial']`` : ``-log`` Geary's C of the gene on the spatial kNN
+    graph of ``obsm['spatial']`` (same ``n_neighbors``), to read beside EPS; only when
+    ``obsm['spatial']`` exists.
     ``adata.uns['stmorph']['eps'][key_added]`` : the parameters.
     ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
 
@@ -499,13 +548,16 @@ def eps(
         n_perms,
         random_state,
         progress,
+        exclude_radius,
     )
     detected = n_detected(adata, layer)
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
+    per_gene = dict(zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)))
+    per_gene.update(_spatial_columns(adata, n_neighbors, layer, genes, mask_var, max_value, key_added))
 
     adata = adata.copy() if copy else adata
     columns = {}
-    for column, values in zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)):
+    for column, values in per_gene.items():
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
         columns[column] = full
@@ -520,6 +572,9 @@ def eps(
     }
     if max_value is not None:
         params["max_value"] = float(max_value)
+    radius = exclude_radius if graph_outputs is not None else stored_exclude_radius(adata, graph_key)
+    if radius is not None:  # the radius of the graph used, also when it was stored before
+        params["exclude_radius"] = float(radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
     uns.update(_record_outputs(adata, key_added, params))
     outputs = graph_outputs or {"obsp": {}, "uns": {}}

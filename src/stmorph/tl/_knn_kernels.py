@@ -5,6 +5,9 @@ their rows, in place. Row ``r`` (global index ``row0 + r``) sees column ``j = co
 ``sqnorm[j] - 2 s``: the squared Euclidean distance minus the row constant ``|x_r|^2``. Self
 pairs are skipped. ``keys``/``ids`` (``rows × m``, sorted) keep the smallest ``(key, id)`` pairs in
 lexicographic order, so the result does not depend on the order in which blocks are merged.
+Spots ``j`` with ``|xy_j - xy_i|^2 <= r2`` are no candidates of spot ``i`` (the spatial exclusion
+of ``exclude_radius``; ``r2 < 0`` excludes nothing). The test runs only for a pair that would
+enter the list, so it costs nothing measurable.
 """
 
 from __future__ import annotations
@@ -27,8 +30,29 @@ def _insert(keys: np.ndarray, ids: np.ndarray, r: int, key: float, j: int) -> No
     ids[r, p] = j
 
 
+@numba.njit(inline="always")
+def _allowed(xy: np.ndarray, r2: float, i: int, j: int) -> bool:
+    """Whether ``j`` may be a neighbour of ``i``: not ``i`` itself, and farther than ``sqrt(r2)``."""
+    if i == j:
+        return False
+    if r2 < 0.0:
+        return True
+    dx = xy[i, 0] - xy[j, 0]
+    dy = xy[i, 1] - xy[j, 1]
+    return dx * dx + dy * dy > r2
+
+
 @numba.njit(parallel=True, cache=True)
-def merge_rows(sims: np.ndarray, sqnorm: np.ndarray, row0: int, col0: int, keys: np.ndarray, ids: np.ndarray) -> None:
+def merge_rows(
+    sims: np.ndarray,
+    sqnorm: np.ndarray,
+    row0: int,
+    col0: int,
+    keys: np.ndarray,
+    ids: np.ndarray,
+    xy: np.ndarray,
+    r2: float,
+) -> None:
     """Merge ``sims`` (``rows × cols``) into the candidates of its rows."""
     n_rows, n_cols = sims.shape
     m = keys.shape[1]
@@ -37,14 +61,21 @@ def merge_rows(sims: np.ndarray, sqnorm: np.ndarray, row0: int, col0: int, keys:
         for c in range(n_cols):
             j = col0 + c
             key = sqnorm[j] - 2.0 * sims[r, c]
-            if (key < worst or (key == worst and j < worst_id)) and j != own:
+            if (key < worst or (key == worst and j < worst_id)) and _allowed(xy, r2, own, j):
                 _insert(keys, ids, r, key, j)
                 worst, worst_id = keys[r, m - 1], ids[r, m - 1]
 
 
 @numba.njit(parallel=True, cache=True)
 def merge_columns(
-    sims: np.ndarray, sqnorm: np.ndarray, row0: int, col0: int, keys: np.ndarray, ids: np.ndarray
+    sims: np.ndarray,
+    sqnorm: np.ndarray,
+    row0: int,
+    col0: int,
+    keys: np.ndarray,
+    ids: np.ndarray,
+    xy: np.ndarray,
+    r2: float,
 ) -> None:
     """Merge ``sims.T`` (``sims`` is ``cols × rows``) into the candidates of its rows, without a transposed copy."""
     n_cols, n_rows = sims.shape
@@ -69,6 +100,49 @@ def merge_columns(
             for r in range(width):
                 key = tmp[r]
                 row = start + r
-                if key <= worst[r] and row0 + row != j and (key < worst[r] or j < ids[row, m - 1]):
+                if key <= worst[r] and (key < worst[r] or j < ids[row, m - 1]) and _allowed(xy, r2, row0 + row, j):
                     _insert(keys, ids, row, key, j)
                     worst[r] = keys[row, m - 1]
+
+
+@numba.njit(inline="always")
+def _euclidean(rep: np.ndarray, i: int, j: int) -> float:
+    acc = 0.0
+    for d in range(rep.shape[1]):
+        diff = np.float64(rep[i, d]) - np.float64(rep[j, d])
+        acc += diff * diff
+    return np.sqrt(acc)
+
+
+@numba.njit(inline="always")
+def _cosine(rep: np.ndarray, i: int, j: int) -> float:
+    dot = qq = cc = 0.0
+    for d in range(rep.shape[1]):
+        a, b = np.float64(rep[i, d]), np.float64(rep[j, d])
+        dot += a * b
+        qq += a * a
+        cc += b * b
+    norm = np.sqrt(qq) * np.sqrt(cc)
+    return 1.0 - dot / norm if norm > 0 else 1.0
+
+
+@numba.njit(parallel=True, cache=True)
+def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
+    """Exact float64 distances from ``rep[i]`` to each ``rep[cand[i, t]]`` (``inf`` for ids outside ``rep``).
+
+    Euclidean, or cosine distance ``1 - cos`` (``1`` when a norm is 0). Every product is formed in
+    float64 from the stored values, so float32 near-ties are resolved exactly; nothing of size
+    ``n × candidates × d`` is allocated.
+    """
+    n = rep.shape[0]
+    out = np.empty(cand.shape)
+    for i in numba.prange(cand.shape[0]):
+        for t in range(cand.shape[1]):
+            j = cand[i, t]
+            if j < 0 or j >= n:
+                out[i, t] = np.inf
+            elif cosine:
+                out[i, t] = _cosine(rep, i, j)
+            else:
+                out[i, t] = _euclidean(rep, i, j)
+    return out

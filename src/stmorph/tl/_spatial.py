@@ -1,0 +1,153 @@
+"""The spatial-proximity control of EPS: spot coordinates in µm, the exclusion radius, the spatial graph.
+
+Neighbouring spots share tissue context (and pixels, when a tile is wider than the spot pitch),
+so part of an image-graph EPS can be plain spatial autocorrelation. Two controls live here:
+an image graph whose neighbours are taken only among spots farther than ``exclude_radius`` µm
+(:class:`Exclusion`, used by :func:`~stmorph.tl._graph.knn_graph`), and Geary's C of each gene on
+the spatial kNN graph, to read side by side with EPS (:func:`spatial_knn_graph`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import sparse
+
+from .._anndata import dataset_info, read_uns
+from .._keys import Key
+from ..errors import InconsistentUnitsError, InvalidParameterError, StmorphKeyError, TooFewObservationsError
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+SPATIAL_KEY = "spatial"
+"""``obsm`` key of the spot centres, in pixels of the full-resolution image (scanpy/squidpy convention)."""
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Spots closer than ``radius`` µm to a spot may not be its image neighbours.
+
+    Attributes
+    ----------
+    xy
+        ``n × 2`` spot centres in µm (float64).
+    radius
+        Exclusion radius in µm: a spot's neighbours lie strictly farther than this.
+    """
+
+    xy: np.ndarray
+    radius: float
+
+    def within_counts(self) -> np.ndarray:
+        """Spots within ``radius`` of each spot, the spot itself included."""
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(self.xy)
+        return np.asarray(tree.query_ball_point(self.xy, self.radius, return_length=True), dtype=np.int64)
+
+    def check_candidates(self, n_neighbors: int) -> None:
+        """Raise unless every spot keeps at least ``n_neighbors`` candidates farther than ``radius``."""
+        candidates = self.xy.shape[0] - self.within_counts()
+        worst = int(np.argmin(candidates))
+        if candidates[worst] < n_neighbors:
+            raise TooFewObservationsError(
+                f"exclude_radius={self.radius:g} µm leaves spot {worst} only {int(candidates[worst])} candidate "
+                f"neighbours (it needs n_neighbors={n_neighbors}); use a smaller radius or fewer neighbours."
+            )
+
+
+def check_exclude_radius(exclude_radius: float | None) -> float | None:
+    """``exclude_radius`` as a float after checking it is ``None`` or finite and positive."""
+    if exclude_radius is None:
+        return None
+    try:
+        radius = float(exclude_radius)
+    except (TypeError, ValueError) as err:
+        raise InvalidParameterError(f"exclude_radius must be a number of µm; found {exclude_radius!r}.") from err
+    if not (math.isfinite(radius) and radius > 0):
+        raise InvalidParameterError(f"exclude_radius must be a finite number of µm > 0; found {exclude_radius!r}.")
+    return radius
+
+
+def _patches_mpp(adata: AnnData) -> set[float]:
+    """The full-resolution pixel sizes recorded by :func:`~stmorph.pp.extract_patches` runs."""
+    node = read_uns(adata, Key.uns.tool("patches"))
+    records = node.values() if isinstance(node, Mapping) else ()
+    return {float(r["source_mpp"]) for r in records if isinstance(r, Mapping) and r.get("source_mpp") is not None}
+
+
+def pixel_size(adata: AnnData) -> float:
+    """µm per pixel of ``obsm["spatial"]``: the dataset record, else the patches record of ``extract_patches``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Neither record gives the pixel size.
+    InconsistentUnitsError
+        The records give different pixel sizes.
+    """
+    found = set(_patches_mpp(adata))
+    dataset_mpp = dataset_info(adata).get("mpp")
+    if dataset_mpp is not None:
+        found.add(float(dataset_mpp))
+    if not found:
+        raise InvalidParameterError(
+            "exclude_radius needs the pixel size of obsm['spatial'], found neither in "
+            "uns['stmorph']['dataset']['mpp'] nor in a record of st.pp.extract_patches; run "
+            "st.pp.extract_patches first or set adata.uns['stmorph']['dataset'] = {'mpp': <µm per pixel>}."
+        )
+    if not np.allclose(min(found), max(found), rtol=1e-6):
+        raise InconsistentUnitsError(
+            f"the recorded pixel sizes of obsm['spatial'] disagree: {sorted(found)} µm/px "
+            "(uns['stmorph']['dataset']['mpp'] and the extract_patches records)."
+        )
+    return min(found)
+
+
+def spot_positions(adata: AnnData) -> np.ndarray:
+    """Spot centres ``obsm["spatial"][:, :2]`` in pixels (float64), after checking they are usable."""
+    if SPATIAL_KEY not in adata.obsm:
+        raise StmorphKeyError(
+            "exclude_radius needs spot coordinates in adata.obsm['spatial'] (pixels of the full-resolution "
+            f"image); available: {sorted(adata.obsm.keys())}."
+        )
+    xy = np.asarray(adata.obsm[SPATIAL_KEY])
+    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
+        raise InvalidParameterError(
+            f"adata.obsm['spatial'] must be a finite n_obs × 2 array of numbers; found shape {xy.shape}."
+        )
+    return xy[:, :2].astype(np.float64)
+
+
+def spatial_um(adata: AnnData) -> np.ndarray:
+    """Spot centres in µm: :func:`spot_positions` times :func:`pixel_size`."""
+    return spot_positions(adata) * pixel_size(adata)
+
+
+def exclusion_for(adata: AnnData, exclude_radius: float | None, n_neighbors: int) -> Exclusion | None:
+    """The checked :class:`Exclusion` of ``exclude_radius`` µm on ``adata`` (``None`` for none)."""
+    radius = check_exclude_radius(exclude_radius)
+    if radius is None:
+        return None
+    exclusion = Exclusion(spatial_um(adata), radius)
+    exclusion.check_candidates(n_neighbors)
+    return exclusion
+
+
+def spatial_knn_graph(xy: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Directed unweighted kNN graph of spot positions ``xy`` (any unit), self excluded."""
+    from scipy.spatial import cKDTree
+
+    from ._graph import drop_self, edges_to_csr
+
+    n = xy.shape[0]
+    k = min(n, n_neighbors + 1)
+    dist, idx = cKDTree(xy).query(xy, k=k)
+    idx, dist = drop_self(idx.reshape(n, k), dist.reshape(n, k), n_neighbors)
+    conn, _ = edges_to_csr(idx, dist)
+    return conn

@@ -10,9 +10,9 @@ from sklearn.linear_model import Ridge as SkRidge
 
 import stmorph as st
 from stmorph._validation import InvalidParameterError, ShapeMismatchError, StmorphKeyError, TooFewObservationsError
-from stmorph.models._baselines import KNN, Ridge
+from stmorph.models._baselines import KNN, Ridge, ridge_solution
 from stmorph.models._cv import ALPHA_GRID, K_GRID, spatial_blocks
-from stmorph.models._retrieval import retrieve
+from stmorph.models._retrieval import retrieve, retrieve_grid
 
 
 def _pearson_cols(truth, pred):
@@ -73,6 +73,29 @@ def test_weighted_retrieval_is_bleeps_formula_on_unnormalised_embeddings():
     got = retrieve(query, ref, expr, k=3, aggregation="weighted")
     np.testing.assert_allclose(got[0, 0], expected, rtol=1e-6)
     assert not np.isclose(got[0, 0], expr[top3, 0].mean())
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (80, 30)])  # fewer spots than dimensions (kernel basis), and more
+@pytest.mark.parametrize("alpha", [0.5, 100.0])
+def test_ridge_solution_equals_sklearn_on_both_sides_of_n_equals_d(shape, alpha):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=shape) + 3.0, rng.normal(size=(shape[0], 4))
+    coef, intercept = ridge_solution(x, y, alpha)
+    fit = SkRidge(alpha=alpha).fit(x, y)
+    np.testing.assert_allclose(coef, fit.coef_.T, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(intercept, fit.intercept_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(Ridge(alpha=alpha).fit(x, y).predict(x), fit.predict(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "weighted"])
+def test_one_search_for_a_grid_of_k_equals_one_search_per_k(aggregation):
+    rng = np.random.default_rng(4)
+    ref, query, expr = rng.normal(size=(60, 5)), rng.normal(size=(17, 5)), rng.normal(size=(60, 7))
+    ks = [1, 4, 25, 60, 200]  # 200 > 60 reference spots: clipped like retrieve
+    grid = retrieve_grid(query, ref, expr, ks=ks, aggregation=aggregation, chunk_size=5)
+    for k, got in zip(ks, grid):
+        np.testing.assert_allclose(got, retrieve(query, ref, expr, k=k, aggregation=aggregation), rtol=1e-5)
+    assert not np.allclose(grid[0], grid[2])
 
 
 def _brute_force_alpha(sections):

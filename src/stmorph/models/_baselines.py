@@ -89,7 +89,11 @@ class _TunedPredictor(Predictor):
         value = self.params[self.tuned]
         if value == CV:
             self.cv_scores_, value = grid_search(
-                self.grid, lambda train, test: self._predict_grid(Z[train], Y[train], Z[test]), Y, groups, self.tuned
+                self.grid,
+                lambda train, test, columns: self._predict_grid(Z[train], Y[np.ix_(train, columns)], Z[test]),
+                Y,
+                groups,
+                self.tuned,
             )
             logger.info("%s: %s=%s chosen by %d-fold grouped CV", self.name, self.tuned, value, len(np.unique(groups)))
         self.value_ = value
@@ -145,13 +149,57 @@ class Linear(_SklearnRegressor):
         return LinearRegression()
 
 
-def _ridge_path(Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray, alphas) -> list[np.ndarray]:
-    """Ridge predictions (with intercept) of ``Z_test`` for every α, from one SVD of the centred ``Z``."""
+def _ridge_basis(Z: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centred ridge in an eigenbasis: ``coef(α) = left · diag(1/(w+α)) · right`` for every α at once.
+
+    One symmetric eigendecomposition of the smaller Gram matrix of the centred features (the
+    ``n × n`` kernel when there are fewer spots than dimensions, else the ``d × d`` covariance)
+    serves every penalty; it is much cheaper than an SVD of ``Z`` and exact.
+
+    Returns
+    -------
+    ``left`` ``(d, r)``, the eigenvalues ``w`` ``(r,)`` (clipped at 0), ``right`` ``(r, n_genes)``
+    and ``(z_mean, y_mean)``, the column means of ``Z`` and ``Y``.
+    """
+    Z, Y = np.asarray(Z, dtype=np.float64), np.asarray(Y, dtype=np.float64)
     z_mean, y_mean = Z.mean(axis=0), Y.mean(axis=0)
-    u, s, vt = np.linalg.svd(Z - z_mean, full_matrices=False)
-    uty = u.T @ (Y - y_mean)
-    projected = (Z_test - z_mean) @ vt.T
-    return [(projected * (s / (s**2 + a))) @ uty + y_mean for a in alphas]
+    zc, yc = Z - z_mean, Y - y_mean
+    if len(zc) <= zc.shape[1]:
+        w, u = np.linalg.eigh(zc @ zc.T)
+        left, right = zc.T @ u, u.T @ yc
+    else:
+        w, v = np.linalg.eigh(zc.T @ zc)
+        left, right = v, v.T @ (zc.T @ yc)
+    return left, np.clip(w, 0.0, None), right, (z_mean, y_mean)
+
+
+def _ridge_path(Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray, alphas) -> list[np.ndarray]:
+    """Ridge predictions (with intercept) of ``Z_test`` for every α, from one eigendecomposition."""
+    left, w, right, (z_mean, y_mean) = _ridge_basis(Z, Y)
+    projected = (np.asarray(Z_test, dtype=np.float64) - z_mean) @ left
+    return [(projected / (w + a)) @ right + y_mean for a in alphas]
+
+
+def ridge_solution(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``(d, n_genes)`` and intercept ``(n_genes,)`` of ridge regression with penalty ``alpha``.
+
+    Minimises ``‖Y − Z·coef − intercept‖² + alpha·‖coef‖²`` (intercept not penalised), as
+    :class:`sklearn.linear_model.Ridge`.
+
+    Examples
+    --------
+    >>> Z = np.array([[0.0], [1.0], [2.0]]); Y = np.array([[1.0], [3.0], [5.0]])
+    >>> coef, intercept = ridge_solution(Z, Y, 0.0)
+    >>> np.round(coef, 6).tolist(), np.round(intercept, 6).tolist()
+    ([[2.0]], [1.0])
+    """
+    left, w, right, (z_mean, y_mean) = _ridge_basis(Z, Y)
+    if alpha == 0:  # least squares: the pseudo-inverse on the non-null eigenvalues
+        inverse = np.divide(1.0, w, out=np.zeros_like(w), where=w > w.max(initial=0.0) * 1e-12)
+    else:
+        inverse = 1.0 / (w + alpha)
+    coef = (left * inverse) @ right
+    return coef, y_mean - z_mean @ coef
 
 
 class Ridge(_TunedPredictor):
@@ -193,16 +241,14 @@ class Ridge(_TunedPredictor):
         super().__init__(alpha=alpha, **_check_features(standardize, n_pcs), **kwargs)
 
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: float) -> None:
-        from sklearn.linear_model import Ridge as SkRidge
-
-        self.estimator_ = SkRidge(alpha=value).fit(Z, Y)
+        self.coef_, self.intercept_ = ridge_solution(Z, Y, value)
 
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
         return _ridge_path(Z, Y, Z_test, self.grid)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        out = self.estimator_.predict(self.features_.transform(X))
-        return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+        out = self.features_.transform(X).astype(np.float64) @ self.coef_ + self.intercept_
+        return out.astype(np.float32)
 
 
 class KNN(_TunedPredictor):
@@ -262,7 +308,9 @@ class KNN(_TunedPredictor):
         self.reference_, self.reference_expression_ = Z, Y
 
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
-        return [self._retrieve(Z_test, Z, Y, k) for k in self.grid]
+        from ._retrieval import retrieve_grid
+
+        return retrieve_grid(Z_test, Z, Y, ks=self.grid, aggregation=self.params["aggregation"])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self._retrieve(self.features_.transform(X), self.reference_, self.reference_expression_, self.value_)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._logging import logger
-from .._validation import check_choice, check_range
+from .._validation import ModelFileError, check_choice, check_range
 from ._cv import ALPHA_GRID, K_GRID, grid_search
+from ._io import ArrayModel, check_array
 from ._predictor import Predictor
 
 CV = "cv"
@@ -62,6 +64,20 @@ class FeatureTransform:
         Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         return (Z if self.components_ is None else Z @ self.components_).astype(np.float32)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted statistics, keyed ``features.*`` (for saving)."""
+        arrays = {"features.mean": self.mean_, "features.scale": self.scale_}
+        return arrays if self.components_ is None else {**arrays, "features.components": self.components_}
+
+    def restore(self, arrays: dict[str, np.ndarray], where: Path) -> FeatureTransform:
+        """Set the fitted statistics from :meth:`to_arrays`' output."""
+        self.mean_ = check_array(arrays, "features.mean", (None,), where)
+        self.scale_ = check_array(arrays, "features.scale", (len(self.mean_),), where)
+        self.components_ = None
+        if self.n_pcs is not None:
+            self.components_ = check_array(arrays, "features.components", (len(self.mean_), None), where)
+        return self
+
 
 def _check_features(standardize: bool, n_pcs: int | None) -> dict[str, Any]:
     if n_pcs is not None:
@@ -69,7 +85,7 @@ def _check_features(standardize: bool, n_pcs: int | None) -> dict[str, Any]:
     return {"standardize": bool(standardize), **({} if n_pcs is None else {"n_pcs": int(n_pcs)})}
 
 
-class _TunedPredictor(Predictor):
+class _TunedPredictor(ArrayModel, Predictor):
     """A predictor with a feature transform and one setting (``tuned``) that ``"cv"`` chooses from ``grid``.
 
     Subclasses implement :meth:`_fit_value` (fit with one value of the setting on transformed
@@ -106,6 +122,26 @@ class _TunedPredictor(Predictor):
             params[f"{self.tuned}_cv"] = self.value_
         return params
 
+    def _fitted_config(self) -> dict[str, Any]:
+        return {"value": self.value_}
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {**self.features_.to_arrays(), **self._state()}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        if "value" not in fitted:
+            raise ModelFileError(f"{where}: the config lacks the fitted {self.tuned}.")
+        self.value_ = fitted["value"]
+        self.features_ = self._features().restore(arrays, where)
+        self._set_state(arrays, where)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays beyond the feature transform."""
+        raise NotImplementedError
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        raise NotImplementedError
+
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: Any) -> None:
         raise NotImplementedError
 
@@ -113,21 +149,7 @@ class _TunedPredictor(Predictor):
         raise NotImplementedError
 
 
-class _SklearnRegressor(Predictor):
-    """A multi-output scikit-learn regressor fitted on all genes at once."""
-
-    def _estimator(self) -> Any:
-        raise NotImplementedError
-
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> _SklearnRegressor:
-        self.estimator_ = self._estimator().fit(X, Y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator_.predict(X), dtype=np.float32).reshape(len(X), -1)
-
-
-class Linear(_SklearnRegressor):
+class Linear(ArrayModel, Predictor):
     """Ordinary least squares (:class:`sklearn.linear_model.LinearRegression`) on the embeddings.
 
     With more embedding dimensions than training spots the fit is the minimum-norm solution and
@@ -143,10 +165,27 @@ class Linear(_SklearnRegressor):
 
     name = "linear"
 
-    def _estimator(self) -> Any:
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> Linear:
         from sklearn.linear_model import LinearRegression
 
-        return LinearRegression()
+        fit = LinearRegression().fit(X, Y)
+        self.coef_ = np.asarray(fit.coef_, dtype=np.float64).reshape(np.shape(Y)[1], -1).T
+        self.intercept_ = np.asarray(fit.intercept_, dtype=np.float64).reshape(-1)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_).astype(np.float32)
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        self.coef_, self.intercept_ = _linear_state(arrays, len(self.genes), where)
+
+
+def _linear_state(arrays: dict[str, np.ndarray], n_genes: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Saved ``coef`` ``(d, n_genes)`` and ``intercept`` ``(n_genes,)``, checked against the genes."""
+    return check_array(arrays, "coef", (None, n_genes), where), check_array(arrays, "intercept", (n_genes,), where)
 
 
 def _ridge_basis(Z: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -243,6 +282,12 @@ class Ridge(_TunedPredictor):
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: float) -> None:
         self.coef_, self.intercept_ = ridge_solution(Z, Y, value)
 
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        self.coef_, self.intercept_ = _linear_state(arrays, len(self.genes), where)
+
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
         return _ridge_path(Z, Y, Z_test, self.grid)
 
@@ -307,6 +352,13 @@ class KNN(_TunedPredictor):
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: int) -> None:
         self.reference_, self.reference_expression_ = Z, Y
 
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"reference": self.reference_, "reference_expression": self.reference_expression_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        self.reference_expression_ = check_array(arrays, "reference_expression", (None, len(self.genes)), where)
+        self.reference_ = check_array(arrays, "reference", (len(self.reference_expression_), None), where)
+
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
         from ._retrieval import retrieve_grid
 
@@ -320,7 +372,7 @@ def _default_n_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-class LightGBM(Predictor):
+class LightGBM(ArrayModel, Predictor):
     """Gradient-boosted trees, one LightGBM model per gene (100 trees each, as in the EPS paper).
 
     Genes are fitted in parallel threads (LightGBM releases the GIL), each model single-threaded.
@@ -414,6 +466,19 @@ class LightGBM(Predictor):
         logger.info("lightgbm: fitting %d genes with %d threads", Y.shape[1], self.params["n_jobs"])
         self.boosters_ = self._map_genes(fit_gene, Y.shape[1], "lightgbm genes")
         return self
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        """Each gene's booster as LightGBM's own text model (UTF-8 bytes): plain data, no code."""
+        text = [booster.model_to_string().encode() for booster in self.boosters_]
+        return {f"booster.{g}": np.frombuffer(model, np.uint8) for g, model in enumerate(text)}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        import lightgbm as lgb
+
+        self.boosters_ = [
+            lgb.Booster(model_str=check_array(arrays, f"booster.{g}", (None,), where).tobytes().decode())
+            for g in range(len(self.genes))
+        ]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)

@@ -208,7 +208,7 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
         "ranking": pl.eps_ranking(table, n=15, show=False),
         "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
         "spatial": pl.spatial(table, shown, show=False),
-        "spatial_pattern": pl.spatial(table, shown, same_scale=False, show=False),
+        "spatial_pattern": pl.spatial(table, shown, show=False),
         "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
     }
     if any("history" in rec for rec in read_uns(table, Key.uns.tool("predict"), {}).values()):

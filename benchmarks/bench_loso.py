@@ -144,7 +144,7 @@ def main() -> None:
     table = df.groupby(["method", "query"])["pearson_hvg50"].mean().unstack()
     table["mean"] = table.mean(axis=1)
     print(f"{len(genes)} genes")
-    print(table.round(3).to_markdown())
+    print(table.round(3).to_string())
     print(df.groupby("method")["seconds"].sum().round(0).to_string())
 
 

@@ -4,7 +4,8 @@ Query = the left-out section; targets = every gene the four sections share (``--
 BLEEP's gene set, the union of the three reference sections' top-1000 HVGs (``--genes
 reference-hvg``; needed by HECLIP, whose joint space is the gene space), log1p-normalised
 (normalize_total 1e4 → log1p); score = mean Pearson over the query's 50 most variable of those
-genes. Features: the demo's ``X_default`` (``st.tl.embed``), cached in ``/tmp/stmorph_bench_loso``
+genes. Features (``--rep``): the demo's ``X_default`` (``st.tl.embed``), the 57 stain/texture features
+``X_hed``, or both (each standardised, then concatenated), cached in ``/tmp/stmorph_bench_loso``
 so a second run skips the embedding. One torch thread. Prints one row per method, seed and
 section, the means, and the means of two combinations of saved predictions: the average over
 seeds of a seeded method (``<method>-ens``) and the average of two methods (``a+b``, ``--combine``).
@@ -30,6 +31,7 @@ from stmorph.models._cv import fold_scores
 
 SECTIONS = ("C2", "C3", "C4", "C5")
 CACHE = Path("/tmp/stmorph_bench_loso")
+ENCODERS = {"X_default": "default", "X_hed": "hed"}
 METHODS = {
     "knn": ("knn", {}),
     "ridge": ("ridge", {}),
@@ -43,24 +45,27 @@ METHODS = {
     "bleep-p64": ("bleep", {"projection_dim": 64}),
     "bleep-drop0.5": ("bleep", {"dropout": 0.5}),
     "heclip-e50": ("heclip", {"epochs": 50}),
+    "knn-cv": ("knn", {"k": "cv"}),
+    "knn-std": ("knn", {"standardize": True}),
 }
-UNSEEDED = {"knn", "ridge", "ridge-cv"}  # deterministic methods run once
+UNSEEDED = {"knn", "ridge", "ridge-cv", "knn-cv", "knn-std"}  # deterministic methods run once
 
 
 def section(name: str):
-    """The section's table with log1p expression in X and the cached ``X_default`` embedding."""
+    """The section's table with log1p expression in X and the cached embeddings ``X_default`` and ``X_hed``."""
     sdata = st.datasets.her2st(name)
     table = sdata.tables["table"].copy()
-    path = CACHE / f"{name}_X_default.npy"
-    if path.is_file():
-        table.obsm["X_default"] = np.load(path)
-    else:
+    paths = {key: CACHE / f"{name}_{key}.npy" for key in ENCODERS}
+    if not all(path.is_file() for path in paths.values()):
         patches = st.pp.extract_patches(sdata, copy=True, progress=False)
-        st.tl.embed(patches, progress=False)
         CACHE.mkdir(parents=True, exist_ok=True)
-        np.save(path, patches.obsm["X_default"])
+        for key, encoder in ENCODERS.items():
+            if not paths[key].is_file():
+                st.tl.embed(patches, model=encoder, progress=False)
+                np.save(paths[key], patches.obsm[key])
         table = table[patches.obs_names].copy()
-        table.obsm["X_default"] = patches.obsm["X_default"]
+    for key, path in paths.items():
+        table.obsm[key] = np.load(path)
     sc.pp.normalize_total(table, target_sum=1e4)
     sc.pp.log1p(table)
     return table
@@ -104,6 +109,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["knn", "ridge", "ridge-cv", "auto"], choices=list(METHODS))
     parser.add_argument("--genes", choices=["all", "reference-hvg"], default="all")
+    parser.add_argument("--rep", nargs="+", default=["X_default"], choices=list(ENCODERS), help="obsm key(s) used")
+    parser.add_argument("--out", default=None, help="CSV of every run's score")
     parser.add_argument("--combine", nargs="*", default=[], help="pairs a+b of methods whose predictions to average")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,7 +131,7 @@ def main() -> None:
                     query,
                     refs,
                     method=method,
-                    use_rep="X_default",
+                    use_rep=args.rep if len(args.rep) > 1 else args.rep[0],
                     genes=genes,
                     random_state=seed,
                     progress=False,
@@ -141,9 +148,11 @@ def main() -> None:
                 print(f"{label:9s} seed {seed} {query_name}: {hvg:.3f} ({rows[-1][4]:.0f}s) {chosen}", flush=True)
     rows += combined_rows(predictions, tables, shared, args)
     df = pd.DataFrame(rows, columns=["method", "seed", "query", "pearson_hvg50", "seconds", "chosen"])
+    if args.out:
+        df.to_csv(args.out, index=False)
     table = df.groupby(["method", "query"])["pearson_hvg50"].mean().unstack()
     table["mean"] = table.mean(axis=1)
-    print(f"{len(genes)} genes")
+    print(f"{len(shared)} genes shared by the sections")
     print(table.round(3).to_string())
     print(df.groupby("method")["seconds"].sum().round(0).to_string())
 

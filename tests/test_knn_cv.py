@@ -98,6 +98,27 @@ def test_one_search_for_a_grid_of_k_equals_one_search_per_k(aggregation):
     assert not np.allclose(grid[0], grid[2])
 
 
+def test_cv_scores_of_the_grid_equal_full_refits_scored_on_the_held_out_top_50_genes():
+    # 80 genes: the search predicts only the held-out fold's 50 most variable ones; the score must not change
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(330, 6))  # 220 training spots: every k of the grid (≤ 200) is a real neighbourhood
+    y = x @ rng.normal(size=(6, 80)) * rng.uniform(0.1, 3, size=80) + rng.normal(size=(330, 80))
+    groups = np.repeat([0, 1, 2], 110)
+    for model, grid, make in [
+        (Ridge(alpha="cv"), ALPHA_GRID, lambda a: SkRidge(alpha=a)),
+        (KNN(k="cv", progress=False), K_GRID, lambda k: KNN(k=k, progress=False)),
+    ]:
+        model.fit(x, y, groups=groups)
+        expected = np.zeros((3, len(grid)))
+        for fold in range(3):
+            train, test = groups != fold, groups == fold
+            top = np.argsort(-y[test].var(axis=0))[:50]
+            for j, value in enumerate(grid):
+                pred = make(value).fit(x[train], y[train]).predict(x[test])
+                expected[fold, j] = np.mean(_pearson_cols(y[test][:, top], pred[:, top]))
+        np.testing.assert_allclose(model.cv_scores_, expected, rtol=1e-4, atol=1e-6)
+
+
 def _brute_force_alpha(sections):
     """Leave one section out, sklearn Ridge per α, mean Pearson over the 50 most variable held-out genes."""
     x = [s.obsm["X_emb"] for s in sections]

@@ -88,8 +88,10 @@ def retrieve(
         ``"mean"`` (BLEEP's and HECLIP's default) or ``"weighted"`` (BLEEP's distance weights on
         the un-normalised ``query`` and ``reference``, see :func:`_weights`).
     chunk_size
-        Query rows per chunk; ``None`` keeps both the similarity block (rows × ``n_ref``) and the
-        gathered neighbour expression (rows × ``k`` × ``n_genes``) under ``max_elements``.
+        Query rows per chunk; ``None`` keeps the similarity block and the neighbour-weight matrix
+        (rows × ``n_ref`` each) and, for ``"weighted"``, the gathered neighbour embeddings
+        (rows × ``k`` × ``d``) under ``max_elements``; the average is one matmul of the weights
+        with the reference expression.
     max_elements
         Memory bound used when ``chunk_size`` is ``None``.
     progress

@@ -1,11 +1,18 @@
-"""Leave-one-section-out prediction on the shipped HER2ST sections C2–C5: knn, ridge (α=1), ridge-cv, auto.
+"""Leave-one-section-out prediction on the shipped HER2ST sections C2–C5: knn, ridge, ridge-cv, auto, bleep, heclip.
 
-Query = the left-out section; targets = every gene the four sections share, log1p-normalised
-(normalize_total 1e4 → log1p); score = mean Pearson over the query's 50 most variable genes.
-Features: the demo's ``X_default`` (``st.tl.embed``), cached in ``/tmp/stmorph_bench_loso`` so a
-second run skips the embedding. Prints one row per method and section, and the means.
+Query = the left-out section; targets = every gene the four sections share (``--genes all``) or
+BLEEP's gene set, the union of the three reference sections' top-1000 HVGs (``--genes
+reference-hvg``; needed by HECLIP, whose joint space is the gene space), log1p-normalised
+(normalize_total 1e4 → log1p); score = mean Pearson over the query's 50 most variable of those
+genes. Features (``--rep``): the demo's ``X_default`` (``st.tl.embed``), the 57 stain/texture features
+``X_hed``, or both (each standardised, then concatenated), cached in ``/tmp/stmorph_bench_loso``
+so a second run skips the embedding. One torch thread. Prints one row per method, seed and
+section, the means, and the means of two combinations of saved predictions: the average over
+seeds of a seeded method (``<method>-ens``) and the average of two methods (``a+b``, ``--combine``).
 
     PYTHONPATH=src python benchmarks/bench_loso.py [--seeds 0 1 2] [--methods knn ridge ridge-cv auto]
+    PYTHONPATH=src python benchmarks/bench_loso.py --genes reference-hvg --methods knn bleep heclip \
+        --combine bleep+ridge-cv
 """
 
 from __future__ import annotations
@@ -17,62 +24,114 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import torch
 
 import stmorph as st
 from stmorph.models._cv import fold_scores
 
 SECTIONS = ("C2", "C3", "C4", "C5")
 CACHE = Path("/tmp/stmorph_bench_loso")
+ENCODERS = {"X_default": "default", "X_hed": "hed"}
 METHODS = {
     "knn": ("knn", {}),
     "ridge": ("ridge", {}),
     "ridge-cv": ("ridge", {"alpha": "cv", "standardize": True}),
     "auto": ("auto", {}),
+    "mlp-es": ("mlp", {"val_fraction": 0.2, "patience": 10}),
+    "bleep": ("bleep", {}),
+    "heclip": ("heclip", {}),
+    "bleep-t0.1": ("bleep", {"temperature": 0.1}),
+    "bleep-wd0.1": ("bleep", {"weight_decay": 0.1}),
+    "bleep-p64": ("bleep", {"projection_dim": 64}),
+    "bleep-drop0.5": ("bleep", {"dropout": 0.5}),
+    "heclip-e50": ("heclip", {"epochs": 50}),
+    "knn-cv": ("knn", {"k": "cv"}),
+    "knn-std": ("knn", {"standardize": True}),
 }
-SEEDED = {"auto"}  # methods with randomness (the MLP candidate)
+UNSEEDED = {"knn", "ridge", "ridge-cv", "knn-cv", "knn-std"}  # deterministic methods run once
 
 
 def section(name: str):
-    """The section's table with log1p expression in X and the cached ``X_default`` embedding."""
+    """The section's table with log1p expression in X and the cached embeddings ``X_default`` and ``X_hed``."""
     sdata = st.datasets.her2st(name)
     table = sdata.tables["table"].copy()
-    path = CACHE / f"{name}_X_default.npy"
-    if path.is_file():
-        table.obsm["X_default"] = np.load(path)
-    else:
+    paths = {key: CACHE / f"{name}_{key}.npy" for key in ENCODERS}
+    if not all(path.is_file() for path in paths.values()):
         patches = st.pp.extract_patches(sdata, copy=True, progress=False)
-        st.tl.embed(patches, progress=False)
         CACHE.mkdir(parents=True, exist_ok=True)
-        np.save(path, patches.obsm["X_default"])
+        for key, encoder in ENCODERS.items():
+            if not paths[key].is_file():
+                st.tl.embed(patches, model=encoder, progress=False)
+                np.save(paths[key], patches.obsm[key])
         table = table[patches.obs_names].copy()
-        table.obsm["X_default"] = patches.obsm["X_default"]
+    for key, path in paths.items():
+        table.obsm[key] = np.load(path)
     sc.pp.normalize_total(table, target_sum=1e4)
     sc.pp.log1p(table)
     return table
 
 
+def fold_genes(refs, shared: list[str], which: str) -> list[str]:
+    """The genes of one fold: all shared genes, or the union of the references' top-1000 HVGs."""
+    if which == "all":
+        return shared
+    keep = set(shared)
+    return [g for g in st.tl.reference_hvgs(refs, n_top=1000) if g in keep]
+
+
+def truth_of(query, genes: list[str]) -> np.ndarray:
+    truth = query[:, genes].X
+    return truth.toarray() if hasattr(truth, "toarray") else np.asarray(truth)
+
+
+def combined_rows(predictions: dict, tables: dict, shared: list[str], args) -> list[tuple]:
+    """Scores of the seed ensemble of every seeded method and of the averaged pairs in ``--combine``."""
+    rows = []
+    seeded = {label for label, seed, _ in predictions if seed != args.seeds[0]}
+    pairs = [tuple(pair.split("+")) for pair in args.combine]
+    for query_name in SECTIONS:
+        refs = [tables[n] for n in SECTIONS if n != query_name]
+        truth = truth_of(tables[query_name], fold_genes(refs, shared, args.genes))
+
+        def mean_over_seeds(label, query_name=query_name):
+            return np.mean([p for (lab, _, q), p in predictions.items() if lab == label and q == query_name], axis=0)
+
+        for label in sorted(seeded):
+            rows.append((f"{label}-ens", 0, query_name, fold_scores(truth, mean_over_seeds(label))[0], 0.0, ""))
+        for a, b in pairs:
+            pred = (mean_over_seeds(a) + mean_over_seeds(b)) / 2
+            rows.append((f"{a}+{b}", 0, query_name, fold_scores(truth, pred)[0], 0.0, ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["knn", "ridge", "ridge-cv", "auto"], choices=list(METHODS))
+    parser.add_argument("--genes", choices=["all", "reference-hvg"], default="all")
+    parser.add_argument("--rep", nargs="+", default=["X_default"], choices=list(ENCODERS), help="obsm key(s) used")
+    parser.add_argument("--out", default=None, help="CSV of every run's score")
+    parser.add_argument("--combine", nargs="*", default=[], help="pairs a+b of methods whose predictions to average")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     tables = {name: section(name) for name in SECTIONS}
-    genes = list(tables["C2"].var_names.intersection(tables["C3"].var_names, sort=False))
+    shared = list(tables["C2"].var_names.intersection(tables["C3"].var_names, sort=False))
     for name in SECTIONS[2:]:
-        genes = [g for g in genes if g in set(tables[name].var_names)]
-    rows = []
+        shared = [g for g in shared if g in set(tables[name].var_names)]
+    rows, predictions = [], {}
     for label in args.methods:
         method, options = METHODS[label]
-        for seed in args.seeds if label in SEEDED else args.seeds[:1]:
+        for seed in args.seeds[:1] if label in UNSEEDED else args.seeds:
             for query_name in SECTIONS:
                 query = tables[query_name].copy()
                 refs = [tables[n] for n in SECTIONS if n != query_name]
+                genes = fold_genes(refs, shared, args.genes)
                 start = time.perf_counter()
                 st.tl.predict(
                     query,
                     refs,
                     method=method,
-                    use_rep="X_default",
+                    use_rep=args.rep if len(args.rep) > 1 else args.rep[0],
                     genes=genes,
                     random_state=seed,
                     progress=False,
@@ -80,18 +139,21 @@ def main() -> None:
                     key_added="pred",
                     **options,
                 )
-                truth = query[:, genes].X
-                truth = truth.toarray() if hasattr(truth, "toarray") else np.asarray(truth)
-                hvg, _ = fold_scores(truth, query[:, genes].layers["pred"])
+                pred = query[:, genes].layers["pred"]
+                predictions[label, seed, query_name] = pred
+                hvg, _ = fold_scores(truth_of(query, genes), pred)
                 record = query.uns["stmorph"]["predict"]["pred"]
                 chosen = str(record.get("selected", ""))
                 rows.append((label, seed, query_name, hvg, time.perf_counter() - start, chosen))
                 print(f"{label:9s} seed {seed} {query_name}: {hvg:.3f} ({rows[-1][4]:.0f}s) {chosen}", flush=True)
+    rows += combined_rows(predictions, tables, shared, args)
     df = pd.DataFrame(rows, columns=["method", "seed", "query", "pearson_hvg50", "seconds", "chosen"])
+    if args.out:
+        df.to_csv(args.out, index=False)
     table = df.groupby(["method", "query"])["pearson_hvg50"].mean().unstack()
     table["mean"] = table.mean(axis=1)
-    print(f"{len(genes)} genes")
-    print(table.round(3).to_markdown())
+    print(f"{len(shared)} genes shared by the sections")
+    print(table.round(3).to_string())
     print(df.groupby("method")["seconds"].sum().round(0).to_string())
 
 

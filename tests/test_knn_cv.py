@@ -10,9 +10,9 @@ from sklearn.linear_model import Ridge as SkRidge
 
 import stmorph as st
 from stmorph._validation import InvalidParameterError, ShapeMismatchError, StmorphKeyError, TooFewObservationsError
-from stmorph.models._baselines import KNN, Ridge
+from stmorph.models._baselines import KNN, Ridge, ridge_solution
 from stmorph.models._cv import ALPHA_GRID, K_GRID, spatial_blocks
-from stmorph.models._retrieval import retrieve
+from stmorph.models._retrieval import retrieve, retrieve_grid
 
 
 def _pearson_cols(truth, pred):
@@ -73,6 +73,50 @@ def test_weighted_retrieval_is_bleeps_formula_on_unnormalised_embeddings():
     got = retrieve(query, ref, expr, k=3, aggregation="weighted")
     np.testing.assert_allclose(got[0, 0], expected, rtol=1e-6)
     assert not np.isclose(got[0, 0], expr[top3, 0].mean())
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (80, 30)])  # fewer spots than dimensions (kernel basis), and more
+@pytest.mark.parametrize("alpha", [0.5, 100.0])
+def test_ridge_solution_equals_sklearn_on_both_sides_of_n_equals_d(shape, alpha):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=shape) + 3.0, rng.normal(size=(shape[0], 4))
+    coef, intercept = ridge_solution(x, y, alpha)
+    fit = SkRidge(alpha=alpha).fit(x, y)
+    np.testing.assert_allclose(coef, fit.coef_.T, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(intercept, fit.intercept_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(Ridge(alpha=alpha).fit(x, y).predict(x), fit.predict(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "weighted"])
+def test_one_search_for_a_grid_of_k_equals_one_search_per_k(aggregation):
+    rng = np.random.default_rng(4)
+    ref, query, expr = rng.normal(size=(60, 5)), rng.normal(size=(17, 5)), rng.normal(size=(60, 7))
+    ks = [1, 4, 25, 60, 200]  # 200 > 60 reference spots: clipped like retrieve
+    grid = retrieve_grid(query, ref, expr, ks=ks, aggregation=aggregation, chunk_size=5)
+    for k, got in zip(ks, grid):
+        np.testing.assert_allclose(got, retrieve(query, ref, expr, k=k, aggregation=aggregation), rtol=1e-5)
+    assert not np.allclose(grid[0], grid[2])
+
+
+def test_cv_scores_of_the_grid_equal_full_refits_scored_on_the_held_out_top_50_genes():
+    # 80 genes: the search predicts only the held-out fold's 50 most variable ones; the score must not change
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(330, 6))  # 220 training spots: every k of the grid (≤ 200) is a real neighbourhood
+    y = x @ rng.normal(size=(6, 80)) * rng.uniform(0.1, 3, size=80) + rng.normal(size=(330, 80))
+    groups = np.repeat([0, 1, 2], 110)
+    for model, grid, make in [
+        (Ridge(alpha="cv"), ALPHA_GRID, lambda a: SkRidge(alpha=a)),
+        (KNN(k="cv", progress=False), K_GRID, lambda k: KNN(k=k, progress=False)),
+    ]:
+        model.fit(x, y, groups=groups)
+        expected = np.zeros((3, len(grid)))
+        for fold in range(3):
+            train, test = groups != fold, groups == fold
+            top = np.argsort(-y[test].var(axis=0))[:50]
+            for j, value in enumerate(grid):
+                pred = make(value).fit(x[train], y[train]).predict(x[test])
+                expected[fold, j] = np.mean(_pearson_cols(y[test][:, top], pred[:, top]))
+        np.testing.assert_allclose(model.cv_scores_, expected, rtol=1e-4, atol=1e-6)
 
 
 def _brute_force_alpha(sections):

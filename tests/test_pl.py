@@ -98,27 +98,38 @@ def test_spatial_draws_one_panel_per_gene_and_layer_on_both_layouts(slices, layo
     np.testing.assert_allclose(drawn[1], predicted, rtol=1e-5)
 
 
-def test_spatial_shares_the_colour_scale_of_a_gene_only_when_asked(slices):
+def _percentiles(values: np.ndarray, qs=(1, 99)) -> tuple[float, float]:
+    """Percentiles by linear interpolation between order statistics (numpy's default), computed by hand."""
+    ordered = np.sort(values)
+    return tuple(np.interp(q / 100 * (len(ordered) - 1), np.arange(len(ordered)), ordered) for q in qs)
+
+
+def test_spatial_scales_each_panel_by_default_and_shares_a_genes_scale_when_asked(slices):
     query = slices["query"]
-    shared = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=True, show=False))
+    own = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], show=False))
+    shared = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], scale="shared", show=False))
     full = image_axes(
-        st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=True, percentiles=(0, 100), show=False)
+        st.pl.spatial(on_layout(slices, "visium"), GENES[:2], scale="shared", percentiles=(0, 100), show=False)
     )
-    separate = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:2], same_scale=False, show=False))
     for row, gene in enumerate(GENES[:2]):
-        values = np.concatenate(
-            [np.asarray(query[:, gene].X).ravel(), query[:, gene].layers["predicted_ridge"].ravel()]
-        )
-        pooled = np.sort(values)  # 1st/99th percentiles by linear interpolation between order statistics
-        expected = tuple(np.interp(q / 100 * (len(pooled) - 1), np.arange(len(pooled)), pooled) for q in (1, 99))
+        measured = np.asarray(query[:, gene].X).ravel()
+        predicted = query[:, gene].layers["predicted_ridge"].ravel()
+        values = np.concatenate([measured, predicted])
         for ax in full[2 * row : 2 * row + 2]:
             np.testing.assert_allclose(colour_limits(ax), (values.min(), values.max()), rtol=1e-6)
-        left, right = shared[2 * row], shared[2 * row + 1]
-        np.testing.assert_allclose(colour_limits(left), expected, rtol=1e-6)
-        np.testing.assert_allclose(colour_limits(right), expected, rtol=1e-6)
-        own_left, own_right = colour_limits(separate[2 * row]), colour_limits(separate[2 * row + 1])
-        assert not np.allclose(own_left, own_right)
-        np.testing.assert_allclose(own_right[1], query[:, gene].layers["predicted_ridge"].max(), rtol=1e-5)
+        for ax in shared[2 * row : 2 * row + 2]:
+            np.testing.assert_allclose(colour_limits(ax), _percentiles(values), rtol=1e-6)
+            assert ax.get_title().split("\n")[1].startswith("shared scale")
+        left, right = own[2 * row], own[2 * row + 1]
+        np.testing.assert_allclose(colour_limits(left), _percentiles(measured), rtol=1e-6)
+        np.testing.assert_allclose(colour_limits(right), _percentiles(predicted), rtol=1e-5)
+        assert left.get_title().split("\n")[1] == "own scale"
+        assert right.get_title().split("\n")[1].startswith("own scale, r = ")
+    with pytest.warns(FutureWarning, match='scale="shared"'):
+        old = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:1], same_scale=True, show=False))
+    np.testing.assert_allclose(colour_limits(old[1]), colour_limits(shared[1]), rtol=1e-6)
+    with pytest.raises(InvalidParameterError, match="scale"):
+        st.pl.spatial(on_layout(slices, "visium"), GENES[:1], scale="measured", show=False)
 
 
 def test_spatial_leaves_the_users_objects_unchanged_and_saves(slices, tmp_path):

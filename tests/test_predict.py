@@ -144,6 +144,45 @@ def test_fitted_model_predicts_a_new_slice_without_reference(sim_pair):
         st.tl.predict(fresh, model=_predictor.get_method("ridge")())
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("linear", {}),
+        ("ridge", {"alpha": "cv", "standardize": True, "n_pcs": 4}),
+        ("knn", {"k": "cv", "aggregation": "weighted"}),
+        ("lightgbm", {"n_estimators": 5}),
+        ("mlp", {"epochs": 5}),
+        ("auto", {"candidates": [("knn", {"k": 5}), ("ridge", {"alpha": "cv"})]}),
+    ],
+)
+def test_every_fitted_baseline_saves_and_loads_to_the_same_predictions(sim_pair, method, options, tmp_path):
+    ref, query = sim_pair
+    refs = [ref[:150].copy(), ref[150:].copy()]  # two sections: the "cv" settings leave one out
+    fitted = query.copy()
+    model = st.tl.predict(fitted, refs, method=method, use_rep=["X_emb"], return_model=True, device="cpu", **options)
+    model.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = st.models.load(tmp_path / "model")
+    assert type(loaded) is type(model) and loaded.genes == model.genes and loaded.params == model.params
+    again = query.copy()
+    st.tl.predict(again, model=loaded, key_added="loaded")
+    np.testing.assert_allclose(again.layers["loaded"], fitted.layers[f"predicted_{method}"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_baseline_whose_files_disagree_is_refused(sim_pair, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    ref, query = sim_pair
+    model = st.tl.predict(query.copy(), ref, method="ridge", use_rep="X_emb", return_model=True)
+    model.save(tmp_path / "m")
+    arrays = load_file(str(tmp_path / "m" / "model.safetensors"))
+    save_file({**arrays, "coef": arrays["coef"][:, :-1].copy()}, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(st.errors.ModelFileError, match="coef"):
+        st.models.load(tmp_path / "m")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _predictor.get_method("knn")().save(tmp_path / "unfitted")
+
+
 def test_return_values_follow_scanpys_rule(sim_pair):
     ref, query = sim_pair
     query = query.copy()

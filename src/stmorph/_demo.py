@@ -2,8 +2,10 @@
 
 For every section: cut a patch around each spot, embed it, prepare the expression as the EPS
 paper does, and compute EPS/SPS on the image graph. Then predict each section from the others
-(leave one section out) with ridge regression and BLEEP (frozen embeddings), evaluate, and write
-the results, the plots and a one-page ``report.html``.
+(leave one section out) with ``method="auto"`` (the better of untrained knn retrieval and ridge,
+each with its setting chosen by grouped cross-validation over the reference sections) and BLEEP
+(frozen embeddings), evaluate, and write the results, the CV tables, the plots and a one-page
+``report.html``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class DemoSettings:
     encoder
         Image encoder of :func:`stmorph.tl.embed`.
     methods
-        Prediction methods, each fitted leave-one-section-out.
+        Prediction methods, each fitted leave-one-section-out; ``"auto"`` chooses among its default
+        candidates by grouped CV over the references (its CV table goes into the report).
     n_genes
         Number of genes scored (EPS) and predicted: as in the EPS paper, the top highly variable
         genes (seurat_v3 on the raw counts, the sections as batches) among the genes present in
@@ -60,7 +63,7 @@ class DemoSettings:
     """
 
     encoder: str = "default"
-    methods: tuple[str, ...] = ("ridge", "bleep")
+    methods: tuple[str, ...] = ("auto", "bleep")
     n_genes: int | None = 2000
     method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     plot_genes: tuple[str, ...] = ()
@@ -80,6 +83,7 @@ class DemoResult:
     eps: pd.DataFrame
     metrics: pd.DataFrame
     genes: list[str]
+    cv: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None
@@ -184,6 +188,20 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
     return metrics[["section", "method", "sps", *[c for c in metrics.columns if c not in ("section", "method", "sps")]]]
 
 
+def _cv_tables(tables: dict[str, AnnData]) -> pd.DataFrame:
+    """Every ``method="auto"`` CV table: one row per query section, candidate and fold (empty without auto)."""
+    frames = []
+    for name, table in tables.items():
+        record = read_uns(table, Key.uns.tool("predict"), {}).get(Key.layers.predicted("auto"))
+        if record is not None and "cv" in record:
+            cv = {k: v for k, v in record["cv"].items() if k != "selected"}
+            frames.append(pd.DataFrame(cv).assign(section=name, selected=str(record["selected"])))
+    if not frames:
+        return pd.DataFrame()
+    cv = pd.concat(frames, ignore_index=True)
+    return cv[["section", "candidate", "fold", "pearson_hvg50", "pearson_all", "selected"]]
+
+
 def _plot_genes(table: AnnData, genes: list[str], settings: DemoSettings) -> list[str]:
     if settings.plot_genes:
         return list(settings.plot_genes)
@@ -207,10 +225,12 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
     figures = {
         "ranking": pl.eps_ranking(table, n=15, show=False),
         "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
-        "spatial": pl.spatial(table, shown, show=False),
-        "spatial_pattern": pl.spatial(table, shown, same_scale=False, show=False),
+        "spatial": pl.spatial(table, shown, scale="shared", show=False),
+        "spatial_pattern": pl.spatial(table, shown, show=False),
         "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
     }
+    if "auto" in settings.methods:
+        figures["cv_table"] = pl.cv_table(table, show=False)
     if any("history" in rec for rec in read_uns(table, Key.uns.tool("predict"), {}).values()):
         figures["training"] = pl.training(table, show=False)
     return {kind: _save(fig, out / f"{kind}_{name}.png") for kind, fig in figures.items()}
@@ -301,7 +321,8 @@ def run_demo_steps(
     -------
     :class:`DemoResult`; ``result.report`` is the path of ``report.html``. The folder also holds
     ``<section>/results.h5ad``, ``eps.csv`` (genes × sections), ``sps.csv``, ``metrics.csv`` (one
-    row per section and method) and the PNGs.
+    row per section and method), ``cv.csv`` (with ``"auto"``: the CV table of every query section,
+    one row per candidate and fold) and the PNGs.
 
     Examples
     --------
@@ -338,7 +359,9 @@ def run_demo_steps(
         ]
     )
     eps = pd.DataFrame({s: t.var.loc[genes, "eps"] for s, t in tables.items()})
-    result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes)
+    result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes, cv=_cv_tables(tables))
+    if not result.cv.empty:
+        result.cv.to_csv(out / "cv.csv", index=False)
     eps.to_csv(out / "eps.csv", index_label="gene")
     sps.to_csv(out / "sps.csv", index=False)
     metrics.to_csv(out / "metrics.csv", index=False)

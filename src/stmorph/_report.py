@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -28,6 +29,13 @@ code { background: #f3f3f3; padding: 0 0.25em; }
 """
 
 _TEXT = {
+    "cv_table": (
+        "How the cross-validation chose the method",
+        'Each bar is a candidate of <code>method="auto"</code>, each dot one reference section held out while '
+        "the candidate was fitted on the other references (the query section is never used): the mean Pearson "
+        "correlation over that held-out section's 50 most variable genes. The candidate with the highest mean "
+        "(dark bar, named in the title) was refitted on all references and predicted the query.",
+    ),
     "ranking": (
         "Which genes can the image predict?",
         "Each bar is a gene's <b>Expression Predictability Score (EPS)</b>: it is high when spots whose image "
@@ -58,16 +66,17 @@ _TEXT = {
         "Measured and predicted expression on the tissue",
         "Each row is a gene, drawn on the H&amp;E image: the measured expression (as the models learnt it: "
         "normalised, log-transformed and scaled per gene) and each model's prediction, made without ever seeing "
-        "this section's expression. The panels of one gene share one colour scale, so colours can be compared "
-        "directly (as in BLEEP, Fig. 3). Predictions are cautious — they stay closer to the average than the "
-        "measurement — so on this common scale they look paler. ERBB2 (HER2) is the gene that defines these "
-        "tumours; the others are the section's most predictable genes.",
+        'this section\'s expression. The panels of one gene share one colour scale ("shared scale" in each '
+        "title), so colours can be compared directly (as in BLEEP, Fig. 3). Predictions are cautious — they stay "
+        "closer to the average than the measurement, most of all those that average 50 retrieved reference spots "
+        "— so on this common scale they look paler. ERBB2 (HER2) is the gene that defines these tumours; the "
+        "others are the section's most predictable genes.",
     ),
     "spatial_pattern": (
         "The same maps, each on its own colour scale",
-        "The genes above again, but every panel now stretches its own colours from its lowest to its highest "
-        "spot. This hides the difference in magnitude and shows whether the prediction puts high and low "
-        "expression in the right places of the tissue.",
+        'The genes above again, but every panel now spans the 1st to 99th percentile of its own spots ("own '
+        'scale" in each title; the default of <code>st.pl.spatial</code>). This hides the difference in '
+        "magnitude and shows whether the prediction puts high and low expression in the right places of the tissue.",
     ),
     "gene_correlation": (
         "Is the co-expression structure kept?",
@@ -90,6 +99,9 @@ _FILES = {
     "<code>uns['spatial']</code>); open with <code>anndata.read_h5ad</code>, draw with <code>st.pl.spatial</code>",
     "eps.csv": "EPS of every scored gene (rows; the shared highly variable genes) in every section (columns)",
     "sps.csv": "SPS, number of spots and of genes per section",
+    "cv.csv": 'the cross-validation table of <code>method="auto"</code>: per query section, candidate and '
+    "held-out reference section, the mean Pearson over the 50 most variable genes and over all genes, and the "
+    "candidate chosen",
     "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
     "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",
     "*.png": "every figure of this report",
@@ -127,6 +139,14 @@ def _metrics_table(metrics: pd.DataFrame) -> str:
     return _table(metrics[list(names)].rename(columns=names))
 
 
+def _cv_summary(cv: pd.DataFrame) -> str:
+    """The CV table as one row per query section and candidate (means over the held-out folds)."""
+    means = cv.groupby(["section", "candidate"], sort=False)[["pearson_hvg50", "pearson_all"]].mean().reset_index()
+    chosen = cv.groupby("section", sort=False)["selected"].first()
+    means["chosen"] = np.where(means["candidate"].to_numpy() == chosen.loc[means["section"]].to_numpy(), "✓", "")
+    return _table(means.rename(columns={"pearson_hvg50": "CV Pearson HVG-50", "pearson_all": "CV Pearson all"}))
+
+
 def write_report(path: Path, result: DemoResult, settings: DemoSettings, sections: Sequence[str]) -> Path:
     """Write the one-page HTML report of a demo run to ``path`` and return ``path``."""
     from . import __version__
@@ -159,6 +179,15 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
         "measures). 1 would be perfect, 0 no better than a constant.</p>",
         _metrics_table(result.metrics),
     ]
+    if not result.cv.empty:
+        body += [
+            "<h2>Which method did the cross-validation choose?</h2>",
+            "<p><code>auto</code> compared its candidates (untrained retrieval of the most similar reference spots, "
+            "<code>knn</code>, and ridge regression, each with its setting chosen by an inner cross-validation) by "
+            "holding out one reference section at a time; the query section played no part. Mean held-out Pearson "
+            "per candidate (<code>cv.csv</code> has every fold):</p>",
+            _cv_summary(result.cv),
+        ]
     for kind in _TEXT:
         if kind in result.figures:
             body.append(_figure_block(kind, result.figures[kind]))

@@ -27,8 +27,11 @@ _HELP = {
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
 }
+TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
+"""The methods ``--epochs`` applies to."""
 _DESCRIPTION = {
-    "demo": "Embed the spots, compute EPS/SPS per section, predict each section from the others (ridge and BLEEP), "
+    "demo": "Embed the spots, compute EPS/SPS per section, predict each section from the others (auto: the "
+    "cross-validated best of knn and ridge, and BLEEP), "
     "evaluate, and write results.h5ad per section, eps.csv, metrics.csv, PNGs and report.html.",
     "embed": "Read a slide (a Visium or Visium HD Space Ranger folder, a SpatialData .zarr store, a HEST-1k sample "
     "<root>/st/<id>.h5ad, or an .h5ad with patches or a Visium image), cut one patch per spot with "
@@ -82,7 +85,7 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"], help="HER2ST sections (≥ 2)")
     demo.add_argument("--data-dir", default=None, help="folder holding her2st/ (default: $STMORPH_DATA_DIR)")
     demo.add_argument("--encoder", default="default", help="image encoder of st.tl.embed (default: %(default)s)")
-    demo.add_argument("--methods", nargs="+", default=["ridge", "bleep"], help="prediction methods")
+    demo.add_argument("--methods", nargs="+", default=["auto", "bleep"], help="prediction methods")
     demo.add_argument("--n-genes", type=int, default=2000, help="genes to predict, most expressed first; 0 = all")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs of torch methods (default: paper's)")
     demo.add_argument(
@@ -140,7 +143,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         encoder=args.encoder,
         methods=tuple(args.methods),
         n_genes=args.n_genes or None,
-        method_kwargs={m: kwargs for m in args.methods if m not in ("linear", "ridge", "lightgbm")},
+        method_kwargs={m: kwargs for m in args.methods if m in TRAINED_OVER_EPOCHS},
         torch_threads=args.torch_threads or None,
     )
     report = run_demo(

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._logging import logger
-from .._validation import check_choice, check_int, check_range
+from .._validation import ModelFileError, check_choice, check_int, check_range
 from ._cv import ALPHA_GRID, K_GRID, grid_search
+from ._io import ArrayModel, check_array
 from ._predictor import Predictor
 
 CV = "cv"
@@ -62,6 +64,20 @@ class FeatureTransform:
         Z = (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
         return (Z if self.components_ is None else Z @ self.components_).astype(np.float32)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted statistics, keyed ``features.*`` (for saving)."""
+        arrays = {"features.mean": self.mean_, "features.scale": self.scale_}
+        return arrays if self.components_ is None else {**arrays, "features.components": self.components_}
+
+    def restore(self, arrays: dict[str, np.ndarray], where: Path) -> FeatureTransform:
+        """Set the fitted statistics from :meth:`to_arrays`' output."""
+        self.mean_ = check_array(arrays, "features.mean", (None,), where)
+        self.scale_ = check_array(arrays, "features.scale", (len(self.mean_),), where)
+        self.components_ = None
+        if self.n_pcs is not None:
+            self.components_ = check_array(arrays, "features.components", (len(self.mean_), None), where)
+        return self
+
 
 def _check_features(standardize: bool, n_pcs: int | None) -> dict[str, Any]:
     if n_pcs is not None:
@@ -69,7 +85,7 @@ def _check_features(standardize: bool, n_pcs: int | None) -> dict[str, Any]:
     return {"standardize": bool(standardize), **({} if n_pcs is None else {"n_pcs": int(n_pcs)})}
 
 
-class _TunedPredictor(Predictor):
+class _TunedPredictor(ArrayModel, Predictor):
     """A predictor with a feature transform and one setting (``tuned``) that ``"cv"`` chooses from ``grid``.
 
     Subclasses implement :meth:`_fit_value` (fit with one value of the setting on transformed
@@ -89,7 +105,11 @@ class _TunedPredictor(Predictor):
         value = self.params[self.tuned]
         if value == CV:
             self.cv_scores_, value = grid_search(
-                self.grid, lambda train, test: self._predict_grid(Z[train], Y[train], Z[test]), Y, groups, self.tuned
+                self.grid,
+                lambda train, test, columns: self._predict_grid(Z[train], Y[np.ix_(train, columns)], Z[test]),
+                Y,
+                groups,
+                self.tuned,
             )
             logger.info("%s: %s=%s chosen by %d-fold grouped CV", self.name, self.tuned, value, len(np.unique(groups)))
         self.value_ = value
@@ -102,6 +122,26 @@ class _TunedPredictor(Predictor):
             params[f"{self.tuned}_cv"] = self.value_
         return params
 
+    def _fitted_config(self) -> dict[str, Any]:
+        return {"value": self.value_}
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {**self.features_.to_arrays(), **self._state()}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        if "value" not in fitted:
+            raise ModelFileError(f"{where}: the config lacks the fitted {self.tuned}.")
+        self.value_ = fitted["value"]
+        self.features_ = self._features().restore(arrays, where)
+        self._set_state(arrays, where)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays beyond the feature transform."""
+        raise NotImplementedError
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        raise NotImplementedError
+
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: Any) -> None:
         raise NotImplementedError
 
@@ -109,21 +149,7 @@ class _TunedPredictor(Predictor):
         raise NotImplementedError
 
 
-class _SklearnRegressor(Predictor):
-    """A multi-output scikit-learn regressor fitted on all genes at once."""
-
-    def _estimator(self) -> Any:
-        raise NotImplementedError
-
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> _SklearnRegressor:
-        self.estimator_ = self._estimator().fit(X, Y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator_.predict(X), dtype=np.float32).reshape(len(X), -1)
-
-
-class Linear(_SklearnRegressor):
+class Linear(ArrayModel, Predictor):
     """Ordinary least squares (:class:`sklearn.linear_model.LinearRegression`) on the embeddings.
 
     With more embedding dimensions than training spots the fit is the minimum-norm solution and
@@ -139,19 +165,80 @@ class Linear(_SklearnRegressor):
 
     name = "linear"
 
-    def _estimator(self) -> Any:
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> Linear:
         from sklearn.linear_model import LinearRegression
 
-        return LinearRegression()
+        fit = LinearRegression().fit(X, Y)
+        self.coef_ = np.asarray(fit.coef_, dtype=np.float64).reshape(np.shape(Y)[1], -1).T
+        self.intercept_ = np.asarray(fit.intercept_, dtype=np.float64).reshape(-1)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return (np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_).astype(np.float32)
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        self.coef_, self.intercept_ = _linear_state(arrays, len(self.genes), where)
+
+
+def _linear_state(arrays: dict[str, np.ndarray], n_genes: int, where: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Saved ``coef`` ``(d, n_genes)`` and ``intercept`` ``(n_genes,)``, checked against the genes."""
+    return check_array(arrays, "coef", (None, n_genes), where), check_array(arrays, "intercept", (n_genes,), where)
+
+
+def _ridge_basis(Z: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centred ridge in an eigenbasis: ``coef(α) = left · diag(1/(w+α)) · right`` for every α at once.
+
+    One symmetric eigendecomposition of the smaller Gram matrix of the centred features (the
+    ``n × n`` kernel when there are fewer spots than dimensions, else the ``d × d`` covariance)
+    serves every penalty; it is much cheaper than an SVD of ``Z`` and exact.
+
+    Returns
+    -------
+    ``left`` ``(d, r)``, the eigenvalues ``w`` ``(r,)`` (clipped at 0), ``right`` ``(r, n_genes)``
+    and ``(z_mean, y_mean)``, the column means of ``Z`` and ``Y``.
+    """
+    Z, Y = np.asarray(Z, dtype=np.float64), np.asarray(Y, dtype=np.float64)
+    z_mean, y_mean = Z.mean(axis=0), Y.mean(axis=0)
+    zc, yc = Z - z_mean, Y - y_mean
+    if len(zc) <= zc.shape[1]:
+        w, u = np.linalg.eigh(zc @ zc.T)
+        left, right = zc.T @ u, u.T @ yc
+    else:
+        w, v = np.linalg.eigh(zc.T @ zc)
+        left, right = v, v.T @ (zc.T @ yc)
+    return left, np.clip(w, 0.0, None), right, (z_mean, y_mean)
 
 
 def _ridge_path(Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray, alphas) -> list[np.ndarray]:
-    """Ridge predictions (with intercept) of ``Z_test`` for every α, from one SVD of the centred ``Z``."""
-    z_mean, y_mean = Z.mean(axis=0), Y.mean(axis=0)
-    u, s, vt = np.linalg.svd(Z - z_mean, full_matrices=False)
-    uty = u.T @ (Y - y_mean)
-    projected = (Z_test - z_mean) @ vt.T
-    return [(projected * (s / (s**2 + a))) @ uty + y_mean for a in alphas]
+    """Ridge predictions (with intercept) of ``Z_test`` for every α, from one eigendecomposition."""
+    left, w, right, (z_mean, y_mean) = _ridge_basis(Z, Y)
+    projected = (np.asarray(Z_test, dtype=np.float64) - z_mean) @ left
+    return [(projected / (w + a)) @ right + y_mean for a in alphas]
+
+
+def ridge_solution(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``(d, n_genes)`` and intercept ``(n_genes,)`` of ridge regression with penalty ``alpha``.
+
+    Minimises ``‖Y − Z·coef − intercept‖² + alpha·‖coef‖²`` (intercept not penalised), as
+    :class:`sklearn.linear_model.Ridge`.
+
+    Examples
+    --------
+    >>> Z = np.array([[0.0], [1.0], [2.0]]); Y = np.array([[1.0], [3.0], [5.0]])
+    >>> coef, intercept = ridge_solution(Z, Y, 0.0)
+    >>> np.round(coef, 6).tolist(), np.round(intercept, 6).tolist()
+    ([[2.0]], [1.0])
+    """
+    left, w, right, (z_mean, y_mean) = _ridge_basis(Z, Y)
+    if alpha == 0:  # least squares: the pseudo-inverse on the non-null eigenvalues
+        inverse = np.divide(1.0, w, out=np.zeros_like(w), where=w > w.max(initial=0.0) * 1e-12)
+    else:
+        inverse = 1.0 / (w + alpha)
+    coef = (left * inverse) @ right
+    return coef, y_mean - z_mean @ coef
 
 
 class Ridge(_TunedPredictor):
@@ -193,16 +280,20 @@ class Ridge(_TunedPredictor):
         super().__init__(alpha=alpha, **_check_features(standardize, n_pcs), **kwargs)
 
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: float) -> None:
-        from sklearn.linear_model import Ridge as SkRidge
+        self.coef_, self.intercept_ = ridge_solution(Z, Y, value)
 
-        self.estimator_ = SkRidge(alpha=value).fit(Z, Y)
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef_, "intercept": self.intercept_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        self.coef_, self.intercept_ = _linear_state(arrays, len(self.genes), where)
 
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
         return _ridge_path(Z, Y, Z_test, self.grid)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        out = self.estimator_.predict(self.features_.transform(X))
-        return np.asarray(out, dtype=np.float32).reshape(len(X), -1)
+        out = self.features_.transform(X).astype(np.float64) @ self.coef_ + self.intercept_
+        return out.astype(np.float32)
 
 
 class KNN(_TunedPredictor):
@@ -261,8 +352,17 @@ class KNN(_TunedPredictor):
     def _fit_value(self, Z: np.ndarray, Y: np.ndarray, value: int) -> None:
         self.reference_, self.reference_expression_ = Z, Y
 
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"reference": self.reference_, "reference_expression": self.reference_expression_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], where: Path) -> None:
+        self.reference_expression_ = check_array(arrays, "reference_expression", (None, len(self.genes)), where)
+        self.reference_ = check_array(arrays, "reference", (len(self.reference_expression_), None), where)
+
     def _predict_grid(self, Z: np.ndarray, Y: np.ndarray, Z_test: np.ndarray) -> list[np.ndarray]:
-        return [self._retrieve(Z_test, Z, Y, k) for k in self.grid]
+        from ._retrieval import retrieve_grid
+
+        return retrieve_grid(Z_test, Z, Y, ks=self.grid, aggregation=self.params["aggregation"])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self._retrieve(self.features_.transform(X), self.reference_, self.reference_expression_, self.value_)
@@ -272,7 +372,7 @@ def _default_n_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-class LightGBM(Predictor):
+class LightGBM(ArrayModel, Predictor):
     """Gradient-boosted trees, one LightGBM model per gene (100 trees each, as in the EPS paper).
 
     Genes are fitted in parallel threads (LightGBM releases the GIL), each model single-threaded.
@@ -366,6 +466,19 @@ class LightGBM(Predictor):
         logger.info("lightgbm: fitting %d genes with %d threads", Y.shape[1], self.params["n_jobs"])
         self.boosters_ = self._map_genes(fit_gene, Y.shape[1], "lightgbm genes")
         return self
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        """Each gene's booster as LightGBM's own text model (UTF-8 bytes): plain data, no code."""
+        text = [booster.model_to_string().encode() for booster in self.boosters_]
+        return {f"booster.{g}": np.frombuffer(model, np.uint8) for g, model in enumerate(text)}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        import lightgbm as lgb
+
+        self.boosters_ = [
+            lgb.Booster(model_str=check_array(arrays, f"booster.{g}", (None,), where).tobytes().decode())
+            for g in range(len(self.genes))
+        ]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)

@@ -130,6 +130,7 @@ class ContrastivePredictor(TorchPredictor):
         lr: float = 1e-3,
         weight_decay: float = 1e-3,
         val_fraction: float = 0.2,
+        patience: int | None = None,
         k: int = 50,
         aggregation: str = "mean",
         chunk_size: int | None = None,
@@ -171,6 +172,9 @@ class ContrastivePredictor(TorchPredictor):
             params["weights"] = str(weights)
         if chunk_size is not None:
             params["chunk_size"] = int(chunk_size)
+        if patience is not None:
+            check_range(patience, "patience", 1, None, inclusive=True)
+            params["patience"] = int(patience)
         super().__init__(random_state=random_state, device=device, progress=progress, **params)
         self.input = "patches" if mode == "end_to_end" else "embedding"
         self.encoder_ = None
@@ -269,7 +273,8 @@ class ContrastivePredictor(TorchPredictor):
             weight_decay=p["weight_decay"],
             seed=self.random_state,
             val_indices=n_copies + np.arange(len(val_idx)) if len(val_idx) else None,
-            patience=p["epochs"] if len(val_idx) else None,  # keep the best epoch, as both papers do
+            # keep the best epoch, as both papers do; stop early after `patience` epochs without a better one
+            patience=p.get("patience", p["epochs"]) if len(val_idx) else None,
             drop_last=True,
             progress=self.progress,
             desc=self.name,
@@ -388,6 +393,9 @@ class BLEEP(ContrastivePredictor):
         Fraction of the reference spots held out to keep the epoch with the lowest validation
         loss (0 trains on all spots and keeps the last epoch); all spots stay in the retrieval
         reference.
+    patience
+        Stop after this many epochs without a lower validation loss (the best epoch is kept
+        either way); ``None`` trains all ``epochs``.
     k
         Number of retrieved reference spots (50).
     aggregation
@@ -432,8 +440,8 @@ class HECLIP(ContrastivePredictor):
 
     Parameters
     ----------
-    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, k, aggregation, chunk_size, \
-inference_batch_size, random_state, device, progress
+    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, k, aggregation, \
+chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
     projection_dim
         Not accepted: HECLIP's joint space is the gene space.

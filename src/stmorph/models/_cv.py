@@ -42,7 +42,7 @@ def spatial_blocks(coords: np.ndarray, n_blocks: int = N_BLOCKS, random_state: i
     --------
     >>> xy = np.array([[0, 0], [0, 1], [1, 0], [50, 50], [50, 51], [51, 50]])
     >>> labels = spatial_blocks(xy, n_blocks=2)
-    >>> len(set(labels[:3])), len(set(labels[3:])), labels[0] != labels[3]
+    >>> len(set(labels[:3])), len(set(labels[3:])), bool(labels[0] != labels[3])
     (1, 1, True)
     """
     from sklearn.cluster import KMeans
@@ -82,9 +82,18 @@ def fold_scores(y_true: np.ndarray, y_pred: np.ndarray, n_hvg: int = N_HVG) -> t
     denom = np.sqrt((t**2).sum(axis=0) * (p**2).sum(axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(denom > 0, (t * p).sum(axis=0) / denom, np.nan)
-    variance = y_true.var(axis=0)
-    hvg = np.argsort(-variance, kind="stable")[:n_hvg]
-    return _nanmean(r[hvg]), _nanmean(r)
+    return _nanmean(r[hvg_columns(y_true, n_hvg)]), _nanmean(r)
+
+
+def hvg_columns(y: np.ndarray, n_hvg: int = N_HVG) -> np.ndarray:
+    """Indices of the ``n_hvg`` columns of ``y`` with the largest variance, in increasing column order.
+
+    Examples
+    --------
+    >>> hvg_columns(np.array([[0.0, 5.0, 1.0], [0.0, -5.0, 0.0]]), n_hvg=2)
+    array([1, 2])
+    """
+    return np.sort(np.argsort(-np.asarray(y).var(axis=0), kind="stable")[:n_hvg])
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -99,7 +108,7 @@ def folds(groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def grid_search(
     grid: Sequence[Any],
-    predict_fold: Callable[[np.ndarray, np.ndarray], list[np.ndarray]],
+    predict_fold: Callable[[np.ndarray, np.ndarray, np.ndarray], list[np.ndarray]],
     Y: np.ndarray,
     groups: np.ndarray | None,
     name: str,
@@ -111,8 +120,9 @@ def grid_search(
     grid
         Candidate values of the setting.
     predict_fold
-        ``predict_fold(train, test)`` returns the predictions of rows ``test`` for every grid
-        value, fitted on rows ``train``.
+        ``predict_fold(train, test, columns)`` returns, for every grid value, the predictions of
+        rows ``test`` and genes ``columns`` (the held-out fold's most variable genes, the only ones
+        the score reads), fitted on rows ``train``.
     Y
         ``(n, n_genes)`` expression.
     groups
@@ -125,9 +135,12 @@ def grid_search(
     The ``(n_folds, len(grid))`` HVG scores and the chosen value (the first of the best ones).
     """
     groups = check_groups(groups, len(Y), f'{name}="cv"')
-    scores = np.array(
-        [[fold_scores(Y[test], pred)[0] for pred in predict_fold(train, test)] for train, test in folds(groups)]
-    )
+    scores = []
+    for train, test in folds(groups):
+        columns = hvg_columns(Y[test])
+        truth = Y[np.ix_(test, columns)]
+        scores.append([fold_scores(truth, pred)[0] for pred in predict_fold(train, test, columns)])
+    scores = np.array(scores)
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 

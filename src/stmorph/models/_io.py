@@ -175,3 +175,64 @@ def load(path: str | os.PathLike) -> Predictor:
         raise ModelFileError(
             f"{folder / CONFIG_FILE} (model config) does not describe a loadable model: {err}"
         ) from None
+
+
+class ArrayModel:
+    """``save`` / ``from_saved`` for predictors whose fitted state is a few arrays (the baselines and the MLP).
+
+    Subclasses implement :meth:`_fitted_arrays` (the arrays to store; raise ``AttributeError`` when
+    unfitted) and :meth:`_restore_arrays` (set the fitted state from them). The config holds the
+    method's settings (``params``), the genes, the training record and :meth:`_fitted_config`
+    (plain values chosen in fitting, e.g. the α a ``"cv"`` setting chose).
+    """
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _fitted_config(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted model into the folder ``path`` (safetensors + JSON; see :func:`stmorph.models.load`).
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, stmorph as st
+        >>> from stmorph.models._baselines import Ridge
+        >>> X = np.random.default_rng(0).normal(size=(20, 3)); Y = X[:, :2]
+        >>> model = Ridge().fit(X, Y); model.genes = ["a", "b"]
+        >>> folder = tempfile.mkdtemp(); model.save(folder)
+        >>> np.allclose(st.models.load(folder).predict(X), model.predict(X))
+        True
+        """
+        try:
+            arrays = self._fitted_arrays()
+        except AttributeError:
+            message = f"this {self.name} model is not fitted; call fit(X, Y) or `st.tl.predict` first."
+            raise RuntimeError(message) from None
+        config = {
+            "method": self.name,
+            "input": self.input,
+            "genes": [str(g) for g in self.genes],
+            "random_state": self.random_state,
+            "params": self.params,
+            "fitted": self._fitted_config(),
+            "history": self.history,
+            "training": self.training,
+        }
+        save_arrays(path, config, arrays)
+
+    @classmethod
+    def from_saved(cls, folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]):
+        """Rebuild a fitted model from what :meth:`save` wrote (used by :func:`stmorph.models.load`)."""
+        model = cls(random_state=int(config.get("random_state", 0)), progress=False, **dict(config.get("params", {})))
+        model.genes = [str(g) for g in config["genes"]]
+        if not model.genes:
+            raise ModelFileError(f"{folder / CONFIG_FILE}: the list of genes is empty.")
+        model.history = {k: [float(v) for v in vals] for k, vals in config.get("history", {}).items()}
+        model.training = dict(config.get("training", {}))
+        model._restore_arrays(arrays, dict(config.get("fitted", {})), folder / WEIGHTS_FILE)
+        return model

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._validation import check_int, check_range
+from ._base import arrays_to_state, state_to_arrays
+from ._io import ArrayModel, check_array
 from ._predictor import Predictor
 from ._train import resolve_device, seed_everything, train
 
@@ -17,7 +20,7 @@ def _mlp_module(n_in: int, n_hidden: int, n_out: int):
     return torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden), torch.nn.ReLU(), torch.nn.Linear(n_hidden, n_out))
 
 
-class MLP(Predictor):
+class MLP(ArrayModel, Predictor):
     """One-hidden-layer perceptron trained with MSE and AdamW (EPS paper settings by default).
 
     Parameters
@@ -118,3 +121,13 @@ class MLP(Predictor):
                 batch = torch.as_tensor(np.asarray(X[start : start + 4096], dtype=np.float32), device=device)
                 out.append(self.module_(batch).cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.empty((0, self.module_[-1].out_features))
+
+    def _fitted_arrays(self) -> dict[str, np.ndarray]:
+        return state_to_arrays(self.module_)
+
+    def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
+        hidden = check_array(arrays, "net.0.weight", (self.params["hidden"], None), where)
+        check_array(arrays, "net.2.weight", (len(self.genes), self.params["hidden"]), where)
+        self.module_ = _mlp_module(hidden.shape[1], self.params["hidden"], len(self.genes))
+        self.module_.load_state_dict(arrays_to_state(arrays))
+        self.module_.to(resolve_device(self.device)).eval()

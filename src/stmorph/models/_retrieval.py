@@ -8,6 +8,8 @@ reference is searched 16 query rows at a time by default).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -86,8 +88,10 @@ def retrieve(
         ``"mean"`` (BLEEP's and HECLIP's default) or ``"weighted"`` (BLEEP's distance weights on
         the un-normalised ``query`` and ``reference``, see :func:`_weights`).
     chunk_size
-        Query rows per chunk; ``None`` keeps both the similarity block (rows × ``n_ref``) and the
-        gathered neighbour expression (rows × ``k`` × ``n_genes``) under ``max_elements``.
+        Query rows per chunk; ``None`` keeps the similarity block and the neighbour-weight matrix
+        (rows × ``n_ref`` each) and, for ``"weighted"``, the gathered neighbour embeddings
+        (rows × ``k`` × ``d``) under ``max_elements``; the average is one matmul of the weights
+        with the reference expression.
     max_elements
         Memory bound used when ``chunk_size`` is ``None``.
     progress
@@ -105,8 +109,47 @@ def retrieve(
     >>> retrieve(np.array([[1.0, 0.05]]), ref, expr, k=2)
     array([[15.]], dtype=float32)
     """
+    return retrieve_grid(
+        query,
+        reference,
+        reference_expression,
+        ks=[k],
+        aggregation=aggregation,
+        chunk_size=chunk_size,
+        max_elements=max_elements,
+        progress=progress,
+    )[0]
+
+
+def retrieve_grid(
+    query: np.ndarray,
+    reference: np.ndarray,
+    reference_expression: np.ndarray,
+    *,
+    ks: Sequence[int],
+    aggregation: str = "mean",
+    chunk_size: int | None = None,
+    max_elements: int = MAX_ELEMENTS,
+    progress: bool = False,
+) -> list[np.ndarray]:
+    """:func:`retrieve` for several ``k`` at once: one similarity search for the largest ``k``, then each average.
+
+    The neighbours of every query are sorted by similarity, so the top ``k`` of each smaller
+    ``k`` are the first ``k`` of the largest search; the cost of a grid of ``k`` is one search
+    plus one average per value. Parameters are those of :func:`retrieve`; returns one
+    prediction per value of ``ks``, in order.
+
+    Examples
+    --------
+    >>> ref = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]])
+    >>> expr = np.array([[10.0], [0.0], [20.0]])
+    >>> [float(p[0, 0]) for p in retrieve_grid(np.array([[1.0, 0.05]]), ref, expr, ks=[1, 2, 3])]
+    [10.0, 15.0, 10.0]
+    """
     check_choice(aggregation, AGGREGATIONS, "aggregation")
-    check_int(k, "k", low=1)
+    for k in ks:
+        check_int(k, "k", low=1)
+    ks = [int(k) for k in ks]
     raw_query, raw_reference = np.asarray(query, dtype=np.float32), np.asarray(reference, dtype=np.float32)
     query, reference = l2_normalize(query), l2_normalize(reference)
     if query.shape[1] != reference.shape[1] or reference.shape[0] != len(reference_expression):
@@ -115,16 +158,33 @@ def retrieve(
             f"{np.shape(reference_expression)} do not fit: query and reference need the same embedding size, "
             "reference and reference_expression the same number of spots."
         )
-    n_ref = reference.shape[0]
-    if k > n_ref:
-        logger.info("retrieval: k=%d > %d reference spots; using k=%d", k, n_ref, n_ref)
-        k = n_ref
-    step = chunk_size or max(1, max_elements // max(n_ref, k * reference_expression.shape[1], 1))
-    out = np.empty((len(query), reference_expression.shape[1]), dtype=np.float32)
+    n_ref, n_genes = reference.shape[0], reference_expression.shape[1]
+    if max(ks) > n_ref:
+        logger.info("retrieval: k=%d > %d reference spots; using k=%d", max(ks), n_ref, n_ref)
+        ks = [min(k, n_ref) for k in ks]
+    k_max = max(ks)
+    gathered = k_max * reference.shape[1] if aggregation == "weighted" else 0
+    step = chunk_size or max(1, max_elements // max(n_ref, gathered, 1))
+    out = [np.empty((len(query), n_genes), dtype=np.float32) for _ in ks]
+    expression = torch.from_numpy(np.ascontiguousarray(reference_expression, dtype=np.float32))
     query_t, reference_t = torch.from_numpy(query), torch.from_numpy(reference)
     starts = range(0, len(query), step)
     for start in tqdm(starts, desc="retrieval", disable=not progress, leave=False):
-        idx = _top_k(query_t[start : start + step] @ reference_t.T, k)
-        w = _weights(raw_query[start : start + step], raw_reference[idx], aggregation)
-        out[start : start + step] = np.einsum("qk,qkg->qg", w, reference_expression[idx], dtype=np.float64)
+        rows = slice(start, start + step)
+        idx = _top_k(query_t[rows] @ reference_t.T, k_max)
+        raw_neighbours = raw_reference[idx] if aggregation == "weighted" else idx[..., None]
+        for pred, k in zip(out, ks):
+            w = _weights(raw_query[rows], raw_neighbours[:, :k], aggregation)
+            pred[rows] = (_weight_matrix(idx[:, :k], w, n_ref) @ expression).numpy()
     return out
+
+
+def _weight_matrix(idx: np.ndarray, w: np.ndarray, n_ref: int) -> torch.Tensor:
+    """The ``(q, n_ref)`` matrix with ``w`` at the retrieved columns ``idx``: the average is one matmul.
+
+    A matmul with the reference expression is far faster than gathering the ``(q, k, n_genes)``
+    neighbour expression, and the matrix has the size of the similarity block it came from.
+    """
+    dense = np.zeros((len(idx), n_ref), dtype=np.float32)
+    np.put_along_axis(dense, idx, w.astype(np.float32), axis=1)
+    return torch.from_numpy(dense)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._validation import check_bool, check_int, check_mapping, check_range, get_genes, get_matrix
+from .._validation import check_bool, check_choice, check_int, check_mapping, check_range, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -162,25 +162,49 @@ def _check_predicted(values: dict[str, np.ndarray], genes: Sequence[str]) -> Non
             )
 
 
+SCALES = ("panel", "shared")
+SCALE_NOTE = {"panel": "own scale", "shared": "shared scale"}
+"""What each panel's title says about its colour scale."""
+
+
 def colour_limits(
-    values: dict[str, np.ndarray], j: int, same_scale: bool, percentiles: tuple[float, float]
-) -> tuple[float | None, float | None]:
-    """Shared colour limits of gene ``j``: percentiles of its finite values pooled over all panels."""
-    if not same_scale:
-        return None, None
-    stacked = np.concatenate([vals[:, j] for vals in values.values()])
-    low, high = np.percentile(stacked[np.isfinite(stacked)], percentiles)
-    return float(low), float(high)
+    values: dict[str, np.ndarray], j: int, scale: str, percentiles: tuple[float, float]
+) -> dict[str, tuple[float, float]]:
+    """Colour limits of gene ``j`` in each panel: percentiles of the panel's own finite values (``"panel"``),
+    or of the gene's values pooled over all its panels (``"shared"``)."""
+
+    def limits(column: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(column[np.isfinite(column)], percentiles)
+        return float(low), float(high)
+
+    if scale == "panel":
+        return {layer: limits(vals[:, j]) for layer, vals in values.items()}
+    pooled = limits(np.concatenate([vals[:, j] for vals in values.values()]))
+    return dict.fromkeys(values, pooled)
 
 
-def _title(table: AnnData, gene: str, layer: str) -> str:
-    title = f"{gene} · {_utils.label(layer)}"
+def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
+    title = f"{gene} · {_utils.label(layer)}\n{SCALE_NOTE[scale]}"
     column = f"pearson_{layer.removeprefix(_utils.PREDICTED_PREFIX)}"
     if layer.startswith(_utils.PREDICTED_PREFIX) and column in table.var.columns:
         r = table.var.loc[gene, column]
         if np.isfinite(r):
-            title += f"\nr = {r:.2f}"
+            title += f", r = {r:.2f}"
     return title
+
+
+def _scale_choice(scale: str, same_scale: bool | None) -> str:
+    """``scale``, or the value of the deprecated ``same_scale`` flag (with a warning)."""
+    if same_scale is None:
+        check_choice(scale, SCALES, "scale")
+        return scale
+    choice = "shared" if same_scale else "panel"
+    warnings.warn(
+        f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").',
+        FutureWarning,
+        stacklevel=3,
+    )
+    return choice
 
 
 def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str, **kwargs: Any) -> None:
@@ -201,7 +225,8 @@ def spatial(
     genes: str | Sequence[str],
     *,
     layers: Sequence[str] | None = None,
-    same_scale: bool = True,
+    scale: str = "panel",
+    same_scale: bool | None = None,
     percentiles: tuple[float, float] = (1.0, 99.0),
     library_id: str | None = None,
     table_key: str = "table",
@@ -216,10 +241,12 @@ def spatial(
 ) -> Figure | None:
     """Measured and predicted expression of each gene side by side on the H&E image.
 
-    One row per gene, one panel per layer, each drawn by :func:`scanpy.pl.spatial`. By default a
-    gene's panels share one colour scale (the 1st to 99th percentile of its values over all its
-    panels), so the predicted map is read against the measured one on the same scale (BLEEP,
-    Fig. 3).
+    One row per gene, one panel per layer, each drawn by :func:`scanpy.pl.spatial`. By default
+    each panel has its own colour scale (the 1st to 99th percentile of its values): retrieval
+    methods average many reference spots, so their predictions are shrunk toward the mean and
+    would look flat on the measured panel's scale although they follow its pattern.
+    ``scale="shared"`` puts a gene's panels on one scale (pooled over its panels) to compare
+    magnitudes (BLEEP, Fig. 3). Every panel's title says which scale it uses.
 
     Parameters
     ----------
@@ -234,13 +261,15 @@ def spatial(
         Panels per gene: ``"measured"`` (the expression the predictions were trained on — the
         ``layer`` recorded by :func:`stmorph.tl.predict`, else ``X``) and/or names in ``layers``.
         Default: ``"measured"`` followed by every ``layers["predicted_*"]``.
+    scale
+        ``"panel"``: each panel spans the ``percentiles`` of its own values (the pattern of every
+        map is visible); ``"shared"``: a gene's panels share the ``percentiles`` of its values
+        pooled over them (magnitudes are comparable).
     same_scale
-        One colour scale per gene across its panels; ``False`` lets each panel scale itself
-        (minimum to maximum of its own values).
+        Deprecated: ``True`` is ``scale="shared"``, ``False`` is ``scale="panel"``.
     percentiles
-        With ``same_scale``, the scale runs between these percentiles of the gene's values pooled
-        over its panels, so a few extreme spots do not wash out the rest; ``(0, 100)`` for the
-        full range.
+        The colour scale runs between these percentiles, so a few extreme spots do not wash out
+        the rest; ``(0, 100)`` for the full range.
     library_id
         Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
         shown for a SpatialData image (default: the table's section).
@@ -263,7 +292,7 @@ def spatial(
     >>> import stmorph as st
     >>> adata = st.datasets.her2st_adata("C2")
     >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
-    >>> st.pl.spatial(query, ["ERBB2", "FN1"], same_scale=True)  # doctest: +SKIP
+    >>> st.pl.spatial(query, ["ERBB2", "FN1"], scale="shared")  # doctest: +SKIP
     """
     import anndata as ad
 
@@ -272,6 +301,7 @@ def spatial(
     check_range(size, "size", low=0)
     check_bool(same_scale, "same_scale")
     genes = [genes] if isinstance(genes, str) else list(genes)
+    scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
     table, spatial_uns, library_id = _table_and_image(
@@ -294,10 +324,10 @@ def spatial(
     view.obs_names = table.obs_names
     fig, axes = _utils.subplots(len(genes) * len(layers), ncols=len(layers), panel_size=panel_size)
     for i, gene in enumerate(genes):
-        vmin, vmax = colour_limits(
+        limits = colour_limits(
             {layer: (view.X if layer == _utils.MEASURED else view.layers[layer]) for layer in layers},
             i,
-            same_scale,
+            scale,
             percentiles,
         )
         for j, layer in enumerate(layers):
@@ -307,9 +337,9 @@ def spatial(
                 layer=None if layer == _utils.MEASURED else layer,
                 library_id=library_id,
                 ax=axes[i * len(layers) + j],
-                vmin=vmin,
-                vmax=vmax,
-                title=_title(table, gene, layer),
+                vmin=limits[layer][0],
+                vmax=limits[layer][1],
+                title=_title(table, gene, layer, scale),
                 **{"cmap": cmap, "size": size, "frameon": False, **kwargs},
             )
     return _utils.savefig_or_show(fig, "spatial", show=show, save=save)

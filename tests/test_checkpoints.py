@@ -10,7 +10,7 @@ from _adata_compare import assert_adata_equal
 from bad_inputs import table
 
 import stmorph as st
-from stmorph.errors import CheckpointMismatchError
+from stmorph.errors import CheckpointMismatchError, InvalidParameterError
 from stmorph.tl._embed_resume import EMBEDDINGS_FILE, PROGRESS_FILE
 
 BATCH = 8  # 60 spots → 8 batches
@@ -74,8 +74,13 @@ def test_other_image_region_of_lazy_patches_is_refused(tmp_path):
     _embed(adata, folder, image=sdata)
     centres = adata.obsm["patches_centres_px"]
     adata.obsm["patches_centres_px"] = centres + 3.0  # the windows moved: another image region
+    with pytest.raises(InvalidParameterError, match="sample windows hold other pixels"):  # the extraction's hash
+        _embed(adata, folder, image=sdata, resume=True)
+    record = adata.uns["stmorph"]["patches"]["patches"]
+    sample_hash = record.pop("sample_hash")  # as an extraction without that hash: the checkpoint still refuses
     with pytest.raises(CheckpointMismatchError, match="patches_blake2b"):
         _embed(adata, folder, image=sdata, resume=True)
+    record["sample_hash"] = sample_hash
     adata.obsm["patches_centres_px"] = centres
     _embed(adata, folder, image=sdata, resume=True, key_added="again")  # the true run still resumes
     np.testing.assert_array_equal(adata.obsm["again"], adata.obsm["X_hed"])

@@ -299,7 +299,8 @@ def spatial(
     _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
     check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
     check_range(size, "size", low=0)
-    check_bool(same_scale, "same_scale")
+    if same_scale is not None:
+        check_bool(same_scale, "same_scale")
     genes = [genes] if isinstance(genes, str) else list(genes)
     scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)

@@ -143,6 +143,7 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
     if "sample_hash" in params and reader.sample_hash() != params["sample_hash"]:
         raise InvalidParameterError(
             f"the image given is not the one the patches of uns['stmorph']['patches'][{key!r}] were extracted "
-            f"from: {SAMPLE_WINDOWS} sample windows hold other pixels. Pass the same image (or extract again)."
+            f"from: {SAMPLE_WINDOWS} sample windows hold other pixels (another image, or edited window centres). "
+            "Pass the same image, or extract the patches again."
         )
     return reader

@@ -28,6 +28,7 @@ from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
 from .pl._eps import min_detected_spots
 from .tl._evaluate import evaluation_table
+from .tl._predict import AUTO
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -288,7 +289,7 @@ def _check_inputs(
     if settings.torch_threads is not None:
         check_int(settings.torch_threads, "torch_threads", low=1)
     for method in settings.methods:
-        check_choice(method, tl.list_methods(), "method")
+        check_choice(method, [*tl.list_methods(), AUTO], "method")
     check_path(out, "out", "folder_to_write")
     for section in sections:
         her2st_files(section, data_dir)

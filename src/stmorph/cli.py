@@ -105,7 +105,7 @@ def _eps_arguments(eps: argparse.ArgumentParser) -> None:
 def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("query", help="the slice to predict (.h5ad, or any input of `stmorph embed`)")
     predict.add_argument("--reference", nargs="+", required=True, help="the training slice(s), as the query")
-    predict.add_argument("--method", default="ridge", help="one of st.tl.list_methods() (default: %(default)s)")
+    predict.add_argument("--method", default="ridge", help="one of st.tl.list_methods() or auto (default: %(default)s)")
     predict.add_argument("--layer", default=None, help="expression layer to learn (default: X)")
     _add_output_arguments(predict, None, use_rep=True)
     predict.add_argument("--evaluate", action="store_true", help="also score the prediction against the measured")
@@ -276,9 +276,10 @@ def _method_params(text: str) -> dict:
 def _run_predict(args: argparse.Namespace) -> None:
     from . import tl
     from .tl._evaluate import evaluation_table
+    from .tl._predict import AUTO
 
     params = _method_params(args.params)
-    check_choice(args.method, tl.list_methods(), "--method")
+    check_choice(args.method, [*tl.list_methods(), AUTO], "--method")
     check_path(args.out, "--out", "file_to_write")
     _check_inputs(args, [args.query, *args.reference])
     use_rep = _use_rep(args)

@@ -161,7 +161,7 @@ def window_means(fmap: np.ndarray, starts_xy: np.ndarray, length: float) -> np.n
     sharing rows or columns (a bin grid) share the work: the map is reduced over the distinct row
     windows first, then over the distinct column windows.
     """
-    h, w, c = fmap.shape
+    h, w = fmap.shape[:2]
     xs, xi = np.unique(starts_xy[:, 0], return_inverse=True)
     ys, yi = np.unique(starts_xy[:, 1], return_inverse=True)
     rows = np.tensordot(overlap_weights(ys, length, h), fmap, axes=(1, 0))  # (n_y, w, C)
@@ -357,7 +357,8 @@ def dense_embedding_outputs(
         rows.write(todo[mine], _tile_features(fmap_fn, reader, tiling, tiles[t], u[mine], dev))
     logger.info("embed: %d bins from %d tiles of %d px (halo %d px)", len(todo), len(tiles), tile_size, halo)
     params_out = {
-        **settings, "strategy": "dense", "kind": "torch", "mean": list(fmap_fn.encoder.mean), "std": list(fmap_fn.encoder.std),
+        **settings, "strategy": "dense", "kind": "torch", "mean": list(fmap_fn.encoder.mean),
+        "std": list(fmap_fn.encoder.std),
         "stride": tiling.stride, "n_tiles": len(tiles), "device": str(dev), "store": store, "dim": int(dim),
         "n_patches": int(adata.n_obs), "pooling": "mean",
     }  # fmt: skip

@@ -109,9 +109,9 @@ def test_tiles_with_a_halo_wider_than_the_receptive_field_give_one_tiles_feature
     np.testing.assert_allclose(many.obsm[f"X_{name}"], one.obsm[f"X_{name}"], rtol=1e-5, atol=1e-6)
 
 
-def test_auto_strategy_is_dense_for_bins_closer_than_their_window(image):
-    dense_grid = _bins(image, _grid(0.0, pitch=8.0))
-    sparse_grid = _bins(image, _grid(0.0, pitch=24.0))
+def test_auto_strategy_is_dense_for_bins_closer_than_half_their_window(image):
+    dense_grid = _bins(image, _grid(0.0, pitch=6.0))  # window 16 px
+    sparse_grid = _bins(image, _grid(0.0, pitch=12.0))
     in_memory = st.pp.extract_patches((image, _grid(0.0)), mpp=0.5, patch_size=PATCH, progress=False)
     assert choose_strategy(dense_grid, "patches", "auto") == "dense"
     assert choose_strategy(sparse_grid, "patches", "auto") == "spot"
@@ -219,3 +219,14 @@ def test_bins_of_mixed_sizes_are_refused():
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     with pytest.raises(InvalidParameterError, match="mixed sizes"):
         st.tl.embed(sdata.tables["table"], strategy="dense", image=sdata, progress=False)
+
+
+def test_zarr_backed_features_build_the_same_image_graph_as_in_memory_ones(tiny, image, tmp_path):
+    name, _ = tiny
+    table = _bins(image, _grid(2.0))
+    opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16, progress=False, copy=True)
+    memory = st.tl.embed(table, **opts)
+    on_disk = st.tl.embed(table, store="zarr", store_path=tmp_path / "f.zarr", **opts)
+    for t in (memory, on_disk):
+        st.tl.image_graph(t, use_rep=f"X_{name}", n_neighbors=3)
+    assert (memory.obsp["image_connectivities"] != on_disk.obsp["image_connectivities"]).nnz == 0

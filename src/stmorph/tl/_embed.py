@@ -93,7 +93,7 @@ def embed(
         of the feature map under its window (needs a ``store="lazy"`` extraction and a CNN encoder
         whose embedding is the mean of its map, e.g. ``"default"``; see the embedding method page for
         how its features compare). ``"auto"``: dense when the lazily extracted spots are closer than
-        their window, per spot otherwise.
+        half their window (e.g. Visium HD bins), per spot otherwise (Visium, ST, patches in ``obsm``).
     tile_size, halo
         Dense strategy: side of the tiles fed to the encoder and the margin on each side whose
         features are only context, in pixels at ``target_mpp`` (multiples of the encoder's stride;

@@ -50,6 +50,10 @@ def write() -> None:
     print(f"wrote {SIDE} x {SIDE} px to {ZARR} in {time.perf_counter() - start:.0f}s")
 
 
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
 def bins() -> np.ndarray:
     """Centres ``(x, y)`` of the 1,000,000 bins in image pixels, row by row."""
     xs, ys = np.meshgrid(START + PITCH * np.arange(N_GRID), START + PITCH * np.arange(N_GRID))
@@ -70,7 +74,10 @@ def run(tile_rows: int, spot_sample: int) -> None:
     t0 = time.perf_counter()
     table = st.pp.extract_patches((image, centres), mpp=MPP, store="lazy", progress=False)
     print(f"extract_patches(store='lazy'), {len(centres):,} bins: {time.perf_counter() - t0:.2f}s")
-    n_rows_total = int(np.floor(centres[:, 1].max() / tiling.core)) - int(np.floor(centres[:, 1].min() / tiling.core)) + 1
+    sub = table[np.random.default_rng(0).choice(table.n_obs, spot_sample, replace=False)].copy()
+    n_rows_total = (
+        int(np.floor(centres[:, 1].max() / tiling.core)) - int(np.floor(centres[:, 1].min() / tiling.core)) + 1
+    )
     part = table
     if tile_rows:
         row = np.floor(centres[:, 1] / tiling.core)
@@ -87,13 +94,12 @@ def run(tile_rows: int, spot_sample: int) -> None:
         print(f"  all {len(centres):,} bins ({n_rows_total} tile rows) extrapolated: {len(centres) / dense_rate:.0f}s")
     feats = part.obsm["X_default"]
     print(f"  obsm['X_default']: {type(feats).__name__} {feats.shape} on disk: {store}")
-    rss_dense = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    sub = table[np.random.default_rng(0).choice(table.n_obs, spot_sample, replace=False)].copy()
+    rss_dense = _peak_gb()
     t0 = time.perf_counter()
     st.tl.embed(sub, strategy="spot", image=image, progress=False, num_workers=1)
     spot_rate = spot_sample / (time.perf_counter() - t0)
     print(f"spot: {spot_sample} random bins at {spot_rate:.1f} bins/s; dense / spot = {dense_rate / spot_rate:.0f}x")
-    print(f"peak RSS after the dense run {rss_dense:.2f} GB, after both {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    print(f"peak RSS after the dense run {rss_dense:.2f} GB, after both {_peak_gb():.2f} GB")
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 

@@ -101,6 +101,21 @@ def run(tile_rows: int, spot_sample: int) -> None:
     print(f"spot: {spot_sample} random bins at {spot_rate:.1f} bins/s; dense / spot = {dense_rate / spot_rate:.0f}x")
     print(f"peak RSS after the dense run {rss_dense:.2f} GB, after both {_peak_gb():.2f} GB")
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    adjacency(part)
+
+
+def adjacency(part) -> None:
+    """Fraction of image-graph edges (exact 5-NN of the dense features) between adjacent bins, on a 60 x 100 block."""
+    import stmorph as st
+    from stmorph.tl._dense import adjacent_edge_fraction
+
+    grid = np.round((np.asarray(part.obsm["patches_centres_px"]) - START - PITCH / 2) / PITCH).astype(int)
+    block = part[(grid[:, 0] < 100) & (grid[:, 1] < 60)].copy()
+    block.obsm["X_default"] = np.asarray(block.obsm["X_default"])
+    st.tl.image_graph(block, use_rep="X_default", method="exact")
+    coords = np.asarray(block.obsm["patches_centres_px"])
+    frac = adjacent_edge_fraction(block.obsp["image_connectivities"], coords)
+    print(f"image-graph edges between adjacent bins (8-neighbourhood), {block.n_obs} bins: {frac:.3f}")
 
 
 def main() -> None:

@@ -134,7 +134,8 @@ def main() -> None:
     wide = df.pivot_table(index=["metric", "variant"], columns="section", values="value")
     wide["mean"] = wide.mean(axis=1)
     print(f"tile {args.tile}, halo {args.halo}; {len(genes)} genes")
-    print(wide.round(4).to_markdown())
+    print(wide.round(4).to_string())
+    df.to_csv(CACHE / f"results_{args.tile}_{args.halo}.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,12 @@ def embed(
     InputTypeError
         ``adata`` is a list of slides (use :func:`embed_cohort`).
     StmorphKeyError
-        ``obsm[patches_key]`` is missing.
+        ``obsm[patches_key]`` is missing (dense strategy: no ``store="lazy"`` extraction).
     InvalidParameterError
-        Unknown encoder (the registered names are listed) or weights that do not suit it.
+        Unknown encoder (the registered names are listed) or weights that do not suit it; with
+        ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
+        a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
+        ``on_error`` given (a dense run resumes from its zarr store).
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -132,10 +135,6 @@ def embed(
         unexpected keys are given).
     OutOfImageError
         Dense strategy: bins lie outside the image.
-    InvalidParameterError
-        Dense strategy: bins of mixed sizes, a tile smaller than the window, an encoder without a
-        spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
-        ``on_error`` given (a dense run resumes from its zarr store).
 
     Examples
     --------

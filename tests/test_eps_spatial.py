@@ -163,3 +163,18 @@ def test_radius_leaving_fewer_than_2k_candidates_still_finds_the_k_nearest_outsi
     idx, _ = _graph.knn_exact(_graph.prepare_embedding(x), 1, exclusion=Exclusion(xy, 50.0))
     np.testing.assert_array_equal(idx[1:, 0], 0)
     np.testing.assert_array_equal(idx[0], _reference_knn_outside(x, xy, 50.0, 1)[0])
+
+
+def test_eps_warns_when_the_image_graph_mostly_joins_spatial_neighbours():
+    sdata = st.datasets.simulate(400, 30, n_planted=5, n_smooth=5, seed=0)
+    table = sdata.tables["table"]
+    st.pp.prepare_expression(table)
+    # shared-pixel features (tiles wider than the pitch): the image graph links mostly adjacent spots
+    with pytest.warns(UserWarning, match="join spatially adjacent spots"):
+        st.tl.eps(table, use_rep="latent_tile", progress=False)
+    assert table.uns["sps"]["adjacent_edge_fraction"] > 0.5
+    # the image factors alone: few adjacent edges, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        st.tl.eps(table, use_rep="latent", graph_key="factors", key_added="eps_factors", progress=False)
+    assert table.uns["sps_eps_factors"]["adjacent_edge_fraction"] < 0.2

@@ -596,3 +596,78 @@ def patches_to_tensor(patches: np.ndarray, encoder: Encoder, device: Any = None)
     std = torch.tensor(encoder.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     layout = torch.channels_last if encoder.channels_last else torch.contiguous_format
     return ((x - mean) / std).contiguous(memory_format=layout)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Spatial feature maps (the dense strategy of st.tl.embed)
+# --------------------------------------------------------------------------------------------- #
+@dataclass
+class FeatureMap:
+    """The spatial feature map of a CNN :class:`Encoder`, whose embedding is the map's global mean.
+
+    Attributes
+    ----------
+    encoder
+        The encoder; ``encoder.module.forward_features`` gives the map.
+    stride
+        Input pixels per map cell.
+    """
+
+    encoder: Encoder
+    stride: int
+
+    def __call__(self, tiles: np.ndarray, device: Any = None) -> np.ndarray:
+        """Float32 ``(n, h, w, dim)`` maps of uint8 ``(n, T, T, 3)`` tiles (not resized; ``h = T // stride``)."""
+        import torch
+
+        enc = self.encoder
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(enc.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(enc.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        layout = torch.channels_last if enc.channels_last else torch.contiguous_format
+        x = ((x - mean) / std).contiguous(memory_format=layout)
+        with torch.inference_mode():
+            out = enc.module.to(device).eval().forward_features(x)
+        return out.float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def feature_map(encoder: Encoder | Featurizer) -> FeatureMap:
+    """The :class:`FeatureMap` of ``encoder``: a CNN whose embedding is the mean of ``forward_features``.
+
+    The stride is measured on a probe of ``encoder.input_size`` pixels.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``encoder`` is a featurizer, has no ``forward_features``, does not average-pool its map
+        (e.g. a ViT's class token) or its map is not ``(B, dim, h, w)``.
+
+    Examples
+    --------
+    >>> fmap = feature_map(build_encoder("default"))
+    >>> fmap.stride
+    32
+    """
+    import torch
+
+    module = getattr(encoder, "module", None)
+    pool = getattr(getattr(module, "global_pool", None), "pool_type", None)
+    name = getattr(encoder, "name", "") or type(encoder).__name__
+    if not hasattr(module, "forward_features") or pool != "avg":
+        raise InvalidParameterError(
+            f"encoder {name!r} has no spatial feature map whose mean is its embedding (a CNN with "
+            "`forward_features` and average pooling, e.g. 'default', 'resnet50', 'densenet121'); "
+            "use strategy='spot'."
+        )
+    size = encoder.input_size
+    param = next(module.parameters(), None)
+    with torch.inference_mode():
+        out = module.eval().forward_features(
+            torch.zeros(1, 3, size, size, device=None if param is None else param.device)
+        )
+    if out.ndim != 4 or out.shape[1] != encoder.dim or size % out.shape[-1]:
+        raise InvalidParameterError(
+            f"encoder {name!r}: forward_features returned shape {tuple(out.shape)} for a {size} px input, not "
+            f"(1, {encoder.dim}, h, w) with h dividing {size}; use strategy='spot'."
+        )
+    return FeatureMap(encoder, stride=size // int(out.shape[-1]))

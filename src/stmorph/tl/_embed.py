@@ -10,7 +10,8 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
-from .._validation import InputTypeError, check_bool
+from .._validation import InputTypeError, InvalidParameterError, check_bool
+from ._dense import choose_strategy, dense_embedding_outputs
 from ._embed_engine import check_engine_options, embedding_outputs
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ def embed(
     on_error: str = "raise",
     table_key: str | None = None,
     progress: bool = True,
+    strategy: str = "spot",
+    tile_size: int = 1792,
+    halo: int = 128,
+    store: str = "memory",
+    store_path: str | os.PathLike | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Embed each spot's image patch with an image encoder.
@@ -90,13 +96,32 @@ def embed(
         and records them with their errors in ``uns["stmorph"]["embed"][key_added]["failed"]``.
     {table_key}
     {progress}
+    strategy
+        ``"spot"`` (default): one encoder pass per spot's patch. ``"dense"``, for bin grids such as
+        Visium HD's: one pass per overlapping image tile at ``target_mpp``, each bin getting the mean
+        of the feature map under its window (needs a ``store="lazy"`` extraction and a CNN encoder
+        whose embedding is the mean of its map, e.g. ``"default"``; see the embedding method page for
+        how its features compare). ``"auto"``: dense when the lazily extracted spots are closer than
+        half their window (e.g. Visium HD bins), per spot otherwise (Visium, ST, patches in ``obsm``).
+    tile_size, halo
+        Dense strategy: side of the tiles fed to the encoder and the margin on each side whose
+        features are only context, in pixels at ``target_mpp`` (multiples of the encoder's stride;
+        ``halo`` at least half the window).
+    store
+        Dense strategy: ``"memory"`` holds the features in ``obsm``; ``"zarr"`` writes them to a zarr
+        array (``store_path``, default ``<store>.<key_added>.zarr`` beside the SpatialData zarr
+        store) and puts a dask array reading it in ``obsm``. A zarr run records its finished
+        chunks: ``resume=True`` continues it.
+    store_path
+        Folder of the zarr array for ``store="zarr"``.
     {copy}
 
     Returns
     -------
     ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
 
-    ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings.
+    ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings (a dask array over the zarr array with
+    ``store="zarr"``).
     ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device;
     ``on_error`` and the ``failed`` spots' ``obs_names`` and ``errors`` when given ``checkpoint`` or ``on_error``;
     ``sequence``, the run's number on this table, by which :func:`eps` finds the latest embedding).
@@ -106,9 +131,12 @@ def embed(
     InputTypeError
         ``adata`` is a list of slides (use :func:`embed_cohort`).
     StmorphKeyError
-        ``obsm[patches_key]`` is missing.
+        ``obsm[patches_key]`` is missing (dense strategy: no ``store="lazy"`` extraction).
     InvalidParameterError
-        Unknown encoder (the registered names are listed) or weights that do not suit it.
+        Unknown encoder (the registered names are listed) or weights that do not suit it; with
+        ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
+        a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
+        ``on_error`` given (a dense run resumes from its zarr store).
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -116,6 +144,8 @@ def embed(
         unexpected keys are given).
     CheckpointMismatchError
         ``resume=True`` with a checkpoint of another run, or whose files are damaged.
+    OutOfImageError
+        Dense strategy: bins lie outside the image.
 
     Examples
     --------
@@ -139,16 +169,38 @@ def embed(
         image = adata  # lazy patches are read from the SpatialData's image
     adata = table_of(adata, table_key, name="st.tl.embed")
     key = key_added or Key.obsm.embedding(model)
-    emb, params = embedding_outputs(
-        adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
-        image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
-        on_error=on_error,
-    )  # fmt: skip
+    if choose_strategy(adata, patches_key, strategy) == "dense":
+        _no_spot_options(checkpoint, on_error)
+        emb, params = dense_embedding_outputs(
+            adata, model=model, weights=weights, key=key, patches_key=patches_key, image=image,
+            tile_size=tile_size, halo=halo, device=device, store=store, store_path=store_path, resume=resume,
+            progress=progress,
+        )  # fmt: skip
+    else:
+        emb, params = _spot_outputs(
+            adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
+            image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
+            on_error=on_error, store=store,
+        )  # fmt: skip
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
     params["sequence"] = next_sequence(adata)
     adata = adata.copy() if copy else adata
     commit_outputs(adata, obsm={key: emb}, uns={Key.uns.tool("embed", key): params})
     return adata if copy else None
+
+
+def _no_spot_options(checkpoint: Any, on_error: str) -> None:
+    if checkpoint is not None or on_error != "raise":
+        raise InvalidParameterError(
+            "strategy='dense' takes neither checkpoint= nor on_error=: it resumes from its zarr store "
+            "(store='zarr', resume=True) and reads whole tiles."
+        )
+
+
+def _spot_outputs(adata: AnnData, *, store: str, **options: Any) -> tuple[Any, dict[str, Any]]:
+    if store != "memory":
+        raise InvalidParameterError(f"store={store!r} is for strategy='dense'; per-spot embeddings are held in memory.")
+    return embedding_outputs(adata, **options)
 
 
 def next_sequence(adata: AnnData) -> int:

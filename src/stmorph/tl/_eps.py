@@ -58,7 +58,7 @@ from ._graph import (
     stored_exclude_radius,
     stored_graph,
 )
-from ._spatial import SPATIAL_KEY, spatial_knn_graph, spot_positions
+from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, spatial_knn_graph, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -396,6 +396,25 @@ def _eps_of(
     return result, idx, graph, graph_outputs
 
 
+ADJACENT_WARNING = 0.5
+"""``st.tl.eps`` warns when more than this fraction of the image graph's edges join spatial neighbours."""
+
+
+def _adjacent_fraction(adata: AnnData, graph: sparse.csr_matrix, exclude_radius: float | None) -> float:
+    """Fraction of the graph's edges between spatially adjacent spots; warns when it is most of them."""
+    fraction = adjacent_edge_fraction(graph, spot_positions(adata))
+    if fraction > ADJACENT_WARNING and exclude_radius is None:
+        warnings.warn(
+            f"{fraction:.0%} of the image graph's edges join spatially adjacent spots: EPS on this graph "
+            "mostly measures spatial autocorrelation (neighbours share tissue and pixels), not what the "
+            "morphology predicts. Pass `exclude_radius=` (µm, at least the tile width) to compare spots "
+            "that look alike but lie apart; see the EPS method page, 'Spatial control'.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return fraction
+
+
 def _spatial_columns(
     adata: AnnData,
     n_neighbors: int,
@@ -575,6 +594,8 @@ def eps(
     radius = exclude_radius if graph_outputs is not None else stored_exclude_radius(adata, graph_key)
     if radius is not None:  # the radius of the graph used, also when it was stored before
         params["exclude_radius"] = float(radius)
+    if SPATIAL_KEY in adata.obsm:
+        params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
     uns.update(_record_outputs(adata, key_added, params))
     outputs = graph_outputs or {"obsp": {}, "uns": {}}

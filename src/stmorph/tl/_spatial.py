@@ -151,3 +151,51 @@ def spatial_knn_graph(xy: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
     idx, dist = drop_self(idx.reshape(n, k), dist.reshape(n, k), n_neighbors)
     conn, _ = edges_to_csr(idx, dist)
     return conn
+
+
+def median_spacing(centres: np.ndarray) -> float:
+    """Median distance from each centre to its nearest other centre (``inf`` for fewer than two)."""
+    from scipy.spatial import cKDTree
+
+    if len(centres) < 2:
+        return float("inf")
+    dist, _ = cKDTree(centres).query(centres, k=2)
+    return float(np.median(dist[:, 1]))
+
+
+def adjacent_edge_fraction(connectivities: sparse.spmatrix, coords: np.ndarray, radius: float | None = None) -> float:
+    """Fraction of a graph's edges that join spatially adjacent spots or bins.
+
+    Parameters
+    ----------
+    connectivities
+        ``(n, n)`` sparse image graph (one stored entry per edge), e.g.
+        ``adata.obsp["image_connectivities"]``.
+    coords
+        ``(n, 2)`` spot or bin centres (``obsm["spatial"]``).
+    radius
+        Centres at most this far apart are adjacent; default 1.5 × the median nearest-neighbour
+        spacing (the 8 grid neighbours of a bin, not the next ring).
+
+    Returns
+    -------
+    The fraction in ``[0, 1]``; NaN for a graph without edges.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> coords = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    >>> graph = sparse.csr_matrix(([1.0, 1.0], ([0, 0], [1, 2])), shape=(3, 3))
+    >>> adjacent_edge_fraction(graph, coords)
+    0.5
+    """
+    from scipy import sparse
+
+    coo = sparse.coo_matrix(connectivities)
+    if coo.nnz == 0:
+        return float("nan")
+    coords = np.asarray(coords, dtype=np.float64)[:, :2]
+    radius = 1.5 * median_spacing(coords) if radius is None else float(radius)
+    dist = np.linalg.norm(coords[coo.row] - coords[coo.col], axis=1)
+    return float(np.mean(dist <= radius))

@@ -77,7 +77,7 @@ def test_spatial_column_is_geary_on_the_spatial_knn_graph():
     np.testing.assert_allclose(adata.var["eps_spatial"], -np.log(c), rtol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["exact", "pynndescent"])
+@pytest.mark.parametrize("method", ["exact", pytest.param("pynndescent", marks=pytest.mark.slow)])  # numba JIT
 def test_excluded_graph_equals_brute_force_reference(method):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((150, 6))

@@ -13,7 +13,13 @@ from stmorph import errors
 from stmorph._validation import check_device, check_int, check_path, check_range
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.function}: {c.problem}" for c in CASES])
+def _param(case: BadInput):
+    """A catalogue case; the ones that rewrite a shipped HER2ST section are ``slow``."""
+    marks = [pytest.mark.slow] if case.function == "st.datasets.her2st" and "count" in case.problem else []
+    return pytest.param(case, id=f"{case.function}: {case.problem}", marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_bad_input_raises_specific_error_and_leaves_adata_unchanged(case: BadInput):
     target, call = case.build()
     before = None if target is None else target.copy()

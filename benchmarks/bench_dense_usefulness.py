@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from bench_loso import METHODS, SECTIONS, section
+from compare_published import blas_kernels
 from sklearn.linear_model import RidgeCV
 
 import stmorph as st
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS))
     args = parser.parse_args()
     CACHE.mkdir(exist_ok=True)
+    print("BLAS kernels:", "; ".join(blas_kernels()))  # one process: the kernel affects times, not ratios
     tables, rows = {}, []
     for name in args.sections:
         table = section(name)

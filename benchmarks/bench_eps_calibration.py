@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from compare_published import blas_kernels
 
 import stmorph as st
 from stmorph.tl._eps import compute_eps
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--n-perms", type=int, default=999)
     args = parser.parse_args()
     start = time.perf_counter()
+    print("BLAS kernels:", "; ".join(blas_kernels()))  # one process: the kernel affects times, not ratios
     null_frames, real_frames = [], []
     for name in SECTIONS:
         table = _section(name)

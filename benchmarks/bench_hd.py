@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from compare_published import blas_kernels
 
 ROOT = Path("/tmp/stmorph_bench_hd")
 ZARR = ROOT / "slide.zarr"
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--spot-sample", type=int, default=128)
     args = parser.parse_args()
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print("BLAS kernels:", "; ".join(blas_kernels()))  # one process: the kernel affects times, not ratios
     write() if args.step == "write" else run(args.tile_rows, args.spot_sample)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import torch
+from compare_published import blas_kernels
 
 import stmorph as st
 from stmorph.models._cv import fold_scores
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--combine", nargs="*", default=[], help="pairs a+b of methods whose predictions to average")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    print("BLAS kernels:", "; ".join(blas_kernels()))  # one process: the kernel affects times, not ratios
     tables = {name: section(name) for name in SECTIONS}
     shared = list(tables["C2"].var_names.intersection(tables["C3"].var_names, sort=False))
     for name in SECTIONS[2:]:

@@ -483,6 +483,42 @@ def extract_patches_target_mpp_0():
     return None, lambda: st.pp.extract_patches(_sim(), target_mpp=0, progress=False)
 
 
+def _zarr_missing_chunk(extract_first: bool):
+    """A simulated slide in a zarr store (128 px chunks) whose chunk under the first spot is deleted.
+
+    With ``extract_first`` the patches are extracted lazily before the chunk goes missing.
+    """
+    from spatialdata import read_zarr
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0)
+    image = sdata.images["he"]
+    sdata.images["he"] = Image2DModel.parse(
+        image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)
+    )
+    path = scratch_folder("stmorph-zarr-") / "slide.zarr"
+    sdata.write(path)
+    sdata = read_zarr(path)
+    if extract_first:
+        st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+    x, y = sdata.shapes["spots"].geometry.iloc[0].coords[0]
+    (path / "images" / "he" / "s0" / "c" / "0" / str(int(y) // 128) / str(int(x) // 128)).unlink()
+    return sdata
+
+
+@_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
+def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
+    sdata = _zarr_missing_chunk(extract_first=False)
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, progress=False)
+
+
+@_case("st.tl.embed", "lazy patches whose zarr image lost a chunk", DamagedFileError)
+def embed_lazy_patches_whose_zarr_image_lost_a_chunk():
+    sdata = _zarr_missing_chunk(extract_first=True)
+    return sdata.tables["table"], lambda: st.tl.embed(sdata.tables["table"], model="hed", progress=False)
+
+
 # ------------------------------------------------------------------------------ st.models.load
 @_case("st.models.load", "folder does not exist", MissingPathError)
 def load_folder_does_not_exist():

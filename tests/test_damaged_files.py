@@ -279,3 +279,40 @@ def test_non_dict_uns_spatial_is_named(edit, named, function):
             st.pl.spatial(adata, adata.var_names[0], layers=["measured"], show=False)
     assert isinstance(info.value, TypeError)
     assert_adata_equal(adata, before)
+
+
+def _chunked_zarr_slide(path: Path):
+    """A simulated slide written to a zarr store with 128 px image chunks, read back lazily."""
+    from spatialdata import read_zarr
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    sdata = st.datasets.simulate(40, 5, n_planted=1, seed=1)
+    image = sdata.images["he"]
+    sdata.images["he"] = Image2DModel.parse(
+        image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)
+    )
+    sdata.write(path)
+    return read_zarr(path)
+
+
+def test_missing_zarr_chunk_is_located_and_only_windows_over_it_are_refused(tmp_path):
+    from stmorph._image import missing_chunk_boxes
+
+    intact = _chunked_zarr_slide(tmp_path / "intact.zarr")
+    expected = st.pp.extract_patches(intact, patch_size=32, progress=False, copy=True).obsm["patches"]
+    assert missing_chunk_boxes(intact.images["he"])[0].shape == (0, 4)
+
+    damaged = _chunked_zarr_slide(tmp_path / "damaged.zarr")
+    (tmp_path / "damaged.zarr" / "images" / "he" / "s0" / "c" / "0" / "2" / "3").unlink()  # rows 256:384, cols 384:512
+    assert missing_chunk_boxes(damaged.images["he"])[0].tolist() == [[256, 384, 384, 512]]
+    with pytest.raises(DamagedFileError, match="missing from the zarr store"):
+        st.pp.extract_patches(damaged, patch_size=32, progress=False, copy=True)
+
+    # spots whose 32 px windows stay > 150 px away from the hole are read, and equal the intact store's patches
+    xy = np.array([g.coords[0] for g in damaged.shapes["spots"].geometry])
+    far = (np.abs(xy[:, 0] - 448) > 64 + 150) | (np.abs(xy[:, 1] - 320) > 64 + 150)
+    assert 0 < far.sum() < len(far)
+    damaged.tables["table"] = damaged.tables["table"][far].copy()
+    kept = st.pp.extract_patches(damaged, patch_size=32, progress=False, copy=True)
+    np.testing.assert_array_equal(kept.obsm["patches"], expected[far])

@@ -34,7 +34,8 @@ FEW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthChec
 class Param:
     """One parameter of a public function: ``call(adata, value)`` passes ``value`` as ``name``.
 
-    ``kind`` is ``"int"``, ``"float"``, ``"choice"`` or ``"device"``; ``low``/``high`` bound the
+    ``kind`` is ``"int"``, ``"float"``, ``"choice"``, ``"device"``, ``"key"`` (a key name), ``"keys"`` (a
+    name or a list of names) or ``"output key"`` (a name written to, no ``'/'``); ``low``/``high`` bound the
     accepted values (``open_low``: the low bound itself is refused), ``choices`` list the accepted names;
     ``optional`` parameters accept ``None``. ``target()`` builds the AnnData the call is given.
     """
@@ -55,6 +56,18 @@ def _junk(optional: bool) -> hs.SearchStrategy:
     """Values no numeric parameter accepts: bools, strings (also numeric-looking), containers, None (if required)."""
     junk = [hs.booleans(), hs.text(max_size=4), hs.integers(-9, 9).map(str), hs.just([1]), hs.just(1 + 2j)]
     return hs.one_of(junk if optional else [*junk, hs.none()])
+
+
+def _not_a_key(p: Param) -> hs.SearchStrategy:
+    """Values no key-name parameter accepts: numbers, bools, bytes, "", dicts; lists unless ``kind="keys"``."""
+    junk = [hs.integers(), hs.booleans(), hs.binary(max_size=3), hs.just(""), hs.just({"a": 1}), hs.just(1.5)]
+    if p.kind == "keys":
+        junk += [hs.just([]), hs.lists(hs.integers(), min_size=1, max_size=2), hs.just(["ok", 3])]
+    else:
+        junk += [hs.lists(hs.text(min_size=1, max_size=3), min_size=1, max_size=2), hs.just(("X_lat",))]
+    if p.kind == "output key":
+        junk.append(hs.text(min_size=0, max_size=3).map(lambda v: f"{v}/x"))
+    return hs.one_of(junk if p.optional else [*junk, hs.none()])
 
 
 def _non_finite() -> hs.SearchStrategy:
@@ -80,6 +93,8 @@ def hostile(p: Param) -> hs.SearchStrategy:
     """Values of parameter ``p`` that must be refused."""
     if p.kind == "choice":
         return hs.one_of(hs.text(max_size=6).filter(lambda v: v not in p.choices), hs.integers(), hs.booleans())
+    if p.kind in ("key", "keys", "output key"):
+        return _not_a_key(p)
     if p.kind == "device":
         return hs.one_of(
             hs.text(max_size=8).filter(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is None),
@@ -186,6 +201,23 @@ def _params() -> list[Param]:
           target=_predicted),
         P("pl.gene_correlation", "n_genes", "int", lambda a, v: st.pl.gene_correlation(a, n_genes=v, show=False), 2,
           target=_predicted),
+        P("pp.extract_patches", "key_added", "output key", lambda a, v: _patches(a, key_added=v), target=_sim_table),
+        P("pp.extract_patches", "image_key", "key", lambda a, v: _patches(a, image_key=v), target=_sim_table,
+          optional=True),
+        P("pp.prepare_expression", "layer", "key", lambda a, v: st.pp.prepare_expression(a, layer=v), optional=True),
+        P("tl.eps", "use_rep", "key", lambda a, v: st.tl.eps(a, use_rep=v, progress=False), optional=True),
+        P("tl.eps", "layer", "key", lambda a, v: _eps(a, layer=v), optional=True),
+        P("tl.eps", "key_added", "output key", lambda a, v: _eps(a, key_added=v)),
+        P("tl.sps", "use_rep", "key", lambda a, v: st.tl.sps([a], use_rep=v), optional=True),
+        P("tl.image_graph", "use_rep", "key", lambda a, v: st.tl.image_graph(a, v, progress=False)),
+        P("tl.image_graph", "key_added", "output key", lambda a, v: _graph(a, key_added=v)),
+        P("tl.predict", "use_rep", "keys", lambda a, v: _predict(a, use_rep=v), optional=True),
+        P("tl.predict", "layer", "key", lambda a, v: _predict(a, layer=v), optional=True),
+        P("tl.predict", "key_added", "output key", lambda a, v: _predict(a, key_added=v), optional=True),
+        P("tl.embed", "key_added", "output key", lambda a, v: _embed(a, key_added=v), optional=True),
+        P("tl.embed", "patches_key", "key", lambda a, v: _embed(a, patches_key=v)),
+        P("tl.evaluate", "layer", "key", lambda a, v: st.tl.evaluate(a, v), target=_predicted),
+        P("pl.spatial", "genes", "keys", lambda a, v: st.pl.spatial(a, v, show=False), target=_predicted),
         P("datasets.simulate", "n_spots", "int", lambda a, v: _sim(a, n_spots=v), 1, target=lambda: None),
         P("datasets.simulate", "spot_px", "int", lambda a, v: _sim(a, spot_px=v), 1, 1024, target=lambda: None),
         P("datasets.simulate", "effect", "float", lambda a, v: _sim(a, effect=v), target=lambda: None),

@@ -8,11 +8,11 @@ user's non-dict value on the way to an ``uns`` record is never replaced (an erro
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._keys import UNS_KEY, Key
+from ._logging import warn_user
 from .errors import InputTypeError, InvalidParameterError
 
 if TYPE_CHECKING:
@@ -184,4 +184,4 @@ def commit_outputs(
     for path, value in uns_items.items():
         _uns_set(adata, path, value)
     if warn and replaced:
-        warnings.warn(f"stmorph replaced existing {', '.join(replaced)}", UserWarning, stacklevel=3)
+        warn_user(f"stmorph replaced existing {', '.join(replaced)}")

@@ -3,6 +3,29 @@
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 
 logger = logging.getLogger("stmorph")
 logger.addHandler(logging.NullHandler())
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """:func:`warnings.warn` attributed to the user's line: the first caller outside the stmorph package.
+
+    A fixed ``stacklevel`` breaks whenever a call passes through one more stmorph frame (a
+    decorator, a helper); this walks the stack instead.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_user("look")
+    >>> caught[0].filename.endswith("_logging.py")
+    False
+    """
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "stmorph":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

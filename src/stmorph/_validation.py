@@ -7,14 +7,16 @@ here too, for the modules that check inputs; users import them from :mod:`stmorp
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import numbers
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from scipy import sparse
@@ -37,6 +39,8 @@ from .errors import UnsafeCheckpointError as UnsafeCheckpointError
 
 if TYPE_CHECKING:
     from anndata import AnnData
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _available(keys: Sequence[str], limit: int = 10) -> str:
@@ -173,6 +177,63 @@ def check_ints(values: Sequence[int], name: str, low: int | None = None, high: i
             f"{name} must be a non-empty sequence of integers{_bounds(low, high, True)}; found {_found(values)}."
         )
     return [check_int(v, name, low, high) for v in values]
+
+
+def check_key(value: object, name: str, *, many: bool = False, output: bool = False) -> None:
+    """Raise :class:`InvalidParameterError` unless ``value`` is a key name: a non-empty ``str``.
+
+    With ``many``, a non-empty sequence of such names (list, tuple, array, pandas Index) is
+    accepted too; with ``output`` (the name stmorph writes a result under, ``key_added``), a
+    ``'/'`` is refused: h5ad and zarr would store it as nested groups.
+    """
+    several = (
+        many
+        and not isinstance(value, str | bytes | Mapping)
+        and hasattr(value, "__len__")
+        and hasattr(value, "__iter__")
+    )
+    names = list(value) if several and len(value) else [value]
+    bad = [v for v in names if not isinstance(v, str) or not v or (output and "/" in v)]
+    if bad:
+        what = "a non-empty string" + (" or a list of them" if many else "") + (" without '/'" if output else "")
+        raise InvalidParameterError(f"{name} must be {what} (a key name); found {_found(value)}.")
+
+
+def checks_keys(*names: str, many: Sequence[str] = ()) -> Callable[[F], F]:
+    """Decorate a public function so its key-name parameters are checked before it does any work.
+
+    Each parameter in ``names`` (and in ``many``, which also take a list of names) must be a
+    non-empty ``str`` (:func:`check_key`); ``None`` passes where it is the parameter's default.
+    Parameters named ``key_added`` are output keys (no ``'/'``).
+
+    Examples
+    --------
+    >>> @checks_keys("use_rep")
+    ... def f(adata, use_rep="X"):
+    ...     return use_rep
+    >>> f(None, use_rep=["X"])
+    Traceback (most recent call last):
+    ...
+    stmorph.errors.InvalidParameterError: use_rep must be a non-empty string (a key name); found ['X'] (list).
+    """
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+        checked = {name: name in many for name in (*names, *many)}
+        unknown = set(checked) - set(signature.parameters)
+        assert not unknown, f"{fn.__name__} has no parameters {sorted(unknown)}"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind_partial(*args, **kwargs)
+            for name, value in bound.arguments.items():
+                if name in checked and not (value is None and signature.parameters[name].default is None):
+                    check_key(value, name, many=checked[name], output=name == "key_added")
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 MAX_SEED = 2**32 - 1

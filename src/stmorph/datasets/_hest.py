@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .._logging import logger
-from .._validation import InputTypeError, InvalidParameterError, ShapeMismatchError
+from .._validation import InputTypeError, InvalidParameterError, ShapeMismatchError, checks_keys
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -111,6 +111,7 @@ def _read_patches(path: Path, obs_names: pd.Index) -> tuple[np.ndarray, np.ndarr
     return keep, patches
 
 
+@checks_keys("sample_id", "key_added")
 def read_hest(
     root: str | os.PathLike,
     sample_id: str,

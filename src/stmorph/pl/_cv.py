@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._anndata import tool_record
+from .._validation import checks_keys
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -20,6 +21,7 @@ SCORES = ("pearson_hvg50", "pearson_all")
 
 
 @_utils.shared_docs
+@checks_keys("key", "score")
 def cv_table(
     adata: AnnData,
     key: str = "predicted_auto",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import dataset_info
-from .._validation import check_int, check_range, get_stored
+from .._validation import check_int, check_range, checks_keys, get_stored
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -62,6 +62,7 @@ def _method_name(column: str) -> str:
 
 
 @_utils.shared_docs
+@checks_keys("eps_key", many=("score",))
 def eps_vs_score(
     adata: AnnData,
     score: str | Sequence[str] | None = None,
@@ -185,6 +186,7 @@ def _ranking_panel(ax: Axes, genes: pd.DataFrame, title: str, norm, cmap, n_obs:
 
 
 @_utils.shared_docs
+@checks_keys("eps_key", "qval_key")
 def eps_ranking(
     adata: AnnData,
     n: int = 20,
@@ -271,6 +273,7 @@ def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
 
 
 @_utils.shared_docs
+@checks_keys(many=("score",))
 def sps_vs_score(
     data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
     score: str | Sequence[str] = "pearson_ridge",

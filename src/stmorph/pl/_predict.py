@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import check_int, check_range, get_genes, get_matrix
+from .._validation import check_int, check_range, checks_keys, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -80,6 +80,7 @@ def _upper_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @_utils.shared_docs
+@checks_keys(many=("layers",))
 def gene_correlation(
     adata: AnnData,
     layers: Sequence[str] | None = None,

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._validation import check_bool, check_choice, check_int, check_mapping, check_range, get_genes, get_matrix
+from .._logging import warn_user
+from .._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_mapping,
+    check_range,
+    checks_keys,
+    get_genes,
+    get_matrix,
+)
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -199,11 +209,7 @@ def _scale_choice(scale: str, same_scale: bool | None) -> str:
         check_choice(scale, SCALES, "scale")
         return scale
     choice = "shared" if same_scale else "panel"
-    warnings.warn(
-        f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").',
-        FutureWarning,
-        stacklevel=3,
-    )
+    warn_user(f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").', FutureWarning)
     return choice
 
 
@@ -220,6 +226,7 @@ def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str,
 
 
 @_utils.shared_docs
+@checks_keys("library_id", "table_key", "image_key", many=("genes", "layers"))
 def spatial(
     data: AnnData | SpatialData,
     genes: str | Sequence[str],

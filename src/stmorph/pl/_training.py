@@ -10,7 +10,7 @@ import numpy as np
 
 from .._anndata import read_uns
 from .._keys import Key
-from .._validation import check_bool
+from .._validation import check_bool, checks_keys
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -48,6 +48,7 @@ def _histories(data: Any, key: str | None) -> dict[str, dict[str, np.ndarray]]:
 
 
 @_utils.shared_docs
+@checks_keys("key")
 def training(
     data: AnnData | Any,
     *,

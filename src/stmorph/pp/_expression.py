@@ -18,6 +18,7 @@ from .._validation import (
     check_n_obs,
     check_range,
     check_unique_names,
+    checks_keys,
     get_matrix,
 )
 
@@ -60,6 +61,7 @@ def _run_pipeline(
     return work
 
 
+@checks_keys("layer")
 def prepare_expression(
     adata: AnnData,
     *,

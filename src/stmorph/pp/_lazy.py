@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import tool_record
-from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError
+from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, checks_keys
 from ._sources import one_key, pyramid_levels, visium_source
-from ._windows import as_yxc, check_inside, read_patches
+from ._windows import as_yxc, check_inside, check_stored, read_patches
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -96,6 +96,7 @@ def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
     return image
 
 
+@checks_keys("key")
 def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> PatchReader:
     """A :class:`PatchReader` for the patches extracted from ``adata`` with ``store="lazy"``.
 
@@ -137,8 +138,10 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
             f"`st.pp.extract_patches(..., store='lazy', key_added={key!r})` first."
         )
     centres = np.asarray(adata.obsm[params["centres_key"]], dtype=np.float64)
-    array = as_yxc(_lazy_image(adata, params, image))
+    source = _lazy_image(adata, params, image)
+    array = as_yxc(source)
     check_inside(centres, array.shape, adata.obs_names)
+    check_stored(source, centres, float(params["window_px"]), int(params["patch_size"]), adata.obs_names)
     reader = PatchReader(array, centres, float(params["window_px"]), int(params["patch_size"]))
     if "sample_hash" in params and reader.sample_hash() != params["sample_hash"]:
         raise InvalidParameterError(

@@ -14,11 +14,11 @@ import numpy as np
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import check_bool, check_choice, check_int, check_range
+from .._validation import check_bool, check_choice, check_int, check_range, checks_keys
 from ._lazy import PatchReader
 from ._sources import patch_source
 from ._tissue import tissue_mask, window_fractions
-from ._windows import as_yxc, check_inside, read_patches, window_origins, windows_inside
+from ._windows import as_yxc, check_inside, check_stored, read_patches, window_origins, windows_inside
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -42,6 +42,7 @@ def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_si
     return window_fractions(found, origins, window_px), found.threshold
 
 
+@checks_keys("image_key", "table_key", "shapes_key", "library_id", "key_added")
 def extract_patches(
     data: SpatialData | AnnData | tuple[Any, np.ndarray],
     *,
@@ -177,6 +178,7 @@ def extract_patches(
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp
+    check_stored(source.image, source.centres, window_px, patch_size, table.obs_names)
     logger.info(
         "extract_patches: %d spots, %.1f µm tiles (%.1f source px at %.3f µm/px → %d px), store=%s",
         len(source.centres), patch_size * target_mpp, window_px, source.mpp, patch_size, store,

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from .._image import missing_chunk_boxes
 from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, _available
+from ..errors import DamagedFileError
 
 PAD_VALUE = 255
 """Fill value (white) for the part of a patch that lies outside the image."""
@@ -161,4 +163,34 @@ def check_inside(centres: np.ndarray, shape: tuple[int, ...], names: Sequence[st
             f"{_available([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
             "Check that the coordinates are pixels of this image (x = column, y = row) at its resolution, "
             "or drop those spots."
+        )
+
+
+def check_stored(image: Any, centres_px: np.ndarray, size_px: float, out_size: int, names: Sequence[str]) -> None:
+    """Raise :class:`~stmorph.errors.DamagedFileError` if a window reads a chunk missing from the image's zarr store.
+
+    zarr fills an absent chunk with its fill value, so without this check the windows over a
+    deleted chunk come back as black patches (see :func:`stmorph._image.missing_chunk_boxes`).
+    The boxes compared are the pixels :func:`read_patches` reads, resampling margin included.
+    """
+    boxes, where = missing_chunk_boxes(image)
+    if not len(boxes):
+        return
+    origins, exact = window_origins(centres_px, size_px, out_size)
+    margin = 0 if exact else _resample_margin(size_px / out_size)
+    lo = np.floor(origins) - margin
+    hi = lo + np.ceil(size_px) + 2 * margin + (0 if exact else 1)
+    # (windows × boxes) overlap of [lo, hi) with [y0, y1) and [x0, x1); origins are (x, y)
+    over_x = (lo[:, None, 0] < boxes[None, :, 3]) & (hi[:, None, 0] > boxes[None, :, 2])
+    over_y = (lo[:, None, 1] < boxes[None, :, 1]) & (hi[:, None, 1] > boxes[None, :, 0])
+    hits = over_x & over_y
+    bad = np.flatnonzero(hits.any(axis=1))
+    if len(bad):
+        y0, y1, x0, x1 = boxes[np.flatnonzero(hits.any(axis=0))[0]]
+        raise DamagedFileError(
+            f"{len(bad)} of {len(origins)} patch windows (e.g. {_available([str(names[i]) for i in bad], 5)}) "
+            f"read {int(hits.any(axis=0).sum())} of the {len(boxes)} image chunks missing from the zarr store "
+            f"{where}, e.g. pixels y {y0}:{y1}, x {x0}:{x1}; zarr would return its fill value there (black patches). "
+            "Restore the store from a copy; if those regions really are blank (a writer that skips chunks equal to "
+            "the fill value), write the image again with `zarr.config.set({'array.write_empty_chunks': True})`."
         )

@@ -12,7 +12,7 @@ from .._anndata import commit_outputs, tool_record
 from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
-from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available, check_bool
+from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available, check_bool, checks_keys
 from ._embed import next_sequence
 from ._embed_engine import check_engine_options, embedding_outputs
 
@@ -84,6 +84,7 @@ def _check_writable(slides: list, copy: bool) -> None:
         )
 
 
+@checks_keys("model", "key_added", "patches_key", "table_key")
 def embed_cohort(
     slides: Sequence[SpatialData | str | os.PathLike],
     *,

@@ -10,7 +10,7 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
-from .._validation import InputTypeError, InvalidParameterError, check_bool
+from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
 from ._dense import choose_strategy, dense_embedding_outputs
 from ._embed_engine import check_engine_options, embedding_outputs
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 
 @doc_params("table_key", "progress", "copy")
+@checks_keys("model", "key_added", "patches_key", "table_key")
 def embed(
     adata: AnnData | SpatialData,
     *,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._fingerprint import check_same, hash_arrays
-from .._logging import logger
+from .._logging import logger, warn_user
 from .._validation import InvalidParameterError, read_json
 from ..errors import CheckpointMismatchError, DamagedCheckpointError
 
@@ -222,10 +221,8 @@ def run_batches(
     if state.failed:
         shown = ", ".join(list(state.failed)[:10])
         more = f" and {len(state.failed) - 10} more" if len(state.failed) > 10 else ""
-        warnings.warn(
+        warn_user(
             f"embed: {len(state.failed)} patch(es) could not be read and were skipped (NaN rows): {shown}{more}. "
-            "Their ids and errors are in uns['stmorph']['embed'][key]['failed'].",
-            UserWarning,
-            stacklevel=3,
+            "Their ids and errors are in uns['stmorph']['embed'][key]['failed']."
         )
     return state.result(), state.failed

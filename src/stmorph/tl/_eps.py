@@ -7,7 +7,6 @@ The math is in :mod:`stmorph.tl._geary`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -21,7 +20,7 @@ from scipy import sparse
 from .._anndata import commit_outputs, read_uns
 from .._docs import doc_params
 from .._keys import Key
-from .._logging import logger
+from .._logging import logger, warn_user
 from .._parallel import map_slides
 from .._tables import table_of
 from .._validation import (
@@ -31,6 +30,7 @@ from .._validation import (
     check_range,
     check_seed,
     check_unique_names,
+    checks_keys,
     get_genes,
     get_matrix,
 )
@@ -341,11 +341,8 @@ def _check_options(n_neighbors: int, n_perms: int | None, max_value: float | Non
 
 def _warn_constant(n_constant: int, n_genes: int) -> None:
     if n_constant:
-        warnings.warn(
-            f"{n_constant} of {n_genes} genes are constant across spots; their EPS is NaN and they are "
-            "left out of SPS.",
-            UserWarning,
-            stacklevel=4,  # the caller of eps / slice_eps
+        warn_user(
+            f"{n_constant} of {n_genes} genes are constant across spots; their EPS is NaN and they are left out of SPS."
         )
 
 
@@ -404,13 +401,11 @@ def _adjacent_fraction(adata: AnnData, graph: sparse.csr_matrix, exclude_radius:
     """Fraction of the graph's edges between spatially adjacent spots; warns when it is most of them."""
     fraction = adjacent_edge_fraction(graph, spot_positions(adata))
     if fraction > ADJACENT_WARNING and exclude_radius is None:
-        warnings.warn(
+        warn_user(
             f"{fraction:.0%} of the image graph's edges join spatially adjacent spots: EPS on this graph "
             "mostly measures spatial autocorrelation (neighbours share tissue and pixels), not what the "
             "morphology predicts. Pass `exclude_radius=` (µm, at least the tile width) to compare spots "
-            "that look alike but lie apart; see the EPS method page, 'Spatial control'.",
-            UserWarning,
-            stacklevel=3,
+            "that look alike but lie apart; see the EPS method page, 'Spatial control'."
         )
     return fraction
 
@@ -433,6 +428,7 @@ def _spatial_columns(
 
 
 @doc_params("table_key", "copy")
+@checks_keys("use_rep", "graph_key", "layer", "key_added", "table_key")
 def eps(
     adata: AnnData | SpatialData,
     use_rep: str | None = None,
@@ -631,6 +627,7 @@ def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> di
     return {str(i): a for i, a in enumerate(data)}
 
 
+@checks_keys("use_rep", "graph_key", "layer")
 def sps(
     data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData,
     use_rep: str | None = None,

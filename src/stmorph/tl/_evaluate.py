@@ -26,6 +26,7 @@ from .._validation import (
     check_ints,
     check_n_obs,
     check_unique_names,
+    checks_keys,
     get_genes,
     get_matrix,
 )
@@ -119,6 +120,7 @@ def _top(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 @doc_params("table_key")
+@checks_keys("layer", "truth_layer", "key_added", "rank_layer", "table_key")
 def evaluate(
     adata: AnnData | SpatialData,
     layer: str,

@@ -24,6 +24,7 @@ from .._validation import (
     check_n_obs,
     check_obsp_graph,
     check_seed,
+    checks_keys,
     get_rep,
 )
 from ._spatial import Exclusion, check_exclude_radius, exclusion_for
@@ -355,6 +356,7 @@ def stored_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
 
 
 @doc_params("table_key", "copy")
+@checks_keys("use_rep", "key_added", "table_key")
 def image_graph(
     adata: AnnData | SpatialData,
     use_rep: str,

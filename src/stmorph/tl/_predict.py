@@ -31,6 +31,7 @@ from .._validation import (
     check_same_shape,
     check_seed,
     check_unique_names,
+    checks_keys,
     get_genes,
     get_matrix,
     get_patches,
@@ -203,6 +204,7 @@ def _default_genes(refs: list[AnnData], query: AnnData) -> list[str]:
     return list(shared)
 
 
+@checks_keys("layer")
 def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *, layer: str | None = None) -> list[str]:
     """BLEEP's gene set: the union of each reference section's ``n_top`` most variable genes, never the query's.
 
@@ -363,6 +365,7 @@ def _reference_tables(reference: Any, table_key: str | None) -> Any:
 
 
 @doc_params("copy")
+@checks_keys("layer", "key_added", "table_key", many=("use_rep",))
 def predict(
     query: AnnData | SpatialData,
     reference: AnnData | SpatialData | Sequence[AnnData | SpatialData] | None = None,

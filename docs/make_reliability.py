@@ -32,11 +32,15 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
 - **Parameters.** One set of checks runs at the top of every public function, before any work:
   integers refuse bools, fractions, NaN and strings; numbers must be finite and in range; devices,
   choices and paths (a checkpoint folder that is an existing file) are checked; each error names
-  the parameter and the accepted values. A hypothesis test drives every public function's
-  parameters with hostile values (`tests/test_properties_params.py`).
+  the parameter and the accepted values. Key-name parameters (`use_rep`, `layer`, `key_added`,
+  `table_key`, …) must be non-empty strings (a list only where documented), checked by one
+  decorator (`stmorph._validation.checks_keys`). A hypothesis test drives every public function's
+  numeric, choice and key parameters with hostile values (`tests/test_properties_params.py`).
 - **Damaged files.** Truncated or foreign weights, checkpoints, images, tables, `progress.json` and
   model `config.json` files raise `DamagedFileError` / `ModelFileError` naming the file and field;
   an unsafe pickle is refused without ever suggesting to load it unsafely (`tests/test_damaged_files.py`).
+  A zarr image whose store lost a chunk under a patch window (zarr would silently return its fill
+  value: black patches) raises `DamagedFileError` naming the store and the missing pixels.
 - **Atomic writes.** Tools compute everything first and write their outputs in one final step
   (`stmorph._anndata.commit_outputs`), so an exception leaves the AnnData exactly as it was
   (`tests/test_atomic.py` injects failures in the middle of `eps`, `predict` and `embed`).

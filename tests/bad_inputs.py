@@ -507,6 +507,18 @@ def _zarr_missing_chunk(extract_first: bool):
     return sdata
 
 
+@_case("st.tl.eps", "use_rep given as a list", InvalidParameterError)
+def eps_use_rep_given_as_a_list():
+    a = table()
+    return a, lambda: st.tl.eps(a, use_rep=["X_lat"], progress=False)
+
+
+@_case("st.tl.embed", "key_added given as a list (refused before embedding)", InvalidParameterError)
+def embed_key_added_given_as_a_list():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", key_added=["X_a", "X_b"], progress=False)
+
+
 @_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
 def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
     sdata = _zarr_missing_chunk(extract_first=False)

@@ -196,7 +196,8 @@ def check_key(value: object, name: str, *, many: bool = False, output: bool = Fa
     bad = [v for v in names if not isinstance(v, str) or not v or (output and "/" in v)]
     if bad:
         what = "a non-empty string" + (" or a list of them" if many else "") + (" without '/'" if output else "")
-        raise InvalidParameterError(f"{name} must be {what} (a key name); found {_found(value)}.")
+        why = " (h5ad and zarr store '/' as nested groups, so the result would not read back)" if output else ""
+        raise InvalidParameterError(f"{name} must be {what}, a key name{why}; found {_found(value)}.")
 
 
 def checks_keys(*names: str, many: Sequence[str] = ()) -> Callable[[F], F]:
@@ -214,7 +215,7 @@ def checks_keys(*names: str, many: Sequence[str] = ()) -> Callable[[F], F]:
     >>> f(None, use_rep=["X"])
     Traceback (most recent call last):
     ...
-    stmorph.errors.InvalidParameterError: use_rep must be a non-empty string (a key name); found ['X'] (list).
+    stmorph.errors.InvalidParameterError: use_rep must be a non-empty string, a key name; found ['X'] (list).
     """
 
     def decorate(fn: F) -> F:

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._demo_settings import MARKER_GENES
+
 if TYPE_CHECKING:
-    from ._demo import DemoResult, DemoSettings
+    from ._demo_settings import DemoResult, DemoSettings
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
@@ -207,6 +209,4 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
 
 
 def _markers(result: DemoResult) -> list[str]:
-    from ._demo import MARKER_GENES
-
     return [g for g in MARKER_GENES if g in result.genes]

@@ -190,8 +190,12 @@ def _graph_for(
         use_rep = _recorded_embedding(adata, graph_key)
     if use_rep is None:
         check_stored_exclusion(adata, graph_key, exclude_radius)
-    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
+    if use_rep is None:
         return stored_graph(adata, graph_key), None
+    if matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
+        if _has_all_edges(adata, graph_key, n_neighbors):
+            return stored_graph(adata, graph_key), None
+        logger.info("eps: the stored graph %r lost edges (a subset of the spots?); building it again", graph_key)
     return build_graph(
         adata,
         use_rep,
@@ -201,6 +205,16 @@ def _graph_for(
         random_state=random_state,
         progress=progress,
     )
+
+
+def _has_all_edges(adata: AnnData, graph_key: str, n_neighbors: int) -> bool:
+    """Whether every spot still has its ``n_neighbors`` edges in the stored graph.
+
+    Subsetting an AnnData keeps only the edges among the kept spots (and the graph's record): a
+    spot that lost a neighbour would otherwise be scored on a graph that is no longer its kNN.
+    """
+    graph = sparse.csr_matrix(adata.obsp[Key.obsp.connectivities(graph_key)])
+    return bool((graph.getnnz(axis=1) == n_neighbors).all())
 
 
 def _recorded_embedding(adata: AnnData, graph_key: str) -> str:
@@ -475,7 +489,8 @@ def eps(
         Key in ``adata.obsm`` with the embeddings; the graph is built (like
         :func:`~stmorph.tl.image_graph`, L2-normalised Euclidean, exact up to 50,000 spots) and
         stored under ``graph_key`` unless the stored graph was built from the same ``use_rep``
-        and ``n_neighbors``. ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
+        and ``n_neighbors`` and every spot still has its ``n_neighbors`` edges (a graph subset
+        with the spots, ``adata[mask]``, is built again). ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
         (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's), and when
         there is none the embedding :func:`~stmorph.tl.embed` wrote last (logged), so
         ``st.tl.eps(adata)`` works right after ``st.pp.extract_patches`` and ``st.tl.embed``.

@@ -490,8 +490,9 @@ def eps(
         :func:`~stmorph.tl.image_graph`, L2-normalised Euclidean, exact up to 50,000 spots) and
         stored under ``graph_key`` unless the stored graph was built from the same ``use_rep``
         and ``n_neighbors`` and every spot still has its ``n_neighbors`` edges (a graph subset
-        with the spots, ``adata[mask]``, is built again). ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
-        (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's), and when
+        with the spots, ``adata[mask]``, is built again). ``None`` uses the stored graph
+        ``obsp[f'{graph_key}_connectivities']`` (from :func:`~stmorph.tl.image_graph`, or any
+        other graph such as squidpy's), and when
         there is none the embedding :func:`~stmorph.tl.embed` wrote last (logged), so
         ``st.tl.eps(adata)`` works right after ``st.pp.extract_patches`` and ``st.tl.embed``.
     n_neighbors

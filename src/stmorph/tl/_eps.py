@@ -492,9 +492,9 @@ def eps(
         and ``n_neighbors`` and every spot still has its ``n_neighbors`` edges (a graph subset
         with the spots, ``adata[mask]``, is built again). ``None`` uses the stored graph
         ``obsp[f'{graph_key}_connectivities']`` (from :func:`~stmorph.tl.image_graph`, or any
-        other graph such as squidpy's), and when
-        there is none the embedding :func:`~stmorph.tl.embed` wrote last (logged), so
-        ``st.tl.eps(adata)`` works right after ``st.pp.extract_patches`` and ``st.tl.embed``.
+        other graph such as squidpy's), and when there is none the embedding
+        :func:`~stmorph.tl.embed` wrote last (logged), so ``st.tl.eps(adata)`` works right after
+        ``st.pp.extract_patches`` and ``st.tl.embed``.
     n_neighbors
         Neighbours per spot of a graph built here.
     graph_key

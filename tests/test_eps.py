@@ -518,3 +518,18 @@ def test_bad_pvalues_or_mask_var_raise_named_errors_and_leave_adata_unchanged(si
     with pytest.raises(error, match=match):
         st.tl.eps(adata, progress=False, **kwargs)
     assert_adata_equal(adata, before)
+
+
+def test_graph_stored_before_subsetting_the_spots_is_built_again(sim_table):
+    st.tl.eps(sim_table, use_rep="latent", progress=False)
+    subset = sim_table[: sim_table.n_obs // 2].copy()  # keeps only the edges among the kept spots
+    assert (subset.obsp["image_connectivities"].getnnz(axis=1) < 5).any()
+    fresh = subset.copy()
+    del fresh.obsp["image_connectivities"], fresh.obsp["image_distances"], fresh.uns["image"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # replaced outputs
+        st.tl.eps(subset, use_rep="latent", progress=False)
+        st.tl.eps(fresh, use_rep="latent", progress=False)
+    assert (subset.obsp["image_connectivities"].getnnz(axis=1) == 5).all()
+    assert (subset.obsp["image_connectivities"] != fresh.obsp["image_connectivities"]).nnz == 0
+    pd.testing.assert_series_equal(subset.var["eps"], fresh.var["eps"])

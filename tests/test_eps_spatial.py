@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from _adata_compare import assert_adata_equal
 
@@ -13,6 +16,9 @@ import stmorph as st
 from stmorph.errors import InvalidParameterError, StmorphKeyError, TooFewObservationsError
 from stmorph.tl import _graph
 from stmorph.tl._spatial import Exclusion
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_eps_bins import simulate_bins  # the bin-level simulation of the benchmark
 
 PITCH_UM = 100.0  # 16 px tiles at 6.25 µm/px
 RADIUS_UM = 450.0  # three smoothing lengths of the smooth genes (150 µm)
@@ -178,3 +184,60 @@ def test_eps_warns_when_the_image_graph_mostly_joins_spatial_neighbours():
         warnings.simplefilter("error", UserWarning)
         st.tl.eps(table, use_rep="latent", graph_key="factors", key_added="eps_factors", progress=False)
     assert table.uns["sps_eps_factors"]["adjacent_edge_fraction"] < 0.2
+
+
+def test_at_bin_scale_smooth_genes_the_image_lacks_are_significant_only_without_exclusion():
+    # 30 × 30 bins of 8 µm whose image features are smooth spatial fields: image neighbours are
+    # spatial neighbours. Smooth genes the image does not carry and image-carried genes, both 24 µm
+    adata = simulate_bins(30, n_image=3, n_smooth=3, n_noise=3, seed=0)
+    with pytest.warns(UserWarning, match="join spatially adjacent spots"):
+        st.tl.eps(adata, use_rep="X_image", progress=False)
+    st.tl.eps(adata, use_rep="X_image", exclude_radius=64.0, graph_key="far", key_added="far", progress=False)
+    var = adata.var
+    smooth, image = var.index[var["kind"] == "smooth"], var.index[var["kind"] == "image"]
+    assert adata.uns["sps"]["adjacent_edge_fraction"] > 0.5
+    # without the exclusion: false positives through spatial adjacency
+    assert var.loc[smooth, "eps_pval"].max() < 1e-20
+    assert var.loc[image, "eps_pval"].max() < 1e-20
+    # with neighbours farther than 64 µm (8 bins, well past the 24 µm smoothing): no signal left
+    assert var.loc[smooth, "far_pval"].min() > 0.01
+    assert var.loc[image, "far_pval"].max() < 1e-10  # the image-carried genes keep theirs
+    assert adata.uns["sps_far"]["adjacent_edge_fraction"] == 0.0
+
+
+def _c2_with_fixture_embedding(her2st_adata, data_dir) -> ad.AnnData:
+    """HER2ST C2 (coordinates and pixel size) with the fixtures' image embedding, expression prepared."""
+    adata = her2st_adata("C2").copy()
+    ref = np.load(data_dir.parent / "fixtures" / "eps_reference_C2.npz")
+    embedding = pd.DataFrame(ref["embedding"], index=ref["obs_names"])
+    adata.obsm["X_pixel"] = embedding.loc[adata.obs_names].to_numpy()
+    st.pp.prepare_expression(adata)
+    return adata
+
+
+def test_sps_passes_exclude_radius_through_and_reports_it(her2st_adata, data_dir):
+    adata = _c2_with_fixture_embedding(her2st_adata, data_dir)
+    before = adata.copy()
+    paper, paper_eps = st.tl.sps({"C2": adata}, use_rep="X_pixel")
+    far, far_eps = st.tl.sps({"C2": adata}, use_rep="X_pixel", exclude_radius=1000.0)
+    assert_adata_equal(adata, before)  # the slice is left unchanged
+    assert np.isnan(paper.loc[0, "exclude_radius"]) and far.loc[0, "exclude_radius"] == 1000.0
+    assert abs(far.loc[0, "sps"] - paper.loc[0, "sps"]) > 1e-3
+    single = adata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        st.tl.eps(single, use_rep="X_pixel", exclude_radius=1000.0, progress=False)
+    assert far.loc[0, "sps"] == pytest.approx(single.uns["sps"]["sps"])
+    assert single.uns["sps"]["exclude_radius"] == 1000.0
+    pd.testing.assert_series_equal(
+        far_eps["C2"].reindex(single.var_names), single.var["eps"], check_names=False, check_index=False
+    )
+    assert not np.allclose(far_eps["C2"], paper_eps["C2"], equal_nan=True)
+
+
+def test_sps_reports_the_radius_of_a_stored_graph_and_refuses_a_bad_one(slice_):
+    excluded, paper = _eps(slice_, exclude_radius=RADIUS_UM), _eps(slice_)  # each stores its graph as "image"
+    summary, _ = st.tl.sps({"excluded": excluded, "paper": paper})
+    assert list(summary["exclude_radius"].fillna(-1)) == [RADIUS_UM, -1]
+    with pytest.raises(InvalidParameterError, match="exclude_radius must be a finite number"):
+        st.tl.sps({"a": slice_}, use_rep="latent_tile", exclude_radius=-1.0)

@@ -58,7 +58,7 @@ from ._graph import (
     stored_exclude_radius,
     stored_graph,
 )
-from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, spatial_knn_graph, spot_positions
+from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spatial_knn_graph, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -190,8 +190,12 @@ def _graph_for(
         use_rep = _recorded_embedding(adata, graph_key)
     if use_rep is None:
         check_stored_exclusion(adata, graph_key, exclude_radius)
-    if use_rep is None or matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
+    if use_rep is None:
         return stored_graph(adata, graph_key), None
+    if matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
+        if _has_all_edges(adata, graph_key, n_neighbors):
+            return stored_graph(adata, graph_key), None
+        logger.info("eps: the stored graph %r lost edges (a subset of the spots?); building it again", graph_key)
     return build_graph(
         adata,
         use_rep,
@@ -201,6 +205,16 @@ def _graph_for(
         random_state=random_state,
         progress=progress,
     )
+
+
+def _has_all_edges(adata: AnnData, graph_key: str, n_neighbors: int) -> bool:
+    """Whether every spot still has its ``n_neighbors`` edges in the stored graph.
+
+    Subsetting an AnnData keeps only the edges among the kept spots (and the graph's record): a
+    spot that lost a neighbour would otherwise be scored on a graph that is no longer its kNN.
+    """
+    graph = sparse.csr_matrix(adata.obsp[Key.obsp.connectivities(graph_key)])
+    return bool((graph.getnnz(axis=1) == n_neighbors).all())
 
 
 def _recorded_embedding(adata: AnnData, graph_key: str) -> str:
@@ -360,7 +374,7 @@ def _eps_of(
     random_state: int = 0,
     progress: bool = False,
     exclude_radius: float | None = None,
-) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None]:
+) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None, Any]:
     """EPS of one slice without touching it: the step :func:`eps` and :func:`slice_eps` share.
 
     Checks the options, takes the expression and the graph (stored or built), computes EPS and
@@ -368,9 +382,9 @@ def _eps_of(
 
     Returns
     -------
-    ``(result, idx, graph, graph_outputs)``: the EPS of the genes, their positions in
-    ``var_names``, the graph used, and the ``obsp``/``uns`` entries to store when the graph was
-    built here (else ``None``).
+    ``(result, idx, graph, graph_outputs, X)``: the EPS of the genes, their positions in
+    ``var_names``, the graph used, the ``obsp``/``uns`` entries to store when the graph was
+    built here (else ``None``), and the expression of the genes (as given, before any clip).
     """
     _check_options(n_neighbors, n_perms, max_value, random_state)
     check_unique_names(adata, "obs")
@@ -390,7 +404,15 @@ def _eps_of(
         progress=progress,
     )
     _warn_constant(result.n_constant, len(names))
-    return result, idx, graph, graph_outputs
+    return result, idx, graph, graph_outputs, X
+
+
+def _radius_used(
+    adata: AnnData, graph_key: str, exclude_radius: float | None, graph_outputs: dict | None
+) -> float | None:
+    """The ``exclude_radius`` of the graph EPS used: the one asked for when built here, else the stored graph's."""
+    radius = exclude_radius if graph_outputs is not None else stored_exclude_radius(adata, graph_key)
+    return None if radius is None else float(radius)
 
 
 ADJACENT_WARNING = 0.5
@@ -412,17 +434,15 @@ def _adjacent_fraction(adata: AnnData, graph: sparse.csr_matrix, exclude_radius:
 
 def _spatial_columns(
     adata: AnnData,
+    X: Any,
+    names: pd.Index,
     n_neighbors: int,
-    layer: str | None,
-    genes: Sequence[str] | None,
-    mask_var: str | np.ndarray | _Default | None,
     max_value: float | None,
     key_added: str,
 ) -> dict[str, np.ndarray]:
-    """``var[f'{key_added}_spatial']``: the genes' ``-log C`` on the spatial kNN graph (``{}`` without coordinates)."""
+    """``var[f'{key_added}_spatial']``: ``-log C`` of ``X`` on the spatial kNN graph (``{}`` without coordinates)."""
     if SPATIAL_KEY not in adata.obsm:
         return {}
-    X, names, _ = _expression(adata, layer, genes, mask_var)
     graph = spatial_knn_graph(spot_positions(adata), n_neighbors)
     return {Key.var.spatial_eps(key_added): compute_eps(graph, X, names, max_value=max_value).eps}
 
@@ -465,10 +485,12 @@ def eps(
         Key in ``adata.obsm`` with the embeddings; the graph is built (like
         :func:`~stmorph.tl.image_graph`, L2-normalised Euclidean, exact up to 50,000 spots) and
         stored under ``graph_key`` unless the stored graph was built from the same ``use_rep``
-        and ``n_neighbors``. ``None`` uses the stored graph ``obsp[f'{graph_key}_connectivities']``
-        (from :func:`~stmorph.tl.image_graph`, or any other graph such as squidpy's), and when
-        there is none the embedding :func:`~stmorph.tl.embed` wrote last (logged), so
-        ``st.tl.eps(adata)`` works right after ``st.pp.extract_patches`` and ``st.tl.embed``.
+        and ``n_neighbors`` and every spot still has its ``n_neighbors`` edges (a graph subset
+        with the spots, ``adata[mask]``, is built again). ``None`` uses the stored graph
+        ``obsp[f'{graph_key}_connectivities']`` (from :func:`~stmorph.tl.image_graph`, or any
+        other graph such as squidpy's), and when there is none the embedding
+        :func:`~stmorph.tl.embed` wrote last (logged), so ``st.tl.eps(adata)`` works right after
+        ``st.pp.extract_patches`` and ``st.tl.embed``.
     n_neighbors
         Neighbours per spot of a graph built here.
     graph_key
@@ -550,7 +572,7 @@ def eps(
     check_bool(progress, "progress")
     check_bool(copy, "copy")
     adata = table_of(adata, table_key, name="st.tl.eps")
-    result, idx, graph, graph_outputs = _eps_of(
+    result, idx, graph, graph_outputs, X = _eps_of(
         adata,
         use_rep,
         n_neighbors,
@@ -568,7 +590,7 @@ def eps(
     detected = n_detected(adata, layer)
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
     per_gene = dict(zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)))
-    per_gene.update(_spatial_columns(adata, n_neighbors, layer, genes, mask_var, max_value, key_added))
+    per_gene.update(_spatial_columns(adata, X, result.genes, n_neighbors, max_value, key_added))
 
     adata = adata.copy() if copy else adata
     columns = {}
@@ -587,9 +609,9 @@ def eps(
     }
     if max_value is not None:
         params["max_value"] = float(max_value)
-    radius = exclude_radius if graph_outputs is not None else stored_exclude_radius(adata, graph_key)
+    radius = _radius_used(adata, graph_key, exclude_radius, graph_outputs)
     if radius is not None:  # the radius of the graph used, also when it was stored before
-        params["exclude_radius"] = float(radius)
+        params["exclude_radius"] = radius
     if SPATIAL_KEY in adata.obsm:
         params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
@@ -609,13 +631,18 @@ def slice_eps(
     genes: Sequence[str] | None = None,
     mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
-) -> tuple[float, int, int, pd.Series]:
-    """SPS of one slice without touching it: ``(sps, n_spots, n_genes, eps per gene)``.
+    exclude_radius: float | None = None,
+) -> tuple[float, int, int, pd.Series, float | None]:
+    """SPS of one slice without touching it: ``(sps, n_spots, n_genes, eps per gene, exclude_radius)``.
 
-    The pure per-slice step of :func:`sps` (safe to ship to a worker process).
+    The pure per-slice step of :func:`sps` (safe to ship to a worker process); ``exclude_radius``
+    is that of the graph used (``None``: the paper's graph), also when the graph was stored.
     """
-    result, *_ = _eps_of(adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, mask_var)
-    return result.sps, adata.n_obs, result.n_genes, pd.Series(result.eps, index=result.genes, name="eps")
+    result, _, _, graph_outputs, _ = _eps_of(
+        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, mask_var, exclude_radius=exclude_radius
+    )
+    eps = pd.Series(result.eps, index=result.genes, name="eps")
+    return result.sps, adata.n_obs, result.n_genes, eps, _radius_used(adata, graph_key, exclude_radius, graph_outputs)
 
 
 def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
@@ -638,6 +665,7 @@ def sps(
     genes: Sequence[str] | None = None,
     mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
+    exclude_radius: float | None = None,
     client: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Slice Predictability Score of many slices: the cohort analysis of the EPS paper (Fig. 2).
@@ -650,8 +678,9 @@ def sps(
     data
         A list of AnnData (slices named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}``, or a
         :class:`~spatialdata.SpatialData` whose tables are the slices (named by table key).
-    use_rep, n_neighbors, graph_key, layer, genes, mask_var, max_value
+    use_rep, n_neighbors, graph_key, layer, genes, mask_var, max_value, exclude_radius
         As in :func:`eps`; expression should be prepared (:func:`stmorph.pp.prepare_expression`).
+        With ``exclude_radius`` each slice needs ``obsm['spatial']`` and its pixel size.
     client
         A :class:`dask.distributed.Client` whose workers process the slides (``client.map`` of
         :func:`slice_eps`); ``None`` processes them in parallel on dask's local threaded scheduler.
@@ -660,7 +689,8 @@ def sps(
     Returns
     -------
     ``(summary, eps_table)``: ``summary`` has one row per slice with columns ``slice``, ``sps``,
-    ``n_spots``, ``n_genes``; ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
+    ``n_spots``, ``n_genes`` and ``exclude_radius`` (µm, of the graph used; NaN for the paper's
+    graph); ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
 
     Examples
     --------
@@ -670,9 +700,10 @@ def sps(
     ...     st.pp.prepare_expression(a)
     >>> summary, table = st.tl.sps(slices, use_rep="latent")
     >>> list(summary.columns)
-    ['slice', 'sps', 'n_spots', 'n_genes']
+    ['slice', 'sps', 'n_spots', 'n_genes', 'exclude_radius']
     """
     _check_options(n_neighbors, None, max_value, 0)
+    check_exclude_radius(exclude_radius)
     slices = _slices(data)
     if not slices:
         raise InvalidParameterError("sps needs at least one slice; found none.")
@@ -685,11 +716,13 @@ def sps(
         genes=genes,
         mask_var=mask_var,
         max_value=max_value,
+        exclude_radius=exclude_radius,
     )
     results = map_slides(one_slice, slices.values(), client=client)
     rows, columns = [], {}
-    for name, (value, n_spots, n_genes, per_gene) in zip(slices, results):
-        rows.append({"slice": name, "sps": value, "n_spots": n_spots, "n_genes": n_genes})
+    for name, (value, n_spots, n_genes, per_gene, radius) in zip(slices, results):
+        radius = np.nan if radius is None else radius
+        rows.append({"slice": name, "sps": value, "n_spots": n_spots, "n_genes": n_genes, "exclude_radius": radius})
         columns[name] = per_gene
-    summary = pd.DataFrame(rows, columns=["slice", "sps", "n_spots", "n_genes"])
+    summary = pd.DataFrame(rows, columns=["slice", "sps", "n_spots", "n_genes", "exclude_radius"])
     return summary, pd.concat(columns, axis=1, sort=False)  # genes in order of first appearance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from ._sources import one_key, pyramid_levels, visium_source
 from ._windows import as_yxc, check_inside, read_patches
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
 
 
@@ -44,17 +46,53 @@ class PatchReader:
     def __len__(self) -> int:
         return len(self.centres)
 
-    def sample_hash(self) -> str:
-        """Content hash of a few windows spread over the spots: which image the windows are read from."""
-        from .._fingerprint import hash_arrays, sample_indices
+    def sample_indices(self) -> np.ndarray:
+        """Indices of the few windows, spread over the spots, by which the image is recognised."""
+        from .._fingerprint import sample_indices
 
-        return hash_arrays(self.read(sample_indices(len(self), SAMPLE_WINDOWS)))
+        return sample_indices(len(self), SAMPLE_WINDOWS)
+
+    def sample_hash(self, centres: np.ndarray | None = None) -> str:
+        """Content hash of the windows at ``centres`` (default: those of :meth:`sample_indices`)."""
+        from .._fingerprint import hash_arrays
+
+        centres = self.centres[self.sample_indices()] if centres is None else np.asarray(centres, np.float64)
+        return hash_arrays(self.at(centres))
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 ``(len(indices), patch_size, patch_size, 3)`` patches of the spots ``indices``."""
-        indices = np.asarray(indices)
-        batch = max(len(indices), 1)
-        return read_patches(self.image, self.centres[indices], self.window_px, self.patch_size, batch_size=batch)[0]
+        return self.at(self.centres[np.asarray(indices)])
+
+    def at(self, centres: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(centres), patch_size, patch_size, 3)`` patches of the windows around ``centres``."""
+        batch = max(len(centres), 1)
+        return read_patches(self.image, centres, self.window_px, self.patch_size, batch_size=batch)[0]
+
+
+def sample_record(reader: PatchReader, obs_names: Sequence[str]) -> dict[str, Any]:
+    """What a lazy extraction records to recognise its image: a few windows' spots, centres and pixel hash."""
+    sample = reader.sample_indices()
+    return {
+        "sample_obs": [str(obs_names[i]) for i in sample],
+        "sample_centres": reader.centres[sample],
+        "sample_hash": reader.sample_hash(),
+    }
+
+
+def _same_sample(reader: PatchReader, params: dict[str, Any], obs_names: pd.Index) -> bool:
+    """True when the windows recorded at extraction hold the same pixels, and their spots the same centres.
+
+    A subset of the table (``adata[mask]``) is checked against the same windows, read at their
+    recorded centres; extractions recorded before ``sample_centres`` existed hash the windows of
+    :meth:`PatchReader.sample_indices`.
+    """
+    if "sample_centres" not in params:
+        return reader.sample_hash() == params["sample_hash"]
+    recorded = np.asarray(params["sample_centres"], np.float64).reshape(-1, 2)
+    rows = obs_names.get_indexer(list(params["sample_obs"]))
+    present = rows >= 0
+    moved = not np.array_equal(reader.centres[rows[present]], recorded[present])
+    return not moved and reader.sample_hash(recorded) == params["sample_hash"]
 
 
 def lazy_patch_params(adata: AnnData, key: str = "patches") -> dict[str, Any] | None:
@@ -140,7 +178,7 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
     array = as_yxc(_lazy_image(adata, params, image))
     check_inside(centres, array.shape, adata.obs_names)
     reader = PatchReader(array, centres, float(params["window_px"]), int(params["patch_size"]))
-    if "sample_hash" in params and reader.sample_hash() != params["sample_hash"]:
+    if "sample_hash" in params and not _same_sample(reader, params, adata.obs_names):
         raise InvalidParameterError(
             f"the image given is not the one the patches of uns['stmorph']['patches'][{key!r}] were extracted "
             f"from: {SAMPLE_WINDOWS} sample windows hold other pixels (another image, or edited window centres). "

@@ -32,7 +32,7 @@ def embed(
     key_added: str | None = None,
     patches_key: str = "patches",
     image: Any = None,
-    num_workers: int = 0,
+    num_workers: int = 1,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     on_error: str = "raise",
@@ -78,7 +78,8 @@ def embed(
         for a Visium AnnData). See :func:`stmorph.pp.patch_reader`.
     num_workers
         Background threads preparing batches (reading lazy patches, scaling, resizing) while the
-        encoder runs; 0 prepares them in the calling thread.
+        encoder runs (default one: reading and decoding release the GIL, so the next batch is ready
+        when the encoder finishes); 0 prepares them in the calling thread. The result does not depend on it.
     checkpoint
         Folder where finished batches are saved as they complete (``embeddings.npy``, a float32
         memory-mapped array, and ``progress.json``), so that an interrupted run can be resumed. It

@@ -1,4 +1,9 @@
-"""Patches extracted with ``store="lazy"``: read from the image a batch at a time (:func:`patch_reader`)."""
+"""Patches stored lazily, read a batch at a time (:func:`patch_reader`).
+
+Two kinds of lazy record exist under ``uns["stmorph"]["patches"][key]`` (``store="lazy"``): windows
+of an image (:func:`~stmorph.pp.extract_patches`; :class:`PatchReader`) and rows of a patch file
+(:func:`~stmorph.datasets.read_hest`; :class:`FilePatchReader`). Both readers have ``read(indices)``.
+"""
 
 from __future__ import annotations
 
@@ -69,6 +74,45 @@ class PatchReader:
         return read_patches(self.image, centres, self.window_px, self.patch_size, batch_size=batch)[0]
 
 
+@dataclass
+class FilePatchReader:
+    """Reads patches kept in an HDF5 file (HEST-1k's ``patches/<id>.h5``, dataset ``img``), a batch at a time.
+
+    Attributes
+    ----------
+    path
+        The HDF5 file.
+    rows
+        ``(n,)`` row of each spot's patch in the file.
+    dataset
+        Name of the ``(N, P, P, 3)`` uint8 dataset.
+    """
+
+    path: str
+    rows: np.ndarray
+    dataset: str = "img"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 ``(len(indices), P, P, 3)`` patches of the spots ``indices``."""
+        from .._hdf5 import read_rows
+
+        return read_rows(self.path, self.dataset, self.rows[np.asarray(indices)])
+
+
+def _file_reader(adata: AnnData, params: dict[str, Any]) -> FilePatchReader:
+    from pathlib import Path
+
+    if not Path(params["path"]).is_file():
+        raise FileNotFoundError(
+            f"the patches of this table are read from {params['path']}, which no longer exists; "
+            "read the sample again (`st.datasets.read_hest(root, sample_id, store='lazy')`)."
+        )
+    return FilePatchReader(params["path"], np.asarray(adata.obsm[params["rows_key"]], dtype=np.int64).reshape(-1))
+
+
 def sample_record(reader: PatchReader, obs_names: Sequence[str]) -> dict[str, Any]:
     """What a lazy extraction records to recognise its image: a few windows' spots, centres and pixel hash."""
     sample = reader.sample_indices()
@@ -134,8 +178,12 @@ def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
     return image
 
 
-def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> PatchReader:
-    """A :class:`PatchReader` for the patches extracted from ``adata`` with ``store="lazy"``.
+def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> PatchReader | FilePatchReader:
+    """A reader of the patches stored lazily under ``key``: :class:`PatchReader` or :class:`FilePatchReader`.
+
+    A :class:`PatchReader` for patches extracted from ``adata`` with ``store="lazy"``; a
+    :class:`FilePatchReader` for a HEST-1k sample read with
+    ``st.datasets.read_hest(..., store="lazy")`` (its patch file, recorded as ``path``).
 
     Parameters
     ----------
@@ -144,7 +192,7 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
     key
         ``key_added`` of that extraction.
     image
-        The source: the same SpatialData object (e.g. re-opened with :func:`spatialdata.read_zarr`),
+        For an extraction, the source: the same SpatialData object (e.g. re-opened with :func:`spatialdata.read_zarr`),
         the image array of an ``(image, coordinates)`` extraction, or nothing for a Visium AnnData
         (its images are found again in ``uns["spatial"]``) or for a SpatialData read from a zarr
         store (the store recorded at extraction, ``zarr_path``, is opened again).
@@ -153,6 +201,8 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
     ------
     StmorphKeyError
         No lazy extraction under ``key``.
+    FileNotFoundError
+        The HEST patch file is no longer where it was read.
     OutOfImageError
         The image given does not hold the recorded windows (another image or resolution).
     InvalidParameterError
@@ -174,6 +224,8 @@ def patch_reader(adata: AnnData, key: str = "patches", image: Any = None) -> Pat
             f"adata.uns['stmorph']['patches'][{key!r}] from a store='lazy' extraction not found; run "
             f"`st.pp.extract_patches(..., store='lazy', key_added={key!r})` first."
         )
+    if "rows_key" in params:
+        return _file_reader(adata, params)
     centres = np.asarray(adata.obsm[params["centres_key"]], dtype=np.float64)
     array = as_yxc(_lazy_image(adata, params, image))
     check_inside(centres, array.shape, adata.obs_names)

@@ -80,8 +80,8 @@ def _read_sample(fetch: Fetch, indices: np.ndarray) -> list[Any]:
 def _source_fingerprint(adata: AnnData, key: str, fetch: Fetch, weights: str | None) -> dict[str, str]:
     """Content hashes a checkpoint must agree with: the patches (or their image windows) and the weights file.
 
-    In-memory patches are hashed whole; lazily read ones by their window centres and parameters and
-    the pixels of a sample of windows (the image is never read whole).
+    In-memory patches are hashed whole; lazily read ones by their window centres (or rows of their
+    patch file) and parameters and the pixels of a sample of them (the image is never read whole).
     """
     from .._fingerprint import hash_arrays, hash_file, hash_value, sample_indices
     from ..pp._lazy import lazy_patch_params
@@ -90,9 +90,11 @@ def _source_fingerprint(adata: AnnData, key: str, fetch: Fetch, weights: str | N
     if params is None:
         patches = hash_arrays(get_patches(adata, key))
     else:
-        window = {k: params.get(k) for k in ("window_px", "patch_size", "level", "image_key", "image", "source")}
+        keys = ("window_px", "patch_size", "level", "image_key", "image", "source", "path")
+        window = {k: params.get(k) for k in keys}
+        where = np.asarray(adata.obsm[params.get("centres_key") or params["rows_key"]])  # windows, or file rows
         sample = _read_sample(fetch, sample_indices(adata.n_obs))
-        patches = hash_arrays(np.asarray(adata.obsm[params["centres_key"]]), *sample) + hash_value(window)
+        patches = hash_arrays(where, *sample) + hash_value(window)
     file = weights not in (None, "hub") and Path(weights).is_file()
     return {"patches_blake2b": patches, "weights_blake2b": hash_file(weights) if file else ""}
 

@@ -6,6 +6,7 @@ recorded with them, without changing the table; the public functions write them.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     import os
 
     from anndata import AnnData
+
+    from ..pp._stain import StainNormalizer
 
 MAX_BATCH_SIZE = 65536
 """Largest ``batch_size`` accepted (a batch of 224-px patches this size is ~10 GB)."""
@@ -190,28 +193,34 @@ def embedding_outputs(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     on_error: str = "raise",
+    stain_norm: StainNormalizer | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Float32 embeddings of every patch of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
 
     The computing step of :func:`~stmorph.tl.embed` (its options, same meaning, checked by the caller
-    with :func:`check_engine_options`).
+    with :func:`check_engine_options`); ``stain_norm`` is applied to each batch as it is read.
     """
     fetch = _patch_fetcher(adata, patches_key, image)
+    read = fetch if stain_norm is None else lambda idx: stain_norm(fetch(idx))
     weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
+    if stain_norm is not None:  # part of what a checkpoint was made with
+        settings["stain_norm"] = json.dumps(stain_norm.record, sort_keys=True)
     run, engine_params = _engine(resolve_encoder(model, weights), model, batch_size, device, num_workers)
     params: dict[str, Any] = {**settings, **engine_params}
     failed: dict[str, str] = {}
     if checkpoint is None and on_error == "raise":
-        emb = run(fetch, adata.n_obs, progress)
+        emb = run(read, adata.n_obs, progress)
     else:
         if checkpoint is not None:  # what the checkpoint was made from: checked when it is resumed
             settings = {**settings, **_source_fingerprint(adata, patches_key, fetch, weights)}
         emb, failed = run_batches(
-            run, fetch, adata.obs_names, batch_size, checkpoint=checkpoint, resume=resume, on_error=on_error,
+            run, read, adata.obs_names, batch_size, checkpoint=checkpoint, resume=resume, on_error=on_error,
             settings=settings, progress=progress,
         )  # fmt: skip
         params["on_error"] = on_error
+    if stain_norm is not None:
+        params["stain_norm"] = {**stain_norm.record, "n_unchanged": stain_norm.unchanged}
     emb = emb.astype(np.float32, copy=False)
     read = ~adata.obs_names.isin(list(failed))
     check_finite(emb[read], f"embeddings of encoder {model!r}")

@@ -28,7 +28,7 @@ def embed(
     *,
     model: str = "default",
     weights: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
@@ -67,7 +67,10 @@ def embed(
         ``"hub"`` to download with timm (needs internet; UNI needs granted access). Not used by
         ``"default"`` and ``"hed"``.
     batch_size
-        Patches per forward pass.
+        Patches per forward pass. ``"auto"`` (default): 64 on the CPU (and for featurizers such as
+        ``"hed"``); on CUDA the largest power of two from 8 to 1024 whose activations, measured on a
+        probe pass of 8 patches, fill at most half the free GPU memory. The batch used is recorded;
+        to resume a checkpoint on another GPU, pass that number.
     device
         Torch device; ``"auto"`` uses CUDA when available. On the CPU results are deterministic.
     key_added

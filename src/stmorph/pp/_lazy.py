@@ -86,6 +86,15 @@ class FilePatchReader:
         ``(n,)`` row of each spot's patch in the file.
     dataset
         Name of the ``(N, P, P, 3)`` uint8 dataset.
+
+    Examples
+    --------
+    >>> import h5py, numpy as np, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "patches.h5")
+    >>> with h5py.File(path, "w") as fh:
+    ...     fh["img"] = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1).repeat(3, axis=-1)
+    >>> FilePatchReader(path, rows=np.array([3, 1])).read([1, 0])[:, 0, 0, 0].tolist()
+    [1, 3]
     """
 
     path: str

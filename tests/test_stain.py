@@ -80,6 +80,8 @@ def test_bad_stain_options_are_named_and_leave_the_table_unchanged(c2):
     before = table.copy()
     with pytest.raises(InvalidParameterError, match="stain_norm"):
         st.tl.embed(table, model="hed", stain_norm="vahadane", progress=False)
+    with pytest.raises(InvalidParameterError, match="used only with stain_norm"):
+        st.tl.embed(table, model="hed", stain_reference=c2.obsm["patches"], progress=False)
     with pytest.raises(InvalidParameterError, match="needs stain_reference"):
         st.tl.embed(table, model="hed", stain_norm="reinhard", progress=False)
     with pytest.raises(InvalidParameterError, match="stained pixels"):

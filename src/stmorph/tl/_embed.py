@@ -155,7 +155,8 @@ def embed(
         ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
         a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
         ``on_error`` given (a dense run resumes from its zarr store); unknown ``stain_norm``, Reinhard without
-        ``stain_reference``, ``stain_norm`` with ``strategy="dense"``, or a reference without stains.
+        ``stain_reference``, ``stain_reference`` without ``stain_norm``, ``stain_norm`` with
+        ``strategy="dense"``, or a reference without stains.
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -188,6 +189,8 @@ def embed(
         image = adata  # lazy patches are read from the SpatialData's image
     adata = table_of(adata, table_key, name="st.tl.embed")
     key = key_added or Key.obsm.embedding(model)
+    if stain_norm is None and stain_reference is not None:
+        raise InvalidParameterError("stain_reference= is used only with stain_norm='macenko' or 'reinhard'.")
     normaliser = None if stain_norm is None else stain_normalizer(stain_norm, stain_reference)
     if choose_strategy(adata, patches_key, strategy) == "dense":
         _no_spot_options(checkpoint, on_error, stain_norm)

@@ -30,29 +30,50 @@ import numpy as np
 from bench_lazy_patches import _write
 
 
-def _embed(path: Path, n_embed: int, batch_size: int, num_workers: int) -> None:
-    import torch
+def store_path(workdir: str, side: int, spots: int) -> Path:
+    """The synthetic pyramid zarr store under ``workdir``, written first when it is missing."""
+    path = Path(workdir) / f"pyramid_{side}_{spots}.zarr"
+    if not path.exists():
+        start = time.perf_counter()
+        _write(path, side, spots, mpp=0.25, scale_factors=[2, 2, 2])
+        print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    return path
+
+
+def lazy_subset(path: Path, n_embed: int) -> tuple[object, object, object, float]:
+    """Open the store; ``extract_patches(store="lazy")`` on all spots; a random subset of ``n_embed`` of them.
+
+    Returns the SpatialData, the whole table, the subset table and the extraction time in seconds.
+    """
     from spatialdata import read_zarr
 
     import stmorph as st
 
     sdata = read_zarr(path)
-    levels = [sdata.images["he"][name].ds["image"].shape for name in sorted(sdata.images["he"].children)]
     start = time.perf_counter()
     table = st.pp.extract_patches(sdata, store="lazy", copy=True, progress=False)
     t_extract = time.perf_counter() - start
-    params = table.uns["stmorph"]["patches"]["patches"]
     subset = np.sort(np.random.default_rng(2).choice(table.n_obs, size=min(n_embed, table.n_obs), replace=False))
-    sub = table[subset].copy()
+    return sdata, table, table[subset].copy(), t_extract
+
+
+def _embed(path: Path, n_embed: int, batch_size: int, num_workers: int) -> None:
+    import torch
+
+    import stmorph as st
+
+    sdata, table, sub, t_extract = lazy_subset(path, n_embed)
+    levels = [sdata.images["he"][name].ds["image"].shape for name in sorted(sdata.images["he"].children)]
+    params = table.uns["stmorph"]["patches"]["patches"]
     start = time.perf_counter()
     st.tl.embed(sub, image=sdata, batch_size=batch_size, num_workers=num_workers, progress=False)
     t_embed = time.perf_counter() - start
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    rate = len(subset) / t_embed
+    rate = sub.n_obs / t_embed
     print(f"image levels (c, y, x): {levels}; spots {table.n_obs}; torch threads {torch.get_num_threads()}")
     print(f"extract_patches(store='lazy') on all spots: {t_extract:.2f} s; level read {params['level']}, "
           f"window {params['window_px']:.0f} px → {params['patch_size']} px")  # fmt: skip
-    print(f"embed (default encoder, batch {batch_size}, {num_workers} reader threads) of {len(subset)} random spots: "
+    print(f"embed (default encoder, batch {batch_size}, {num_workers} reader threads) of {sub.n_obs} random spots: "
           f"{t_embed:.1f} s = {rate:.2f} spots/s")  # fmt: skip
     print(f"extrapolated to all {table.n_obs} spots at this rate: {table.n_obs / rate / 3600:.1f} h")
     print(f"peak RSS of the embedding process: {peak_gb:.2f} GB "
@@ -70,14 +91,10 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/stmorph_bench_lazy")
     parser.add_argument("--embed-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    path = Path(args.workdir) / f"pyramid_{args.side}_{args.spots}.zarr"
+    path = store_path(args.workdir, args.side, args.spots)
     if args.embed_only:
         _embed(path, args.embed, args.batch_size, args.num_workers)
         return
-    if not path.exists():
-        start = time.perf_counter()
-        _write(path, args.side, args.spots, mpp=0.25, scale_factors=[2, 2, 2])
-        print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     subprocess.run([sys.executable, __file__, *sys.argv[1:], "--embed-only"], check=True)
 
 

@@ -94,6 +94,24 @@ def test_default_embedding_is_float32_1280d_and_deterministic(small_patches):
     assert "again" not in adata.obsm  # copy=True leaves the input alone
 
 
+def test_automatic_batch_size_is_64_on_the_cpu_and_fits_the_free_gpu_memory(small_patches, monkeypatch):
+    from types import SimpleNamespace
+
+    from stmorph.tl import _embed_engine as engine
+
+    adata = _table(small_patches[:3])
+    st.tl.embed(adata, model="hed", progress=False)  # batch_size="auto" by default
+    assert adata.uns["stmorph"]["embed"]["X_hed"]["batch_size"] == 64
+    assert engine.batch_for_memory(16e9, 30e6) == 256  # half of 16 GB holds 266 patches of 30 MB
+    assert engine.batch_for_memory(1e9, 1e9) == 8 and engine.batch_for_memory(1e12, 1e3) == 1024  # clipped
+    encoder = _encoders.resolve_encoder("default", None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16e9, 80e9))
+    monkeypatch.setattr(engine, "_cuda_bytes_per_patch", lambda enc, device: 30e6)
+    assert engine.resolve_batch_size("auto", encoder, SimpleNamespace(type="cuda")) == 256
+    assert engine.resolve_batch_size("auto", encoder, torch.device("cpu")) == 64
+    assert engine.resolve_batch_size(5, encoder, SimpleNamespace(type="cuda")) == 5
+
+
 def test_device_is_recorded_even_when_a_resumed_checkpoint_runs_no_batch(small_patches, tmp_path):
     adata = _table(small_patches[:3])
     st.tl.embed(adata, batch_size=2, device="cpu", checkpoint=tmp_path / "ckpt", progress=False)

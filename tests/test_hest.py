@@ -11,7 +11,8 @@ import pytest
 
 import stmorph as st
 from stmorph._anndata import dataset_info
-from stmorph.errors import ShapeMismatchError
+from stmorph.errors import InvalidParameterError, ShapeMismatchError, StmorphKeyError
+from stmorph.pp import patch_reader
 
 SAMPLE = "TEST0"
 
@@ -96,3 +97,39 @@ def test_patch_barcodes_of_another_sample_are_refused(c2_patches, tmp_path):
         fh["barcode"] = np.array([f"other_{i}" for i in range(c2_patches.n_obs)], dtype="S").reshape(-1, 1)
     with pytest.raises(ShapeMismatchError, match="do not belong together"):
         st.datasets.read_hest(tmp_path, SAMPLE)
+
+
+def test_lazy_hest_sample_embeds_as_the_eager_one_reading_the_file_batch_by_batch(c2_patches, tmp_path):
+    order = np.random.default_rng(1).permutation(c2_patches.n_obs)[:-5]  # shuffled patch file, 5 spots without one
+    _write_hest(tmp_path, c2_patches, order)
+    eager = st.datasets.read_hest(tmp_path, SAMPLE)
+    lazy = st.datasets.read_hest(tmp_path, SAMPLE, store="lazy")
+    assert "patches" not in lazy.obsm and list(lazy.obs_names) == list(eager.obs_names)
+    reader = patch_reader(lazy)
+    np.testing.assert_array_equal(reader.read(np.array([9, 0, 9])), eager.obsm["patches"][[9, 0, 9]])
+    st.tl.embed(eager, model="hed", progress=False)
+    st.tl.embed(lazy, model="hed", batch_size=16, checkpoint=tmp_path / "ckpt", progress=False)
+    np.testing.assert_array_equal(lazy.obsm["X_hed"], eager.obsm["X_hed"])
+    again = st.tl.embed(lazy, model="hed", batch_size=16, checkpoint=tmp_path / "ckpt", resume=True,
+                        key_added="X_again", copy=True, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(again.obsm["X_again"], eager.obsm["X_hed"])
+    subset = lazy[[40, 3, 17]].copy()  # a subset reads its own spots' rows of the file
+    np.testing.assert_array_equal(patch_reader(subset).read(np.arange(3)), eager.obsm["patches"][[40, 3, 17]])
+    lazy.write_h5ad(tmp_path / "lazy.h5ad")
+    back = ad.read_h5ad(tmp_path / "lazy.h5ad")
+    st.tl.embed(back, model="hed", key_added="X_back", progress=False)
+    np.testing.assert_array_equal(back.obsm["X_back"], eager.obsm["X_hed"])
+    (tmp_path / "patches" / f"{SAMPLE}.h5").rename(tmp_path / "moved.h5")
+    before = back.copy()
+    with pytest.raises(FileNotFoundError, match="no longer exists"):
+        st.tl.embed(back, model="hed", key_added="X_gone", progress=False)
+    assert "X_gone" not in back.obsm and back.uns["stmorph"].keys() == before.uns["stmorph"].keys()
+
+
+def test_lazy_hest_patches_are_refused_by_the_dense_strategy_and_a_bad_store_is_named(c2_patches, tmp_path):
+    _write_hest(tmp_path, c2_patches, np.arange(c2_patches.n_obs))
+    lazy = st.datasets.read_hest(tmp_path, SAMPLE, store="lazy")
+    with pytest.raises(StmorphKeyError, match="strategy='dense' reads the image"):
+        st.tl.embed(lazy, strategy="dense", progress=False)
+    with pytest.raises(InvalidParameterError, match="store"):
+        st.datasets.read_hest(tmp_path, SAMPLE, store="disk")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -271,6 +273,46 @@ def test_lazy_patches_refuse_another_image_of_the_same_shape():
         patch_reader(table, image=other)
     with pytest.raises(InvalidParameterError, match="not the one the patches"):
         st.tl.embed(table, model="hed", image=other, progress=False)
+
+
+def test_a_subset_of_a_lazy_table_reads_the_same_patches_and_still_refuses_another_image():
+    sdata = st.datasets.simulate(40, 6, n_planted=2, seed=5, spot_px=16)
+    image = np.asarray(sdata.images["he"].transpose("y", "x", "c"))
+    coords = np.asarray(sdata.tables["table"].obsm["spatial"])
+    table = st.pp.extract_patches((image, coords), mpp=1.0, target_mpp=2.0, patch_size=16, store="lazy", progress=False)
+    rows = np.array([3, 7, 11, 30])  # of the 8 sample spots (rows 0, 6, 11, 17, ... of 40) only 11
+    subset = table[rows].copy()
+    np.testing.assert_array_equal(
+        patch_reader(subset, image=image).read(np.arange(4)), read_patches(image, coords[rows], 32, 16)[0]
+    )
+    with pytest.raises(InvalidParameterError, match="not the one the patches"):
+        patch_reader(subset, image=np.ascontiguousarray(image[::-1]))
+    subset.obsm["patches_centres_px"] = subset.obsm["patches_centres_px"] + 3.0  # sample spot 11 moved
+    with pytest.raises(InvalidParameterError, match="not the one the patches"):
+        patch_reader(subset, image=image)
+
+
+def test_threaded_reader_gives_the_plain_embeddings_in_the_same_order(tmp_path, monkeypatch):
+    from spatialdata import read_zarr
+
+    from stmorph.pp import PatchReader
+
+    sdata = st.datasets.simulate(12, 5, n_planted=2, seed=3)
+    sdata.write(tmp_path / "sim.zarr")
+    on_disk = read_zarr(tmp_path / "sim.zarr")
+    lazy = st.pp.extract_patches(on_disk, store="lazy", target_mpp=3.5, patch_size=32, copy=True, progress=False)
+    plain = st.tl.embed(lazy, image=on_disk, batch_size=3, num_workers=0, progress=False, copy=True)
+    read = PatchReader.read
+
+    def first_batch_slow(self, indices):  # later batches finish first in the pool: order must still hold
+        if indices[0] == 0:
+            time.sleep(0.3)
+        return read(self, indices)
+
+    monkeypatch.setattr(PatchReader, "read", first_batch_slow)
+    threaded = st.tl.embed(lazy, image=on_disk, batch_size=3, num_workers=3, progress=False, copy=True)
+    assert len(np.unique(plain.obsm["X_default"], axis=0)) == 12  # every spot's embedding differs
+    np.testing.assert_array_equal(threaded.obsm["X_default"], plain.obsm["X_default"])
 
 
 def test_nan_pixels_of_a_float_visium_image_are_refused_not_turned_black(her2st_adata):

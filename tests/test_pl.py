@@ -259,3 +259,26 @@ def test_training_draws_the_loss_curves_of_a_trained_model(slices):
 def test_training_names_the_missing_step(slices):
     with pytest.raises(InvalidParameterError, match=r"st\.tl\.predict"):
         st.pl.training(slices["query"], show=False)
+
+
+def test_spatial_draws_an_obs_column_such_as_tissue_fraction_beside_genes(slices, her2st_adata):
+    query = slices["query"]
+    fraction = query.obs["tissue_fraction"].to_numpy()
+    assert fraction.min() < fraction.max()  # the real section has spots off tissue
+    panels = image_axes(st.pl.spatial(on_layout(slices, "spatialdata"), ["ERBB2", "tissue_fraction"], show=False))
+    assert [ax.get_title().split("\n")[0] for ax in panels] == [
+        "ERBB2 · measured",
+        "ERBB2 · predicted (ridge)",
+        "tissue_fraction · obs",
+    ]
+    drawn = np.sort(np.asarray(next(c for c in panels[2].collections).get_array()))
+    np.testing.assert_allclose(drawn, np.sort(fraction), rtol=1e-6)
+    np.testing.assert_allclose(colour_limits(panels[2]), _percentiles(fraction), rtol=1e-6)
+    raw = her2st_adata("C2").copy()  # no prediction needed for an obs column alone
+    st.pp.extract_patches(raw, patch_size=32, target_mpp=4.0, progress=False)
+    alone = image_axes(st.pl.spatial(raw, "tissue_fraction", show=False))
+    assert len(alone) == 1 and alone[0].get_title().startswith("tissue_fraction · obs")
+    raw.obs["region"] = np.where(raw.obs["tissue_fraction"] > 0.5, "tissue", "glass")
+    raw.obs["region"] = raw.obs["region"].astype("category")
+    with pytest.raises(InvalidParameterError, match=r"obs\['region'\] is category.*numeric obs columns"):
+        st.pl.spatial(raw, "region", show=False)

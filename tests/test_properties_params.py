@@ -192,6 +192,7 @@ def _params() -> list[Param]:
         P("tl.embed", "num_workers", "int", lambda a, v: _embed(a, num_workers=v), 0),
         P("tl.embed", "device", "device", lambda a, v: _embed(a, device=v)),
         P("tl.embed", "on_error", "choice", lambda a, v: _embed(a, on_error=v), choices=("raise", "skip")),
+        P("tl.embed", "stain_norm", "choice", lambda a, v: _embed(a, stain_norm=v), choices=("macenko", "reinhard")),
         P("tl.evaluate", "n_top", "int", lambda a, v: st.tl.evaluate(a, "predicted_ridge", n_top=v), 1,
           target=_predicted),
         P("pl.eps_ranking", "n", "int", lambda a, v: st.pl.eps_ranking(a, n=v, show=False), 1, target=_predicted),

@@ -69,6 +69,11 @@ class Key:
             """Window centres of a lazy patch extraction stored under ``key``."""
             return f"{key}_centres_px"
 
+        @staticmethod
+        def patch_rows(key: str = "patches") -> str:
+            """Rows in a patch file (HEST-1k's ``patches/<id>.h5``) of the patches read lazily under ``key``."""
+            return f"{key}_rows"
+
     class obsp:
         """``obsp`` keys of a graph stored under the prefix ``key`` (``graph_key``/``key_added``)."""
 

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._hdf5 import read_rows
+from .._keys import Key
 from .._logging import logger
-from .._validation import InputTypeError, InvalidParameterError, ShapeMismatchError, checks_keys
+from .._validation import InputTypeError, InvalidParameterError, ShapeMismatchError, check_choice, checks_keys
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -88,8 +90,8 @@ def _patch_rows(barcodes: pd.Index, obs_names: pd.Index, path: Path) -> np.ndarr
     return rows
 
 
-def _read_patches(path: Path, obs_names: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the table that have a patch (table order) and their uint8 patches."""
+def _patch_file(path: Path, obs_names: pd.Index) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of the table that have a patch (table order), their rows in the patch file, and the patch side."""
     import h5py
 
     with h5py.File(path, "r") as fh:
@@ -102,13 +104,23 @@ def _read_patches(path: Path, obs_names: pd.Index) -> tuple[np.ndarray, np.ndarr
         barcodes = _decode(fh["barcode"][:])
         if len(barcodes) != len(img):
             raise ShapeMismatchError(f"{path}: {len(img)} patches but {len(barcodes)} barcodes.")
-        rows = _patch_rows(barcodes, obs_names, path)
-        keep = np.flatnonzero(rows >= 0)
-        wanted = rows[keep]
-        order = np.argsort(wanted)
-        patches = np.empty((len(keep), *img.shape[1:]), dtype=np.uint8)
-        patches[order] = img[wanted[order]]  # h5py reads increasing indices
-    return keep, patches
+        size = int(img.shape[1])
+    rows = _patch_rows(barcodes, obs_names, path)
+    keep = np.flatnonzero(rows >= 0)
+    return keep, rows[keep], size
+
+
+def _patch_params(path: Path, store: str, size: int, mpp: float) -> dict[str, Any]:
+    return {
+        "source": "hest",
+        "store": store,
+        "path": str(path.resolve()),
+        "target_mpp": HEST_PATCH_MPP,
+        "patch_size": size,
+        "source_mpp": mpp,
+        "window_px": size * HEST_PATCH_MPP / mpp,
+        "tile_um": size * HEST_PATCH_MPP,
+    }
 
 
 @checks_keys("sample_id", "key_added")
@@ -117,6 +129,7 @@ def read_hest(
     sample_id: str,
     *,
     patches: bool = True,
+    store: str = "memory",
     key_added: str = "patches",
 ) -> AnnData:
     """Read one HEST-1k sample as an AnnData ready for :func:`stmorph.tl.embed`.
@@ -131,6 +144,11 @@ def read_hest(
         Read ``patches/<id>.h5`` into ``obsm[key_added]``. Spots without a HEST patch (outside the
         slide or off tissue) are dropped from the table and the patches are put in the table's
         order, matched on the barcodes. ``False`` reads the expression and metadata only.
+    store
+        ``"memory"`` reads the patches into ``obsm[key_added]``. ``"lazy"`` keeps them in the HDF5
+        file and records each spot's row of it (``obsm[f"{key_added}_rows"]``):
+        :func:`stmorph.tl.embed` then reads them batch by batch (see :func:`stmorph.pp.patch_reader`),
+        so memory stays bounded by a batch; the file must stay where it was read (``path``).
     key_added
         ``obsm`` key of the patches and ``uns["stmorph"]["patches"]`` key of their parameters, as
         :func:`stmorph.pp.extract_patches` writes them.
@@ -140,9 +158,12 @@ def read_hest(
     The expression table of ``st/<id>.h5ad`` (its ``obs``, ``var``, ``obsm["spatial"]`` unchanged),
     with
 
-    ``obsm[key_added]`` : uint8 ``(n_spots, 224, 224, 3)`` patches at 0.5 µm/px (``patches=True``).
-    ``uns["stmorph"]["patches"][key_added]`` : ``source="hest"``, ``store="memory"``,
-    ``target_mpp``, ``patch_size``, ``source_mpp``, ``window_px``, ``tile_um``, ``path``.
+    ``obsm[key_added]`` : uint8 ``(n_spots, 224, 224, 3)`` patches at 0.5 µm/px (``patches=True``,
+    ``store="memory"``).
+    ``obsm[f"{key_added}_rows"]`` : ``(n_spots, 1)`` row of each spot's patch in ``patches/<id>.h5``
+    (``store="lazy"``).
+    ``uns["stmorph"]["patches"][key_added]`` : ``source="hest"``, ``store``, ``target_mpp``,
+    ``patch_size``, ``source_mpp``, ``window_px``, ``tile_um``, ``path`` (and ``rows_key``, lazy).
     ``uns["stmorph"]["dataset"]`` : ``name="hest"``, ``section`` (the sample id), ``mpp`` (µm/px of
     the WSI, ``pixel_size_um_estimated``) and ``metadata``: the sample's metadata (``tissue``,
     ``organ``, ...), plus ``wsi_path`` when ``wsis/<id>.tif`` exists.
@@ -155,16 +176,19 @@ def read_hest(
     ShapeMismatchError
         The patch file's barcodes match no spot, occur twice, or do not match its patch count.
     InvalidParameterError
-        The metadata gives no pixel size.
+        The metadata gives no pixel size, or ``store`` is neither ``"memory"`` nor ``"lazy"``.
 
     Examples
     --------
     >>> import stmorph as st
     >>> table = st.datasets.read_hest("hest_data", "TENX95")  # doctest: +SKIP
     >>> st.tl.embed(table)  # doctest: +SKIP
+    >>> lazy = st.datasets.read_hest("hest_data", "TENX95", store="lazy")  # doctest: +SKIP
+    >>> st.tl.embed(lazy)  # reads the patch file batch by batch  # doctest: +SKIP
     """
     import anndata as ad
 
+    check_choice(store, ("memory", "lazy"), "store")
     files = hest_files(root, sample_id)
     _check_present(files, sample_id, patches)
     meta, mpp = _metadata(files["metadata"])
@@ -173,25 +197,18 @@ def read_hest(
         meta["wsi_path"] = str(files["wsi"].resolve())
     stmorph_uns: dict[str, Any] = {"dataset": {"name": "hest", "section": sample_id, "mpp": mpp, "metadata": meta}}
     if patches:
-        keep, pixels = _read_patches(files["patches"], adata.obs_names)
+        keep, rows, size = _patch_file(files["patches"], adata.obs_names)
         if len(keep) < adata.n_obs:
             logger.info(
                 "read_hest: %d of %d spots have no HEST patch and are dropped", adata.n_obs - len(keep), adata.n_obs
             )
         adata = adata[keep].copy()
-        size = int(pixels.shape[1])
-        adata.obsm[key_added] = pixels
-        stmorph_uns["patches"] = {
-            key_added: {
-                "source": "hest",
-                "store": "memory",
-                "path": str(files["patches"].resolve()),
-                "target_mpp": HEST_PATCH_MPP,
-                "patch_size": size,
-                "source_mpp": mpp,
-                "window_px": size * HEST_PATCH_MPP / mpp,
-                "tile_um": size * HEST_PATCH_MPP,
-            }
-        }
+        params = _patch_params(files["patches"], store, size, mpp)
+        if store == "memory":
+            adata.obsm[key_added] = read_rows(files["patches"], "img", rows)
+        else:
+            params["rows_key"] = Key.obsm.patch_rows(key_added)
+            adata.obsm[params["rows_key"]] = rows.reshape(-1, 1)
+        stmorph_uns["patches"] = {key_added: params}
     adata.uns["stmorph"] = {**adata.uns.get("stmorph", {}), **stmorph_uns}
     return adata

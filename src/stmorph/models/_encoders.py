@@ -588,6 +588,7 @@ def patches_to_tensor(patches: np.ndarray, encoder: Encoder, device: Any = None)
 
     if patches.dtype != np.uint8 or patches.ndim != 4 or patches.shape[-1] != 3:
         raise InputTypeError(f"patches must be uint8 with shape (n, P, P, 3); found {patches.dtype} {patches.shape}.")
+    # the uint8 NHWC batch, permuted, is already channels_last: scaled and normalised in place, no copies
     x = torch.from_numpy(np.ascontiguousarray(patches)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
     size = encoder.input_size
     if x.shape[-2:] != (size, size):
@@ -595,7 +596,7 @@ def patches_to_tensor(patches: np.ndarray, encoder: Encoder, device: Any = None)
     mean = torch.tensor(encoder.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     layout = torch.channels_last if encoder.channels_last else torch.contiguous_format
-    return ((x - mean) / std).contiguous(memory_format=layout)
+    return x.sub_(mean).div_(std).contiguous(memory_format=layout)
 
 
 # --------------------------------------------------------------------------------------------- #

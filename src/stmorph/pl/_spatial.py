@@ -172,6 +172,32 @@ def _check_predicted(values: dict[str, np.ndarray], genes: Sequence[str]) -> Non
             )
 
 
+def obs_columns(table: AnnData, names: Sequence[str]) -> list[str]:
+    """The ``names`` drawn from ``obs`` (a column that is not a gene); a non-numeric one is refused."""
+    import pandas as pd
+
+    columns = [name for name in names if name not in table.var_names and name in table.obs.columns]
+    for name in columns:
+        dtype = table.obs[name].dtype
+        if not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            raise InvalidParameterError(
+                f"adata.obs[{name!r}] is {dtype}; st.pl.spatial draws numeric obs columns (e.g. 'tissue_fraction'). "
+                "Draw categories with `scanpy.pl.spatial`."
+            )
+    return columns
+
+
+def _default_layers(table: AnnData, genes: Sequence[str]) -> list[str]:
+    """Measured and every predicted layer; only the measured panel when all names are obs columns."""
+    return [_utils.MEASURED, *_utils.require_predicted_layers(table)] if genes else [_utils.MEASURED]
+
+
+def percentile_limits(values: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The ``percentiles`` of the finite ``values``: a colour scale a few extreme spots do not wash out."""
+    low, high = np.percentile(values[np.isfinite(values)], percentiles)
+    return float(low), float(high)
+
+
 SCALES = ("panel", "shared")
 SCALE_NOTE = {"panel": "own scale", "shared": "shared scale"}
 """What each panel's title says about its colour scale."""
@@ -182,14 +208,9 @@ def colour_limits(
 ) -> dict[str, tuple[float, float]]:
     """Colour limits of gene ``j`` in each panel: percentiles of the panel's own finite values (``"panel"``),
     or of the gene's values pooled over all its panels (``"shared"``)."""
-
-    def limits(column: np.ndarray) -> tuple[float, float]:
-        low, high = np.percentile(column[np.isfinite(column)], percentiles)
-        return float(low), float(high)
-
     if scale == "panel":
-        return {layer: limits(vals[:, j]) for layer, vals in values.items()}
-    pooled = limits(np.concatenate([vals[:, j] for vals in values.values()]))
+        return {layer: percentile_limits(vals[:, j], percentiles) for layer, vals in values.items()}
+    pooled = percentile_limits(np.concatenate([vals[:, j] for vals in values.values()]), percentiles)
     return dict.fromkeys(values, pooled)
 
 
@@ -223,6 +244,42 @@ def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str,
         sc.pl.spatial(
             view, color=gene, layer=layer, use_raw=False, library_id=library_id, img_key="hires", show=False, **kwargs
         )
+
+
+def _draw_gene(
+    view: AnnData,
+    table: AnnData,
+    gene: str,
+    cells: dict[str, Any],
+    scale: str,
+    percentiles: tuple[float, float],
+    style: dict[str, Any],
+) -> None:
+    """One panel per layer of ``gene``: ``cells`` maps each layer to its axes."""
+    j = list(view.var_names).index(gene)
+    panels = {layer: (view.X if layer == _utils.MEASURED else view.layers[layer]) for layer in cells}
+    limits = colour_limits(panels, j, scale, percentiles)
+    for layer, ax in cells.items():
+        _draw_panel(
+            view,
+            gene,
+            layer=None if layer == _utils.MEASURED else layer,
+            ax=ax,
+            vmin=limits[layer][0],
+            vmax=limits[layer][1],
+            title=_title(table, gene, layer, scale),
+            **style,
+        )
+
+
+def _draw_obs(view: AnnData, column: str, cells: list[Any], limits: tuple[float, float], style: dict[str, Any]) -> None:
+    """The obs column in the row's first panel, on its own scale; the row's other cells are left out."""
+    _draw_panel(
+        view, column, layer=None, ax=cells[0], vmin=limits[0], vmax=limits[1], title=f"{column} · obs\nown scale",
+        **style,
+    )  # fmt: skip
+    for ax in cells[1:]:
+        ax.remove()
 
 
 @_utils.shared_docs
@@ -263,11 +320,14 @@ def spatial(
         ``tables[table_key]`` has ``obsm["spatial"]`` in pixels of ``images[image_key]``. The
         object is never modified.
     genes
-        Gene name(s) in ``var_names``.
+        Gene name(s) in ``var_names``, and/or numeric ``obs`` columns (e.g. ``"tissue_fraction"`` from
+        :func:`stmorph.pp.extract_patches`), each drawn in one panel of its own row on its own
+        ``percentiles`` scale, as scanpy draws an obs column.
     layers
         Panels per gene: ``"measured"`` (the expression the predictions were trained on — the
         ``layer`` recorded by :func:`stmorph.tl.predict`, else ``X``) and/or names in ``layers``.
-        Default: ``"measured"`` followed by every ``layers["predicted_*"]``.
+        Default: ``"measured"`` followed by every ``layers["predicted_*"]`` (only ``"measured"``
+        when every name is an obs column, so no prediction is needed).
     scale
         ``"panel"``: each panel spans the ``percentiles`` of its own values (the pattern of every
         map is visible); ``"shared"``: a gene's panels share the ``percentiles`` of its values
@@ -300,6 +360,8 @@ def spatial(
     >>> adata = st.datasets.her2st_adata("C2")
     >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
     >>> st.pl.spatial(query, ["ERBB2", "FN1"], scale="shared")  # doctest: +SKIP
+    >>> st.pp.extract_patches(adata, progress=False)
+    >>> st.pl.spatial(adata, "tissue_fraction", show=False)  # doctest: +SKIP
     """
     import anndata as ad
 
@@ -308,46 +370,37 @@ def spatial(
     check_range(size, "size", low=0)
     if same_scale is not None:
         check_bool(same_scale, "same_scale")
-    genes = [genes] if isinstance(genes, str) else list(genes)
+    names = [genes] if isinstance(genes, str) else list(genes)
     scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
     table, spatial_uns, library_id = _table_and_image(
         data, table_key=table_key, image_key=image_key, library_id=library_id, max_side=max_image_side
     )
-    layers = list(layers) if layers is not None else [_utils.MEASURED, *_utils.require_predicted_layers(table)]
+    columns = obs_columns(table, names)
+    genes = [name for name in names if name not in columns]
+    layers = list(layers) if layers is not None else _default_layers(table, genes)
     if not layers:
         raise InvalidParameterError("layers is empty; pass at least one of 'measured' or a layer name.")
-    values = _panel_values(table, layers, get_genes(table, genes))
+    values = _panel_values(table, layers, get_genes(table, genes)) if genes else {}
     _check_predicted({k: v for k, v in values.items() if k != _utils.MEASURED}, genes)
-    # A small private AnnData (the chosen genes only, sharing the image): scanpy draws it, the user's object
-    # is never touched.
+    # A small private AnnData (the chosen genes and obs columns only, sharing the image): scanpy draws it, the
+    # user's object is never touched.
     view = ad.AnnData(
         X=values.pop(_utils.MEASURED) if _utils.MEASURED in values else np.zeros((table.n_obs, len(genes))),
         layers=values,
+        obs={name: np.asarray(table.obs[name], dtype=np.float64) for name in columns},
         obsm={"spatial": np.asarray(table.obsm["spatial"], dtype=np.float64)},
         uns={"spatial": spatial_uns},
     )
     view.var_names = genes
     view.obs_names = table.obs_names
-    fig, axes = _utils.subplots(len(genes) * len(layers), ncols=len(layers), panel_size=panel_size)
-    for i, gene in enumerate(genes):
-        limits = colour_limits(
-            {layer: (view.X if layer == _utils.MEASURED else view.layers[layer]) for layer in layers},
-            i,
-            scale,
-            percentiles,
-        )
-        for j, layer in enumerate(layers):
-            _draw_panel(
-                view,
-                gene,
-                layer=None if layer == _utils.MEASURED else layer,
-                library_id=library_id,
-                ax=axes[i * len(layers) + j],
-                vmin=limits[layer][0],
-                vmax=limits[layer][1],
-                title=_title(table, gene, layer, scale),
-                **{"cmap": cmap, "size": size, "frameon": False, **kwargs},
-            )
+    fig, axes = _utils.subplots(len(names) * len(layers), ncols=len(layers), panel_size=panel_size)
+    style = {"library_id": library_id, "cmap": cmap, "size": size, "frameon": False, **kwargs}
+    for row, name in enumerate(names):
+        cells = axes[row * len(layers) : (row + 1) * len(layers)]
+        if name in columns:
+            _draw_obs(view, name, cells, percentile_limits(view.obs[name].to_numpy(), percentiles), style)
+        else:
+            _draw_gene(view, table, name, dict(zip(layers, cells)), scale, percentiles, style)
     return _utils.savefig_or_show(fig, "spatial", show=show, save=save)

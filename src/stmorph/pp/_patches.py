@@ -15,7 +15,7 @@ from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
 from .._validation import check_bool, check_choice, check_int, check_range, checks_keys
-from ._lazy import PatchReader
+from ._lazy import PatchReader, sample_record
 from ._sources import patch_source
 from ._tissue import tissue_mask, window_fractions
 from ._windows import as_yxc, check_inside, check_stored, read_patches, window_origins, windows_inside
@@ -140,8 +140,9 @@ def extract_patches(
     ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
     ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
     SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``;
-    ``store="lazy"``: ``centres_key`` and ``sample_hash``, a hash of 8 sample windows by which
-    :func:`patch_reader` refuses another image of the same size).
+    ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hash``
+    (8 sample spots, their window centres and a hash of their pixels) by which :func:`patch_reader`
+    refuses another image of the same size or moved window centres, also for a subset of the table).
 
     Raises
     ------
@@ -192,7 +193,7 @@ def extract_patches(
     else:
         complete = windows_inside(source.centres, window_px, patch_size, image.shape)
         params["centres_key"] = Key.obsm.patch_centres(key_added)
-        params["sample_hash"] = PatchReader(image, source.centres, window_px, patch_size).sample_hash()
+        params.update(sample_record(PatchReader(image, source.centres, window_px, patch_size), table.obs_names))
         obsm = {params["centres_key"]: source.centres}
     tissue = _tissue_fraction(source, image, window_px, patch_size)
     if not complete.all():

@@ -58,7 +58,7 @@ def choose_strategy(adata: AnnData, patches_key: str, strategy: str) -> str:
     if strategy != "auto":
         return strategy
     params = lazy_patch_params(adata, patches_key)
-    if params is None:
+    if params is None or "centres_key" not in params:  # in obsm, or rows of a patch file (HEST)
         return "spot"
     spacing = median_spacing(np.asarray(adata.obsm[params["centres_key"]], dtype=np.float64))
     chosen = "dense" if spacing < float(params["window_px"]) / 2 else "spot"
@@ -287,7 +287,7 @@ class Rows:
 # --------------------------------------------------------------------------------------------- #
 def _lazy_reader(adata: AnnData, patches_key: str, image: Any) -> tuple[PatchReader, dict[str, Any]]:
     params = lazy_patch_params(adata, patches_key)
-    if params is None:
+    if params is None or "centres_key" not in params:
         raise StmorphKeyError(
             f"strategy='dense' reads the image itself: no store='lazy' extraction under {patches_key!r}. Run "
             f"`st.pp.extract_patches(..., store='lazy', key_added={patches_key!r})` first (no pixels are read)."

@@ -11,6 +11,7 @@ from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
+from ..pp._stain import stain_normalizer
 from ._dense import choose_strategy, dense_embedding_outputs
 from ._embed_engine import check_engine_options, embedding_outputs
 
@@ -28,12 +29,12 @@ def embed(
     *,
     model: str = "default",
     weights: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
     image: Any = None,
-    num_workers: int = 0,
+    num_workers: int = 1,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     on_error: str = "raise",
@@ -44,6 +45,8 @@ def embed(
     halo: int = 128,
     store: str = "memory",
     store_path: str | os.PathLike | None = None,
+    stain_norm: str | None = None,
+    stain_reference: Any = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Embed each spot's image patch with an image encoder.
@@ -65,7 +68,10 @@ def embed(
         ``"hub"`` to download with timm (needs internet; UNI needs granted access). Not used by
         ``"default"`` and ``"hed"``.
     batch_size
-        Patches per forward pass.
+        Patches per forward pass. ``"auto"`` (default): 64 on the CPU (and for featurizers such as
+        ``"hed"``); on CUDA the largest power of two from 8 to 1024 whose activations, measured on a
+        probe pass of 8 patches, fill at most half the free GPU memory. The batch used is recorded;
+        to resume a checkpoint on another GPU, pass that number.
     device
         Torch device; ``"auto"`` uses CUDA when available. On the CPU results are deterministic.
     key_added
@@ -79,7 +85,8 @@ def embed(
         for a Visium AnnData). See :func:`stmorph.pp.patch_reader`.
     num_workers
         Background threads preparing batches (reading lazy patches, scaling, resizing) while the
-        encoder runs; 0 prepares them in the calling thread.
+        encoder runs (default one: reading and decoding release the GIL, so the next batch is ready
+        when the encoder finishes); 0 prepares them in the calling thread. The result does not depend on it.
     checkpoint
         Folder where finished batches are saved as they complete (``embeddings.npy``, a float32
         memory-mapped array, and ``progress.json``), so that an interrupted run can be resumed. It
@@ -115,6 +122,15 @@ def embed(
         chunks: ``resume=True`` continues it.
     store_path
         Folder of the zarr array for ``store="zarr"``.
+    stain_norm
+        Stain normalisation of each patch as it is read, before the encoder (per-spot strategy):
+        ``None`` (default, none), ``"macenko"`` (Macenko et al., ISBI 2009) or ``"reinhard"``
+        (Reinhard et al. 2001), by the ``torchstain`` package (numpy backend; ``pip install torchstain``).
+        A patch whose stains cannot be estimated (blank glass) is embedded unchanged and counted.
+    stain_reference
+        uint8 RGB reference the normaliser is fitted on: ``(n, P, P, 3)`` patches (e.g. well-stained
+        patches of a reference slide, the same for every slide of a cohort) or an ``(H, W, 3)`` image.
+        Default, Macenko only: torchstain's published reference stain matrix.
     {copy}
 
     Returns
@@ -124,6 +140,8 @@ def embed(
     ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings (a dask array over the zarr array with
     ``store="zarr"``).
     ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device;
+    with ``stain_norm``, a ``stain_norm`` record: method, library version, reference and its fitted
+    parameters, ``n_unchanged`` patches;
     ``on_error`` and the ``failed`` spots' ``obs_names`` and ``errors`` when given ``checkpoint`` or ``on_error``;
     ``sequence``, the run's number on this table, by which :func:`eps` finds the latest embedding).
 
@@ -137,7 +155,9 @@ def embed(
         Unknown encoder (the registered names are listed) or weights that do not suit it; with
         ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
         a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
-        ``on_error`` given (a dense run resumes from its zarr store).
+        ``on_error`` given (a dense run resumes from its zarr store); unknown ``stain_norm``, Reinhard without
+        ``stain_reference``, ``stain_reference`` without ``stain_norm``, ``stain_norm`` with
+        ``strategy="dense"``, or a reference without stains.
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -170,8 +190,11 @@ def embed(
         image = adata  # lazy patches are read from the SpatialData's image
     adata = table_of(adata, table_key, name="st.tl.embed")
     key = key_added or Key.obsm.embedding(model)
+    if stain_norm is None and stain_reference is not None:
+        raise InvalidParameterError("stain_reference= is used only with stain_norm='macenko' or 'reinhard'.")
+    normaliser = None if stain_norm is None else stain_normalizer(stain_norm, stain_reference)
     if choose_strategy(adata, patches_key, strategy) == "dense":
-        _no_spot_options(checkpoint, on_error)
+        _no_spot_options(checkpoint, on_error, stain_norm)
         emb, params = dense_embedding_outputs(
             adata, model=model, weights=weights, key=key, patches_key=patches_key, image=image,
             tile_size=tile_size, halo=halo, device=device, store=store, store_path=store_path, resume=resume,
@@ -181,7 +204,7 @@ def embed(
         emb, params = _spot_outputs(
             adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
             image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
-            on_error=on_error, store=store,
+            on_error=on_error, store=store, stain_norm=normaliser,
         )  # fmt: skip
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
     params["sequence"] = next_sequence(adata)
@@ -190,11 +213,11 @@ def embed(
     return adata if copy else None
 
 
-def _no_spot_options(checkpoint: Any, on_error: str) -> None:
-    if checkpoint is not None or on_error != "raise":
+def _no_spot_options(checkpoint: Any, on_error: str, stain_norm: str | None) -> None:
+    if checkpoint is not None or on_error != "raise" or stain_norm is not None:
         raise InvalidParameterError(
-            "strategy='dense' takes neither checkpoint= nor on_error=: it resumes from its zarr store "
-            "(store='zarr', resume=True) and reads whole tiles."
+            "strategy='dense' takes neither checkpoint=, on_error= nor stain_norm=: it resumes from its zarr "
+            "store (store='zarr', resume=True) and reads whole tiles."
         )
 
 

@@ -37,7 +37,8 @@ class Param:
     ``kind`` is ``"int"``, ``"float"``, ``"choice"``, ``"device"``, ``"key"`` (a key name), ``"keys"`` (a
     name or a list of names) or ``"output key"`` (a name written to, no ``'/'``); ``low``/``high`` bound the
     accepted values (``open_low``: the low bound itself is refused), ``choices`` list the accepted names;
-    ``optional`` parameters accept ``None``. ``target()`` builds the AnnData the call is given.
+    ``optional`` parameters accept ``None``, and ``accepted`` names the strings a numeric one also takes.
+    ``target()`` builds the AnnData the call is given.
     """
 
     function: str
@@ -50,6 +51,7 @@ class Param:
     choices: tuple[str, ...] = ()
     target: Callable[[], Any] = table
     optional: bool = False
+    accepted: tuple[str, ...] = ()  # non-numeric values the parameter also takes (``batch_size="auto"``)
 
 
 def _junk(optional: bool) -> hs.SearchStrategy:
@@ -102,7 +104,8 @@ def hostile(p: Param) -> hs.SearchStrategy:
             hs.none(),
         )
     fractions = hs.floats(allow_nan=False, allow_infinity=False).filter(lambda v: not float(v).is_integer())
-    strategies = [_junk(p.optional), _non_finite(), *_out_of_range(p)]
+    strategies = [_junk(p.optional).filter(lambda v: not (isinstance(v, str) and v in p.accepted)), _non_finite()]
+    strategies += _out_of_range(p)
     if p.kind == "int":
         strategies.append(fractions)
     return hs.one_of(strategies)
@@ -188,7 +191,7 @@ def _params() -> list[Param]:
         P("tl.predict", "device", "device", lambda a, v: _predict(a, device=v)),
         P("tl.predict", "method", "choice", lambda a, v: _predict(a, method=v), choices=tuple(st.tl.list_methods())),
         P("tl.predict", "alpha", "float", lambda a, v: _predict(a, alpha=v), 0),
-        P("tl.embed", "batch_size", "int", lambda a, v: _embed(a, batch_size=v), 1, 65536),
+        P("tl.embed", "batch_size", "int", lambda a, v: _embed(a, batch_size=v), 1, 65536, accepted=("auto",)),
         P("tl.embed", "num_workers", "int", lambda a, v: _embed(a, num_workers=v), 0),
         P("tl.embed", "device", "device", lambda a, v: _embed(a, device=v)),
         P("tl.embed", "on_error", "choice", lambda a, v: _embed(a, on_error=v), choices=("raise", "skip")),

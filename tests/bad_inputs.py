@@ -519,6 +519,18 @@ def embed_key_added_given_as_a_list():
     return a, lambda: st.tl.embed(a, model="hed", key_added=["X_a", "X_b"], progress=False)
 
 
+@_case("st.tl.embed", "stain_norm='reinhard' without stain_reference", InvalidParameterError)
+def embed_reinhard_without_a_reference():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", stain_norm="reinhard", progress=False)
+
+
+@_case("st.tl.embed", "stain_reference without stain_norm", InvalidParameterError)
+def embed_stain_reference_without_stain_norm():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", stain_reference=a.obsm["patches"][:4], progress=False)
+
+
 @_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
 def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
     sdata = _zarr_missing_chunk(extract_first=False)

@@ -50,15 +50,19 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
 
-def _model_only(patches: np.ndarray, batch_size: int, device: str) -> tuple[float, float]:
-    """Wall and CPU seconds of the default encoder's forward passes alone over ``patches`` (tensors prepared first)."""
+def _model_only(patches: np.ndarray, batch_size: int, device: str, fold: bool = True) -> tuple[float, float]:
+    """Wall and CPU seconds of the default encoder's forward passes alone over ``patches`` (tensors prepared first).
+
+    ``fold``: the module ``st.tl.embed`` runs (batch norms folded into the convolutions); else the
+    encoder as built, with its batch norms.
+    """
     import torch
 
-    from stmorph.models._encoders import patches_to_tensor, resolve_encoder
+    from stmorph.models._encoders import inference_encoder, patches_to_tensor, resolve_encoder
     from stmorph.models._train import resolve_device
 
     dev = resolve_device(device)
-    encoder = resolve_encoder("default", None)
+    encoder = (inference_encoder if fold else resolve_encoder)("default", None)
     module = encoder.module.to(dev).eval()
     batches = range(0, len(patches), batch_size)
     tensors = [patches_to_tensor(patches[s : s + batch_size], encoder, device=dev) for s in batches]
@@ -90,6 +94,8 @@ def _lazy_rates(args: argparse.Namespace) -> None:
     _row("embed, lazily read, end to end", n, lazy[0], f"{_load()}, CPU {lazy[1]:.1f} s")
     after = _model_only(patches, batch, args.device)
     _row("model only (after), default", n, after[0], f"{_load()}, CPU {after[1]:.1f} s")
+    unfolded = _model_only(patches, batch, args.device, fold=False)
+    _row("model only, batch norms not folded", n, unfolded[0], f"{_load()}, CPU {unfolded[1]:.1f} s")
     wall, cpu = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     print(f"\nend-to-end / model-only rate: {wall / lazy[0]:.2f} by wall time (load-sensitive: the end-to-end run has "
           f"one more thread), {cpu / lazy[1]:.2f} by CPU time (the model's share of the end-to-end work; model-only: "

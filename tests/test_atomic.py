@@ -50,7 +50,7 @@ def test_predict_failure_after_fit_and_prediction_leaves_adata_unchanged(monkeyp
 
 def test_embed_failure_after_some_batches_leaves_adata_unchanged(monkeypatch):
     adata = table()
-    hed = _embed_engine.resolve_encoder("hed", None)
+    hed = _embed_engine.inference_encoder("hed", None)
     calls = []
 
     def flaky(patches):
@@ -59,7 +59,7 @@ def test_embed_failure_after_some_batches_leaves_adata_unchanged(monkeypatch):
             raise InjectedFailure("encoder crashed on batch 3")
         return hed(patches)
 
-    monkeypatch.setattr(_embed_engine, "resolve_encoder", lambda model, weights: flaky)
+    monkeypatch.setattr(_embed_engine, "inference_encoder", lambda model, weights: flaky)
     _run_failing(adata, lambda: st.tl.embed(adata, model="hed", batch_size=16, progress=False))
     assert calls == [16, 16, 16]
 

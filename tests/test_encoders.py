@@ -229,3 +229,45 @@ def test_cnn_encoders_run_channels_last_with_the_same_features(patches):
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
     vit = _encoders.Encoder(None, 0, (0.5,) * 3, (0.5,) * 3, 224)
     assert patches_to_tensor(patches, vit).is_contiguous()
+
+
+def test_folded_batch_norms_give_the_same_features_and_leave_the_encoder_alone(patches):
+    enc = build_encoder("default")
+    before = {k: v.clone() for k, v in enc.module.state_dict().items()}
+    fast = _encoders.fold_batchnorm(enc)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.module.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.module.modules()) == 49  # the original is intact
+    assert all(torch.equal(v, before[k]) for k, v in enc.module.state_dict().items())
+    x = patches_to_tensor(patches, enc)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.module(x), enc.module(x), rtol=1e-4, atol=1e-4)
+    enc.module.train()
+    assert _encoders.fold_batchnorm(enc) is enc  # a module being trained keeps its batch norms
+
+
+class _NormBeforeConv(torch.nn.Module):
+    """Children listed conv → norm, but the norm runs first: folding them in that order would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.norm.running_mean.fill_(0.4)
+        self.norm.running_var.fill_(2.0)
+
+    def forward(self, x):
+        return self.conv(self.norm(x)).mean(dim=(2, 3))
+
+
+def test_a_module_whose_children_are_not_in_forward_order_is_not_folded():
+    enc = _encoders.Encoder(_NormBeforeConv().eval(), 3, (0.5,) * 3, (0.5,) * 3, 16)
+    assert _encoders.fold_batchnorm(enc) is enc
+
+
+def test_embed_uses_the_folded_encoder_with_the_same_embeddings(patches):
+    adata = ad.AnnData(np.zeros((len(patches), 1), np.float32), obsm={"patches": patches})
+    st.tl.embed(adata, progress=False)
+    enc = build_encoder("default")
+    with torch.inference_mode():
+        plain = enc.module(patches_to_tensor(patches, enc)).numpy()
+    np.testing.assert_allclose(adata.obsm["X_default"], plain, rtol=1e-4, atol=1e-4)

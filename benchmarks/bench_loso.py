@@ -52,6 +52,9 @@ METHODS = {
     "bleep-e150": ("bleep", {"epochs": 150}),
     "heclip-loss": ("heclip", {"select": "loss"}),
     "heclip-old": ("heclip", {"select": "loss", "grouped_validation": False, "epochs": 15}),
+    "heclip-e100": ("heclip", {"epochs": 100}),
+    "heclip-t10": ("heclip", {"temperature": 10.0}),
+    "heclip-lr1e-4": ("heclip", {"lr": 1e-4, "epochs": 100}),
     "knn-cv": ("knn", {"k": "cv"}),
     "knn-std": ("knn", {"standardize": True}),
 }

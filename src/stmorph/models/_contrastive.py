@@ -475,18 +475,28 @@ class BLEEP(ContrastivePredictor):
     dropout
         Dropout of the projection heads (0.1).
     epochs, batch_size
-        Default 150 epochs of batches of 256 spots (BLEEP).
+        Batches of 256 spots (BLEEP); 150 epochs end-to-end (BLEEP), at most 300 in frozen mode,
+        where the best epoch by ``select`` is usually between 150 and 250.
     n_views
         Augmented views of each patch per epoch in end-to-end mode (BLEEP: 1).
     lr, weight_decay
         AdamW settings (1e-3, 1e-3).
     val_fraction
-        Fraction of the reference spots held out to keep the epoch with the lowest validation
-        loss (0 trains on all spots and keeps the last epoch); all spots stay in the retrieval
-        reference.
+        Fraction of the reference spots held out to choose the epoch (0 trains on all spots for
+        ``epochs`` and keeps the last one); all spots stay in the retrieval reference.
     patience
-        Stop after this many epochs without a lower validation loss (the best epoch is kept
-        either way); ``None`` trains all ``epochs``.
+        Stop after this many epochs without a better validation score (or loss); the best epoch
+        is kept either way; ``None`` trains all ``epochs``.
+    select
+        ``"score"`` (default): keep the epoch whose retrieval predicts the held-out spots best
+        (mean Pearson r of their 50 most variable genes, retrieved from the training spots);
+        ``"loss"``: the lowest validation loss (BLEEP's and HECLIP's code).
+    grouped_validation
+        With ``groups`` in :meth:`fit` (``st.tl.predict`` passes the reference sections, or
+        spatial blocks of a single reference), hold out whole groups; ``False``: random spots.
+    refit
+        After choosing the epoch, train again from the same initialisation on every reference
+        spot for that many epochs (default); ``False`` keeps the selection run's best epoch.
     k
         Number of retrieved reference spots (50).
     aggregation
@@ -502,7 +512,8 @@ class BLEEP(ContrastivePredictor):
     Attributes
     ----------
     history
-        ``{"loss": [...], "val_loss": [...]}`` per epoch.
+        ``{"loss": [...], "val_loss": [...], "val_score": [...]}`` per epoch of the selection run,
+        and ``"refit_loss"`` per epoch of the refit.
     reference_embeddings_, reference_expression_
         The retrieval bank: expression embeddings of the reference spots and their expression.
 
@@ -532,8 +543,8 @@ class HECLIP(ContrastivePredictor):
 
     Parameters
     ----------
-    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, k, aggregation, \
-chunk_size, inference_batch_size, random_state, device, progress
+    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, select, \
+grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
     projection_dim
         Not accepted: HECLIP's joint space is the gene space.

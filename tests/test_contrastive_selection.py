@@ -127,11 +127,23 @@ def test_predict_passes_one_group_per_reference_section(monkeypatch):
     np.testing.assert_array_equal(seen[0], groups)
 
 
+def test_frozen_heclip_retrieves_by_expression_and_the_paper_keys_stay_available():
+    X, Y, groups = _sections()
+    frozen = HECLIP(**FAST).fit(X, Y, groups=groups)
+    np.testing.assert_array_equal(frozen.reference_embeddings_, Y)  # HECLIP's expression side is the gene vector
+    by_image = HECLIP(**FAST, retrieve_from="image").fit(X, Y, groups=groups)
+    np.testing.assert_allclose(by_image.reference_embeddings_, by_image.embed_images(X), rtol=1e-6)
+    assert HECLIP(mode="end_to_end").params["retrieve_from"] == "image"  # the paper's, end-to-end
+    assert BLEEP().params["retrieve_from"] == "expression"
+
+
 def test_bad_selection_settings_raise_clear_errors():
     X, Y, groups = _sections()
     with pytest.raises(InvalidParameterError, match="select"):
         BLEEP(select="accuracy")
     with pytest.raises(InvalidParameterError, match="refit"):
         HECLIP(refit="yes")
+    with pytest.raises(InvalidParameterError, match="retrieve_from"):
+        HECLIP(retrieve_from="patches")
     with pytest.raises(ShapeMismatchError, match="group labels"):
         BLEEP(**FAST).fit(X, Y, groups=groups[:-1])

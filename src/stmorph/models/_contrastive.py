@@ -55,8 +55,9 @@ from ._weights import load_into, load_state_dict_safely
 
 MODES = ("frozen", "end_to_end")
 SELECTIONS = ("score", "loss")
+RETRIEVAL_KEYS = ("image", "expression")
 BLEEP_FROZEN_EPOCHS = 300
-HECLIP_FROZEN_EPOCHS = 15
+HECLIP_FROZEN_EPOCHS = 100
 """Frozen-mode epoch budgets; the best epoch by validation retrieval score is kept (docs/benchmarks.md, issue 15)."""
 ENCODER_PREFIX = "image_encoder."
 
@@ -142,6 +143,7 @@ class ContrastivePredictor(TorchPredictor):
     loss: ClassVar[Any]
     expression_head: ClassVar[bool]
     retrieve_from: ClassVar[str]
+    """The paper's retrieval keys: the reference spots' ``"image"`` or ``"expression"`` embeddings."""
     defaults: ClassVar[dict[str, Any]]
     frozen_defaults: ClassVar[dict[str, Any]]
     """Defaults that differ in frozen mode (a small head on fixed embeddings trains longer, see ``select``)."""
@@ -167,6 +169,7 @@ class ContrastivePredictor(TorchPredictor):
         select: str = "score",
         grouped_validation: bool = True,
         refit: bool = True,
+        retrieve_from: str | None = None,
         k: int = 50,
         aggregation: str = "mean",
         chunk_size: int | None = None,
@@ -178,6 +181,8 @@ class ContrastivePredictor(TorchPredictor):
         check_choice(mode, MODES, "mode")
         check_choice(aggregation, AGGREGATIONS, "aggregation")
         check_choice(select, SELECTIONS, "select")
+        if retrieve_from is not None:
+            check_choice(retrieve_from, RETRIEVAL_KEYS, "retrieve_from")
         check_encoder_name(encoder)
         if projection_dim is not None and not self.expression_head:
             raise InvalidParameterError(
@@ -187,6 +192,8 @@ class ContrastivePredictor(TorchPredictor):
         given = {"projection_dim": projection_dim, "epochs": epochs, "batch_size": batch_size, "n_views": n_views}
         defaults = {**self.defaults, **(self.frozen_defaults if mode == "frozen" else {})}
         settings = {**defaults, **{key: value for key, value in given.items() if value is not None}}
+        keys_from = retrieve_from or settings.pop("retrieve_from", self.retrieve_from)
+        settings.pop("retrieve_from", None)
         check_range(temperature, "temperature", 0, None)
         check_range(dropout, "dropout", 0, 1, inclusive=True)
         check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
@@ -204,6 +211,7 @@ class ContrastivePredictor(TorchPredictor):
             "select": select,
             "grouped_validation": check_bool(grouped_validation, "grouped_validation"),
             "refit": check_bool(refit, "refit"),
+            "retrieve_from": keys_from,
             "k": int(k),
             "aggregation": aggregation,
             "inference_batch_size": int(inference_batch_size),
@@ -380,7 +388,7 @@ class ContrastivePredictor(TorchPredictor):
         return self._inference(self.net_.image, X, self._to_tensor, self.params["inference_batch_size"])
 
     def _reference_keys(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        if self.retrieve_from == "image":
+        if self.params["retrieve_from"] == "image":
             return self._image_embeddings(X)
         to_tensor = lambda y: torch.from_numpy(y).to(self._device())  # noqa: E731
         return self._inference(self.net_.expression, Y, to_tensor, self.params["inference_batch_size"])
@@ -565,4 +573,4 @@ grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, ran
     expression_head = False
     retrieve_from = "image"
     defaults: ClassVar[dict[str, Any]] = {"epochs": 15, "batch_size": 128, "n_views": 2}
-    frozen_defaults: ClassVar[dict[str, Any]] = {"epochs": HECLIP_FROZEN_EPOCHS}
+    frozen_defaults: ClassVar[dict[str, Any]] = {"epochs": HECLIP_FROZEN_EPOCHS, "retrieve_from": "expression"}

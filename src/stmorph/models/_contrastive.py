@@ -10,7 +10,8 @@ the query image's embedding:
   retrieval over the reference *expression* embeddings.
 - **HECLIP** (Wang et al. 2025): the image is projected to the gene dimension and compared with
   the gene vector itself (no expression head); loss :func:`~stmorph.models._losses.heclip_loss`;
-  two augmented views of every patch per epoch; retrieval over the reference *image* embeddings.
+  two augmented views of every patch per epoch; retrieval over the reference *image* embeddings
+  end-to-end, over the reference expression vectors in frozen mode (``retrieve_from``).
 """
 
 from __future__ import annotations
@@ -505,6 +506,9 @@ class BLEEP(ContrastivePredictor):
     refit
         After choosing the epoch, train again from the same initialisation on every reference
         spot for that many epochs (default); ``False`` keeps the selection run's best epoch.
+    retrieve_from
+        Reference keys searched at prediction: ``"expression"`` (the expression embeddings;
+        BLEEP's, the default) or ``"image"`` (the image embeddings).
     k
         Number of retrieved reference spots (50).
     aggregation
@@ -547,13 +551,18 @@ class HECLIP(ContrastivePredictor):
     The image (encoder features + projection head) is projected to the gene dimension and compared
     with the expression vector itself; the loss keeps only the image-side cross-entropy against an
     image-image similarity target. Prediction averages the expression of the ``k`` reference spots
-    whose *image* embeddings are nearest to the query image's.
+    whose *image* embeddings are nearest to the query image's (end-to-end, as HECLIP); in frozen
+    mode the default ``retrieve_from="expression"`` compares the query image's projection with
+    the reference gene vectors instead (on fixed embeddings image–image retrieval stays at the
+    level of untrained retrieval; docs/benchmarks.md).
 
     Parameters
     ----------
     mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, select, \
 grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
+    retrieve_from
+        ``None``: ``"image"`` end-to-end (HECLIP), ``"expression"`` in frozen mode.
     projection_dim
         Not accepted: HECLIP's joint space is the gene space.
     epochs, batch_size

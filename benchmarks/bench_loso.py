@@ -53,6 +53,7 @@ METHODS = {
     "bleep-old": ("bleep", OLD_BLEEP),
     "bleep-random": ("bleep", {"grouped_validation": False}),
     "bleep-e150": ("bleep", {"epochs": 150}),
+    "bleep-norefit": ("bleep", {"refit": False}),
     "heclip-loss": ("heclip", {"select": "loss"}),
     "heclip-image": ("heclip", {"retrieve_from": "image", "epochs": 15}),
     "heclip-old": ("heclip", OLD_HECLIP),

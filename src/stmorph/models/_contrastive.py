@@ -499,7 +499,8 @@ class BLEEP(ContrastivePredictor):
     select
         ``"score"`` (default): keep the epoch whose retrieval predicts the held-out spots best
         (mean Pearson r of their 50 most variable genes, retrieved from the training spots);
-        ``"loss"``: the lowest validation loss (BLEEP's and HECLIP's code).
+        ``"loss"``: the lowest validation loss (BLEEP's and HECLIP's code). The score costs one
+        embedding of the reference per epoch (a forward pass over the patches end-to-end).
     grouped_validation
         With ``groups`` in :meth:`fit` (``st.tl.predict`` passes the reference sections, or
         spatial blocks of a single reference), hold out whole groups; ``False``: random spots.

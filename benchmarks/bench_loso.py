@@ -33,6 +33,9 @@ from stmorph.models._cv import fold_scores
 SECTIONS = ("C2", "C3", "C4", "C5")
 CACHE = Path("/tmp/stmorph_bench_loso")
 ENCODERS = {"X_default": "default", "X_hed": "hed"}
+BEFORE_15 = {"select": "loss", "grouped_validation": False, "refit": False}  # epoch selection before issue 15 §3
+OLD_BLEEP = {**BEFORE_15, "epochs": 150}
+OLD_HECLIP = {**BEFORE_15, "epochs": 15, "retrieve_from": "image"}
 METHODS = {
     "knn": ("knn", {}),
     "ridge": ("ridge", {}),
@@ -40,12 +43,23 @@ METHODS = {
     "auto": ("auto", {}),
     "mlp-es": ("mlp", {"val_fraction": 0.2, "patience": 10}),
     "bleep": ("bleep", {}),
-    "heclip": ("heclip", {}),
-    "bleep-t0.1": ("bleep", {"temperature": 0.1}),
-    "bleep-wd0.1": ("bleep", {"weight_decay": 0.1}),
-    "bleep-p64": ("bleep", {"projection_dim": 64}),
-    "bleep-drop0.5": ("bleep", {"dropout": 0.5}),
-    "heclip-e50": ("heclip", {"epochs": 50}),
+    "heclip": ("heclip", {}),  # frozen defaults; the *-old labels reproduce the defaults before issue 15 §3
+    "bleep-t0.1": ("bleep", {**OLD_BLEEP, "temperature": 0.1}),
+    "bleep-wd0.1": ("bleep", {**OLD_BLEEP, "weight_decay": 0.1}),
+    "bleep-p64": ("bleep", {**OLD_BLEEP, "projection_dim": 64}),
+    "bleep-drop0.5": ("bleep", {**OLD_BLEEP, "dropout": 0.5}),
+    "heclip-e50": ("heclip", {**OLD_HECLIP, "epochs": 50}),
+    "bleep-loss": ("bleep", {"select": "loss"}),
+    "bleep-old": ("bleep", OLD_BLEEP),
+    "bleep-random": ("bleep", {"grouped_validation": False}),
+    "bleep-e150": ("bleep", {"epochs": 150}),
+    "bleep-norefit": ("bleep", {"refit": False}),
+    "heclip-loss": ("heclip", {"select": "loss"}),
+    "heclip-image": ("heclip", {"retrieve_from": "image", "epochs": 15}),
+    "heclip-old": ("heclip", OLD_HECLIP),
+    "heclip-image-e100": ("heclip", {"retrieve_from": "image", "epochs": 100}),
+    "heclip-image-t10": ("heclip", {"retrieve_from": "image", "epochs": 15, "temperature": 10.0}),
+    "heclip-image-lr1e-4": ("heclip", {"retrieve_from": "image", "lr": 1e-4, "epochs": 100}),
     "knn-cv": ("knn", {"k": "cv"}),
     "knn-std": ("knn", {"standardize": True}),
 }

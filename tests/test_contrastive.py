@@ -65,7 +65,8 @@ def test_same_seed_gives_identical_predictions(cls, planted):
 
 def test_patience_stops_after_epochs_without_a_better_validation_loss_and_keeps_the_best(planted):
     X, Y, _, train, _ = planted
-    model = BLEEP(**{**FAST, "epochs": 60}, patience=2, lr=0.05).fit(X[train], Y[train])  # a high lr: val loss stalls
+    settings = {**FAST, "epochs": 60, "patience": 2, "lr": 0.05, "select": "loss"}  # a high lr: val loss stalls
+    model = BLEEP(**settings).fit(X[train], Y[train])
     val = np.asarray(model.history["val_loss"])
     best = int(np.argmin(val))
     assert len(val) < 60 and len(val) == best + 1 + 2  # stopped two epochs after the best one

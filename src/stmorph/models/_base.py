@@ -73,9 +73,32 @@ def check_expression(Y: np.ndarray, n_obs: int) -> np.ndarray:
 
 
 def train_val_split(
-    n: int, val_fraction: float, rng: np.random.Generator, min_train: int
+    n: int, val_fraction: float, rng: np.random.Generator, min_train: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random split of ``n`` spots into training and validation indices (validation may be empty)."""
+    """Split ``n`` spots into training and validation indices (validation may be empty).
+
+    Without ``groups`` (or with a single group) the validation spots are a random
+    ``val_fraction`` of the spots. With ``groups`` (one label per spot: the reference sections,
+    or spatial blocks of one section) whole groups are held out, in a random order, until they
+    hold at least ``val_fraction`` of the spots; at least one group stays in training.
+    Neighbouring spots share tissue, so a random split lets the validation spots be predicted
+    from their own neighbours and rewards the epoch that fits the references best, not the one
+    that transfers to a new section.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> train, val = train_val_split(6, 0.3, rng, min_train=2, groups=np.array([0, 0, 1, 1, 2, 2]))
+    >>> len(val), len(set(np.array([0, 0, 1, 1, 2, 2])[val]))
+    (2, 1)
+    """
+    if groups is not None and len(np.unique(groups)) > 1 and val_fraction > 0:
+        labels = rng.permutation(np.unique(groups))
+        sizes = np.array([np.sum(groups == g) for g in labels])
+        n_held = min(int(np.searchsorted(np.cumsum(sizes), val_fraction * n)) + 1, len(labels) - 1)
+        is_val = np.isin(groups, labels[:n_held])
+        if n - is_val.sum() >= min_train:
+            return np.flatnonzero(~is_val), np.flatnonzero(is_val)
     order = rng.permutation(n)
     n_val = round(n * val_fraction)
     if n - n_val < min_train:

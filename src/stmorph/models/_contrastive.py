@@ -10,7 +10,8 @@ the query image's embedding:
   retrieval over the reference *expression* embeddings.
 - **HECLIP** (Wang et al. 2025): the image is projected to the gene dimension and compared with
   the gene vector itself (no expression head); loss :func:`~stmorph.models._losses.heclip_loss`;
-  two augmented views of every patch per epoch; retrieval over the reference *image* embeddings.
+  two augmented views of every patch per epoch; retrieval over the reference *image* embeddings
+  end-to-end, over the reference expression vectors in frozen mode (``retrieve_from``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ import torch
 from torch import nn
 
 from .._logging import logger
-from .._validation import InvalidParameterError, ModelFileError, _available, check_choice, check_int, check_range
+from .._validation import (
+    InvalidParameterError,
+    ModelFileError,
+    ShapeMismatchError,
+    _available,
+    check_bool,
+    check_choice,
+    check_int,
+    check_range,
+)
 from ._augment import flip_rotate
 from ._base import (
     NET_PREFIX,
@@ -36,6 +46,7 @@ from ._base import (
     state_to_arrays,
     train_val_split,
 )
+from ._cv import fold_scores
 from ._heads import ProjectionHead
 from ._io import ENCODER_FILE, check_array, write_safetensors
 from ._losses import bleep_loss, heclip_loss
@@ -44,7 +55,27 @@ from ._train import train
 from ._weights import load_into, load_state_dict_safely
 
 MODES = ("frozen", "end_to_end")
+SELECTIONS = ("score", "loss")
+RETRIEVAL_KEYS = ("image", "expression")
+BLEEP_FROZEN_EPOCHS = 300
+HECLIP_FROZEN_EPOCHS = 100
+"""Frozen-mode epoch budgets; the best epoch by validation retrieval score is kept (docs/benchmarks.md, issue 15)."""
 ENCODER_PREFIX = "image_encoder."
+
+
+def best_epoch(history: dict[str, list[float]]) -> int:
+    """The number of epochs of the kept (best) epoch: highest ``val_score`` if recorded, else lowest ``val_loss``.
+
+    Examples
+    --------
+    >>> best_epoch({"loss": [3.0, 2.0, 1.0], "val_loss": [2.0, 1.0, 1.5]})
+    2
+    >>> best_epoch({"loss": [3.0, 2.0, 1.0], "val_loss": [2.0, 1.0, 0.5], "val_score": [0.1, 0.3, 0.2]})
+    2
+    """
+    if "val_score" in history:
+        return int(np.argmax(history["val_score"])) + 1
+    return int(np.argmin(history["val_loss"])) + 1
 
 
 class ContrastiveNet(nn.Module):
@@ -113,7 +144,12 @@ class ContrastivePredictor(TorchPredictor):
     loss: ClassVar[Any]
     expression_head: ClassVar[bool]
     retrieve_from: ClassVar[str]
+    """The paper's retrieval keys: the reference spots' ``"image"`` or ``"expression"`` embeddings."""
     defaults: ClassVar[dict[str, Any]]
+    frozen_defaults: ClassVar[dict[str, Any]]
+    """Defaults that differ in frozen mode (a small head on fixed embeddings trains longer, see ``select``)."""
+    validates_on_groups: ClassVar[bool] = True
+    """``st.tl.predict`` passes the reference sections (or spatial blocks) to :meth:`fit` as ``groups``."""
 
     def __init__(
         self,
@@ -131,6 +167,10 @@ class ContrastivePredictor(TorchPredictor):
         weight_decay: float = 1e-3,
         val_fraction: float = 0.2,
         patience: int | None = None,
+        select: str = "score",
+        grouped_validation: bool = True,
+        refit: bool = True,
+        retrieve_from: str | None = None,
         k: int = 50,
         aggregation: str = "mean",
         chunk_size: int | None = None,
@@ -141,6 +181,9 @@ class ContrastivePredictor(TorchPredictor):
     ):
         check_choice(mode, MODES, "mode")
         check_choice(aggregation, AGGREGATIONS, "aggregation")
+        check_choice(select, SELECTIONS, "select")
+        if retrieve_from is not None:
+            check_choice(retrieve_from, RETRIEVAL_KEYS, "retrieve_from")
         check_encoder_name(encoder)
         if projection_dim is not None and not self.expression_head:
             raise InvalidParameterError(
@@ -148,7 +191,10 @@ class ContrastivePredictor(TorchPredictor):
                 f"{projection_dim!r}."
             )
         given = {"projection_dim": projection_dim, "epochs": epochs, "batch_size": batch_size, "n_views": n_views}
-        settings = {**self.defaults, **{key: value for key, value in given.items() if value is not None}}
+        defaults = {**self.defaults, **(self.frozen_defaults if mode == "frozen" else {})}
+        settings = {**defaults, **{key: value for key, value in given.items() if value is not None}}
+        keys_from = retrieve_from or settings.pop("retrieve_from", self.retrieve_from)
+        settings.pop("retrieve_from", None)
         check_range(temperature, "temperature", 0, None)
         check_range(dropout, "dropout", 0, 1, inclusive=True)
         check_range(val_fraction, "val_fraction", 0, 0.9, inclusive=True)
@@ -163,6 +209,10 @@ class ContrastivePredictor(TorchPredictor):
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "val_fraction": float(val_fraction),
+            "select": select,
+            "grouped_validation": check_bool(grouped_validation, "grouped_validation"),
+            "refit": check_bool(refit, "refit"),
+            "retrieve_from": keys_from,
             "k": int(k),
             "aggregation": aggregation,
             "inference_batch_size": int(inference_batch_size),
@@ -222,7 +272,7 @@ class ContrastivePredictor(TorchPredictor):
         return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self._device())
 
     # ------------------------------------------------------------------------------------- fitting
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> ContrastivePredictor:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> ContrastivePredictor:
         """Train the heads (and the encoder in end-to-end mode) on reference images ``X`` and expression ``Y``.
 
         Parameters
@@ -231,19 +281,54 @@ class ContrastivePredictor(TorchPredictor):
             ``(n, d)`` embeddings (frozen mode) or ``(n, P, P, 3)`` uint8 patches (end-to-end mode).
         Y
             ``(n, n_genes)`` expression of the same spots; it is also the retrieval reference.
+        groups
+            ``(n,)`` labels of the reference sections (or of spatial blocks of one section):
+            whole groups are held out for validation (see
+            :func:`~stmorph.models._base.train_val_split`). ``None``: random spots.
 
         Returns
         -------
-        ``self``, with ``history`` (loss per epoch) and the reference bank set.
+        ``self``, with ``history`` (loss, and validation score, per epoch) and the reference bank set.
         """
         X = check_inputs(X, self.input, self.name)
         Y = check_expression(Y, len(X))
-        rng = self._seed()
-        self._build(X.shape[1:], Y.shape[1])
+        if groups is not None and len(groups) != len(X):
+            raise ShapeMismatchError(f"{self.name}: {len(groups)} group labels for {len(X)} training spots.")
         p = self.params
-        train_idx, val_idx = train_val_split(len(X), p["val_fraction"], rng, min_train=2)
+        groups = None if groups is None or not p["grouped_validation"] else np.asarray(groups)
+        train_idx, val_idx = train_val_split(len(X), p["val_fraction"], self._seed(), min_train=2, groups=groups)
         if len(train_idx) < 2:
             raise InvalidParameterError(f"{self.name} needs at least 2 training spots; found {len(train_idx)}.")
+        options = self._train_options(X, Y)
+        refit = p["refit"] and len(val_idx) > 0
+        self.history = self._train_phase(X, Y, train_idx, val_idx, p["epochs"], options, "selection" if refit else None)
+        if refit:  # the chosen number of epochs, again from the same initialisation, on every reference spot
+            chosen = best_epoch(self.history)
+            logger.info("%s: refitting on all %d spots for the chosen %d epochs", self.name, len(X), chosen)
+            refitted = self._train_phase(X, Y, np.arange(len(X)), val_idx[:0], chosen, options, None)
+            self.history = {**self.history, "refit_loss": refitted["loss"]}
+        self.input_shape_ = tuple(X.shape[1:])
+        self.reference_expression_ = Y
+        self.reference_embeddings_ = self._reference_keys(X, Y)
+        return self
+
+    def _train_phase(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        epochs: int,
+        options: dict[str, Any],
+        phase: str | None,
+    ) -> dict[str, list[float]]:
+        """Build a fresh (seeded) net and train it on ``train_idx``, keeping the best epoch on ``val_idx``.
+
+        ``phase`` names the sub-folder of a training checkpoint (the selection run before a refit).
+        """
+        p = self.params
+        rng = self._seed()
+        self._build(X.shape[1:], Y.shape[1])
         n_views = p["n_views"] if self.input == "patches" else 1
         n_copies = n_views * len(train_idx)
         Y_t = torch.from_numpy(Y).to(self._device())
@@ -262,34 +347,49 @@ class ContrastivePredictor(TorchPredictor):
             x, y = batch
             return type(self).loss(net.image(x), net.expression(y), p["temperature"])
 
-        self.history = train(
+        if phase is not None and options["checkpoint"] is not None:
+            options = {**options, "checkpoint": options["checkpoint"] / phase}
+        return train(
             self.net_,
             loss_fn,
             batch_fn,
             n_copies,
-            epochs=p["epochs"],
+            epochs=epochs,
             batch_size=p["batch_size"],
             lr=p["lr"],
             weight_decay=p["weight_decay"],
             seed=self.random_state,
             val_indices=n_copies + np.arange(len(val_idx)) if len(val_idx) else None,
             # keep the best epoch, as both papers do; stop early after `patience` epochs without a better one
-            patience=p.get("patience", p["epochs"]) if len(val_idx) else None,
+            patience=p.get("patience", epochs) if len(val_idx) else None,
+            val_score=self._score_fn(X, Y, train_idx, val_idx) if p["select"] == "score" and len(val_idx) else None,
             drop_last=True,
             progress=self.progress,
             desc=self.name,
-            **self._train_options(X, Y),
+            **options,
         )
-        self.input_shape_ = tuple(X.shape[1:])
-        self.reference_expression_ = Y
-        self.reference_embeddings_ = self._reference_keys(X, Y)
-        return self
+
+    def _score_fn(self, X: np.ndarray, Y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray):
+        """The validation score of an epoch: HVG-50 Pearson r of the validation spots retrieved from the training spots.
+
+        It is what prediction does to a new section (the validation spots are one held out when
+        there are groups), so the kept epoch is the one that retrieves best, not the one with the
+        lowest contrastive loss (the two disagree: the loss keeps falling after retrieval stops improving).
+        """
+        truth = Y[val_idx]
+
+        def score(_net: ContrastiveNet) -> float:  # the net is self.net_
+            keys = self._reference_keys(X[train_idx], Y[train_idx])
+            pred = retrieve(self._image_embeddings(X[val_idx]), keys, Y[train_idx], k=self.params["k"])
+            return fold_scores(truth, pred)[0]
+
+        return score
 
     def _image_embeddings(self, X: np.ndarray) -> np.ndarray:
         return self._inference(self.net_.image, X, self._to_tensor, self.params["inference_batch_size"])
 
     def _reference_keys(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        if self.retrieve_from == "image":
+        if self.params["retrieve_from"] == "image":
             return self._image_embeddings(X)
         to_tensor = lambda y: torch.from_numpy(y).to(self._device())  # noqa: E731
         return self._inference(self.net_.expression, Y, to_tensor, self.params["inference_batch_size"])
@@ -384,18 +484,32 @@ class BLEEP(ContrastivePredictor):
     dropout
         Dropout of the projection heads (0.1).
     epochs, batch_size
-        Default 150 epochs of batches of 256 spots (BLEEP).
+        Batches of 256 spots (BLEEP); 150 epochs end-to-end (BLEEP), at most 300 in frozen mode,
+        where the best epoch by ``select`` is usually between 150 and 250.
     n_views
         Augmented views of each patch per epoch in end-to-end mode (BLEEP: 1).
     lr, weight_decay
         AdamW settings (1e-3, 1e-3).
     val_fraction
-        Fraction of the reference spots held out to keep the epoch with the lowest validation
-        loss (0 trains on all spots and keeps the last epoch); all spots stay in the retrieval
-        reference.
+        Fraction of the reference spots held out to choose the epoch (0 trains on all spots for
+        ``epochs`` and keeps the last one); all spots stay in the retrieval reference.
     patience
-        Stop after this many epochs without a lower validation loss (the best epoch is kept
-        either way); ``None`` trains all ``epochs``.
+        Stop after this many epochs without a better validation score (or loss); the best epoch
+        is kept either way; ``None`` trains all ``epochs``.
+    select
+        ``"score"`` (default): keep the epoch whose retrieval predicts the held-out spots best
+        (mean Pearson r of their 50 most variable genes, retrieved from the training spots);
+        ``"loss"``: the lowest validation loss (BLEEP's and HECLIP's code). The score costs one
+        embedding of the reference per epoch (a forward pass over the patches end-to-end).
+    grouped_validation
+        With ``groups`` in :meth:`fit` (``st.tl.predict`` passes the reference sections, or
+        spatial blocks of a single reference), hold out whole groups; ``False``: random spots.
+    refit
+        After choosing the epoch, train again from the same initialisation on every reference
+        spot for that many epochs (default); ``False`` keeps the selection run's best epoch.
+    retrieve_from
+        Reference keys searched at prediction: ``"expression"`` (the expression embeddings;
+        BLEEP's, the default) or ``"image"`` (the image embeddings).
     k
         Number of retrieved reference spots (50).
     aggregation
@@ -411,7 +525,8 @@ class BLEEP(ContrastivePredictor):
     Attributes
     ----------
     history
-        ``{"loss": [...], "val_loss": [...]}`` per epoch.
+        ``{"loss": [...], "val_loss": [...], "val_score": [...]}`` per epoch of the selection run,
+        and ``"refit_loss"`` per epoch of the refit.
     reference_embeddings_, reference_expression_
         The retrieval bank: expression embeddings of the reference spots and their expression.
 
@@ -428,6 +543,7 @@ class BLEEP(ContrastivePredictor):
     expression_head = True
     retrieve_from = "expression"
     defaults: ClassVar[dict[str, Any]] = {"projection_dim": 256, "epochs": 150, "batch_size": 256, "n_views": 1}
+    frozen_defaults: ClassVar[dict[str, Any]] = {"epochs": BLEEP_FROZEN_EPOCHS}
 
 
 class HECLIP(ContrastivePredictor):
@@ -436,13 +552,18 @@ class HECLIP(ContrastivePredictor):
     The image (encoder features + projection head) is projected to the gene dimension and compared
     with the expression vector itself; the loss keeps only the image-side cross-entropy against an
     image-image similarity target. Prediction averages the expression of the ``k`` reference spots
-    whose *image* embeddings are nearest to the query image's.
+    whose *image* embeddings are nearest to the query image's (end-to-end, as HECLIP); in frozen
+    mode the default ``retrieve_from="expression"`` compares the query image's projection with
+    the reference gene vectors instead (on fixed embeddings image–image retrieval stays at the
+    level of untrained retrieval; docs/benchmarks.md).
 
     Parameters
     ----------
-    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, k, aggregation, \
-chunk_size, inference_batch_size, random_state, device, progress
+    mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, select, \
+grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
+    retrieve_from
+        ``None``: ``"image"`` end-to-end (HECLIP), ``"expression"`` in frozen mode.
     projection_dim
         Not accepted: HECLIP's joint space is the gene space.
     epochs, batch_size
@@ -462,3 +583,4 @@ chunk_size, inference_batch_size, random_state, device, progress
     expression_head = False
     retrieve_from = "image"
     defaults: ClassVar[dict[str, Any]] = {"epochs": 15, "batch_size": 128, "n_views": 2}
+    frozen_defaults: ClassVar[dict[str, Any]] = {"epochs": HECLIP_FROZEN_EPOCHS, "retrieve_from": "expression"}

@@ -21,6 +21,8 @@ BatchFn = Callable[[np.ndarray, bool], Any]
 """``batch_fn(indices, train)`` returns what ``loss_fn`` takes for those samples (on the device)."""
 LossFn = Callable[["torch.nn.Module", Any], "torch.Tensor"]
 """``loss_fn(module, batch)`` returns a scalar loss tensor."""
+ScoreFn = Callable[["torch.nn.Module"], float]
+"""``score_fn(module)`` returns a validation score, higher is better (the module is in eval mode)."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -141,6 +143,7 @@ def train(
     seed: int = 0,
     val_indices: np.ndarray | None = None,
     patience: int | None = None,
+    val_score: ScoreFn | None = None,
     drop_last: bool = False,
     progress: bool = True,
     desc: str = "training",
@@ -168,8 +171,12 @@ def train(
     val_indices
         Sample indices (in ``batch_fn``'s numbering) used for a validation loss after each epoch.
     patience
-        With ``val_indices``: stop after this many epochs without a better validation loss and
-        restore the best weights.
+        With ``val_indices``: stop after this many epochs without a better validation loss (or
+        score) and restore the best weights.
+    val_score
+        With ``val_indices``: choose the best epoch by this score of the module (higher is
+        better; e.g. the held-out spots' prediction accuracy) instead of the validation loss. The
+        loss is still recorded.
     drop_last
         Drop a last batch smaller than ``batch_size`` (contrastive losses need at least 2 samples).
     progress
@@ -189,7 +196,8 @@ def train(
 
     Returns
     -------
-    History ``{"loss": [...], "val_loss": [...]}`` with one mean loss per epoch.
+    History ``{"loss": [...], "val_loss": [...]}`` with one mean loss per epoch, and
+    ``"val_score"`` with ``val_score``.
 
     Examples
     --------
@@ -206,12 +214,13 @@ def train(
 
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
-    history: dict[str, list[float]] = {"loss": [], "val_loss": []}
+    history: dict[str, list[float]] = {"loss": [], "val_loss": [], **({"val_score": []} if val_score else {})}
     best, best_state, stale, start = np.inf, None, 0, 0
     folder = None if checkpoint is None else Path(checkpoint)
     print_ = {**(fingerprint or {}), "n_train": int(n_train), "n_val": 0 if val_indices is None else len(val_indices)}
     print_.update(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay))
     print_.update(seed=int(seed), patience=None if patience is None else int(patience), drop_last=bool(drop_last))
+    print_.update(val_score=val_score is not None)
     saved = _load_state(folder, print_) if folder is not None and resume else None
     if saved is not None:
         module.load_state_dict(saved["module"])
@@ -234,13 +243,18 @@ def train(
             val = _epoch_loss(module, loss_fn, batch_fn, np.asarray(val_indices), batch_size)
             history["val_loss"].append(val)
             bar.set_postfix(loss=history["loss"][-1], val_loss=val)
+            if val_score is not None:
+                history["val_score"].append(float(val_score(module)))
+                val = -history["val_score"][-1]
             if val < best:
                 best, stale = val, 0
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
             else:
                 stale += 1
                 if patience is not None and stale >= patience:
-                    logger.info("%s: early stop after %d epochs (best val loss %.4g)", desc, len(history["loss"]), best)
+                    what, value = ("score", -best) if val_score is not None else ("loss", best)
+                    n_done = len(history["loss"])
+                    logger.info("%s: early stop after %d epochs (best val %s %.4g)", desc, n_done, what, value)
                     stopped = True
         else:
             bar.set_postfix(loss=history["loss"][-1])

@@ -553,7 +553,8 @@ def predict(
         scaling = _key_scaling(x_train) if len(_rep_keys(use_rep)) > 1 else None
         x_train, x_query = _scale(x_train, scaling), _scale(x_query, scaling)
         wants_cv = method == AUTO or any(isinstance(v, str) and v == "cv" for v in method_kwargs.values())
-        groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_cv else (None, None)
+        wants_groups = wants_cv or getattr(model, "validates_on_groups", False)  # bleep, heclip
+        groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_groups else (None, None)
         start = time.perf_counter()
         if method == AUTO:
             name, chosen, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)

@@ -32,6 +32,8 @@ VARIANTS = {
     "new-e150": {"epochs": 150},
     "old-refit": {"select": "loss", "grouped_validation": False, "epochs": 150},
     "old-score": {"grouped_validation": False, "refit": False, "epochs": 150},
+    "new-log1p": {"layer": "log1p"},  # trained on (and predicting) log1p expression; Pearson ignores the scale
+    "old-log1p": {"layer": "log1p", "select": "loss", "grouped_validation": False, "refit": False, "epochs": 150},
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._logging import logger
-from .errors import InputTypeError, MissingPathError, StmorphKeyError
+from .errors import DamagedFileError, InputTypeError, MissingPathError, StmorphKeyError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -120,12 +120,34 @@ def _has_patches(table: AnnData) -> bool:
     return "patches" in table.obsm or lazy_patch_params(table) is not None
 
 
-def _read_h5ad(path: Path) -> AnnData:
+def read_h5ad(path: str | os.PathLike, option: str = "input") -> AnnData:
+    """The AnnData of the ``.h5ad`` file ``path`` (given as ``option``); a missing or unreadable file is a named error.
+
+    Raises
+    ------
+    MissingPathError
+        Nothing is at ``path``.
+    DamagedFileError
+        ``path`` is not a readable ``.h5ad`` file (h5py's and anndata's errors, named).
+    """
     import anndata as ad
 
+    from ._validation import check_path
+
+    check_path(path, option, "file")
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py / anndata errors of a damaged file
+        raise DamagedFileError(
+            f"{option}: {str(path)!r} is not a readable .h5ad file ({type(err).__name__}: {err})."
+        ) from None
+
+
+def _h5ad_table(path: Path) -> AnnData:
+    """The table of an ``.h5ad`` input with patches: stored ones, else extracted from its ``uns["spatial"]`` image."""
     from . import pp
 
-    table = ad.read_h5ad(path)
+    table = read_h5ad(path)
     if _has_patches(table):
         return table
     if "spatial" in table.uns:
@@ -166,7 +188,7 @@ def read_slide(
     kind = input_kind(path)
     logger.info("reading %s (%s)", path, kind)
     if kind == "h5ad":
-        return Slide(_read_h5ad(path))
+        return Slide(_h5ad_table(path))
     if kind == "hest":
         return Slide(read_hest(*_hest_root(path)))
     sdata = _read_spatialdata(path, kind, bin_size, None if image is None else str(image))

@@ -43,7 +43,14 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _available(keys: Sequence[str], limit: int = 10) -> str:
+def format_keys(keys: Sequence[str], limit: int = 10) -> str:
+    """The keys for an error message: at most ``limit`` of them, then how many more; ``"none"`` for none.
+
+    Examples
+    --------
+    >>> format_keys(["a", "b", "c"], limit=2), format_keys([])
+    ("['a', 'b', … (1 more)]", 'none')
+    """
     keys = list(keys)
     shown = ", ".join(repr(k) for k in keys[:limit])
     more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
@@ -56,7 +63,7 @@ def check_unique_names(adata: AnnData, axis: str = "obs") -> None:
     if not names.is_unique:
         dup = names[names.duplicated()].unique()
         raise ShapeMismatchError(
-            f"{axis}_names must be unique; found {len(dup)} duplicated, e.g. {_available(dup, 5)}. "
+            f"{axis}_names must be unique; found {len(dup)} duplicated, e.g. {format_keys(dup, 5)}. "
             f"Call `adata.{axis}_names_make_unique()` first."
         )
 
@@ -123,7 +130,7 @@ def check_choice(value: object, choices: Sequence[object], name: str) -> None:
         isinstance(value, bool) == isinstance(c, bool) and value == c for c in choices
     )
     if not ok:
-        raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {_available(choices, 50)}.")
+        raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {format_keys(choices, 50)}.")
 
 
 def check_range(
@@ -285,7 +292,7 @@ def check_device(device: object, name: str = "device") -> str:
     text = str(device) if type(device).__module__ == "torch" else device
     if not isinstance(text, str) or _DEVICE.fullmatch(text) is None:
         raise InvalidParameterError(
-            f"{name}={device!r} is not a device; choose one of {_available(DEVICES)} (N: a GPU index)."
+            f"{name}={device!r} is not a device; choose one of {format_keys(DEVICES)} (N: a GPU index)."
         )
     return text
 
@@ -346,7 +353,7 @@ def get_rep(adata: AnnData, use_rep: str, *, finite: bool = True) -> np.ndarray:
     """
     if use_rep not in adata.obsm:
         raise StmorphKeyError(
-            f"adata.obsm[{use_rep!r}] not found; available: {_available(adata.obsm.keys())}. "
+            f"adata.obsm[{use_rep!r}] not found; available: {format_keys(adata.obsm.keys())}. "
             "Compute image embeddings first with `st.tl.embed` or pass another `use_rep`."
         )
     rep = adata.obsm[use_rep]
@@ -373,7 +380,7 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, finite: bool = True)
             raise StmorphKeyError("adata.X is empty; pass `layer=` with the expression to use.")
     else:
         if layer not in adata.layers:
-            raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {_available(adata.layers.keys())}.")
+            raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {format_keys(adata.layers.keys())}.")
         mat, name = adata.layers[layer], f"adata.layers[{layer!r}]"
     if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):
         mat = np.asarray(mat)
@@ -399,7 +406,7 @@ def get_genes(adata: AnnData, genes: Sequence[str] | None, *, what: str = "adata
     if missing:
         raise StmorphKeyError(
             f"{len(missing)} of {len(genes)} requested genes are not in {what}.var_names, "
-            f"e.g. {_available(missing, 5)}."
+            f"e.g. {format_keys(missing, 5)}."
         )
     return idx
 
@@ -408,7 +415,7 @@ def check_obsp_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
     """Return ``adata.obsp[key]`` as CSR after checking it exists and is ``n_obs × n_obs``."""
     if key not in adata.obsp:
         raise StmorphKeyError(
-            f"adata.obsp[{key!r}] not found; available: {_available(adata.obsp.keys())}. "
+            f"adata.obsp[{key!r}] not found; available: {format_keys(adata.obsp.keys())}. "
             "Build it with `st.tl.image_graph`."
         )
     graph = adata.obsp[key]
@@ -433,7 +440,7 @@ def get_patches(adata: AnnData, key: str = "patches") -> np.ndarray:
     """
     if key not in adata.obsm:
         raise StmorphKeyError(
-            f"adata.obsm[{key!r}] not found; available: {_available(adata.obsm.keys())}. "
+            f"adata.obsm[{key!r}] not found; available: {format_keys(adata.obsm.keys())}. "
             "Cut image patches first with `st.pp.extract_patches`."
         )
     patches = np.asarray(adata.obsm[key])
@@ -477,7 +484,7 @@ def get_stored(adata: AnnData, slot: str, key: str, produced_by: str):
     keys = list(container.columns) if slot in ("obs", "var") else list(container.keys())
     if key not in keys:
         raise StmorphKeyError(
-            f"adata.{slot}[{key!r}] not found; available: {_available(keys)}. Run `{produced_by}` first."
+            f"adata.{slot}[{key!r}] not found; available: {format_keys(keys)}. Run `{produced_by}` first."
         )
     return container[key]
 

@@ -30,11 +30,11 @@ from .._validation import (
     InvalidParameterError,
     ModelFileError,
     ShapeMismatchError,
-    _available,
     check_bool,
     check_choice,
     check_int,
     check_range,
+    format_keys,
 )
 from ._augment import flip_rotate
 from ._base import (
@@ -129,7 +129,7 @@ def check_encoder_name(name: str) -> None:
 
     if name not in list_encoders() and not timm.is_model(name):
         raise InvalidParameterError(
-            f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm architecture name."
+            f"unknown encoder {name!r}; registered: {format_keys(list_encoders(), 50)}, or any timm architecture name."
         )
 
 

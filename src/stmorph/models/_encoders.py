@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import InputTypeError, InvalidParameterError, _available
+from .._validation import InputTypeError, InvalidParameterError, format_keys
 from ._presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset
 from ._presets import UNI_ARCH as UNI_ARCH  # re-exported: benchmarks build UNI from it
 from ._weights import load_into, load_state_dict_safely, map_hf_dinov2_keys
@@ -507,7 +507,7 @@ def resolve_encoder(name: str, weights: str | None = None) -> Encoder | Featuriz
 
         if not (name.startswith(_HUB_PREFIXES) or timm.is_model(name)):
             raise InvalidParameterError(
-                f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm "
+                f"unknown encoder {name!r}; registered: {format_keys(list_encoders(), 50)}, or any timm "
                 "architecture name (timm.list_models()) with weights=<local file>."
             )
         built = _timm_encoder(name, weights)

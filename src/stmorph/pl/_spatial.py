@@ -11,6 +11,7 @@ import numpy as np
 
 from .._anndata import dataset_info
 from .._logging import warn_user
+from .._tables import is_spatialdata, table_of
 from .._validation import (
     check_bool,
     check_choice,
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIDE = 20000
 """Largest ``max_image_side`` in pixels (the background image is held in memory)."""
-
-
-def _is_spatialdata(data: Any) -> bool:
-    return hasattr(data, "tables") and hasattr(data, "images")
 
 
 def _image_array(element: Any) -> Any:
@@ -111,12 +108,8 @@ def _table_and_image(
     data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
 ) -> tuple[AnnData, dict[str, Any], str]:
     """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
-    if _is_spatialdata(data):
-        if table_key not in data.tables:
-            raise StmorphKeyError(
-                f"sdata.tables[{table_key!r}] not found; available: {list(data.tables.keys())}. Pass `table_key=`."
-            )
-        table = data.tables[table_key]
+    if is_spatialdata(data):
+        table = table_of(data, table_key, name="st.pl.spatial")
         library_id = library_id or str(dataset_info(table).get("section", image_key))
         return table, visium_uns(data, table, image_key, library_id, max_side), library_id
     if "spatial" not in data.uns:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import tool_record
+from .._tables import is_spatialdata
 from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, checks_keys
 from ._sources import one_key, pyramid_levels, visium_source
 from ._windows import as_yxc, check_inside, check_stored, read_patches
@@ -156,7 +157,6 @@ def lazy_patch_params(adata: AnnData, key: str = "patches") -> dict[str, Any] | 
 
 def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
     from anndata import AnnData
-    from spatialdata import SpatialData
 
     source = params["source"]
     if source == "spatialdata":
@@ -164,7 +164,7 @@ def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
             from spatialdata import read_zarr
 
             image = read_zarr(params["zarr_path"], selection=("images",))
-        if not isinstance(image, SpatialData):
+        if not is_spatialdata(image):
             raise InputTypeError(
                 "these patches were extracted lazily from a SpatialData object that is not stored in a zarr store; "
                 "pass it again as `image=`."
@@ -182,7 +182,7 @@ def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
                 f"{src.info.get('image')!r} image is found; extract them again."
             )
         return src.image
-    if image is None or isinstance(image, SpatialData | AnnData):
+    if image is None or is_spatialdata(image) or isinstance(image, AnnData):
         raise InputTypeError("these patches were extracted lazily from an image array; pass that array as `image=`.")
     return image
 

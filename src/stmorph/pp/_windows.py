@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._image import missing_chunk_boxes
-from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, _available
+from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, format_keys
 from ..errors import DamagedFileError
 
 PAD_VALUE = 255
@@ -160,7 +160,7 @@ def check_inside(centres: np.ndarray, shape: tuple[int, ...], names: Sequence[st
         bad = np.flatnonzero(outside)
         raise OutOfImageError(
             f"{len(bad)} of {len(centres)} spot centres lie outside the image ({w} × {h} px), e.g. "
-            f"{_available([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
+            f"{format_keys([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
             "Check that the coordinates are pixels of this image (x = column, y = row) at its resolution, "
             "or drop those spots."
         )
@@ -188,7 +188,7 @@ def check_stored(image: Any, centres_px: np.ndarray, size_px: float, out_size: i
     if len(bad):
         y0, y1, x0, x1 = boxes[np.flatnonzero(hits.any(axis=0))[0]]
         raise DamagedFileError(
-            f"{len(bad)} of {len(origins)} patch windows (e.g. {_available([str(names[i]) for i in bad], 5)}) "
+            f"{len(bad)} of {len(origins)} patch windows (e.g. {format_keys([str(names[i]) for i in bad], 5)}) "
             f"read {int(hits.any(axis=0).sum())} of the {len(boxes)} image chunks missing from the zarr store "
             f"{where}, e.g. pixels y {y0}:{y1}, x {x0}:{x1}; zarr would return its fill value there (black patches). "
             "Restore the store from a copy; if those regions really are blank (a writer that skips chunks equal to "

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
+from .._tables import is_spatialdata
 from .._validation import InvalidParameterError, StmorphKeyError, check_choice
 from ..pp._lazy import PatchReader, lazy_patch_params, patch_reader
 from ..pp._windows import read_patches
@@ -96,10 +97,8 @@ def _shape_sizes(shapes: Any) -> np.ndarray:
 
 def check_bin_sizes(image: Any, params: dict[str, Any], obs_names: Any) -> None:
     """Raise :class:`InvalidParameterError` when the table's bins (SpatialData shapes) have mixed sizes."""
-    from spatialdata import SpatialData
-
     key = params.get("shapes_key")
-    if not isinstance(image, SpatialData) or key not in image.shapes:
+    if not is_spatialdata(image) or key not in image.shapes:
         return
     shapes = image.shapes[key]
     sizes = _shape_sizes(shapes.loc[shapes.index.intersection(obs_names)] if len(shapes) != len(obs_names) else shapes)

@@ -22,7 +22,7 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger, warn_user
 from .._parallel import map_slides
-from .._tables import table_of
+from .._tables import is_spatialdata, table_of
 from .._validation import (
     check_bool,
     check_graph_shape,
@@ -55,10 +55,11 @@ from ._graph import (
     check_n_neighbors,
     check_stored_exclusion,
     matches_stored,
+    spatial_knn_graph,
     stored_exclude_radius,
     stored_graph,
 )
-from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spatial_knn_graph, spot_positions
+from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -646,9 +647,8 @@ def slice_eps(
 
 
 def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
-    tables = getattr(data, "tables", None)
-    if tables is not None:
-        return dict(tables.items())
+    if is_spatialdata(data):
+        return dict(data.tables.items())
     if isinstance(data, Mapping):
         return {str(k): v for k, v in data.items()}
     return {str(i): a for i, a in enumerate(data)}

@@ -27,9 +27,8 @@ from ._logging import logger
 from ._report import write_report
 from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
-from .pl._eps import min_detected_spots
-from .tl._evaluate import evaluation_table
-from .tl._predict import AUTO
+from .pl import min_detected_spots
+from .tl import AUTO, evaluation_table
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -64,7 +63,7 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     The copy also gets a Visium-style ``uns["spatial"]`` (the H&E image at 2000 px), so the results
     file is self-contained and :func:`stmorph.pl.spatial` draws it directly.
     """
-    from .pl._spatial import visium_uns
+    from .pl import visium_uns
 
     table = pp.extract_patches(sdata, copy=True, progress=False)
     table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
@@ -228,7 +227,7 @@ def _check_inputs(
     sections: Sequence[str], data_dir: str | os.PathLike | None, settings: DemoSettings, out: str | os.PathLike
 ) -> None:
     """Check every input before any section is embedded: options, methods, the output folder, each section's files."""
-    from .datasets._her2st import her2st_files
+    from .datasets import her2st_files
 
     if settings.n_genes is not None:
         check_int(settings.n_genes, "n_genes", low=1)

@@ -115,7 +115,7 @@ def _read_spatialdata(path: Path, kind: str, bin_size: int | None, image: str | 
 
 
 def _has_patches(table: AnnData) -> bool:
-    from .pp._lazy import lazy_patch_params
+    from .pp import lazy_patch_params
 
     return "patches" in table.obsm or lazy_patch_params(table) is not None
 

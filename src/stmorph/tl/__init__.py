@@ -1,12 +1,17 @@
-"""Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics)."""
+"""Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics).
 
-from ..models._encoders import list_encoders, register_encoder
-from ..models._predictor import list_methods, register_method
+``__all__`` is the user API; the names re-exported ``as`` themselves are for the rest of stmorph (the CLI
+and the demo).
+"""
+
+from ..models import list_encoders, list_methods, register_encoder, register_method
 from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
+from ._evaluate import evaluation_table as evaluation_table
 from ._graph import image_graph
+from ._predict import AUTO as AUTO
 from ._predict import predict, reference_hvgs
 
 __all__: list[str] = [

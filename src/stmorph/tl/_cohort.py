@@ -52,8 +52,7 @@ def slide_embedding(
     defaults); their outputs are returned too. The pure per-slide step of :func:`embed_cohort`
     (safe to ship to a worker process).
     """
-    from ..pp import extract_patches
-    from ..pp._lazy import lazy_patch_params
+    from ..pp import extract_patches, lazy_patch_params
 
     sdata = _open(item)
     table = _table(sdata, table_key)

@@ -11,7 +11,7 @@ from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
-from ..pp._stain import stain_normalizer
+from ..pp import stain_normalizer
 from ._dense import choose_strategy, dense_embedding_outputs
 from ._embed_engine import check_engine_options, embedding_outputs
 

@@ -27,7 +27,7 @@ from .._validation import (
     check_path,
     get_patches,
 )
-from ..models._encoders import Encoder, Featurizer, inference_encoder, patches_to_tensor
+from ..models import Encoder, Featurizer, inference_encoder, patches_to_tensor
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from ..pp._stain import StainNormalizer
+    from ..pp import StainNormalizer
 
 MAX_BATCH_SIZE = 65536
 """Largest ``batch_size`` accepted (a batch of 224-px patches this size is ~10 GB)."""
@@ -107,7 +107,7 @@ def _batches(n: int, batch_size: int) -> list[np.ndarray]:
 
 def _patch_fetcher(adata: AnnData, key: str, image: Any) -> Fetch:
     """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction."""
-    from ..pp._lazy import lazy_patch_params, patch_reader
+    from ..pp import lazy_patch_params, patch_reader
 
     if key not in adata.obsm and lazy_patch_params(adata, key) is not None:
         return patch_reader(adata, key, image).read
@@ -132,7 +132,7 @@ def _source_fingerprint(adata: AnnData, key: str, fetch: Fetch, weights: str | N
     patch file) and parameters and the pixels of a sample of them (the image is never read whole).
     """
     from .._fingerprint import hash_arrays, hash_file, hash_value, sample_indices
-    from ..pp._lazy import lazy_patch_params
+    from ..pp import lazy_patch_params
 
     params = lazy_patch_params(adata, key) if key not in adata.obsm else None
     if params is None:
@@ -193,7 +193,7 @@ def _engine(
 ) -> tuple[Run, dict[str, Any], int]:
     """The encoder as a :data:`~stmorph.tl._embed_resume.Run` function, its parameters and the batch size."""
     if isinstance(encoder, Encoder):
-        from ..models._train import resolve_device
+        from ..models import resolve_device
 
         dev = resolve_device(device)
         batch = resolve_batch_size(batch_size, encoder, dev)

@@ -87,8 +87,8 @@ def top_n(values: np.ndarray, n: int) -> np.ndarray:
 
     The one ranking rule of stmorph: the most variable genes of a fold (cross-validation), the
     HEG/HVG sets of :func:`~stmorph.tl.evaluate`, a section's highly variable genes
-    (:func:`~stmorph.tl.reference_hvgs`) and the top genes of a spot (Hit@T) all use it. NaN
-    ranks below every number.
+    (:func:`~stmorph.tl.reference_hvgs`), the top genes of a spot (Hit@T) and the genes
+    :func:`~stmorph.pl.gene_correlation` draws by default all use it. NaN ranks below every number.
 
     Parameters
     ----------

@@ -145,14 +145,6 @@ def _private(module: str) -> bool:
     return any(part.startswith("_") and not part.startswith("__") for part in module.split(".")[1:])
 
 
-ALLOWED_PRIVATE_IMPORTS = {
-    # issue 22 §1 restructures st.tl.predict; it then imports the CV helpers and the registry from ``..models``
-    ("stmorph.tl._predict", "stmorph.models._cv"),
-    ("stmorph.tl._predict", "stmorph.models._predictor"),
-}
-"""``(module, private module of another package)`` arrows still allowed; keep this short."""
-
-
 def private_crossings() -> list[str]:
     """Imports of a private module, or of an underscore name, from outside the package that owns it."""
     trees = _parsed()
@@ -163,7 +155,7 @@ def private_crossings() -> list[str]:
         for target in _imported(tree, module, path.name == "__init__.py", modules):
             owner = _package(target, packages)
             inside = module == owner or module.startswith(f"{owner}.")
-            if _private(target.removeprefix(owner)) and not inside and (module, target) not in ALLOWED_PRIVATE_IMPORTS:
+            if _private(target.removeprefix(owner)) and not inside:
                 wrong.append(f"{module} imports the private module {target}")
         for base, names in _import_froms(tree, module, path.name == "__init__.py"):
             private = [

@@ -5,14 +5,14 @@ and the demo).
 """
 
 from ..models import list_encoders, list_methods, register_encoder, register_method
+from ._auto import AUTO as AUTO
 from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
-from ._evaluate import evaluation_table as evaluation_table
+from ._genes import reference_hvgs
 from ._graph import image_graph
-from ._predict import AUTO as AUTO
-from ._predict import predict, reference_hvgs
+from ._predict import predict
 
 __all__: list[str] = [
     "embed",

@@ -143,8 +143,8 @@ def evaluate(
     expressed genes (HEG, by mean) and the ``n_top`` most variable genes (HVG, by variance), plus
     means over all evaluated genes. Means skip NaN genes. Tied genes enter a top set in gene order.
     ``pearson_HVG-50`` and ``pearson_all`` are the cross-validation scores of
-    :func:`~stmorph.tl.predict` (``uns['stmorph']['predict'][key]['cv']``) when computed on the same
-    spots and predictions.
+    :func:`~stmorph.tl.predict` (:func:`stmorph.get.cv_df`) when computed on the same spots and
+    predictions.
 
     Parameters
     ----------

@@ -129,6 +129,18 @@ def read_h5ad(path: str | os.PathLike, option: str = "input") -> AnnData:
         Nothing is at ``path``.
     DamagedFileError
         ``path`` is not a readable ``.h5ad`` file (h5py's and anndata's errors, named).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, anndata as ad, numpy as np
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slide.h5ad"
+    >>> ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(path)
+    >>> read_h5ad(path).shape
+    (3, 2)
+    >>> _ = path.write_bytes(b"not hdf5")
+    >>> read_h5ad(path, "--reference")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    stmorph.errors.DamagedFileError: --reference: '...slide.h5ad' is not a readable .h5ad file (...).
     """
     import anndata as ad
 

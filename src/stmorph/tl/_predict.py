@@ -503,8 +503,9 @@ def predict(
         values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
     genes
         Genes to predict. Default: the reference's genes that every reference and the query have,
-        in the (first) reference's order; all of the query's genes with ``split=``; the model's
-        genes with ``model=``. Genes missing from a reference or the query raise an error.
+        in the (first) reference's order; all of the query's genes with ``split=``. A ``model=``
+        predicts the genes it was fitted on (passing ``genes=`` with it raises an error). Genes
+        missing from a reference or the query raise an error.
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
     candidates

@@ -11,8 +11,8 @@ from bad_inputs import table
 
 import stmorph as st
 from stmorph._optional import import_optional
-from stmorph.models._baselines import LightGBM
 from stmorph.errors import MissingDependencyError
+from stmorph.models._baselines import LightGBM
 
 
 @pytest.fixture
@@ -24,7 +24,8 @@ def no_lightgbm(monkeypatch):
 def test_lightgbm_method_without_the_package_names_the_extra_and_leaves_adata_unchanged(no_lightgbm):
     adata = table()
     before = adata.copy()
-    with pytest.raises(MissingDependencyError, match=r'method="lightgbm" needs the package `lightgbm`.*stmorph\[lightgbm\]'):
+    named = r'method="lightgbm" needs the package `lightgbm`.*stmorph\[lightgbm\]'
+    with pytest.raises(MissingDependencyError, match=named):
         st.tl.predict(adata, method="lightgbm", use_rep="X_lat", split=0.2)
     assert_adata_equal(adata, before)
     with pytest.raises(ModuleNotFoundError, match=r"stmorph\[lightgbm\]"):  # what `except ImportError` code catches

@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._logging import warn_user
 from .._validation import (
-    check_bool,
     check_choice,
     check_int,
     check_mapping,
@@ -224,16 +222,6 @@ def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
     return title
 
 
-def _scale_choice(scale: str, same_scale: bool | None) -> str:
-    """``scale``, or the value of the deprecated ``same_scale`` flag (with a warning)."""
-    if same_scale is None:
-        check_choice(scale, SCALES, "scale")
-        return scale
-    choice = "shared" if same_scale else "panel"
-    warn_user(f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").', FutureWarning)
-    return choice
-
-
 def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str, **kwargs: Any) -> None:
     import scanpy as sc
 
@@ -290,7 +278,6 @@ def spatial(
     *,
     layers: Sequence[str] | None = None,
     scale: str = "panel",
-    same_scale: bool | None = None,
     percentiles: tuple[float, float] = (1.0, 99.0),
     library_id: str | None = None,
     table_key: str = "table",
@@ -332,8 +319,6 @@ def spatial(
         ``"panel"``: each panel spans the ``percentiles`` of its own values (the pattern of every
         map is visible); ``"shared"``: a gene's panels share the ``percentiles`` of its values
         pooled over them (magnitudes are comparable).
-    same_scale
-        Deprecated: ``True`` is ``scale="shared"``, ``False`` is ``scale="panel"``.
     percentiles
         The colour scale runs between these percentiles, so a few extreme spots do not wash out
         the rest; ``(0, 100)`` for the full range.
@@ -368,10 +353,8 @@ def spatial(
     _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
     check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
     check_range(size, "size", low=0)
-    if same_scale is not None:
-        check_bool(same_scale, "same_scale")
+    check_choice(scale, SCALES, "scale")
     names = [genes] if isinstance(genes, str) else list(genes)
-    scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
     table, spatial_uns, library_id = _table_and_image(

@@ -12,11 +12,16 @@ matplotlib.use("Agg")  # examples of plots draw into memory
 
 
 @pytest.fixture(autouse=True)
-def _example_in_a_temporary_folder(tmp_path, monkeypatch):
-    """Each example runs in a fresh temporary folder, so a file it writes never lands in the repository,
-    and its figures are closed afterwards."""
+def _example_setup(tmp_path, monkeypatch):
+    """Each example runs in a fresh temporary folder (a file it writes never lands in the repository),
+    its figures are closed afterwards, and torch uses one thread (the examples' models are tiny: one
+    thread trains them as fast, and many times faster when other processes share the cores)."""
     import matplotlib.pyplot as plt
+    import torch
 
     monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     plt.close("all")

@@ -342,11 +342,15 @@ def spatial(
     Examples
     --------
     >>> import stmorph as st
-    >>> adata = st.datasets.her2st_adata("C2")
-    >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
-    >>> st.pl.spatial(query, ["ERBB2", "FN1"], scale="shared")  # doctest: +SKIP
-    >>> st.pp.extract_patches(adata, progress=False)
-    >>> st.pl.spatial(adata, "tissue_fraction", show=False)  # doctest: +SKIP
+    >>> sdata = st.datasets.simulate(100, 20)
+    >>> st.pp.prepare_expression(sdata.tables["table"])
+    >>> st.tl.predict(sdata, method="ridge", use_rep="latent", split=0.2)
+    >>> fig = st.pl.spatial(sdata, ["planted0", "planted1"], show=False)  # measured | predicted_ridge
+    >>> fig = st.pl.spatial(sdata, "planted0", scale="shared", show=False)
+    >>> st.pp.extract_patches(sdata, patch_size=32, progress=False)
+    >>> fig = st.pl.spatial(sdata, "tissue_fraction", show=False)
+    >>> len(fig.axes)
+    2
     """
     import anndata as ad
 

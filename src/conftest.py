@@ -11,6 +11,14 @@ import pytest
 matplotlib.use("Agg")  # examples of plots draw into memory
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the examples that read the shipped HER2ST sections ``slow``, as ``tests/conftest.py`` marks such tests."""
+    for item in items:
+        examples = getattr(getattr(item, "dtest", None), "examples", ())
+        if any("st.datasets.her2st" in example.source for example in examples):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _example_setup(tmp_path, monkeypatch):
     """Each example runs in a fresh temporary folder (a file it writes never lands in the repository),

@@ -85,12 +85,16 @@ def test_a_change_of_verbosity_applies_at_once():
 
 
 def test_configured_python_logging_takes_over_from_scanpy(monkeypatch):
-    handler = logging.StreamHandler(io.StringIO())
+    handler, root = logging.StreamHandler(io.StringIO()), logging.getLogger()
+    level = root.level
     with scanpy_stream() as stream:
         sc.settings.verbosity = "error"
-        monkeypatch.setattr(logging.getLogger(), "handlers", [handler])  # as logging.basicConfig(level=INFO)
-        monkeypatch.setattr(logging.getLogger(), "level", logging.INFO)
-        logger.info("to the root handler")
+        monkeypatch.setattr(root, "handlers", [handler])  # as logging.basicConfig(level=logging.INFO)
+        root.setLevel(logging.INFO)
+        try:
+            logger.info("to the root handler")
+        finally:
+            root.setLevel(level)
     assert handler.stream.getvalue() == "to the root handler\n"
     assert stream.getvalue() == ""
 

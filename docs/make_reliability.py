@@ -28,7 +28,8 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
 
 - **Validation.** Every public function checks its inputs; each bad input raises a specific
   exception of `stmorph.errors` (`st.errors`; each a subclass of `ValueError` or `KeyError`) whose
-  message names the key, the expected and the found value, and what to do.
+  message names the key, the expected and the found value, and what to do. A method whose optional
+  package is missing raises `MissingDependencyError` (a `ModuleNotFoundError`) naming the extra.
 - **Parameters.** One set of checks runs at the top of every public function, before any work:
   integers refuse bools, fractions, NaN and strings; numbers must be finite and in range; devices,
   choices and paths (a checkpoint folder that is an existing file) are checked; each error names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from stmorph.errors import (
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
+    MissingDependencyError,
     MissingPathError,
     ModelFileError,
     NonFiniteError,
@@ -270,6 +272,29 @@ def prepare_expression_a_single_spot_cannot_z_score():
 def predict_unknown_method():
     a = table()
     return a, lambda: st.tl.predict(a, method="magic", use_rep="X_lat", split=0.2)
+
+
+@_case("st.tl.predict", "method='lightgbm' without the optional lightgbm package", MissingDependencyError)
+def predict_lightgbm_without_the_package():
+    a = table()
+    return a, _without_module("lightgbm", lambda: st.tl.predict(a, method="lightgbm", use_rep="X_lat", split=0.2))
+
+
+def _without_module(name: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` run as if the package ``name`` were not installed (``None`` in ``sys.modules`` fails its import)."""
+
+    def run():
+        saved = sys.modules.get(name)
+        sys.modules[name] = None
+        try:
+            return call()
+        finally:
+            if saved is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = saved
+
+    return run
 
 
 @_case("st.tl.predict", "unknown method option", InvalidParameterError)

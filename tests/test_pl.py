@@ -125,9 +125,6 @@ def test_spatial_scales_each_panel_by_default_and_shares_a_genes_scale_when_aske
         np.testing.assert_allclose(colour_limits(right), _percentiles(predicted), rtol=1e-5)
         assert left.get_title().split("\n")[1] == "own scale"
         assert right.get_title().split("\n")[1].startswith("own scale, r = ")
-    with pytest.warns(FutureWarning, match='scale="shared"'):
-        old = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:1], same_scale=True, show=False))
-    np.testing.assert_allclose(colour_limits(old[1]), colour_limits(shared[1]), rtol=1e-6)
     with pytest.raises(InvalidParameterError, match="scale"):
         st.pl.spatial(on_layout(slices, "visium"), GENES[:1], scale="measured", show=False)
 

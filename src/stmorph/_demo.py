@@ -217,6 +217,9 @@ def run_demo(
 
     Examples
     --------
+    The demo takes minutes (``make demo``; ``tests/test_demo.py`` runs it), too long for the
+    docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo
     >>> run_demo("stmorph_demo")  # doctest: +SKIP
     """
@@ -272,8 +275,13 @@ def run_demo_steps(
 
     Examples
     --------
+    Even on two sections with the ``hed`` features and ridge alone the demo takes ~50 s of CPU
+    (``tests/test_demo.py`` runs it), too long for the docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo_steps
-    >>> run_demo_steps("stmorph_demo", ["C2", "C3"]).timings  # doctest: +SKIP
+    >>> from stmorph._demo_settings import DemoSettings
+    >>> small = DemoSettings(encoder="hed", methods=("ridge",), n_genes=50)
+    >>> run_demo_steps("stmorph_demo", ["C2", "C3"], settings=small).timings  # doctest: +SKIP
     """
 
     settings = settings or DemoSettings()

@@ -188,10 +188,10 @@ def read_slide(
     Examples
     --------
     >>> import tempfile, pathlib, stmorph as st
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "C2.h5ad"
-    >>> st.pp.extract_patches(st.datasets.her2st_adata("C2"), patch_size=16, copy=True).write_h5ad(path)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slide.h5ad"
+    >>> st.pp.extract_patches(st.datasets.simulate(50, 10), patch_size=16, copy=True).write_h5ad(path)
     >>> read_slide(path).table.obsm["patches"].shape
-    (187, 16, 16, 3)
+    (50, 16, 16, 3)
     """
     from . import pp
     from .datasets import read_hest

@@ -335,6 +335,9 @@ def build_preset(name: str, weights: str | None) -> Encoder:
     >>> from stmorph.models._presets import PRESETS
     >>> PRESETS["virchow2"].dim, PRESETS["virchow2"].pooling, PRESETS["virchow2"].precision
     (2560, 'cls+mean', 'fp16')
+
+    With Virchow2's weights downloaded from the hub (gated; not run by the test suite):
+
     >>> enc = build_preset("virchow2", "Virchow2/pytorch_model.bin")  # doctest: +SKIP
     """
     from ._pooling import PooledViT

@@ -122,7 +122,12 @@ def gene_correlation(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.pl.gene_correlation(query, ["measured", "predicted_bleep"], n_genes=40)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.predict(adata, method="ridge", use_rep="latent", split=0.2)
+    >>> fig = st.pl.gene_correlation(adata, ["measured", "predicted_ridge"], n_genes=10, show=False)
+    >>> fig.axes[0].get_title()
+    'measured'
     """
     check_int(n_genes, "n_genes", low=2)
     check_range(panel_size, "panel_size", low=0, high=_utils.MAX_INCHES)

@@ -78,8 +78,13 @@ def training(
     Examples
     --------
     >>> import stmorph as st
-    >>> model = st.tl.predict(query, ref, method="bleep", use_rep="X_default", return_model=True)  # doctest: +SKIP
-    >>> st.pl.training(model)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+    >>> fig = st.pl.training(model, show=False)
+    >>> fig.axes[0].get_title()
+    'bleep'
     """
     _utils.check_plot_options(show=show, save=save, ncols=ncols, panel_size=panel_size)
     check_bool(logy, "logy")

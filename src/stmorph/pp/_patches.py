@@ -155,17 +155,18 @@ def extract_patches(
         A named element, table or library is missing; several tables and no ``table_key``/``bin_size``
         to choose; no table of ``bin_size`` (the message lists the bins present).
     InconsistentUnitsError
-        The image's ``'um'`` coordinate system and ``table.uns['stmorph']['mpp']`` give different pixel sizes.
+        The image's ``'um'`` coordinate system and ``table.uns['stmorph']['dataset']['mpp']`` give
+        different pixel sizes.
 
     Examples
     --------
     >>> import stmorph as st
-    >>> sdata = st.datasets.her2st("C2")
+    >>> sdata = st.datasets.simulate(50, 10)  # 112 µm tiles at 1 µm/px, 50 spots
     >>> st.pp.extract_patches(sdata)
-    >>> sdata.tables["table"].obsm["patches"].shape
-    (187, 224, 224, 3)
+    >>> sdata.tables["table"].obsm["patches"].shape  # 112 µm windows at 0.5 µm/px
+    (50, 224, 224, 3)
     >>> st.pp.extract_patches(sdata, patch_size=64, key_added="small", copy=True).obsm["small"].shape
-    (187, 64, 64, 3)
+    (50, 64, 64, 3)
     """
     check_choice(store, _STORES, "store")
     check_range(target_mpp, "target_mpp", low=0, high=MAX_MPP)

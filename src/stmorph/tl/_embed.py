@@ -171,10 +171,10 @@ def embed(
     Examples
     --------
     >>> import stmorph as st
-    >>> table = st.pp.extract_patches(st.datasets.her2st("C2"), copy=True)
+    >>> table = st.pp.extract_patches(st.datasets.simulate(50, 10), copy=True)
     >>> st.tl.embed(table)
     >>> table.obsm["X_default"].shape
-    (187, 1280)
+    (50, 1280)
     """
     if isinstance(adata, list | tuple):
         raise InputTypeError(

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._anndata import commit_outputs, read_uns
+from .._anndata import commit_outputs, tool_record
 from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger, warn_user
@@ -232,16 +232,8 @@ def _recorded_embedding(adata: AnnData, graph_key: str) -> str:
     return use_rep
 
 
-def _is_eps_record(node: object) -> bool:
-    """Whether ``node`` is the parameters of one :func:`eps` run (not a node holding several)."""
-    return isinstance(node, Mapping) and isinstance(node.get("graph_key"), str)
-
-
 def eps_record(adata: AnnData, key_added: str = "eps") -> dict:
-    """The parameters :func:`eps` stored for ``key_added`` (``{}`` when there are none).
-
-    Reads ``uns["stmorph"]["eps"][key_added]``, and for files written before that layout the
-    record at ``uns["stmorph"][key_added]``.
+    """The parameters :func:`eps` stored for ``key_added``: ``uns["stmorph"]["eps"][key_added]``, or ``{}``.
 
     Examples
     --------
@@ -253,22 +245,7 @@ def eps_record(adata: AnnData, key_added: str = "eps") -> dict:
     >>> eps_record(adata)["n_neighbors"]
     5
     """
-    record = read_uns(adata, Key.uns.tool("eps", key_added))
-    if not _is_eps_record(record):
-        record = read_uns(adata, Key.uns.legacy_eps(key_added))
-    return dict(record) if _is_eps_record(record) else {}
-
-
-def _record_outputs(adata: AnnData, key_added: str, params: dict) -> dict[tuple[str, ...], dict]:
-    """The ``uns`` entry of :func:`eps`'s parameters, ``uns["stmorph"]["eps"][key_added]``.
-
-    In an object written before that layout, ``uns["stmorph"]["eps"]`` is itself the record of
-    ``key_added="eps"``: it becomes the node of all records, keeping that one under ``"eps"``.
-    """
-    node = read_uns(adata, Key.uns.tool("eps"))
-    if _is_eps_record(node):
-        return {Key.uns.tool("eps"): {"eps": dict(node), key_added: params}}
-    return {Key.uns.tool("eps", key_added): params}
+    return tool_record(adata, "eps", key_added)
 
 
 def _gene_positions(
@@ -616,7 +593,7 @@ def eps(
     if SPATIAL_KEY in adata.obsm:
         params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
-    uns.update(_record_outputs(adata, key_added, params))
+    uns[Key.uns.tool("eps", key_added)] = params
     outputs = graph_outputs or {"obsp": {}, "uns": {}}
     commit_outputs(adata, var=columns, obsp=outputs["obsp"], uns={**outputs["uns"], **uns})
     return adata if copy else None

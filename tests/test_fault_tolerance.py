@@ -87,8 +87,8 @@ def _unreadable(monkeypatch, bad: set[int]) -> None:
     """Make the patches of spots ``bad`` unreadable (as a corrupt image chunk would be)."""
     real = _embed_engine._patch_fetcher
 
-    def fetcher(adata, key, image):
-        fetch = real(adata, key, image)
+    def fetcher(adata, key, image, on_error):
+        fetch = real(adata, key, image, on_error)
 
         def read(idx):
             broken = sorted(bad & set(np.asarray(idx).tolist()))

@@ -29,6 +29,7 @@ from .._validation import (
     check_int,
     check_range,
     check_seed,
+    check_slices,
     check_unique_names,
     checks_keys,
     get_genes,
@@ -645,15 +646,6 @@ def slice_eps(
     return result.sps, adata.n_obs, result.n_genes, eps, _radius_used(adata, graph_key, exclude_radius, graph_outputs)
 
 
-def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
-    tables = getattr(data, "tables", None)
-    if tables is not None:
-        return dict(tables.items())
-    if isinstance(data, Mapping):
-        return {str(k): v for k, v in data.items()}
-    return {str(i): a for i, a in enumerate(data)}
-
-
 @checks_keys("use_rep", "graph_key", "layer")
 def sps(
     data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData,
@@ -692,6 +684,13 @@ def sps(
     ``n_spots``, ``n_genes`` and ``exclude_radius`` (µm, of the graph used; NaN for the paper's
     graph); ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
 
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a list, dict or SpatialData, or a slice is not an AnnData (e.g. ``None``).
+    InvalidParameterError
+        No slice; and each option as in :func:`eps`.
+
     Examples
     --------
     >>> import stmorph as st
@@ -704,9 +703,7 @@ def sps(
     """
     _check_options(n_neighbors, None, max_value, 0)
     check_exclude_radius(exclude_radius)
-    slices = _slices(data)
-    if not slices:
-        raise InvalidParameterError("sps needs at least one slice; found none.")
+    slices = check_slices(data, "st.tl.sps")
     one_slice = partial(
         slice_eps,
         use_rep=use_rep,

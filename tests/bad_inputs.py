@@ -954,6 +954,21 @@ def embed_lazy_patches_record_lacking_centres_key():
     return a, lambda: st.tl.embed(a, model="hed", image=sdata, progress=False)
 
 
+@_case("st.tl.embed", "lazy patches whose window centres were deleted from obsm", StmorphKeyError)
+def embed_lazy_patches_whose_window_centres_were_deleted():
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+    a = sdata.tables["table"]
+    del a.obsm["patches_centres_px"]
+    return a, lambda: st.tl.embed(a, model="hed", image=sdata, progress=False)
+
+
+@_case("st.pp.extract_patches", "zarr image with a corrupt chunk (store='lazy')", DamagedFileError)
+def extract_patches_zarr_image_with_a_corrupt_chunk():
+    sdata = _zarr_missing_chunk(extract_first=False, corrupt=True)
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+
+
 @_case("st.tl.embed", "lazy patches whose zarr image has a corrupt chunk (on_error='raise')", DamagedFileError)
 def embed_lazy_patches_whose_zarr_image_has_a_corrupt_chunk():
     sdata = _zarr_missing_chunk(extract_first=True, corrupt=True)

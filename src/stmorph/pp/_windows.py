@@ -53,29 +53,29 @@ def _region(image: Any, x0: int, y0: int, x1: int, y1: int) -> tuple[Any, tuple[
     return image[cy0:cy1, cx0:cx1], (cy0 - y0, cy1 - y0, cx0 - x0, cx1 - x0)
 
 
-def _materialise(regions: list[Any]) -> list[np.ndarray]:
-    """Turn sliced regions into numpy arrays, computing dask slices of a batch together.
+def read_pixels(regions: Sequence[Any], what: str) -> list[np.ndarray]:
+    """Turn image regions (numpy or dask) into numpy arrays, computing dask ones together.
 
     Raises
     ------
     DamagedFileError
-        The image's data could not be read (a damaged chunk or tile of its file or store); the
-        message gives the reader's error, which is chained.
+        The image's data (``what``, e.g. "a batch of 8 patch windows") could not be read: a damaged
+        chunk or tile of its file or store. The message gives the reader's error, which is chained.
     """
-    if regions and hasattr(regions[0], "dask"):
-        import dask
+    if not (regions and hasattr(regions[0], "dask")):
+        return [np.asarray(r) for r in regions]
+    import dask
 
-        try:
-            return [np.asarray(r) for r in dask.compute(*regions)]
-        except MemoryError:
-            raise
-        except Exception as err:  # whatever the storage layer raises (OSError, a codec's RuntimeError, ...)
-            raise DamagedFileError(
-                f"the image data of a batch of {len(regions)} patch window(s) could not be read ({type(err).__name__}: "
-                f"{err}): a chunk or tile of its file or store is damaged or unreadable. Restore the image, or with "
-                "`st.tl.embed` pass on_error='skip' to embed the readable spots."
-            ) from err
-    return [np.asarray(r) for r in regions]
+    try:
+        return [np.asarray(r) for r in dask.compute(*regions)]
+    except MemoryError:
+        raise
+    except Exception as err:  # whatever the storage layer raises (OSError, a codec's RuntimeError, ...)
+        raise DamagedFileError(
+            f"the image data of {what} could not be read ({type(err).__name__}: {err}): a chunk or tile of its "
+            "file or store is damaged or unreadable. Restore the image, or with `st.tl.embed` pass on_error='skip' "
+            "to embed the readable spots."
+        ) from err
 
 
 def _to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -163,7 +163,7 @@ def read_patches(
         idx = np.arange(start, min(start + batch_size, len(origins)))
         corners = np.floor(origins[idx]).astype(np.int64) - margin
         sliced = [_region(image, x0, y0, x0 + span, y0 + span) for x0, y0 in corners]
-        pixels = _materialise([s[0] for s in sliced])
+        pixels = read_pixels([s[0] for s in sliced], f"a batch of {len(idx)} patch window(s)")
         for i, (x0, y0), (py0, py1, px0, px1), pix in zip(idx, corners, (s[1] for s in sliced), pixels):
             canvas = np.full((span, span, 3), PAD_VALUE, dtype=np.uint8)
             canvas[py0:py1, px0:px1] = _to_rgb(pix)

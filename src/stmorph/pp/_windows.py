@@ -73,8 +73,8 @@ def read_pixels(regions: Sequence[Any], what: str) -> list[np.ndarray]:
     except Exception as err:  # whatever the storage layer raises (OSError, a codec's RuntimeError, ...)
         raise DamagedFileError(
             f"the image data of {what} could not be read ({type(err).__name__}: {err}): a chunk or tile of its "
-            "file or store is damaged or unreadable. Restore the image, or with `st.tl.embed` pass on_error='skip' "
-            "to embed the readable spots."
+            "file or store is damaged or unreadable. Restore the image (to embed lazily read patches anyway, "
+            "`st.tl.embed(..., on_error='skip')` embeds the spots whose patches can be read)."
         ) from err
 
 

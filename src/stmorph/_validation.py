@@ -487,9 +487,9 @@ def check_slices(data: Any, name: str) -> dict[str, AnnData]:
     elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
         slices = {str(i): a for i, a in enumerate(data)}
     else:
-        raise InputTypeError(
-            f"{name} takes a list or dict of AnnData (the slices) or a SpatialData; found {_found(data)}."
-        )
+        plain = data is None or isinstance(data, str | bytes)
+        found = _found(data) if plain else f"an object of type {type(data).__name__}"
+        raise InputTypeError(f"{name} takes a list or dict of AnnData (the slices) or a SpatialData; found {found}.")
     if not slices:
         raise InvalidParameterError(f"{name} needs at least one slice; found none.")
     bad = {k: type(v).__name__ for k, v in slices.items() if not isinstance(v, AnnData)}

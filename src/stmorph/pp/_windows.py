@@ -61,6 +61,11 @@ def read_pixels(regions: Sequence[Any], what: str) -> list[np.ndarray]:
     DamagedFileError
         The image's data (``what``, e.g. "a batch of 8 patch windows") could not be read: a damaged
         chunk or tile of its file or store. The message gives the reader's error, which is chained.
+
+    Examples
+    --------
+    >>> read_pixels([np.zeros((2, 2, 3), np.uint8)], "a window")[0].shape
+    (2, 2, 3)
     """
     if not (regions and hasattr(regions[0], "dask")):
         return [np.asarray(r) for r in regions]
@@ -142,6 +147,11 @@ def read_patches(
     ``patches``: uint8 ``(n, out_size, out_size, 3)``; ``complete``: bool ``(n,)``, True where the
     whole window lies inside the image.
 
+    Raises
+    ------
+    DamagedFileError
+        The image data of a batch cannot be read (see :func:`read_pixels`).
+
     Examples
     --------
     >>> import numpy as np
@@ -194,6 +204,16 @@ class MissingChunks:
 
     zarr fills an absent chunk with its fill value, so a window over a deleted chunk would come back
     as a black patch (see :func:`stmorph._image.missing_chunk_boxes`); :meth:`check` refuses it.
+
+    Examples
+    --------
+    >>> hole = MissingChunks(np.array([[0, 128, 0, 128]]), "slide.zarr")
+    >>> hole.check(np.array([[200.0, 200.0]]), 16, 16, ["far"])  # a window away from the hole reads
+    >>> try:
+    ...     hole.check(np.array([[60.0, 60.0]]), 16, 16, ["near"])
+    ... except DamagedFileError as err:
+    ...     print(str(err)[:40])
+    1 of 1 patch windows (e.g. ['near']) rea
     """
 
     boxes: np.ndarray

@@ -29,14 +29,13 @@ def _curves(history: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _model_curves(model: Predictor) -> dict[str, dict[str, np.ndarray]]:
-    """``{name: curves}`` of a model; a torch model without curves was never trained."""
-    curves = _curves(model.history or {})
-    if not curves and model.resumable:
+    """``{name: curves}`` of a trained model."""
+    if not model.is_trained:
         raise InvalidParameterError(
             f"the {model.name!r} model has no training history: it has not been trained. Plot a model returned by "
             f"`st.tl.predict(..., method={model.name!r}, return_model=True)`."
         )
-    return {model.name: curves}
+    return {model.name: _curves(model.history or {})}
 
 
 def _histories(data: Any, key: str | None) -> dict[str, dict[str, np.ndarray]]:

@@ -90,12 +90,12 @@ def embed_cohort(
     *,
     model: str = "default",
     weights: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
     table_key: str = "table",
-    num_workers: int = 0,
+    num_workers: int = 1,
     client: Any = None,
     copy: bool = False,
 ) -> list[AnnData] | None:
@@ -113,7 +113,7 @@ def embed_cohort(
         One item per slide: :class:`~spatialdata.SpatialData` objects and/or paths of zarr stores
         of them (read lazily, images as dask; never written to).
     model, weights, batch_size, device, key_added, patches_key, num_workers
-        As in :func:`embed`.
+        As in :func:`embed`, with the same defaults.
     table_key
         The table of each SpatialData.
     client

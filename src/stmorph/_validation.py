@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from scipy import sparse
 
+from ._tables import is_spatialdata
 from .errors import (
     DamagedFileError,
     InconsistentUnitsError,
@@ -86,6 +87,55 @@ def check_numeric(values: np.ndarray | sparse.spmatrix, name: str) -> None:
     dtype = values.dtype if hasattr(values, "dtype") else np.asarray(values).dtype
     if dtype.kind not in "biuf":
         raise InputTypeError(f"{name} must be numeric; found dtype {dtype}.")
+
+
+def numeric_array(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` (an array-like: list, array, DataFrame) as a float64 array after checking it holds numbers.
+
+    Text is refused, also when it looks like numbers (``"10"``): it usually means a header row or a
+    column read as strings.
+
+    Raises
+    ------
+    InputTypeError
+        The values are strings, or objects that are not numbers; the message names ``name``.
+
+    Examples
+    --------
+    >>> numeric_array([[1, 2]], "coordinates").dtype
+    dtype('float64')
+    >>> try:
+    ...     numeric_array([["10", "12"]], "coordinates")
+    ... except InputTypeError as err:
+    ...     print(str(err).split(";")[0])
+    coordinates must be numbers
+    """
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        return array.astype(np.float64, copy=False)
+    if array.dtype.kind == "O":
+        try:
+            return array.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    first = repr(array.ravel()[0].item()) if array.size else "nothing"
+    raise InputTypeError(
+        f"{name} must be numbers; found dtype {array.dtype}, e.g. {first}. Convert them first, e.g. "
+        "`np.asarray(values, dtype=float)`."
+    )
+
+
+def check_in_memory(adata: AnnData, function: str) -> None:
+    """Raise :class:`InputTypeError` if ``adata`` is backed by its h5ad file (``read_h5ad(..., backed="r")``).
+
+    For a function that edits ``adata`` in place (subsets its genes): a backed AnnData cannot be.
+    """
+    if adata.isbacked:
+        raise InputTypeError(
+            f"{function} edits the AnnData in place, which a backed AnnData (opened from {str(adata.filename)!r} "
+            "with backed='r') cannot be. Load it into memory first (`adata = adata.to_memory()`), or pass "
+            "copy=True to get a new AnnData in memory."
+        )
 
 
 def check_n_obs(n_obs: int, needed: int, what: str) -> None:
@@ -382,8 +432,8 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, finite: bool = True)
         if layer not in adata.layers:
             raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {format_keys(adata.layers.keys())}.")
         mat, name = adata.layers[layer], f"adata.layers[{layer!r}]"
-    if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):
-        mat = np.asarray(mat)
+    if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):  # a backed AnnData's sparse X has to_memory
+        mat = mat.to_memory() if hasattr(mat, "to_memory") else np.asarray(mat)
     check_numeric(mat, name)
     if finite:
         check_finite(mat, name)
@@ -409,6 +459,51 @@ def get_genes(adata: AnnData, genes: Sequence[str] | None, *, what: str = "adata
             f"e.g. {format_keys(missing, 5)}."
         )
     return idx
+
+
+def check_slices(data: Any, name: str) -> dict[str, AnnData]:
+    """Return the slices of a cohort as ``{name: AnnData}`` after checking each one is an AnnData.
+
+    ``data`` is a list of AnnData (named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}`` or a
+    SpatialData, whose tables are the slices.
+
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a list, dict or SpatialData (e.g. a string), or a slice is not an AnnData
+        (e.g. ``None``); the message names the slices.
+    InvalidParameterError
+        There is no slice.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> list(check_slices([ad.AnnData(np.ones((2, 2)))], "st.tl.sps"))
+    ['0']
+    >>> check_slices({"a": None}, "st.tl.sps")
+    Traceback (most recent call last):
+    ...
+    stmorph.errors.InputTypeError: st.tl.sps: every slice must be an AnnData; found NoneType for slice(s) ['a'].
+    """
+    from anndata import AnnData
+
+    if is_spatialdata(data):
+        slices = dict(data.tables.items())
+    elif isinstance(data, Mapping):
+        slices = {str(k): v for k, v in data.items()}
+    elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        slices = {str(i): a for i, a in enumerate(data)}
+    else:
+        plain = data is None or isinstance(data, str | bytes)
+        found = _found(data) if plain else f"an object of type {type(data).__name__}"
+        raise InputTypeError(f"{name} takes a list or dict of AnnData (the slices) or a SpatialData; found {found}.")
+    if not slices:
+        raise InvalidParameterError(f"{name} needs at least one slice; found none.")
+    bad = {k: type(v).__name__ for k, v in slices.items() if not isinstance(v, AnnData)}
+    if bad:
+        types = "/".join(sorted(set(bad.values())))
+        raise InputTypeError(f"{name}: every slice must be an AnnData; found {types} for slice(s) {format_keys(bad)}.")
+    return slices
 
 
 def check_obsp_graph(adata: AnnData, key: str) -> sparse.csr_matrix:

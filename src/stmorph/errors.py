@@ -53,7 +53,7 @@ class NonFiniteError(ValueError):
 
 
 class TooFewObservationsError(ValueError):
-    """Not enough spots for the requested number of neighbours, split or fit."""
+    """Not enough spots (or genes) for the requested number of neighbours, split or fit."""
 
 
 class InvalidParameterError(ValueError):

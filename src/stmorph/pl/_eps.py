@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._anndata import dataset_info
 from .._keys import Key
-from .._validation import check_int, check_range, checks_keys, get_stored
+from .._validation import check_int, check_range, check_slices, checks_keys, get_stored
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -265,6 +265,8 @@ def eps_ranking(
 def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData], score: Sequence[str]) -> pd.DataFrame:
     """One row per slice with ``sps`` and the mean of each ``score`` column over its genes."""
     if isinstance(data, pd.DataFrame):
+        if len(data) == 0:
+            raise InvalidParameterError("st.pl.sps_vs_score needs at least one slice; the table has no row.")
         missing = [c for c in ("sps", *score) if c not in data.columns]
         if missing:
             raise StmorphKeyError(
@@ -273,9 +275,8 @@ def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
             )
         index = data["slice"].astype(str) if "slice" in data.columns else data.index.astype(str)
         return pd.DataFrame({c: data[c].to_numpy(np.float64) for c in ("sps", *score)}, index=index)
-    items = data.items() if isinstance(data, Mapping) else ((str(i), a) for i, a in enumerate(data))
     rows = {}
-    for name, adata in items:
+    for name, adata in check_slices(data, "st.pl.sps_vs_score").items():
         sps = get_stored(adata, "uns", "sps", _EPS_CALL)
         means = {c: float(np.nanmean(get_stored(adata, "var", c, _EVALUATE_CALL).to_numpy(np.float64))) for c in score}
         rows[str(dataset_info(adata).get("section", name))] = {"sps": float(sps["sps"]), **means}

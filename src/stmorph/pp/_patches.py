@@ -140,8 +140,8 @@ def extract_patches(
     ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
     ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
     SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``;
-    ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hash``
-    (8 sample spots, their window centres and a hash of their pixels) by which :func:`patch_reader`
+    ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hashes``
+    (8 sample spots, their window centres and a hash of each one's pixels) by which :func:`patch_reader`
     refuses another image of the same size or moved window centres, also for a subset of the table).
 
     Raises

@@ -30,6 +30,7 @@ from .._validation import (
     check_mapping,
     check_range,
     format_keys,
+    numeric_array,
 )
 from ..errors import NonFiniteError
 
@@ -423,7 +424,7 @@ def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
     if len(data) != 2:
         raise InputTypeError(f"a plain input must be an (image, coordinates) pair; found {len(data)} items.")
     image, coords = data
-    coords = np.asarray(coords, dtype=np.float64)
+    coords = numeric_array(coords, "coordinates")
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ShapeMismatchError(f"coordinates must be (n_spots, 2) with x = column, y = row; found {coords.shape}.")
     if mpp is None:

@@ -26,6 +26,7 @@ from .._validation import (
     check_int,
     check_path,
     get_patches,
+    numeric_array,
 )
 from ..models import Encoder, Featurizer, inference_encoder, patches_to_tensor
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
@@ -105,12 +106,15 @@ def _batches(n: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _patch_fetcher(adata: AnnData, key: str, image: Any) -> Fetch:
-    """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction."""
+def _patch_fetcher(adata: AnnData, key: str, image: Any, on_error: str) -> Fetch:
+    """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction.
+
+    With ``on_error="skip"`` the lazy reader refuses nothing up front: unreadable windows fail when read.
+    """
     from ..pp import lazy_patch_params, patch_reader
 
     if key not in adata.obsm and lazy_patch_params(adata, key) is not None:
-        return patch_reader(adata, key, image).read
+        return patch_reader(adata, key, image, on_error=on_error).read
     return get_patches(adata, key).__getitem__
 
 
@@ -182,7 +186,7 @@ def _embed_features(
                 f"encoder {name!r} must return (n_patches, n_features) for a batch of {len(idx)} patches; "
                 f"returned shape {feats.shape}."
             )
-        out.append(feats)
+        out.append(numeric_array(feats, f"features returned by encoder {name!r}"))
         bar.update(len(idx))
     bar.close()
     return np.concatenate(out)
@@ -248,7 +252,7 @@ def embedding_outputs(
     The computing step of :func:`~stmorph.tl.embed` (its options, same meaning, checked by the caller
     with :func:`check_engine_options`); ``stain_norm`` is applied to each batch as it is read.
     """
-    fetch = _patch_fetcher(adata, patches_key, image)
+    fetch = _patch_fetcher(adata, patches_key, image, on_error)
     read = fetch if stain_norm is None else lambda idx: stain_norm(fetch(idx))
     weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}

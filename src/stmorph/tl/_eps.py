@@ -22,13 +22,14 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger, warn_user
 from .._parallel import map_slides
-from .._tables import is_spatialdata, table_of
+from .._tables import table_of
 from .._validation import (
     check_bool,
     check_graph_shape,
     check_int,
     check_range,
     check_seed,
+    check_slices,
     check_unique_names,
     checks_keys,
     get_genes,
@@ -623,14 +624,6 @@ def slice_eps(
     return result.sps, adata.n_obs, result.n_genes, eps, _radius_used(adata, graph_key, exclude_radius, graph_outputs)
 
 
-def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
-    if is_spatialdata(data):
-        return dict(data.tables.items())
-    if isinstance(data, Mapping):
-        return {str(k): v for k, v in data.items()}
-    return {str(i): a for i, a in enumerate(data)}
-
-
 @checks_keys("use_rep", "graph_key", "layer")
 def sps(
     data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData,
@@ -669,6 +662,13 @@ def sps(
     ``n_spots``, ``n_genes`` and ``exclude_radius`` (µm, of the graph used; NaN for the paper's
     graph); ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
 
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a list, dict or SpatialData, or a slice is not an AnnData (e.g. ``None``).
+    InvalidParameterError
+        No slice; and each option as in :func:`eps`.
+
     Examples
     --------
     >>> import stmorph as st
@@ -681,9 +681,7 @@ def sps(
     """
     _check_options(n_neighbors, None, max_value, 0)
     check_exclude_radius(exclude_radius)
-    slices = _slices(data)
-    if not slices:
-        raise InvalidParameterError("sps needs at least one slice; found none.")
+    slices = check_slices(data, "st.tl.sps")
     one_slice = partial(
         slice_eps,
         use_rep=use_rep,

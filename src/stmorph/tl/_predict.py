@@ -81,6 +81,11 @@ class InputSpec:
         if self.kind == "patches" and len(self.use_rep) > 1:
             raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {list(self.use_rep)}.")
 
+    @property
+    def where(self) -> str:
+        """Where the inputs are read, for messages: ``obsm['X_a']`` or ``obsm[['X_a', 'X_b']]``."""
+        return f"obsm[{self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)!r}]"
+
     @classmethod
     def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
         """The spec ``model`` was trained with (``use_rep`` may rename the keys in the new slice)."""
@@ -343,11 +348,11 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
         check_unique_names(ref, "var")
         xs.append(request.spec.read(ref, what))
         if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{list(request.spec.use_rep)}", names[0])
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.{request.spec.where}", names[0])
         ys.append(_expression(ref, request.layer, genes, what))
     x_train = np.concatenate(xs)
     x_query = request.spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{list(request.spec.use_rep)}]", "the reference")
+    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.{request.spec.where}", "the reference")
     spec = request.spec.fitted_to(x_train)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     if request.needs_groups:
@@ -388,7 +393,7 @@ def _apply_model(
     spec = InputSpec.of_model(model, use_rep)
     get_genes(query, model.genes, what="query")
     x_query = spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{list(spec.use_rep)}]", "the model")
+    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.{spec.where}", "the model")
     return Fitted(model, spec.scale(x_query))
 
 

@@ -1,6 +1,8 @@
 """Setup of the docstring examples, which ``make test`` runs with ``--doctest-modules`` on ``src/stmorph``.
 
-This file lies beside the package, not in it: it is not installed.
+It lies in the package (a top-level ``src/conftest.py`` would share the module name ``conftest``
+with ``tests/conftest.py``, which ``--doctest-modules`` then refuses to collect) and is left out
+of the wheel (``pyproject.toml``, ``[tool.hatch.build.targets.wheel]``).
 """
 
 from __future__ import annotations

@@ -9,11 +9,14 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._validation import InvalidParameterError, check_bool, check_choice, check_device, check_seed
+
+if TYPE_CHECKING:
+    from ._conformal import Calibration
 
 
 class Predictor:
@@ -43,6 +46,9 @@ class Predictor:
     training
         What :func:`stmorph.tl.predict` recorded about the fit (``use_rep``, ``layer``,
         ``input_shape``, ``n_train``), so a fitted model can check a new slice's inputs.
+    calibration
+        The calibration of its prediction intervals (``interval=`` of :func:`stmorph.tl.predict`),
+        or ``None``; ``save`` stores it and :func:`stmorph.models.load` restores it.
     """
 
     name: ClassVar[str] = "base"
@@ -58,6 +64,7 @@ class Predictor:
         self.genes: list[str] = []
         self.history: dict[str, list[float]] = {}
         self.training: dict[str, Any] = {}
+        self.calibration: Calibration | None = None
         self._checkpoint: Path | None = None
         self._resume = False
 

@@ -144,15 +144,6 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None):
-    """``model.fit(X, Y)``, passing ``groups`` to models whose ``fit`` takes them (the ``"cv"`` settings)."""
-    import inspect
-
-    if "groups" in inspect.signature(model.fit).parameters:
-        return model.fit(X, Y, groups=groups)
-    return model.fit(X, Y)
-
-
 def cross_validate(
     make_models: Sequence[Callable[[], Any]],
     labels: Sequence[str],
@@ -177,7 +168,7 @@ def cross_validate(
             inner = groups[train]
             if len(np.unique(inner)) < 2:
                 inner = None if blocks is None else blocks[train]
-            model = fit_model(make(), X[train], Y[train], inner)
+            model = make().fit(X[train], Y[train], groups=inner)
             rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
     candidate, fold, hvg, every = zip(*rows)
     return {

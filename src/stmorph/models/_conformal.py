@@ -22,12 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._validation import InvalidParameterError, TooFewObservationsError, check_range
 from ..errors import ModelFileError, NotCalibratedError
+
+if TYPE_CHECKING:
+    from ._predictor import Predictor
 
 SCALES = ("none", "knn")
 """Candidate scales: ``"none"`` (1: one width per gene) and ``"knn"`` (the mean absolute out-of-fold
@@ -65,10 +68,10 @@ def stored_calibration(calibration: Calibration | None, level: float) -> Calibra
 
     Examples
     --------
-    >>> stored_calibration(None, 0.9)
+    >>> stored_calibration(None, 0.9)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    stmorph.errors.NotCalibratedError: interval=0.9: this model holds no interval calibration (it was fitted without interval=, or saved before intervals existed). Refit it with st.tl.predict(..., interval=0.9, return_model=True).
+    stmorph.errors.NotCalibratedError: interval=0.9: this model holds no interval calibration ...
     """
     if calibration is None:
         raise NotCalibratedError(
@@ -156,33 +159,35 @@ class Calibration:
             return np.ones((len(x), self.n_genes), dtype=np.float32)
         return _knn_scale(x, self.bank, self.spread, self.floor)
 
-    def fill(self, lower: np.ndarray, upper: np.ndarray, columns: np.ndarray, x: np.ndarray, pred: np.ndarray) -> None:
-        """Write the intervals of predictions ``pred`` (inputs ``x``) into ``lower[:, columns]`` and ``upper[:, columns]``.
+    def intervals(self, layer: np.ndarray, columns: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds around the predictions ``layer[:, columns]`` of spots with inputs ``x``.
 
-        Rows are processed in chunks (:data:`MAX_ELEMENTS`), so the only full-size arrays are the
-        two outputs the caller allocated.
+        ``layer`` is the ``(n_obs, n_vars)`` prediction layer; the bounds have its shape and are
+        NaN outside ``columns``. Rows are processed in chunks (:data:`MAX_ELEMENTS` values), so
+        the only full-size arrays made are the two returned.
 
         Examples
         --------
         >>> one = lambda v: np.array([v], np.float32)
         >>> cal = Calibration(0.9, "none", quantile=one(2.0), low=one(0.0), high=one(10.0))
-        >>> lo, hi = np.zeros((2, 1), np.float32), np.zeros((2, 1), np.float32)
-        >>> cal.fill(lo, hi, np.array([0]), np.zeros((2, 3)), np.array([[1.0], [5.0]]))
-        >>> lo.ravel().tolist(), hi.ravel().tolist()
-        ([0.0, 3.0], [3.0, 7.0])
+        >>> lower, upper = cal.intervals(np.array([[1.0, np.nan], [5.0, np.nan]]), np.array([0]), np.zeros((2, 3)))
+        >>> lower.tolist(), upper.tolist()
+        ([[0.0, nan], [3.0, nan]], [[3.0, nan], [7.0, nan]])
         """
-        if np.shape(pred)[1] != self.n_genes:
-            raise InvalidParameterError(
-                f"the calibration covers {self.n_genes} genes; the predictions have {np.shape(pred)[1]}."
-            )
+        columns = np.asarray(columns)
+        if len(columns) != self.n_genes:
+            raise InvalidParameterError(f"the calibration covers {self.n_genes} genes; {len(columns)} were predicted.")
+        lower = np.full(np.shape(layer), np.nan, dtype=np.float32)
+        upper = np.full(np.shape(layer), np.nan, dtype=np.float32)
         step = _row_step(max(self.n_genes, 0 if self.bank is None else len(self.bank)))
-        for start in range(0, len(pred), step):
+        for start in range(0, len(lower), step):
             rows = slice(start, start + step)
             half = self.scales(x[rows])
             half *= self.quantile
-            p = np.asarray(pred[rows], dtype=np.float32)
-            lower[rows, columns] = np.maximum(p - half, self.low)
-            upper[rows, columns] = np.minimum(p + half, self.high)
+            pred = np.asarray(layer[rows][:, columns], dtype=np.float32)
+            lower[rows, columns] = np.maximum(pred - half, self.low)
+            upper[rows, columns] = np.minimum(pred + half, self.high)
+        return lower, upper
 
     # ------------------------------------------------------------------------------ save / load
     def arrays(self) -> dict[str, np.ndarray]:
@@ -198,7 +203,7 @@ class Calibration:
 
     @classmethod
     def from_saved(cls, config: dict[str, Any], arrays: dict[str, np.ndarray], n_genes: int, where: Any) -> Calibration:
-        """Rebuild from :meth:`config` and :meth:`arrays` (raises :class:`~stmorph.errors.ModelFileError` if damaged)."""
+        """Rebuild from :meth:`config` and :meth:`arrays` (:class:`~stmorph.errors.ModelFileError` if damaged)."""
         from ._io import check_array
 
         level, scale = config.get("level"), config.get("scale")
@@ -217,7 +222,7 @@ class Calibration:
 
 
 def _knn_scale(x: np.ndarray, bank: np.ndarray, spread: np.ndarray, floor: np.ndarray) -> np.ndarray:
-    """Mean of ``spread`` over the :data:`K_SCALE` rows of ``bank`` nearest (cosine) to each row of ``x``, plus ``floor``."""
+    """Mean ``spread`` of the :data:`K_SCALE` rows of ``bank`` nearest (cosine) to each row of ``x``, plus ``floor``."""
     from ._retrieval import retrieve
 
     return retrieve(x, bank, spread, k=K_SCALE, max_elements=MAX_ELEMENTS) + floor
@@ -320,9 +325,7 @@ def select_scale(
             for g in labels:
                 cal, held = groups != g, groups == g
                 calibration = fit_calibration(x[cal], y[cal], oof[cal], groups[cal], level, scale)
-                lower = np.empty(oof[held].shape, dtype=np.float32)
-                upper = np.empty_like(lower)
-                calibration.fill(lower, upper, np.arange(lower.shape[1]), x[held], oof[held])
+                lower, upper = calibration.intervals(oof[held], np.arange(oof.shape[1]), x[held])
                 scores = interval_scores(y[held], lower, upper, level)
                 rows.append((scale, str(g), *(float(np.nanmean(scores[k])) for k in ("coverage", "width", "score"))))
     if not rows:
@@ -387,3 +390,63 @@ def calibrate(
     calibration = fit_calibration(x, y, oof, groups, level, scale)
     calibration.table = table or None
     return calibration
+
+
+def calibrate_model(
+    model: Predictor,
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray | None,
+    blocks: np.ndarray | None,
+    level: float,
+    oof: np.ndarray | None = None,
+) -> Calibration:
+    """Set ``model.calibration`` for ``level`` intervals from its out-of-fold predictions on its training data.
+
+    Parameters
+    ----------
+    model
+        The fitted model; its out-of-fold twins are new instances with the same settings.
+    X, Y
+        The training inputs and expression the model was fitted on.
+    groups
+        Fold labels: the reference sections, or the spatial blocks of a single section.
+    blocks
+        Spatial blocks of the training spots (inner folds; scale selection with two sections).
+    level
+        Nominal coverage (``interval=``).
+    oof
+        Out-of-fold predictions already made with these ``groups`` (e.g. by ``method="auto"``'s
+        cross-validation); computed with :func:`~stmorph.models._cv.cross_predict` when ``None``.
+
+    Raises
+    ------
+    TooFewObservationsError
+        Fewer than two folds, or too few training spots for ``level``.
+
+    Examples
+    --------
+    >>> from stmorph.models._baselines import Ridge
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 4)); Y = X[:, :2] + rng.normal(size=(300, 2))
+    >>> model = Ridge().fit(X, Y)
+    >>> calibrate_model(model, X, Y, np.repeat([0, 1, 2], 100), None, 0.9).scale in SCALES
+    True
+    """
+    from ._cv import cross_predict
+
+    level = check_level(level)
+    if groups is None or len(np.unique(groups)) < 2:
+        raise TooFewObservationsError(
+            f"interval={level:g} needs at least 2 calibration folds: several reference sections, or one section "
+            'with obsm["spatial"] (split into spatial blocks).'
+        )
+    conformal_rank(len(Y), level, f"interval={level:g}")
+    if oof is None:
+
+        def twin() -> Predictor:
+            return type(model)(random_state=model.random_state, device=model.device, progress=False, **model.params)
+
+        oof, _ = cross_predict(twin, X, Y, groups, blocks)
+    model.calibration = calibrate(X, Y, oof, groups, level, select_groups=blocks)
+    return model.calibration

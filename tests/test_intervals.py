@@ -148,3 +148,17 @@ def test_intervals_need_no_more_memory_than_their_two_layers(monkeypatch):
     tracemalloc.stop()
     assert peak <= 2 * layer.nbytes + 2**15 * 4 * 8  # the two outputs plus a few chunk-sized temporaries
     assert np.all(lower[:, :g] <= layer[:, :g]) and np.all(np.isnan(upper[:, g:]))
+
+
+def test_evaluate_reports_coverage_and_relative_width(refs):
+    query = _section(500, 7)
+    st.tl.predict(query, refs, method="ridge", use_rep="X_emb", interval=0.9, key_added="predicted_ridge")
+    st.tl.evaluate(query, "predicted_ridge", n_top=5, hit_at_t=(1,))
+    y, lower, upper = query.X, query.layers["predicted_ridge_lower"], query.layers["predicted_ridge_upper"]
+    coverage = ((y >= lower) & (y <= upper)).mean(axis=0)
+    width = (upper - lower).mean(axis=0) / y.std(axis=0)
+    np.testing.assert_allclose(query.var["coverage_ridge"], coverage, rtol=1e-6)
+    np.testing.assert_allclose(query.var["interval_width_ridge"], width, rtol=1e-5)
+    summary = query.uns["stmorph"]["evaluate"]["ridge"]["summary"]
+    assert summary["coverage_all"] == pytest.approx(coverage.mean())
+    assert summary["interval_width_all"] == pytest.approx(width.mean(), rel=1e-5)

@@ -460,7 +460,7 @@ def _interval_layers(fitted: Fitted, predicted: np.ndarray, query: AnnData, key:
     columns = get_genes(query, fitted.model.genes, what="query")
     lower, upper = calibration.intervals(predicted, columns, fitted.x_query)
     fitted.record["interval"] = _interval_record(calibration)
-    return {f"{key}_lower": lower, f"{key}_upper": upper}
+    return dict(zip(Key.layers.interval(key), (lower, upper)))
 
 
 @doc_params("copy")

@@ -144,15 +144,6 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None):
-    """``model.fit(X, Y)``, passing ``groups`` to models whose ``fit`` takes them (the ``"cv"`` settings)."""
-    import inspect
-
-    if "groups" in inspect.signature(model.fit).parameters:
-        return model.fit(X, Y, groups=groups)
-    return model.fit(X, Y)
-
-
 def _inner_groups(groups: np.ndarray, blocks: np.ndarray | None, train: np.ndarray) -> np.ndarray | None:
     """Fold labels of the ``train`` rows for a model's own ``"cv"`` settings (remaining groups, else ``blocks``)."""
     inner = groups[train]
@@ -179,7 +170,8 @@ def cross_predict(
     Parameters
     ----------
     make_model
-        Returns a new, unfitted model (an object with ``fit(X, Y[, groups])`` and ``predict(X)``).
+        Returns a new, unfitted model (a :class:`~stmorph.models.Predictor`: ``fit(X, Y, groups=None)``,
+        ``predict(X)``).
     X
         ``(n, ...)`` inputs.
     Y
@@ -196,16 +188,16 @@ def cross_predict(
 
     Examples
     --------
-    >>> from sklearn.linear_model import LinearRegression
+    >>> from stmorph.models._baselines import Ridge
     >>> X = np.arange(12.0).reshape(6, 2); Y = X @ np.array([[1.0], [2.0]])
-    >>> oof, fold = cross_predict(LinearRegression, X, Y, np.array([0, 0, 1, 1, 2, 2]))
+    >>> oof, fold = cross_predict(lambda: Ridge(alpha=1e-6), X, Y, np.array([0, 0, 1, 1, 2, 2]))
     >>> bool(np.allclose(oof, Y, atol=1e-4)), fold.tolist()
     (True, [0, 0, 1, 1, 2, 2])
     """
     groups = check_groups(groups, len(X), "cross_predict")
     oof = np.empty((len(X), np.shape(Y)[1]), dtype=np.float32)
     for train, test in folds(groups):
-        model = fit_model(make_model(), X[train], Y[train], _inner_groups(groups, blocks, train))
+        model = make_model().fit(X[train], Y[train], groups=_inner_groups(groups, blocks, train))
         oof[test] = np.asarray(model.predict(X[test]), dtype=np.float32)
     return oof, groups
 

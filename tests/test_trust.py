@@ -18,7 +18,7 @@ def _grouped_linear(n_groups=3, n=40, d=8, n_genes=5, seed=0):
 
 def test_cross_predict_predicts_each_group_with_a_model_fitted_without_it():
     x, y, groups = _grouped_linear()
-    oof, fold_of = cross_predict(lambda: SkRidge(alpha=3.0), x, y, groups)
+    oof, fold_of = cross_predict(lambda: Ridge(alpha=3.0), x, y, groups)
     assert oof.dtype == np.float32 and oof.shape == y.shape
     np.testing.assert_array_equal(fold_of, groups)
     for g in range(3):
@@ -43,7 +43,7 @@ def test_cross_predict_gives_a_cv_model_the_remaining_groups_as_inner_folds():
 def test_cross_validate_returns_the_out_of_fold_predictions_it_scored():
     x, y, groups = _grouped_linear()
     table, preds = cross_validate(
-        [lambda: SkRidge(alpha=1.0), lambda: SkRidge(alpha=100.0)], ["a", "b"], x, y, groups, return_predictions=True
+        [lambda: Ridge(alpha=1.0), lambda: Ridge(alpha=100.0)], ["a", "b"], x, y, groups, return_predictions=True
     )
     assert set(preds) == {"a", "b"}
     for label in ("a", "b"):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import datasets, pl, pp, tl
+from . import datasets, get, pl, pp, tl
 from ._anndata import read_uns
 from ._demo_settings import MARKER_GENES, DemoResult, DemoSettings
 from ._keys import Key
@@ -29,7 +29,6 @@ from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
 from .pl._eps import min_detected_spots
 from .tl._auto import AUTO
-from .tl._evaluate import evaluation_table
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -129,7 +128,7 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
         table = tables[name]
         for method in settings.methods:
             tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer="log1p")
-            summary = evaluation_table(table, method)
+            summary = get.evaluation_df(table, method)
             rows.append(summary.assign(section=name, method=summary.index, sps=table.uns["sps"]["sps"]))
     metrics = pd.concat(rows, ignore_index=True)
     return metrics[["section", "method", "sps", *[c for c in metrics.columns if c not in ("section", "method", "sps")]]]
@@ -139,10 +138,10 @@ def _cv_tables(tables: dict[str, AnnData]) -> pd.DataFrame:
     """Every ``method="auto"`` CV table: one row per query section, candidate and fold (empty without auto)."""
     frames = []
     for name, table in tables.items():
-        record = read_uns(table, Key.uns.tool("predict"), {}).get(Key.layers.predicted("auto"))
-        if record is not None and "cv" in record:
-            cv = {k: v for k, v in record["cv"].items() if k != "selected"}
-            frames.append(pd.DataFrame(cv).assign(section=name, selected=str(record["selected"])))
+        key = Key.layers.predicted(AUTO)
+        if "cv" in read_uns(table, Key.uns.tool("predict", key), {}):
+            cv = get.cv_df(table, key)
+            frames.append(cv.assign(section=name, selected=cv.loc[cv["selected"], "candidate"].iloc[0]))
     if not frames:
         return pd.DataFrame()
     cv = pd.concat(frames, ignore_index=True)
@@ -152,7 +151,7 @@ def _cv_tables(tables: dict[str, AnnData]) -> pd.DataFrame:
 def _plot_genes(table: AnnData, genes: list[str], settings: DemoSettings) -> list[str]:
     if settings.plot_genes:
         return list(settings.plot_genes)
-    detected = table.var.loc[genes, "eps_n_detected"] >= min_detected_spots(table.n_obs, None)
+    detected = table.var.loc[genes, Key.var.n_detected("eps")] >= min_detected_spots(table.n_obs, None)
     predicted = table.var.loc[genes, "eps"][detected].dropna().sort_values(ascending=False)
     chosen = ["ERBB2"] if "ERBB2" in predicted.index else []
     return chosen + [g for g in predicted.index if g not in chosen][: 4 - len(chosen)]

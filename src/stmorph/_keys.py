@@ -108,6 +108,16 @@ class Key:
             return f"{metric}_{name}"
 
         @staticmethod
+        def n_detected(key_added: str = "eps") -> str:
+            """Spots where each gene is detected, beside the EPS of ``st.tl.eps(key_added=...)``."""
+            return f"{key_added}_n_detected"
+
+        @staticmethod
+        def trust(key: str, column: str) -> str:
+            """Trust column ``column`` (``expected_r``, ``eps_qval``, ``trusted``, …) of the prediction ``key``."""
+            return f"{key}_{column}"
+
+        @staticmethod
         def spatial_eps(key_added: str = "eps") -> str:
             """``-log`` Geary's C on the spatial kNN graph, beside the EPS of ``st.tl.eps(key_added=...)``."""
             return f"{key_added}_spatial"

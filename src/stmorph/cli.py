@@ -274,9 +274,8 @@ def _method_params(text: str) -> dict:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from . import tl
+    from . import get, tl
     from .tl._auto import AUTO
-    from .tl._evaluate import evaluation_table
 
     params = _method_params(args.params)
     check_choice(args.method, [*tl.list_methods(), AUTO], "--method")
@@ -291,7 +290,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} with layers[{layer!r}]")
     if args.evaluate:  # after the write: a failing evaluation never discards the prediction
         tl.evaluate(query, layer)
-        print(evaluation_table(query, args.method).to_string())
+        print(get.evaluation_df(query, args.method).to_string())
         query.write_h5ad(args.out)
         print(f"wrote the metrics into {args.out}")
 

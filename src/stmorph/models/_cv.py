@@ -170,7 +170,8 @@ def cross_predict(
     Parameters
     ----------
     make_model
-        Returns a new, unfitted model (an object with ``fit(X, Y, groups=)`` and ``predict(X)``).
+        Returns a new, unfitted model (a :class:`~stmorph.models.Predictor`: ``fit(X, Y, groups=None)``,
+        ``predict(X)``).
     X
         ``(n, ...)`` inputs.
     Y
@@ -187,9 +188,9 @@ def cross_predict(
 
     Examples
     --------
-    >>> from stmorph.models._baselines import Linear
+    >>> from stmorph.models._baselines import Ridge
     >>> X = np.arange(12.0).reshape(6, 2); Y = X @ np.array([[1.0], [2.0]])
-    >>> oof, fold = cross_predict(Linear, X, Y, np.array([0, 0, 1, 1, 2, 2]))
+    >>> oof, fold = cross_predict(lambda: Ridge(alpha=1e-6), X, Y, np.array([0, 0, 1, 1, 2, 2]))
     >>> bool(np.allclose(oof, Y, atol=1e-4)), fold.tolist()
     (True, [0, 0, 1, 1, 2, 2])
     """

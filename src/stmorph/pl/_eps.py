@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import dataset_info
+from .._keys import Key
 from .._validation import check_int, check_range, checks_keys, get_stored
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
@@ -149,7 +150,7 @@ def _ranked(
         {
             "eps": get_stored(adata, "var", eps_key, _EPS_CALL).to_numpy(np.float64),
             "qval": get_stored(adata, "var", qval_key, _EPS_CALL).to_numpy(np.float64),
-            "detected": get_stored(adata, "var", f"{eps_key}_n_detected", _EPS_CALL).to_numpy(np.int64),
+            "detected": get_stored(adata, "var", Key.var.n_detected(eps_key), _EPS_CALL).to_numpy(np.int64),
         },
         index=adata.var_names,
     )

@@ -598,7 +598,7 @@ def eps(
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
         columns[column] = full
-    columns[f"{key_added}_n_detected"] = detected
+    columns[Key.var.n_detected(key_added)] = detected
     params = {
         "n_neighbors": int(graph.getnnz(axis=1).max()) if use_rep is None else int(n_neighbors),
         "graph_key": graph_key,

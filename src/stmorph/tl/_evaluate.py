@@ -303,8 +303,3 @@ def evaluate(
 def _summary_table(summary: Mapping[str, float], name: str) -> pd.DataFrame:
     """The one-row summary table of the evaluation ``name``."""
     return pd.DataFrame({k: [float(v)] for k, v in summary.items()}, index=pd.Index([name], name="prediction"))
-
-
-def evaluation_table(adata: AnnData, key: str) -> pd.DataFrame:
-    """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata`` (CLI, demo)."""
-    return _summary_table(tool_record(adata, "evaluate", key)["summary"], key)

@@ -41,7 +41,7 @@ K_SCALE = 50
 FLOOR = 0.1
 """Every ``"knn"`` scale is raised by this fraction of the gene's mean absolute residual, so a spot
 whose neighbours happened to be predicted perfectly keeps a non-zero width."""
-MAX_ELEMENTS = 2**24
+MAX_ELEMENTS = 2**22
 """Bound on the values of one chunk of spots × genes (or × calibration spots) while computing intervals."""
 PREFIX = "calibration."
 """Prefix of the calibration arrays in a saved model's ``model.safetensors``."""
@@ -185,8 +185,10 @@ class Calibration:
             half = self.scales(x[rows])
             half *= self.quantile
             pred = np.asarray(layer[rows][:, columns], dtype=np.float32)
-            lower[rows, columns] = np.maximum(pred - half, self.low)
-            upper[rows, columns] = np.minimum(pred + half, self.high)
+            bound = np.subtract(pred, half)
+            lower[rows, columns] = np.maximum(bound, self.low, out=bound)
+            np.add(pred, half, out=bound)
+            upper[rows, columns] = np.minimum(bound, self.high, out=bound)
         return lower, upper
 
     # ------------------------------------------------------------------------------ save / load

@@ -125,10 +125,14 @@ def test_a_single_small_reference_cannot_calibrate():
         st.tl.predict(_section(50, 7), tiny, method="ridge", use_rep="X_emb", interval=0.95)
 
 
-def test_a_single_reference_calibrates_on_spatial_blocks():
+def test_a_single_reference_calibrates_on_spatial_blocks(tmp_path):
     query = _section(3000, 7)
     st.tl.predict(query, _section(600, 1), method="ridge", use_rep="X_emb", interval=0.9, key_added="p")
     assert abs(_coverage(query, "p").mean() - 0.9) <= 0.03
+    query.write_h5ad(tmp_path / "q.h5ad")  # the record (with the scale's CV table) is plain
+    back = ad.read_h5ad(tmp_path / "q.h5ad")
+    np.testing.assert_array_equal(back.layers["p_upper"], query.layers["p_upper"])
+    assert set(back.uns["stmorph"]["predict"]["p"]["interval"]["cv"]) == {"scale", "fold", "coverage", "width", "score"}
 
 
 def test_intervals_need_no_more_memory_than_their_two_layers(monkeypatch):

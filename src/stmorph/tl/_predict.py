@@ -430,7 +430,8 @@ def _predictions(model: Predictor, x_query: np.ndarray, query: AnnData) -> tuple
 
 def _interval_record(calibration: Calibration) -> dict[str, Any]:
     """The ``interval`` entry of the record: level, scale and the CV that chose the scale."""
-    return {"level": calibration.level, "scale": calibration.scale, "cv": calibration.table}
+    cv = {"cv": calibration.table} if calibration.table else {}  # no table: fewer than three folds
+    return {"level": calibration.level, "scale": calibration.scale, **cv}
 
 
 def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_state: int) -> dict[str, Any]:

@@ -166,3 +166,14 @@ def test_evaluate_reports_coverage_and_relative_width(refs):
     summary = query.uns["stmorph"]["evaluate"]["ridge"]["summary"]
     assert summary["coverage_all"] == pytest.approx(coverage.mean())
     assert summary["interval_width_all"] == pytest.approx(width.mean(), rel=1e-5)
+
+
+def test_patch_inputs_get_one_width_per_gene():
+    """Methods trained on image patches (ST-Net) have no embedding to find neighbours in: scale "none"."""
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 255, size=(90, 4, 4, 3), dtype=np.uint8)
+    y = rng.normal(size=(90, 3))
+    cal = calibrate(patches, y, np.zeros_like(y), np.repeat([0, 1, 2], 30), 0.9)
+    assert cal.scale == "none" and cal.bank is None
+    lower, upper = cal.intervals(np.zeros((5, 3)), np.arange(3), patches[:5])
+    np.testing.assert_allclose(upper - lower, np.broadcast_to(2 * cal.quantile, (5, 3)), rtol=1e-6)

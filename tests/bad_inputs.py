@@ -30,6 +30,7 @@ from stmorph.errors import (
     MissingPathError,
     ModelFileError,
     NonFiniteError,
+    NotCalibratedError,
     OutOfImageError,
     PathKindError,
     ShapeMismatchError,
@@ -370,6 +371,25 @@ def predict_model_fitted_on_embeddings_of_another_width():
 def predict_model_predicts_genes_the_query_lacks():
     a, model = table()[:, 4:].copy(), _ridge_model()
     return a, lambda: st.tl.predict(a, model=model)
+
+
+@_case("st.tl.predict", "interval outside (0, 1)", InvalidParameterError)
+def predict_interval_outside_0_1():
+    a = table()
+    return a, lambda: st.tl.predict(a, table(), method="ridge", use_rep="X_lat", interval=1.5)
+
+
+@_case("st.tl.predict", "intervals from a single reference too small to calibrate", TooFewObservationsError)
+def predict_intervals_from_a_single_reference_too_small_to_calibrate():
+    a = table()
+    return a, lambda: st.tl.predict(a, table()[:15].copy(), method="ridge", use_rep="X_lat", interval=0.95)
+
+
+@_case("st.tl.predict", "intervals from a model saved without calibration", NotCalibratedError)
+def predict_intervals_from_a_model_saved_without_calibration():
+    a, folder = table(), scratch_folder("uncalibrated")
+    _ridge_model().save(folder)
+    return a, lambda: st.tl.predict(a, model=st.models.load(folder), interval=0.9)
 
 
 # ------------------------------------------------------------------------------ st.tl.evaluate

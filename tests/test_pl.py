@@ -295,3 +295,25 @@ def test_spatial_draws_an_obs_column_such_as_tissue_fraction_beside_genes(slices
     raw.obs["region"] = raw.obs["region"].astype("category")
     with pytest.raises(InvalidParameterError, match=r"obs\['region'\] is category.*numeric obs columns"):
         st.pl.spatial(raw, "region", show=False)
+
+
+def test_spatial_draws_the_interval_width_beside_the_prediction(slices):
+    query = slices["query"].copy()
+    query.uns["spatial"] = slices["visium_uns"]
+    st.tl.predict(query, slices["reference"], method="ridge", use_rep="X_colour", interval=0.9, progress=False)
+    fig = st.pl.spatial(query, GENES[:1], interval_width=True, scale="shared", show=False)
+    panels = image_axes(fig)
+    titles = [ax.get_title().split("\n") for ax in panels]
+    assert [t[0] for t in titles] == [
+        "ERBB2 · measured",
+        "ERBB2 · predicted (ridge)",
+        "ERBB2 · predicted (ridge) interval width",
+    ]
+    assert titles[2][1] == "own scale" and titles[1][1].startswith("shared scale")
+    width = (
+        query[:, "ERBB2"].layers["predicted_ridge_upper"] - query[:, "ERBB2"].layers["predicted_ridge_lower"]
+    ).ravel()
+    drawn = np.asarray(next(c for c in panels[2].collections).get_array())
+    np.testing.assert_allclose(np.sort(drawn), np.sort(width), rtol=1e-5)
+    with pytest.raises(StmorphKeyError, match=r"interval=0\.9"):
+        st.pl.spatial(on_layout(slices, "visium"), GENES[:1], interval_width=True, show=False)

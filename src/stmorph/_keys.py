@@ -126,3 +126,8 @@ class Key:
         def predicted(method: str) -> str:
             """Default layer of the predictions of ``method``."""
             return f"{_PREDICTED}{method}"
+
+        @staticmethod
+        def interval(key: str) -> tuple[str, str]:
+            """Lower and upper bounds of the prediction intervals around ``layers[key]``."""
+            return f"{key}_lower", f"{key}_upper"

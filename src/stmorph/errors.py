@@ -28,6 +28,7 @@ __all__ = [
     "MissingPathError",
     "ModelFileError",
     "NonFiniteError",
+    "NotCalibratedError",
     "OutOfImageError",
     "PathKindError",
     "ShapeMismatchError",
@@ -94,6 +95,10 @@ class PathKindError(InvalidParameterError, OSError):
 
 class ModelFileError(DamagedFileError):
     """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
+
+
+class NotCalibratedError(InvalidParameterError):
+    """Prediction intervals were asked of a fitted model that holds no calibration for them."""
 
 
 class CheckpointMismatchError(InvalidParameterError):

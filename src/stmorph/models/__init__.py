@@ -6,9 +6,15 @@
 LightGBM code lives in private modules imported when a model is built or loaded.
 
 ``__all__`` is the user API; the names re-exported ``as`` themselves are for ``st.tl`` (the
-registries' listings, the inference encoders, the device choice, the grouped cross-validation).
+registries' listings, the inference encoders, the device choice, the grouped cross-validation, the
+conformal calibration).
 """
 
+from ._conformal import Calibration as Calibration
+from ._conformal import calibrate_model as calibrate_model
+from ._conformal import check_level as check_level
+from ._conformal import interval_scores as interval_scores
+from ._conformal import stored_calibration as stored_calibration
 from ._cv import N_BLOCKS as N_BLOCKS
 from ._cv import best_candidate as best_candidate
 from ._cv import check_groups as check_groups

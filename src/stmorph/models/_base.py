@@ -18,7 +18,7 @@ from .._validation import (
     check_path,
     check_same_shape,
 )
-from ._io import save_arrays
+from ._io import WEIGHTS_FILE, add_calibration, restore_calibration, save_arrays
 from ._predictor import Predictor
 
 if TYPE_CHECKING:
@@ -204,7 +204,9 @@ class TorchPredictor(Predictor):
         folder = check_path(path, "path", "folder_to_write")
         self._require_fitted()
         folder.mkdir(parents=True, exist_ok=True)
-        save_arrays(folder, self._config(), self._arrays(folder))
+        config, arrays = self._config(), self._arrays(folder)
+        add_calibration(self, config, arrays)
+        save_arrays(folder, config, arrays)
 
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> TorchPredictor:
@@ -223,4 +225,5 @@ class TorchPredictor(Predictor):
         if not model.genes:
             raise ModelFileError(f"{folder / 'config.json'}: the list of genes is empty.")
         model._restore(folder, config, arrays)
+        restore_calibration(model, config, arrays, folder / WEIGHTS_FILE)
         return model

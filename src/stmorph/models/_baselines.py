@@ -18,8 +18,9 @@ import numpy as np
 from .._logging import logger
 from .._optional import import_optional
 from .._validation import ModelFileError, check_choice, check_int, check_range
+from ._arrays import check_array
 from ._cv import ALPHA_GRID, K_GRID, grid_search
-from ._io import ArrayModel, check_array
+from ._io import ArrayModel
 from ._predictor import Predictor
 
 CV = "cv"

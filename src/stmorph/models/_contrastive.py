@@ -36,6 +36,7 @@ from .._validation import (
     check_range,
     format_keys,
 )
+from ._arrays import check_array
 from ._augment import flip_rotate
 from ._base import (
     NET_PREFIX,
@@ -48,7 +49,7 @@ from ._base import (
 )
 from ._cv import fold_scores
 from ._heads import ProjectionHead
-from ._io import ENCODER_FILE, check_array, write_safetensors
+from ._io import ENCODER_FILE, write_safetensors
 from ._losses import bleep_loss, heclip_loss
 from ._retrieval import AGGREGATIONS, retrieve
 from ._train import train

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
+from .._keys import Key
 from .._tables import is_spatialdata, table_of
 from .._validation import (
+    check_bool,
     check_choice,
     check_int,
     check_mapping,
@@ -143,6 +145,11 @@ def _panel_values(table: AnnData, layers: Sequence[str], idx: np.ndarray) -> dic
     predicted = [layer for layer in layers if layer != _utils.MEASURED]
     values = {}
     for layer in layers:
+        if layer.endswith(_utils.WIDTH):
+            bounds = Key.layers.interval(layer.removesuffix(_utils.WIDTH))
+            lower, upper = (get_matrix(table, bound, finite=False) for bound in bounds)
+            values[layer] = _utils.dense_columns(upper, idx) - _utils.dense_columns(lower, idx)
+            continue
         source = _utils.measured_layer(table, predicted) if layer == _utils.MEASURED else layer
         if source is not None and source not in table.layers:
             produced_by = "st.tl.predict" if layer.startswith(_utils.PREDICTED_PREFIX) else "the step that stores it"
@@ -151,6 +158,21 @@ def _panel_values(table: AnnData, layers: Sequence[str], idx: np.ndarray) -> dic
             )
         values[layer] = _utils.dense_columns(get_matrix(table, source, finite=False), idx)
     return values
+
+
+def _with_widths(table: AnnData, layers: Sequence[str]) -> list[str]:
+    """``layers`` with the interval-width panel after every prediction that has interval bounds."""
+    out = []
+    for layer in layers:
+        out.append(layer)
+        if all(bound in table.layers for bound in Key.layers.interval(layer)):
+            out.append(layer + _utils.WIDTH)
+    if len(out) == len(layers):
+        raise StmorphKeyError(
+            f"none of the layers {list(layers)} has interval bounds (layers[key + '_lower'], layers[key + '_upper']); "
+            "run st.tl.predict(..., interval=0.9) first."
+        )
+    return out
 
 
 def _check_predicted(values: dict[str, np.ndarray], genes: Sequence[str]) -> None:
@@ -199,10 +221,12 @@ def colour_limits(
 ) -> dict[str, tuple[float, float]]:
     """Colour limits of gene ``j`` in each panel: percentiles of the panel's own finite values (``"panel"``),
     or of the gene's values pooled over all its panels (``"shared"``)."""
+    limits = {layer: percentile_limits(vals[:, j], percentiles) for layer, vals in values.items()}
     if scale == "panel":
-        return {layer: percentile_limits(vals[:, j], percentiles) for layer, vals in values.items()}
-    pooled = percentile_limits(np.concatenate([vals[:, j] for vals in values.values()]), percentiles)
-    return dict.fromkeys(values, pooled)
+        return limits
+    shared = [layer for layer in values if not layer.endswith(_utils.WIDTH)]  # a width is on a scale of its own
+    pooled = percentile_limits(np.concatenate([values[layer][:, j] for layer in shared]), percentiles)
+    return {**limits, **dict.fromkeys(shared, pooled)}
 
 
 def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
@@ -248,7 +272,7 @@ def _draw_gene(
             ax=ax,
             vmin=limits[layer][0],
             vmax=limits[layer][1],
-            title=_title(table, gene, layer, scale),
+            title=_title(table, gene, layer, "panel" if layer.endswith(_utils.WIDTH) else scale),
             **style,
         )
 
@@ -272,6 +296,7 @@ def spatial(
     layers: Sequence[str] | None = None,
     scale: str = "panel",
     percentiles: tuple[float, float] = (1.0, 99.0),
+    interval_width: bool = False,
     library_id: str | None = None,
     table_key: str = "table",
     image_key: str = "he",
@@ -315,6 +340,10 @@ def spatial(
     percentiles
         The colour scale runs between these percentiles, so a few extreme spots do not wash out
         the rest; ``(0, 100)`` for the full range.
+    interval_width
+        After each prediction with intervals (``st.tl.predict(..., interval=0.9)``), a panel of the
+        interval's width per spot (upper - lower bound, on its own scale): where the prediction is
+        sure (narrow) and where it is not.
     library_id
         Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
         shown for a SpatialData image (default: the table's section).
@@ -360,6 +389,8 @@ def spatial(
     columns = obs_columns(table, names)
     genes = [name for name in names if name not in columns]
     layers = list(layers) if layers is not None else _default_layers(table, genes)
+    if check_bool(interval_width, "interval_width"):
+        layers = _with_widths(table, layers)
     if not layers:
         raise InvalidParameterError("layers is empty; pass at least one of 'measured' or a layer name.")
     values = _panel_values(table, layers, get_genes(table, genes)) if genes else {}

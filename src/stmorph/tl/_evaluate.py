@@ -31,6 +31,7 @@ from .._validation import (
     get_genes,
     get_matrix,
 )
+from ..models import interval_scores
 from ._metrics import hit_at, pearson, rmse, spearman, ssim
 from ._predict import SPLIT_KEY
 
@@ -109,6 +110,19 @@ def _evaluated_genes(adata: AnnData, genes: Sequence[str] | None, pred_all: np.n
     return idx
 
 
+def _interval_metrics(
+    adata: AnnData, layer: str, idx: np.ndarray, rows: np.ndarray, truth: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per gene ``coverage`` and ``interval_width`` (mean width / the gene's SD) when the interval layers exist."""
+    names = Key.layers.interval(layer)
+    if not all(name in adata.layers for name in names):
+        return {}
+    lower, upper = (_matrix(adata, name, idx, rows) for name in names)
+    level = float(_record(adata, layer).get("interval", {}).get("level", np.nan))
+    scores = interval_scores(truth, lower, upper, level)
+    return {"coverage": scores["coverage"], "interval_width": scores["width"]}
+
+
 def _mean(values: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN group gives NaN, not a warning
@@ -144,7 +158,10 @@ def evaluate(
     means over all evaluated genes. Means skip NaN genes. Tied genes enter a top set in gene order.
     ``pearson_HVG-50`` and ``pearson_all`` are the cross-validation scores of
     :func:`~stmorph.tl.predict` (:func:`stmorph.get.cv_df`) when computed on the same spots and
-    predictions.
+    predictions. When the prediction has intervals
+    (``layers[layer + "_lower"]`` and ``layers[layer + "_upper"]``, from ``interval=`` of
+    :func:`~stmorph.tl.predict`), per gene their coverage (fraction of spots whose truth lies
+    inside) and mean width divided by the gene's SD on the evaluated spots.
 
     Parameters
     ----------
@@ -182,10 +199,12 @@ def evaluate(
     -------
     With ``inplace=False``, the summary table: one row (``key_added``) and columns
     ``pearson_MG``, ``pearson_HEG-{n}``, ``pearson_HVG-{n}``, ``pearson_all``, ``spearman_all``,
-    ``rmse_all``, ``ssim_all``, ``hit@T``. With ``inplace=True``, ``None``; sets on ``adata``:
+    ``rmse_all``, ``ssim_all``, ``hit@T``; with intervals also ``coverage_all`` and
+    ``interval_width_all``. With ``inplace=True``, ``None``; sets on ``adata``:
 
     ``var['pearson_{name}']``, ``var['spearman_{name}']``, ``var['rmse_{name}']``, ``var['ssim_{name}']`` :
-        per-gene metrics (NaN for genes not evaluated).
+        per-gene metrics (NaN for genes not evaluated); with intervals also
+        ``var['coverage_{name}']`` and ``var['interval_width_{name}']``.
     ``uns['stmorph']['evaluate'][name]`` : ``summary`` (the table's row as a dict), ``hit_at``
         (``{"T": fraction}``), ``layer``, ``truth``, ``subset``, ``n_spots``, ``n_genes``, ``heg``,
         ``hvg``, ``marker_genes``.
@@ -226,6 +245,7 @@ def evaluate(
         check_int(t, "hit_at_t", low=1, high=len(idx))
 
     per_gene = {metric: fn(truth, pred) for metric, fn in _GENE_METRICS.items()}
+    per_gene.update(_interval_metrics(adata, layer, idx, rows, truth))
     ranked = truth if rank_layer is None else _matrix(adata, rank_layer, idx, rows)
     heg, hvg = top_n(ranked.mean(0), n_top), top_n(ranked.var(0), n_top)
     if marker_genes is not None:

@@ -44,10 +44,11 @@ from .._validation import (
     get_patches,
     get_rep,
 )
-from ..models._cv import N_BLOCKS, spatial_blocks
+from ..models._cv import N_BLOCKS, cross_predict, spatial_blocks
 from ..models._predictor import Predictor, make_method
 from ._auto import AUTO, Candidate, parse_candidates, select
 from ._genes import as_reference_list, gene_list, shared_genes
+from ._trust import MIN_EXPECTED_R, Trust, check_min_expected_r, column_pearson, expected_r, reference_eps
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -137,6 +138,11 @@ class TrainingData:
         one training section; ``None`` when no method option asks for them.
     blocks
         Spatial blocks of the training spots, unique across sections (inner folds of nested CV).
+    sections
+        Reference section of each training spot (``None``: one section), for the references' EPS.
+    oof
+        Out-of-fold predictions of the training spots over ``groups`` (``trust=True``), from
+        ``method="auto"``'s CV or :func:`~stmorph.models._cv.cross_predict`.
     """
 
     genes: list[str]
@@ -146,6 +152,8 @@ class TrainingData:
     layer: str
     groups: np.ndarray | None = None
     blocks: np.ndarray | None = None
+    sections: np.ndarray | None = None
+    oof: np.ndarray | None = None
 
 
 @dataclass
@@ -161,11 +169,13 @@ class Request:
     candidates: list[Candidate] | None
     common: dict[str, Any]
     """``random_state``, ``device``, ``progress``."""
+    trust: bool = False
+    """Also predict the training spots out of fold (expected accuracy per gene)."""
 
     @property
     def needs_groups(self) -> bool:
-        """Whether the fit reads cross-validation groups: ``auto``, ``"cv"`` options, group-validated methods."""
-        if self.model is None:
+        """Whether the fit reads cross-validation groups: ``auto``, ``"cv"`` options, group-validated methods, trust."""
+        if self.model is None or self.trust:
             return True
         tuned = any(isinstance(v, str) and v == "cv" for v in self.model.params.values())
         return tuned or getattr(self.model, "validates_on_groups", False)
@@ -179,6 +189,10 @@ class Fitted:
     x_query: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
     obs: dict[str, Any] = field(default_factory=dict)
+    data: TrainingData | None = None
+    """What the model was fitted on (``None`` with ``model=``)."""
+    test: tuple[np.ndarray, np.ndarray] | None = None
+    """Within a slice: the test spots' mask and their expression."""
 
 
 def _mode(reference: object, split: float | None, model: Predictor | None) -> str:
@@ -319,8 +333,14 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
     start = time.perf_counter()
     model = request.model
     if model is None:
-        model, cv_table = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
+        model, cv_table, oof = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
         extra = {"selected": cv_table["selected"], "cv": cv_table}
+        data.oof = oof if request.trust else None
+    elif request.trust:
+        quiet = {**request.common, "progress": False}
+        data.oof = cross_predict(
+            lambda: make_method(model.name, model.params, **quiet), data.x, data.y, data.groups, data.blocks
+        )[0]
     layer = {"layer": data.layer}
     model.train(data.x, data.y, genes=data.genes, groups=data.groups, inputs={**data.spec.record(), **layer})
     extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
@@ -353,8 +373,10 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     if request.needs_groups:
         data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
+    if len(refs) > 1:
+        data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     model, extra = _fit(request, data)
-    return Fitted(model, spec.scale(x_query), extra)
+    return Fitted(model, spec.scale(x_query), extra, data=data)
 
 
 def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
@@ -363,15 +385,16 @@ def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
     test = _split(query.n_obs, split, request.common["random_state"])
     x = request.spec.read(query, "query")
     spec = request.spec.fitted_to(x[~test])
-    y = _expression(query, request.layer, genes, "query")[~test]
-    data = TrainingData(genes, spec.scale(x[~test]), y, spec, _layer_name(request.layer))
+    y = _expression(query, request.layer, genes, "query")
+    data = TrainingData(genes, spec.scale(x[~test]), y[~test], spec, _layer_name(request.layer))
     if request.needs_groups:
         data.groups = data.blocks = _blocks(query[~test], request.common["random_state"])
     model, extra = _fit(request, data)
     labels = pd.Categorical(np.where(test, "test", "train"), categories=["train", "test"])
     same = SPLIT_KEY in query.obs and np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels))
     obs = {} if same else {SPLIT_KEY: labels}  # the same split again is not a replacement worth a warning
-    return Fitted(model, spec.scale(x), {**extra, "split": float(split), "n_test": int(test.sum())}, obs)
+    record = {**extra, "split": float(split), "n_test": int(test.sum())}
+    return Fitted(model, spec.scale(x), record, obs, data=data, test=(test, y[test]))
 
 
 def _apply_model(
@@ -423,6 +446,42 @@ def _predictions(model: Predictor, x_query: np.ndarray, query: AnnData) -> tuple
     return out, seconds
 
 
+def _trust_of(fitted: Fitted, predicted: np.ndarray, eps: bool, random_state: int) -> Trust | None:
+    """Per-gene trust of the prediction ``predicted`` (query spots × the model's genes); ``None`` without one.
+
+    Within a slice the expected r is the test spots' r; across slices it comes from the out-of-fold
+    predictions of the references (:func:`~stmorph.tl._trust.expected_r`). With ``eps``, the EPS
+    of every training section on its own image graph (embeddings only).
+    """
+    data = fitted.data
+    if fitted.test is not None:
+        test, y_test = fitted.test
+        trust = Trust(column_pearson(y_test, predicted[test]), np.full(y_test.shape[1], np.nan))
+    elif data is not None and data.oof is not None:
+        trust = Trust(*expected_r(data.oof, data.y, data.groups, predicted))
+    else:
+        return None
+    if eps and data.spec.kind == "embedding":
+        sections = np.zeros(len(data.x), dtype=int) if data.sections is None else data.sections
+        xs = [data.x[sections == s] for s in np.unique(sections)]
+        ys = [data.y[sections == s] for s in np.unique(sections)]
+        trust.eps, trust.eps_qval = reference_eps(xs, ys, len(data.genes), random_state)
+    return trust
+
+
+def _trust_columns(trust: Trust | None, query: AnnData, genes: Sequence[str], key: str, min_r: float) -> dict:
+    """The trust ``var`` columns over all of ``query``'s genes (NaN, or ``False``, for genes not predicted)."""
+    if trust is None:
+        return {}
+    idx = get_genes(query, genes, what="query")
+    out = {}
+    for name, values in trust.columns(key, min_r).items():
+        full = np.zeros(query.n_vars, dtype=bool) if values.dtype == bool else np.full(query.n_vars, np.nan)
+        full[idx] = values
+        out[name] = full
+    return out
+
+
 def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_state: int) -> dict[str, Any]:
     """The ``uns`` record of a prediction (see :func:`predict`)."""
     model, use_rep = fitted.model, fitted.model.training["use_rep"]
@@ -463,6 +522,9 @@ def predict(
     device: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    trust: bool = True,
+    eps: bool = True,
+    min_expected_r: float = MIN_EXPECTED_R,
     table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
@@ -571,7 +633,10 @@ def predict(
     >>> other.obsm["X_latent"] = other.obsm["latent"]
     >>> st.tl.predict(other, model=model)  # no refit
     """
-    _check_options(split, random_state, device, checkpoint, resume=resume, progress=progress, copy=copy)
+    _check_options(
+        split, random_state, device, checkpoint, resume=resume, progress=progress, copy=copy, trust=trust, eps=eps
+    )
+    check_min_expected_r(min_expected_r)
     check_bool(return_model, "return_model")
     if copy and return_model:
         raise InvalidParameterError(
@@ -589,6 +654,7 @@ def predict(
     else:
         common = {"random_state": random_state, "device": device, "progress": progress}
         request = _request(method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume)
+        request.trust = trust and mode == "across"
         if mode == "across":
             fitted = _fit_across(query, as_reference_list(reference), request)
         else:
@@ -597,8 +663,12 @@ def predict(
     predicted, predict_time = _predictions(fitted.model, fitted.x_query, query)
     key = key_added or Key.layers.predicted(method)
     record = _record(method, mode, fitted, predict_time, random_state)
+    found = _trust_of(fitted, predicted[:, get_genes(query, fitted.model.genes, what="query")], eps, random_state)
+    var = _trust_columns(found if trust else None, query, fitted.model.genes, key, min_expected_r)
+    if var:
+        record["min_expected_r"] = float(min_expected_r)
     target = query.copy() if copy else query
-    commit_outputs(target, layers={key: predicted}, obs=fitted.obs, uns={Key.uns.tool("predict", key): record})
+    commit_outputs(target, layers={key: predicted}, obs=fitted.obs, var=var, uns={Key.uns.tool("predict", key): record})
     if copy:
         return target
     return fitted.model if return_model else None

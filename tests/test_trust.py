@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scanpy as sc
 from _adata_compare import assert_adata_equal
-from scipy.stats import kstest
+from scipy.stats import kstest, spearmanr
 from sklearn.linear_model import Ridge as SkRidge
 
 import stmorph as st
-from stmorph._validation import InvalidParameterError
+from stmorph._validation import InvalidParameterError, StmorphKeyError
 from stmorph.models._baselines import Ridge
 from stmorph.models._cv import cross_predict, cross_validate, fold_scores
 from stmorph.tl._trust import reference_eps, stouffer
@@ -132,3 +132,28 @@ def test_trust_false_writes_no_trust_column():
     refs, query = _sections(n_genes=20, n_planted=4)
     st.tl.predict(query, refs, method="knn", use_rep="latent", key_added="p", trust=False, progress=False)
     assert not any(c.startswith("p_") for c in query.var.columns)
+
+
+def test_evaluate_scores_the_expected_r_against_the_achieved_r():
+    refs, query = _sections(n_genes=60, n_planted=10)
+    st.tl.predict(query, refs, method="ridge", use_rep="latent", progress=False)
+    st.tl.evaluate(query, "predicted_ridge", n_top=10)
+    expected, achieved = query.var["predicted_ridge_expected_r"], query.var["pearson_ridge"]
+    summary = query.uns["stmorph"]["evaluate"]["ridge"]["summary"]
+    assert summary["expected_r_spearman"] == pytest.approx(spearmanr(expected, achieved)[0])
+    assert summary["expected_r_mae_all"] == pytest.approx(np.mean(np.abs(expected - achieved)))
+    hvg = query.uns["stmorph"]["evaluate"]["ridge"]["hvg"]
+    assert summary["expected_r_mae_HVG-10"] == pytest.approx(np.mean(np.abs(expected - achieved)[hvg]))
+    assert summary["expected_r_spearman"] > 0.5  # planted genes are foretold
+
+
+def test_trust_plot_marks_the_trusted_genes_in_each_view():
+    refs, query = _sections(n_genes=30, n_planted=6)
+    st.tl.predict(query, refs, method="ridge", use_rep="latent", progress=False)
+    st.tl.evaluate(query, "predicted_ridge", n_top=5)
+    fig = st.pl.trust(query, "predicted_ridge", show=False)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["achieved r", "EPS (mean over references)"]
+    n_trusted = int(query.var["predicted_ridge_trusted"].sum())
+    assert all(len(ax.collections[1].get_offsets()) == n_trusted for ax in fig.axes)
+    with pytest.raises(StmorphKeyError, match=r"st\.tl\.predict"):
+        st.pl.trust(refs[0], "predicted_ridge", show=False)

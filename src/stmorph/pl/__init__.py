@@ -5,6 +5,7 @@ from ._eps import eps_ranking, eps_vs_score, sps_vs_score
 from ._predict import gene_correlation
 from ._spatial import spatial
 from ._training import training
+from ._trust import trust
 
 __all__: list[str] = [
     "cv_table",
@@ -14,4 +15,5 @@ __all__: list[str] = [
     "spatial",
     "sps_vs_score",
     "training",
+    "trust",
 ]

@@ -48,9 +48,9 @@ def trust(
     Parameters
     ----------
     adata
-        The query of :func:`stmorph.tl.predict`.
+        A query with the trust columns of a prediction (see :func:`stmorph.get.trust_df`).
     key
-        The prediction's ``key_added``.
+        Which prediction: its layer name.
     evaluation
         Name of the :func:`~stmorph.tl.evaluate` run with the achieved r
         (``var[f'pearson_{{evaluation}}']``); default ``key`` without ``"predicted_"``.

@@ -27,8 +27,8 @@ from ._logging import logger
 from ._report import write_report
 from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
-from .pl._eps import min_detected_spots
-from .tl._auto import AUTO
+from .pl import min_detected_spots
+from .tl import AUTO
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -63,7 +63,7 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     The copy also gets a Visium-style ``uns["spatial"]`` (the H&E image at 2000 px), so the results
     file is self-contained and :func:`stmorph.pl.spatial` draws it directly.
     """
-    from .pl._spatial import visium_uns
+    from .pl import visium_uns
 
     table = pp.extract_patches(sdata, copy=True, progress=False)
     table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
@@ -217,6 +217,9 @@ def run_demo(
 
     Examples
     --------
+    The demo takes minutes (``make demo``; ``tests/test_demo.py`` runs it), too long for the
+    docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo
     >>> run_demo("stmorph_demo")  # doctest: +SKIP
     """
@@ -227,7 +230,7 @@ def _check_inputs(
     sections: Sequence[str], data_dir: str | os.PathLike | None, settings: DemoSettings, out: str | os.PathLike
 ) -> None:
     """Check every input before any section is embedded: options, methods, the output folder, each section's files."""
-    from .datasets._her2st import her2st_files
+    from .datasets import her2st_files
 
     if settings.n_genes is not None:
         check_int(settings.n_genes, "n_genes", low=1)
@@ -272,8 +275,13 @@ def run_demo_steps(
 
     Examples
     --------
+    Even on two sections with the ``hed`` features and ridge alone the demo takes ~50 s of CPU
+    (``tests/test_demo.py`` runs it), too long for the docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo_steps
-    >>> run_demo_steps("stmorph_demo", ["C2", "C3"]).timings  # doctest: +SKIP
+    >>> from stmorph._demo_settings import DemoSettings
+    >>> small = DemoSettings(encoder="hed", methods=("ridge",), n_genes=50)
+    >>> run_demo_steps("stmorph_demo", ["C2", "C3"], settings=small).timings  # doctest: +SKIP
     """
 
     settings = settings or DemoSettings()

@@ -42,11 +42,6 @@ class Key:
             return (UNS_KEY, tool) if key is None else (UNS_KEY, tool, key)
 
         @staticmethod
-        def legacy_eps(key_added: str) -> tuple[str, ...]:
-            """Where files written before the one layout keep an EPS record: ``uns["stmorph"][key_added]``."""
-            return (UNS_KEY, key_added)
-
-        @staticmethod
         def sps(key_added: str = "eps") -> str:
             """``uns`` key of the SPS of ``st.tl.eps(key_added=...)``: ``"sps"``, else ``f"sps_{key_added}"``."""
             return "sps" if key_added == "eps" else f"sps_{key_added}"

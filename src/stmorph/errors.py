@@ -2,7 +2,8 @@
 
 Every message names the offending key, value or file, what was expected, what was found, and what
 to do. Each type subclasses :class:`ValueError` or :class:`KeyError` (file errors :class:`OSError`
-too, type errors :class:`TypeError` too), so ``except ValueError`` in user code keeps working.
+too, type errors :class:`TypeError` too), so ``except ValueError`` in user code keeps working; a
+missing optional package is a :class:`ModuleNotFoundError` naming the extra that installs it.
 
 Examples
 --------
@@ -23,6 +24,7 @@ __all__ = [
     "InconsistentUnitsError",
     "InputTypeError",
     "InvalidParameterError",
+    "MissingDependencyError",
     "MissingPathError",
     "ModelFileError",
     "NonFiniteError",
@@ -51,7 +53,7 @@ class NonFiniteError(ValueError):
 
 
 class TooFewObservationsError(ValueError):
-    """Not enough spots for the requested number of neighbours, split or fit."""
+    """Not enough spots (or genes) for the requested number of neighbours, split or fit."""
 
 
 class InvalidParameterError(ValueError):
@@ -76,6 +78,10 @@ class UnsafeCheckpointError(ValueError):
 
 class DamagedFileError(ValueError, OSError):
     """A file exists but cannot be read: truncated, of another format, or with damaged fields (the message names it)."""
+
+
+class MissingDependencyError(ModuleNotFoundError):
+    """An optional package that a function needs is not installed (the message names the stmorph extra)."""
 
 
 class MissingPathError(InvalidParameterError, FileNotFoundError):

@@ -190,8 +190,16 @@ class TorchPredictor(Predictor):
 
         Examples
         --------
-        >>> model.save("bleep_her2st")  # doctest: +SKIP
-        >>> st.models.load("bleep_her2st")  # doctest: +SKIP
+        >>> import tempfile, numpy as np, stmorph as st
+        >>> adata = st.datasets.simulate(200, 20).tables["table"]
+        >>> st.pp.prepare_expression(adata)
+        >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+        >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     model.save(folder)
+        ...     loaded = st.models.load(folder)
+        >>> np.allclose(loaded.predict(query.obsm["latent"]), model.predict(query.obsm["latent"]))
+        True
         """
         folder = check_path(path, "path", "folder_to_write")
         self._require_fitted()

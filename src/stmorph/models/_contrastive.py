@@ -30,11 +30,11 @@ from .._validation import (
     InvalidParameterError,
     ModelFileError,
     ShapeMismatchError,
-    _available,
     check_bool,
     check_choice,
     check_int,
     check_range,
+    format_keys,
 )
 from ._augment import flip_rotate
 from ._base import (
@@ -129,7 +129,7 @@ def check_encoder_name(name: str) -> None:
 
     if name not in list_encoders() and not timm.is_model(name):
         raise InvalidParameterError(
-            f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm architecture name."
+            f"unknown encoder {name!r}; registered: {format_keys(list_encoders(), 50)}, or any timm architecture name."
         )
 
 
@@ -533,9 +533,12 @@ class BLEEP(ContrastivePredictor):
     Examples
     --------
     >>> import stmorph as st
-    >>> model = st.tl.predict(query, reference, method="bleep", return_model=True)  # doctest: +SKIP
-    >>> query.uns["stmorph"]["predict"]["predicted_bleep"]["method"]  # doctest: +SKIP
-    'bleep'
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+    >>> query.uns["stmorph"]["predict"]["predicted_bleep"]["method"], len(model.history["loss"])
+    ('bleep', 5)
     """
 
     name: ClassVar[str] = "bleep"
@@ -575,7 +578,12 @@ grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, ran
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.predict(query, reference, method="heclip", use_rep="X_default")  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> st.tl.predict(query, reference, method="heclip", use_rep="latent", epochs=5)
+    >>> query.layers["predicted_heclip"].shape
+    (100, 20)
     """
 
     name: ClassVar[str] = "heclip"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._scores import pearson, top_n
 from .._validation import TooFewObservationsError
 
 ALPHA_GRID = tuple(10.0**p for p in range(-2, 7))
@@ -71,29 +72,30 @@ def check_groups(groups: np.ndarray | None, n: int, what: str) -> np.ndarray:
 def fold_scores(y_true: np.ndarray, y_pred: np.ndarray, n_hvg: int = N_HVG) -> tuple[float, float]:
     """Mean Pearson r over the ``n_hvg`` most variable genes of ``y_true`` and over all (non-constant) genes.
 
+    The same numbers as ``pearson_HVG-{n_hvg}`` and ``pearson_all`` of :func:`stmorph.tl.evaluate`
+    on the same predictions (one Pearson r and one gene ranking, :mod:`stmorph._scores`), except
+    that a set without a finite r scores 0.0 here (a candidate that predicts nothing loses) and NaN
+    there.
+
     Examples
     --------
     >>> y = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
     >>> fold_scores(y, y)
     (1.0, 1.0)
     """
-    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    t, p = y_true - y_true.mean(axis=0), y_pred - y_pred.mean(axis=0)
-    denom = np.sqrt((t**2).sum(axis=0) * (p**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (t * p).sum(axis=0) / denom, np.nan)
+    r = pearson(y_true, y_pred)
     return _nanmean(r[hvg_columns(y_true, n_hvg)]), _nanmean(r)
 
 
 def hvg_columns(y: np.ndarray, n_hvg: int = N_HVG) -> np.ndarray:
-    """Indices of the ``n_hvg`` columns of ``y`` with the largest variance, in increasing column order.
+    """Indices of the ``n_hvg`` columns of ``y`` with the largest variance (ties: the earlier column), in column order.
 
     Examples
     --------
     >>> hvg_columns(np.array([[0.0, 5.0, 1.0], [0.0, -5.0, 0.0]]), n_hvg=2)
     array([1, 2])
     """
-    return np.sort(np.argsort(-np.asarray(y).var(axis=0), kind="stable")[:n_hvg])
+    return np.sort(top_n(np.asarray(y, dtype=np.float64).var(axis=0), n_hvg))
 
 
 def _nanmean(values: np.ndarray) -> float:

@@ -155,9 +155,17 @@ def load(path: str | os.PathLike) -> Predictor:
 
     Examples
     --------
-    >>> import stmorph as st
-    >>> model = st.models.load("bleep_her2st")  # doctest: +SKIP
-    >>> st.tl.predict(query, model=model)  # doctest: +SKIP
+    >>> import tempfile, numpy as np, stmorph as st
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="ridge", use_rep="latent", return_model=True)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model.save(folder)
+    ...     loaded = st.models.load(folder)
+    >>> st.tl.predict(query, model=loaded, key_added="predicted_loaded")  # no refit
+    >>> np.array_equal(query.layers["predicted_loaded"], query.layers["predicted_ridge"])
+    True
     """
     from ._predictor import get_method
 

@@ -50,8 +50,13 @@ def cv_table(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.predict(query, references, method="auto", use_rep="X_default")  # doctest: +SKIP
-    >>> st.pl.cv_table(query)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(300, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, *references = (adata[i : i + 100].copy() for i in (0, 100, 200))  # three sections of one tissue
+    >>> st.tl.predict(query, references, method="auto", use_rep="latent")
+    >>> fig = st.pl.cv_table(query, show=False)
+    >>> fig.axes[0].get_title().startswith("chosen: ")
+    True
     """
     if score not in SCORES:
         raise InvalidParameterError(f"score must be one of {list(SCORES)}; found {score!r}.")

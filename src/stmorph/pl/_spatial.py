@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._logging import warn_user
+from .._tables import is_spatialdata, table_of
 from .._validation import (
-    check_bool,
     check_choice,
     check_int,
     check_mapping,
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIDE = 20000
 """Largest ``max_image_side`` in pixels (the background image is held in memory)."""
-
-
-def _is_spatialdata(data: Any) -> bool:
-    return hasattr(data, "tables") and hasattr(data, "images")
 
 
 def _image_array(element: Any) -> Any:
@@ -111,12 +106,8 @@ def _table_and_image(
     data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
 ) -> tuple[AnnData, dict[str, Any], str]:
     """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
-    if _is_spatialdata(data):
-        if table_key not in data.tables:
-            raise StmorphKeyError(
-                f"sdata.tables[{table_key!r}] not found; available: {list(data.tables.keys())}. Pass `table_key=`."
-            )
-        table = data.tables[table_key]
+    if is_spatialdata(data):
+        table = table_of(data, table_key, name="st.pl.spatial")
         library_id = library_id or str(dataset_info(table).get("section", image_key))
         return table, visium_uns(data, table, image_key, library_id, max_side), library_id
     if "spatial" not in data.uns:
@@ -224,16 +215,6 @@ def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
     return title
 
 
-def _scale_choice(scale: str, same_scale: bool | None) -> str:
-    """``scale``, or the value of the deprecated ``same_scale`` flag (with a warning)."""
-    if same_scale is None:
-        check_choice(scale, SCALES, "scale")
-        return scale
-    choice = "shared" if same_scale else "panel"
-    warn_user(f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").', FutureWarning)
-    return choice
-
-
 def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str, **kwargs: Any) -> None:
     import scanpy as sc
 
@@ -290,7 +271,6 @@ def spatial(
     *,
     layers: Sequence[str] | None = None,
     scale: str = "panel",
-    same_scale: bool | None = None,
     percentiles: tuple[float, float] = (1.0, 99.0),
     library_id: str | None = None,
     table_key: str = "table",
@@ -332,8 +312,6 @@ def spatial(
         ``"panel"``: each panel spans the ``percentiles`` of its own values (the pattern of every
         map is visible); ``"shared"``: a gene's panels share the ``percentiles`` of its values
         pooled over them (magnitudes are comparable).
-    same_scale
-        Deprecated: ``True`` is ``scale="shared"``, ``False`` is ``scale="panel"``.
     percentiles
         The colour scale runs between these percentiles, so a few extreme spots do not wash out
         the rest; ``(0, 100)`` for the full range.
@@ -357,21 +335,23 @@ def spatial(
     Examples
     --------
     >>> import stmorph as st
-    >>> adata = st.datasets.her2st_adata("C2")
-    >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
-    >>> st.pl.spatial(query, ["ERBB2", "FN1"], scale="shared")  # doctest: +SKIP
-    >>> st.pp.extract_patches(adata, progress=False)
-    >>> st.pl.spatial(adata, "tissue_fraction", show=False)  # doctest: +SKIP
+    >>> sdata = st.datasets.simulate(100, 20)
+    >>> st.pp.prepare_expression(sdata.tables["table"])
+    >>> st.tl.predict(sdata, method="ridge", use_rep="latent", split=0.2)
+    >>> fig = st.pl.spatial(sdata, ["planted0", "planted1"], show=False)  # measured | predicted_ridge
+    >>> fig = st.pl.spatial(sdata, "planted0", scale="shared", show=False)
+    >>> st.pp.extract_patches(sdata, patch_size=32, progress=False)
+    >>> fig = st.pl.spatial(sdata, "tissue_fraction", show=False)
+    >>> len(fig.axes)
+    2
     """
     import anndata as ad
 
     _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
     check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
     check_range(size, "size", low=0)
-    if same_scale is not None:
-        check_bool(same_scale, "same_scale")
+    check_choice(scale, SCALES, "scale")
     names = [genes] if isinstance(genes, str) else list(genes)
-    scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
     table, spatial_uns, library_id = _table_and_image(

@@ -14,6 +14,7 @@ from .._anndata import commit_outputs, tool_record
 from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
+from .._scores import top_n
 from .._tables import table_of
 from .._validation import (
     InvalidParameterError,
@@ -115,11 +116,6 @@ def _mean(values: np.ndarray) -> float:
         return float(np.nanmean(values)) if len(values) else float("nan")
 
 
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest scores, largest first (the set of BLEEP/HECLIP's ``np.argsort(...)[-n:]``)."""
-    return np.argsort(scores, kind="stable")[len(scores) - min(n, len(scores)) :][::-1]
-
-
 @doc_params("table_key")
 @checks_keys("layer", "truth_layer", "key_added", "rank_layer", "table_key")
 def evaluate(
@@ -141,12 +137,15 @@ def evaluate(
 
     Per gene (on the evaluated spots): Pearson, Spearman, RMSE (in the units of the truth), and
     SSIM as HECLIP defines it (per-gene max-scaled vectors, ``C1 = (0.01 M)^2``, ``C2 = (0.03 M)^2``;
-    see :func:`stmorph.tl._metrics.ssim`). A constant gene gets NaN correlation and SSIM.
-    Per spot: Hit@T (HECLIP) — whether the top-``T`` predicted genes of a spot share at least one
+    see :func:`stmorph.tl._metrics.ssim`). A constant gene (equal values up to rounding) gets NaN
+    correlation and SSIM. Per spot: Hit@T (HECLIP) — whether the top-``T`` predicted genes of a spot share at least one
     gene with its top-``T`` measured genes; the fraction of spots with a hit is reported.
     Summary (BLEEP Table 1 layout): mean Pearson over the marker genes (MG), the ``n_top`` highest
     expressed genes (HEG, by mean) and the ``n_top`` most variable genes (HVG, by variance), plus
-    means over all evaluated genes. Means skip NaN genes.
+    means over all evaluated genes. Means skip NaN genes. Tied genes enter a top set in gene order.
+    ``pearson_HVG-50`` and ``pearson_all`` are the cross-validation scores of
+    :func:`~stmorph.tl.predict` (:func:`stmorph.get.cv_df`) when computed on the same spots and
+    predictions.
 
     Parameters
     ----------
@@ -232,7 +231,7 @@ def evaluate(
 
     per_gene = {metric: fn(truth, pred) for metric, fn in _GENE_METRICS.items()}
     ranked = truth if rank_layer is None else _matrix(adata, rank_layer, idx, rows)
-    heg, hvg = _top(ranked.mean(0), n_top), _top(ranked.var(0), n_top)
+    heg, hvg = top_n(ranked.mean(0), n_top), top_n(ranked.var(0), n_top)
     if marker_genes is not None:
         marker_genes = [marker_genes] if isinstance(marker_genes, str) else list(marker_genes)
         mg = pd.Index(adata.var_names[idx]).get_indexer(marker_genes)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._scores import top_n
 from .._validation import InvalidParameterError, StmorphKeyError, check_range, checks_keys, get_matrix
 
 if TYPE_CHECKING:
@@ -55,8 +56,9 @@ def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *,
 
     BLEEP trains on the union of the highly variable genes of its training sections; choosing the
     genes on the query would leak the held-out section into training. Genes are ranked by the
-    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section; the union
-    keeps the first section's order, then each later section's new genes.
+    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section (a tie goes to
+    the earlier gene, :func:`stmorph._scores.top_n`); the union keeps the first section's order,
+    then each later section's new genes.
 
     Parameters
     ----------
@@ -87,6 +89,5 @@ def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *,
             variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
         else:
             variance = np.asarray(mat, dtype=np.float64).var(axis=0)
-        top = np.argsort(-variance, kind="stable")[:n_top]
-        chosen.update(dict.fromkeys(ref.var_names[np.sort(top)]))
+        chosen.update(dict.fromkeys(ref.var_names[np.sort(top_n(variance, n_top))]))
     return list(chosen)

@@ -44,8 +44,8 @@ from .._validation import (
     get_patches,
     get_rep,
 )
-from ..models._cv import N_BLOCKS, cross_predict, spatial_blocks
-from ..models._predictor import Predictor, make_method
+from ..models import N_BLOCKS, Predictor, cross_predict, make_method, spatial_blocks
+
 from ._auto import AUTO, Candidate, parse_candidates, select
 from ._genes import as_reference_list, gene_list, shared_genes
 from ._trust import MIN_EXPECTED_R, Trust, check_min_expected_r, column_pearson, expected_r, reference_eps
@@ -82,6 +82,11 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.kind == "patches" and len(self.use_rep) > 1:
             raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {list(self.use_rep)}.")
+
+    @property
+    def where(self) -> str:
+        """Where the inputs are read, for messages: ``obsm['X_a']`` or ``obsm[['X_a', 'X_b']]``."""
+        return f"obsm[{self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)!r}]"
 
     @classmethod
     def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
@@ -364,11 +369,11 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
         check_unique_names(ref, "var")
         xs.append(request.spec.read(ref, what))
         if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{list(request.spec.use_rep)}", names[0])
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.{request.spec.where}", names[0])
         ys.append(_expression(ref, request.layer, genes, what))
     x_train = np.concatenate(xs)
     x_query = request.spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{list(request.spec.use_rep)}]", "the reference")
+    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.{request.spec.where}", "the reference")
     spec = request.spec.fitted_to(x_train)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     if request.needs_groups:
@@ -412,7 +417,7 @@ def _apply_model(
     spec = InputSpec.of_model(model, use_rep)
     get_genes(query, model.genes, what="query")
     x_query = spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{list(spec.use_rep)}]", "the model")
+    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.{spec.where}", "the model")
     return Fitted(model, spec.scale(x_query))
 
 
@@ -566,8 +571,9 @@ def predict(
         values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
     genes
         Genes to predict. Default: the reference's genes that every reference and the query have,
-        in the (first) reference's order; all of the query's genes with ``split=``; the model's
-        genes with ``model=``. Genes missing from a reference or the query raise an error.
+        in the (first) reference's order; all of the query's genes with ``split=``. A ``model=``
+        predicts the genes it was fitted on (passing ``genes=`` with it raises an error). Genes
+        missing from a reference or the query raise an error.
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
     candidates

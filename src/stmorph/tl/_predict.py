@@ -45,7 +45,6 @@ from .._validation import (
     get_rep,
 )
 from ..models import N_BLOCKS, Predictor, cross_predict, make_method, spatial_blocks
-
 from ._auto import AUTO, Candidate, parse_candidates, select
 from ._genes import as_reference_list, gene_list, shared_genes
 from ._trust import MIN_EXPECTED_R, Trust, check_min_expected_r, column_pearson, expected_r, reference_eps

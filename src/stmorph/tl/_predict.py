@@ -599,6 +599,17 @@ def predict(
         epochs are not repeated and the predictions equal those of an uninterrupted run. A
         checkpoint made from other inputs, expression or genes, or with other options (e.g.
         ``epochs``), or a damaged one, raises :class:`~stmorph.errors.CheckpointMismatchError`.
+    trust
+        Write how far to trust each gene (``docs/methods/trust.md``): across slices, the expected
+        held-out Pearson from leave-one-reference-out predictions of the same method (one
+        reference: its spatial blocks; ``method="auto"`` reuses its CV, other methods fit once
+        more per fold); within a slice, the test spots' Pearson. Nothing with ``model=``.
+    eps
+        With ``trust``: also the EPS of every training section on its own image graph of
+        ``use_rep`` (embeddings only), their Stouffer-combined BH q-value and the trusted flag.
+    min_expected_r
+        Expected r a trusted gene reaches, in [−1, 1] (default 0.15, chosen by cross-validation
+        over the HER2ST references).
     table_key
         The table of SpatialData inputs (``None``: each one's only table).
     progress
@@ -623,6 +634,11 @@ def predict(
         ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
         ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
+    ``var[f'{{key}}_expected_r']``, ``var[f'{{key}}_expected_r_sd']`` : expected Pearson per gene and
+        its SD over folds (NaN for genes not predicted; SD NaN within a slice), with ``trust``.
+    ``var[f'{{key}}_eps']``, ``var[f'{{key}}_eps_qval']``, ``var[f'{{key}}_trusted']`` : mean EPS over
+        the training sections, its q-value, and ``expected_r ≥ min_expected_r`` and q < 0.05
+        (``min_expected_r`` in the record), with ``trust`` and ``eps``.
 
     Examples
     --------

@@ -634,9 +634,9 @@ def predict(
         ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
         ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
-    ``var[f'{{key}}_expected_r']``, ``var[f'{{key}}_expected_r_sd']`` : expected Pearson per gene and
+    ``var[f'{key}_expected_r']``, ``var[f'{key}_expected_r_sd']`` : expected Pearson per gene and
         its SD over folds (NaN for genes not predicted; SD NaN within a slice), with ``trust``.
-    ``var[f'{{key}}_eps']``, ``var[f'{{key}}_eps_qval']``, ``var[f'{{key}}_trusted']`` : mean EPS over
+    ``var[f'{key}_eps']``, ``var[f'{key}_eps_qval']``, ``var[f'{key}_trusted']`` : mean EPS over
         the training sections, its q-value, and ``expected_r ≥ min_expected_r`` and q < 0.05
         (``min_expected_r`` in the record), with ``trust`` and ``eps``.
 

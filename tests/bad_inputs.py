@@ -310,6 +310,12 @@ def predict_split_outside_0_1():
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=1.5)
 
 
+@_case("st.tl.predict", "min_expected_r outside [-1, 1]", InvalidParameterError)
+def predict_min_expected_r_outside_minus_1_1():
+    a, ref = table(), table()
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat", min_expected_r=1.5)
+
+
 @_case("st.tl.predict", "too few spots for the split", TooFewObservationsError)
 def predict_too_few_spots_for_the_split():
     a = table()[:4].copy()

@@ -89,6 +89,12 @@ def test_demo_results_hold_every_step_per_section(demo_run):
         np.testing.assert_allclose(eps[section].dropna(), result.var["eps"].dropna().loc[eps[section].dropna().index])
         # a results file is directly plottable: it carries its image in uns["spatial"]
         assert st.pl.spatial(result, "ERBB2", show=False) is not None
+        trust = st.get.trust_df(result, "predicted_auto")  # written beside the prediction, read back from h5ad
+        assert list(trust.columns) == ["expected_r", "expected_r_sd", "eps", "eps_qval", "trusted"]
+        # NaN only where the gene's r is undefined on every fold (a prediction constant in each block)
+        assert np.isfinite(trust["expected_r"]).sum() >= 140
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Which predictions to believe" in page and "trusted genes" in page
 
 
 def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
@@ -109,6 +115,9 @@ def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
     fitted = Ridge(alpha=1.0).fit(x_ref, np.asarray(reference[:, genes].X, dtype=np.float64))
     expected = fitted.predict(x_query)
     np.testing.assert_allclose(query[:, genes].layers["predicted_ridge"], expected, rtol=1e-3, atol=1e-3)
+    # the trust columns come with the prediction, and the command says how many genes are trusted
+    n_trusted = int(query.var["predicted_ridge_trusted"].sum())
+    assert f"{n_trusted} genes trusted" in printed.getvalue() and "expected_r_spearman" in summary
 
 
 def test_eps_command_writes_genes_by_slices(demo_run, tmp_path):

@@ -149,6 +149,39 @@ def _cv_summary(cv: pd.DataFrame) -> str:
     return _table(means.rename(columns={"pearson_hvg50": "CV Pearson HVG-50", "pearson_all": "CV Pearson all"}))
 
 
+def trust_summary(result: DemoResult, methods: Sequence[str], n_genes: int = 5) -> pd.DataFrame:
+    """Per left-out section and method: trusted genes, share reaching r ≥ 0.1, Spearman(expected, achieved r)."""
+    from . import get
+    from ._keys import Key
+
+    rows = []
+    for section, table in result.tables.items():
+        for method in methods:
+            key = Key.layers.predicted(method)
+            if Key.var.trust(key, "trusted") not in table.var:
+                continue
+            trust = get.trust_df(table, key)
+            achieved = table.var[Key.var.metric("pearson", method)].to_numpy()
+            trusted = trust["trusted"].to_numpy(bool)
+            ok = np.isfinite(trust["expected_r"].to_numpy()) & np.isfinite(achieved)
+            top = trust[trusted].sort_values("expected_r", ascending=False).head(n_genes)
+            rows.append(
+                {
+                    "section": section,
+                    "method": method,
+                    "trusted genes": int(trusted.sum()),
+                    "of them reached r ≥ 0.1": float(np.mean(achieved[trusted] >= 0.1)) if trusted.any() else np.nan,
+                    "Spearman(expected r, achieved r)": pd.Series(trust["expected_r"][ok]).corr(
+                        pd.Series(achieved[ok], index=trust.index[ok]), method="spearman"
+                    ),
+                    "most trusted (expected r, EPS, q)": "; ".join(
+                        f"{g} ({row.expected_r:.2f}, {row.eps:.2f}, {row.eps_qval:.0e})" for g, row in top.iterrows()
+                    ),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def write_report(path: Path, result: DemoResult, settings: DemoSettings, sections: Sequence[str]) -> Path:
     """Write the one-page HTML report of a demo run to ``path`` and return ``path``."""
     from . import __version__
@@ -189,6 +222,17 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
             "holding out one reference section at a time; the query section played no part. Mean held-out Pearson "
             "per candidate (<code>cv.csv</code> has every fold):</p>",
             _cv_summary(result.cv),
+        ]
+    trust = trust_summary(result, settings.methods)
+    if not trust.empty:
+        body += [
+            "<h2>Which predictions to believe</h2>",
+            "<p>Beside every prediction stmorph writes, per gene, the Pearson r it expects on a new section "
+            "(estimated by predicting each reference section from the others, never from the query) and the gene's "
+            "EPS on the reference sections with a q-value. A gene is <em>trusted</em> when its expected r is at least "
+            "0.15 and its EPS q-value below 0.05 (<code>var['predicted_&lt;method&gt;_trusted']</code>). Here the "
+            "left-out section's measured expression shows how far that held:</p>",
+            _table(trust),
         ]
     for kind in _TEXT:
         if kind in result.figures:

@@ -263,6 +263,7 @@ def _method_params(text: str) -> dict:
 
 def _run_predict(args: argparse.Namespace) -> None:
     from . import get, tl
+    from ._keys import Key
     from .tl import AUTO
 
     params = _method_params(args.params)
@@ -276,6 +277,9 @@ def _run_predict(args: argparse.Namespace) -> None:
     layer = f"predicted_{args.method}"
     query.write_h5ad(args.out)
     print(f"wrote {args.out} with layers[{layer!r}]")
+    trusted = Key.var.trust(layer, "trusted")
+    if trusted in query.var:
+        print(f"{int(query.var[trusted].sum())} genes trusted: var[{trusted!r}] (expected r, EPS q: st.get.trust_df)")
     if args.evaluate:  # after the write: a failing evaluation never discards the prediction
         tl.evaluate(query, layer)
         print(get.evaluation_df(query, args.method).to_string())

@@ -18,6 +18,7 @@ from ._conformal import stored_calibration as stored_calibration
 from ._cv import N_BLOCKS as N_BLOCKS
 from ._cv import best_candidate as best_candidate
 from ._cv import check_groups as check_groups
+from ._cv import cross_predict as cross_predict
 from ._cv import cross_validate as cross_validate
 from ._cv import spatial_blocks as spatial_blocks
 from ._encoders import Encoder, build_encoder, patches_to_tensor

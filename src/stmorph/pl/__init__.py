@@ -10,6 +10,7 @@ from ._predict import gene_correlation
 from ._spatial import spatial
 from ._spatial import visium_uns as visium_uns
 from ._training import training
+from ._trust import trust
 
 __all__: list[str] = [
     "cv_table",
@@ -19,4 +20,5 @@ __all__: list[str] = [
     "spatial",
     "sps_vs_score",
     "training",
+    "trust",
 ]

@@ -52,8 +52,8 @@ def select(
     groups: np.ndarray | None,
     blocks: np.ndarray | None,
     **common: Any,
-) -> tuple[Predictor, dict[str, Any]]:
-    """Nested grouped CV of the candidates: the winner as a new unfitted model, and the CV table.
+) -> tuple[Predictor, dict[str, Any], np.ndarray]:
+    """Nested grouped CV of the candidates: the winner (new, unfitted), the CV table and its CV predictions.
 
     Parameters
     ----------
@@ -70,8 +70,9 @@ def select(
 
     Returns
     -------
-    The winner and the CV table (``candidate``, ``fold``, ``pearson_hvg50``, ``pearson_all``,
-    ``selected``).
+    The winner, the CV table (``candidate``, ``fold``, ``pearson_hvg50``, ``pearson_all``,
+    ``selected``) and the winner's out-of-fold predictions of the training spots (what its expected
+    accuracy per gene is computed from, at no extra fit).
     """
     groups = check_groups(groups, len(X), 'method="auto"')
     labels = [label for label, _, _ in candidates]
@@ -79,7 +80,7 @@ def select(
     makers = [
         (lambda name=name, options=options: make_method(name, options, **quiet)) for _, name, options in candidates
     ]
-    table = cross_validate(makers, labels, X, Y, groups, blocks)
+    table, predictions = cross_validate(makers, labels, X, Y, groups, blocks, return_predictions=True)
     best = best_candidate(table, labels)
     for label in labels:
         logger.info(
@@ -87,4 +88,4 @@ def select(
         )
     logger.info("auto: chose %s by %d-fold grouped CV", best, len(np.unique(groups)))
     _, name, options = candidates[labels.index(best)]
-    return make_method(name, options, **common), {**table, "selected": best}
+    return make_method(name, options, **common), {**table, "selected": best}, predictions[best]

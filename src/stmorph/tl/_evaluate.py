@@ -34,6 +34,7 @@ from .._validation import (
 from ..models import interval_scores
 from ._metrics import hit_at, pearson, rmse, spearman, ssim
 from ._predict import SPLIT_KEY
+from ._trust import expected_vs_achieved
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -200,7 +201,10 @@ def evaluate(
     With ``inplace=False``, the summary table: one row (``key_added``) and columns
     ``pearson_MG``, ``pearson_HEG-{n}``, ``pearson_HVG-{n}``, ``pearson_all``, ``spearman_all``,
     ``rmse_all``, ``ssim_all``, ``hit@T``; with intervals also ``coverage_all`` and
-    ``interval_width_all``. With ``inplace=True``, ``None``; sets on ``adata``:
+    ``interval_width_all``; when the prediction carries its expected r
+    (``var[f'{layer}_expected_r']``, from :func:`~stmorph.tl.predict`), ``expected_r_spearman``
+    (Spearman of expected vs achieved Pearson over the evaluated genes), ``expected_r_mae_all`` and
+    ``expected_r_mae_HVG-{n}`` (mean absolute error). With ``inplace=True``, ``None``; sets on ``adata``:
 
     ``var['pearson_{name}']``, ``var['spearman_{name}']``, ``var['rmse_{name}']``, ``var['ssim_{name}']`` :
         per-gene metrics (NaN for genes not evaluated); with intervals also
@@ -264,6 +268,9 @@ def evaluate(
         f"pearson_HVG-{n_top}": _mean(r[hvg]),
         **{f"{metric}_all": _mean(values) for metric, values in per_gene.items()},
     }
+    expected = Key.var.trust(layer, "expected_r")
+    if expected in adata.var:  # written by st.tl.predict beside the prediction
+        summary.update(expected_vs_achieved(adata.var[expected].to_numpy()[idx], r, hvg, n_top))
     hits = {str(t): float(hit_at(truth, pred, t).mean()) for t in hit_at_t}
     summary.update({f"hit@{t}": v for t, v in hits.items()})
 

@@ -50,12 +50,14 @@ from ..models import (
     Predictor,
     calibrate_model,
     check_level,
+    cross_predict,
     make_method,
     spatial_blocks,
     stored_calibration,
 )
 from ._auto import AUTO, Candidate, parse_candidates, select
 from ._genes import as_reference_list, gene_list, shared_genes
+from ._trust import MIN_EXPECTED_R, Trust, check_min_expected_r, column_pearson, expected_r, reference_eps
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -150,6 +152,11 @@ class TrainingData:
         one training section; ``None`` when no method option asks for them.
     blocks
         Spatial blocks of the training spots, unique across sections (inner folds of nested CV).
+    sections
+        Reference section of each training spot (``None``: one section), for the references' EPS.
+    oof
+        Out-of-fold predictions of the training spots over ``groups`` (``trust=True``), from
+        ``method="auto"``'s CV or :func:`~stmorph.models._cv.cross_predict`.
     """
 
     genes: list[str]
@@ -159,6 +166,8 @@ class TrainingData:
     layer: str
     groups: np.ndarray | None = None
     blocks: np.ndarray | None = None
+    sections: np.ndarray | None = None
+    oof: np.ndarray | None = None
 
 
 @dataclass
@@ -176,11 +185,13 @@ class Request:
     """``random_state``, ``device``, ``progress``."""
     interval: float | None = None
     """Nominal coverage of the intervals to calibrate, or ``None``."""
+    trust: bool = False
+    """Also predict the training spots out of fold (expected accuracy per gene)."""
 
     @property
     def needs_groups(self) -> bool:
-        """Whether the fit reads CV groups: ``auto``, ``"cv"`` options, group-validated methods, intervals."""
-        if self.model is None or self.interval is not None:
+        """Whether the fit reads CV groups: ``auto``, ``"cv"`` options, group-validated methods, trust, intervals."""
+        if self.model is None or self.trust or self.interval is not None:
             return True
         tuned = any(isinstance(v, str) and v == "cv" for v in self.model.params.values())
         return tuned or getattr(self.model, "validates_on_groups", False)
@@ -194,6 +205,10 @@ class Fitted:
     x_query: np.ndarray
     record: dict[str, Any] = field(default_factory=dict)
     obs: dict[str, Any] = field(default_factory=dict)
+    data: TrainingData | None = None
+    """What the model was fitted on (``None`` with ``model=``)."""
+    test: tuple[np.ndarray, np.ndarray] | None = None
+    """Within a slice: the test spots' mask and their expression."""
 
 
 def _mode(reference: object, split: float | None, model: Predictor | None) -> str:
@@ -333,13 +348,20 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
     extra: dict[str, Any] = {}
     start = time.perf_counter()
     model = request.model
+    needs_oof = request.trust or request.interval is not None  # expected r and intervals share them
     if model is None:
-        model, cv_table = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
+        model, cv_table, oof = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
         extra = {"selected": cv_table["selected"], "cv": cv_table}
+        data.oof = oof if needs_oof else None
+    elif needs_oof:
+        quiet = {**request.common, "progress": False}
+        data.oof = cross_predict(
+            lambda: make_method(model.name, model.params, **quiet), data.x, data.y, data.groups, data.blocks
+        )[0]
     layer = {"layer": data.layer}
     model.train(data.x, data.y, genes=data.genes, groups=data.groups, inputs={**data.spec.record(), **layer})
     if request.interval is not None:
-        calibrate_model(model, data.x, data.y, data.groups, data.blocks, request.interval)
+        calibrate_model(model, data.x, data.y, data.groups, data.blocks, request.interval, oof=data.oof)
     extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
     logger.info(
         "predict: fitted %r on %d spots × %d genes in %.1fs",
@@ -370,8 +392,10 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     if request.needs_groups:
         data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
+    if len(refs) > 1:
+        data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     model, extra = _fit(request, data)
-    return Fitted(model, spec.scale(x_query), extra)
+    return Fitted(model, spec.scale(x_query), extra, data=data)
 
 
 def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
@@ -380,15 +404,16 @@ def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
     test = _split(query.n_obs, split, request.common["random_state"])
     x = request.spec.read(query, "query")
     spec = request.spec.fitted_to(x[~test])
-    y = _expression(query, request.layer, genes, "query")[~test]
-    data = TrainingData(genes, spec.scale(x[~test]), y, spec, _layer_name(request.layer))
+    y = _expression(query, request.layer, genes, "query")
+    data = TrainingData(genes, spec.scale(x[~test]), y[~test], spec, _layer_name(request.layer))
     if request.needs_groups:
         data.groups = data.blocks = _blocks(query[~test], request.common["random_state"])
     model, extra = _fit(request, data)
     labels = pd.Categorical(np.where(test, "test", "train"), categories=["train", "test"])
     same = SPLIT_KEY in query.obs and np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels))
     obs = {} if same else {SPLIT_KEY: labels}  # the same split again is not a replacement worth a warning
-    return Fitted(model, spec.scale(x), {**extra, "split": float(split), "n_test": int(test.sum())}, obs)
+    record = {**extra, "split": float(split), "n_test": int(test.sum())}
+    return Fitted(model, spec.scale(x), record, obs, data=data, test=(test, y[test]))
 
 
 def _apply_model(
@@ -446,6 +471,54 @@ def _interval_record(calibration: Calibration) -> dict[str, Any]:
     return {"level": calibration.level, "scale": calibration.scale, **cv}
 
 
+def _trust_of(fitted: Fitted, predicted: np.ndarray, eps: bool, random_state: int) -> Trust | None:
+    """Per-gene trust of the prediction ``predicted`` (query spots × the model's genes); ``None`` without one.
+
+    Within a slice the expected r is the test spots' r; across slices it comes from the out-of-fold
+    predictions of the references (:func:`~stmorph.tl._trust.expected_r`). With ``eps``, the EPS
+    of every training section on its own image graph (embeddings only).
+    """
+    data = fitted.data
+    if fitted.test is not None:
+        test, y_test = fitted.test
+        trust = Trust(column_pearson(y_test, predicted[test]), np.full(y_test.shape[1], np.nan))
+    elif data is not None and data.oof is not None:
+        trust = Trust(*expected_r(data.oof, data.y, data.groups, predicted))
+    else:
+        return None
+    if eps and data.spec.kind == "embedding":
+        sections = np.zeros(len(data.x), dtype=int) if data.sections is None else data.sections
+        xs = [data.x[sections == s] for s in np.unique(sections)]
+        ys = [data.y[sections == s] for s in np.unique(sections)]
+        trust.eps, trust.eps_qval = reference_eps(xs, ys, len(data.genes), random_state)
+    return trust
+
+
+def _wants_trust(trust: bool | None, request: Request) -> bool:
+    """``trust=``, or by default: on unless the method trains a network (one more training per reference)."""
+    if trust is not None:
+        return trust
+    trains_network = request.model is not None and request.model.resumable
+    if trains_network:
+        logger.info(
+            "predict: no expected accuracy for %r by default (one more training per fold); trust=True", request.method
+        )
+    return not trains_network
+
+
+def _trust_columns(trust: Trust | None, query: AnnData, genes: Sequence[str], key: str, min_r: float) -> dict:
+    """The trust ``var`` columns over all of ``query``'s genes (NaN, or ``False``, for genes not predicted)."""
+    if trust is None:
+        return {}
+    idx = get_genes(query, genes, what="query")
+    out = {}
+    for name, values in trust.columns(key, min_r).items():
+        full = np.zeros(query.n_vars, dtype=bool) if values.dtype == bool else np.full(query.n_vars, np.nan)
+        full[idx] = values
+        out[name] = full
+    return out
+
+
 def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_state: int) -> dict[str, Any]:
     """The ``uns`` record of a prediction (see :func:`predict`)."""
     model, use_rep = fitted.model, fitted.model.training["use_rep"]
@@ -496,6 +569,9 @@ def predict(
     device: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    trust: bool | None = None,
+    eps: bool = True,
+    min_expected_r: float = MIN_EXPECTED_R,
     table_key: str | None = None,
     progress: bool = True,
     copy: bool = False,
@@ -575,6 +651,20 @@ def predict(
         epochs are not repeated and the predictions equal those of an uninterrupted run. A
         checkpoint made from other inputs, expression or genes, or with other options (e.g.
         ``epochs``), or a damaged one, raises :class:`~stmorph.errors.CheckpointMismatchError`.
+    trust
+        Write how far to trust each gene (``docs/methods/trust.md``): across slices, the expected
+        held-out Pearson from leave-one-reference-out predictions of the same method (one
+        reference: its spatial blocks; ``method="auto"`` reuses its CV, other methods fit once
+        more per fold); within a slice, the test spots' Pearson. Nothing with ``model=``.
+        ``None`` (default): on, except for methods that train a network (``mlp``, ``bleep``,
+        ``heclip``, ``stnet``), where it would train one more network per reference section
+        (pass ``trust=True`` for them).
+    eps
+        With ``trust``: also the EPS of every training section on its own image graph of
+        ``use_rep`` (embeddings only), their Stouffer-combined BH q-value and the trusted flag.
+    min_expected_r
+        Expected r a trusted gene reaches, in [−1, 1] (default 0.15, chosen by cross-validation
+        over the HER2ST references).
     table_key
         The table of SpatialData inputs (``None``: each one's only table).
     progress
@@ -602,6 +692,11 @@ def predict(
         ``interval=`` (NaN for genes not predicted); the record then holds ``interval``
         (``level``, ``scale``, and ``cv``: the scale selection's table).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
+    ``var[f'{key}_expected_r']``, ``var[f'{key}_expected_r_sd']`` : expected Pearson per gene and
+        its SD over folds (NaN for genes not predicted; SD NaN within a slice), with ``trust``.
+    ``var[f'{key}_eps']``, ``var[f'{key}_eps_qval']``, ``var[f'{key}_trusted']`` : mean EPS over
+        the training sections, its q-value, and ``expected_r ≥ min_expected_r`` and q < 0.05
+        (``min_expected_r`` in the record), with ``trust`` and ``eps``.
 
     Examples
     --------
@@ -617,7 +712,10 @@ def predict(
     >>> other.obsm["X_latent"] = other.obsm["latent"]
     >>> st.tl.predict(other, model=model)  # no refit
     """
-    _check_options(split, random_state, device, checkpoint, resume=resume, progress=progress, copy=copy)
+    _check_options(split, random_state, device, checkpoint, resume=resume, progress=progress, copy=copy, eps=eps)
+    if trust is not None:
+        check_bool(trust, "trust")
+    check_min_expected_r(min_expected_r)
     check_bool(return_model, "return_model")
     if copy and return_model:
         raise InvalidParameterError(
@@ -630,6 +728,7 @@ def predict(
     reference = _reference_tables(reference, table_key)
     mode = _mode(reference, split, model)
     check_unique_names(query, "var")
+    wants_trust = False
     if mode == "model":
         given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
         given += ["candidates"] * (candidates is not None) + ["genes"] * (genes is not None)
@@ -640,6 +739,8 @@ def predict(
         common = {"random_state": random_state, "device": device, "progress": progress}
         request = _request(method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume)
         request.interval = interval
+        wants_trust = _wants_trust(trust, request)
+        request.trust = wants_trust and mode == "across"
         if mode == "across":
             fitted = _fit_across(query, as_reference_list(reference), request)
         else:
@@ -649,8 +750,14 @@ def predict(
     key = key_added or Key.layers.predicted(method)
     layers = {key: predicted, **(_interval_layers(fitted, predicted, query, key) if interval is not None else {})}
     record = _record(method, mode, fitted, predict_time, random_state)
+    var = {}
+    if wants_trust:
+        mine = predicted[:, get_genes(query, fitted.model.genes, what="query")]
+        var = _trust_columns(_trust_of(fitted, mine, eps, random_state), query, fitted.model.genes, key, min_expected_r)
+    if var:
+        record["min_expected_r"] = float(min_expected_r)
     target = query.copy() if copy else query
-    commit_outputs(target, layers=layers, obs=fitted.obs, uns={Key.uns.tool("predict", key): record})
+    commit_outputs(target, layers=layers, obs=fitted.obs, var=var, uns={Key.uns.tool("predict", key): record})
     if copy:
         return target
     return fitted.model if return_model else None

@@ -144,12 +144,14 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None):
-    """``model.fit(X, Y)``, passing ``groups`` to models whose ``fit`` takes them (the ``"cv"`` settings)."""
+def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, blocks: np.ndarray | None = None):
+    """``model.fit(X, Y)``, passing ``groups`` (and ``blocks``) to models whose ``fit`` takes them ("cv" settings)."""
     import inspect
 
-    if "groups" in inspect.signature(model.fit).parameters:
-        return model.fit(X, Y, groups=groups)
+    parameters = inspect.signature(model.fit).parameters
+    extra = {"blocks": blocks} if "blocks" in parameters else {}
+    if "groups" in parameters:
+        return model.fit(X, Y, groups=groups, **extra)
     return model.fit(X, Y)
 
 
@@ -177,7 +179,7 @@ def cross_validate(
             inner = groups[train]
             if len(np.unique(inner)) < 2:
                 inner = None if blocks is None else blocks[train]
-            model = fit_model(make(), X[train], Y[train], inner)
+            model = fit_model(make(), X[train], Y[train], inner, None if blocks is None else blocks[train])
             rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
     candidate, fold, hvg, every = zip(*rows)
     return {
@@ -190,5 +192,17 @@ def cross_validate(
 
 def best_candidate(table: dict[str, np.ndarray], labels: Sequence[str]) -> str:
     """The candidate with the highest mean ``pearson_hvg50`` over folds (the first one on ties)."""
-    means = [table["pearson_hvg50"][table["candidate"] == label].mean() for label in labels]
-    return labels[int(np.argmax(means))]
+    return best_candidates(table, labels, 1)[0]
+
+
+def best_candidates(table: dict[str, np.ndarray], labels: Sequence[str], n: int) -> list[str]:
+    """The ``n`` candidates with the highest mean ``pearson_hvg50`` over folds, best first (earlier ones on ties).
+
+    Examples
+    --------
+    >>> table = {"candidate": np.repeat(["a", "b", "c"], 2), "pearson_hvg50": np.array([0.1, 0.3, 0.5, 0.5, 0.2, 0.3])}
+    >>> best_candidates(table, ["a", "b", "c"], 2)
+    ['b', 'c']
+    """
+    means = np.array([table["pearson_hvg50"][table["candidate"] == label].mean() for label in labels])
+    return [labels[i] for i in np.argsort(-means, kind="stable")[:n]]

@@ -118,10 +118,32 @@ class Predictor:
         return {"method": self.name, "input": self.input, "random_state": self.random_state, **self.params}
 
 
+OWN_OPTIONS = ("random_state", "device", "progress")
+"""Options every :class:`Predictor` takes; the others are the method's own."""
+
+
+def check_method_options(cls: type[Predictor], options: dict[str, Any]) -> None:
+    """Raise :class:`InvalidParameterError` for options the method ``cls`` does not take."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    valid = [
+        n
+        for n, p in sig.parameters.items()
+        if n != "self" and n not in OWN_OPTIONS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidParameterError(
+            f"method {cls.name!r} takes no option(s) {unknown}; its options are {valid or 'none'}."
+        )
+
+
 _REGISTRY: dict[str, str | type[Predictor]] = {
     "linear": "stmorph.models._baselines:Linear",
     "ridge": "stmorph.models._baselines:Ridge",
     "knn": "stmorph.models._baselines:KNN",
+    "ensemble": "stmorph.models._ensemble:Ensemble",
     "lightgbm": "stmorph.models._baselines:LightGBM",
     "mlp": "stmorph.models._mlp:MLP",
     "bleep": "stmorph.models._contrastive:BLEEP",
@@ -190,7 +212,7 @@ def list_methods() -> list[str]:
     --------
     >>> import stmorph as st
     >>> st.tl.list_methods()
-    ['bleep', 'heclip', 'knn', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
+    ['bleep', 'ensemble', 'heclip', 'knn', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
     """
     return sorted(_REGISTRY)
 

@@ -144,17 +144,6 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, blocks: np.ndarray | None = None):
-    """``model.fit(X, Y)``, passing ``groups`` (and ``blocks``) to models whose ``fit`` takes them ("cv" settings)."""
-    import inspect
-
-    parameters = inspect.signature(model.fit).parameters
-    extra = {"blocks": blocks} if "blocks" in parameters else {}
-    if "groups" in parameters:
-        return model.fit(X, Y, groups=groups, **extra)
-    return model.fit(X, Y)
-
-
 def cross_validate(
     make_models: Sequence[Callable[[], Any]],
     labels: Sequence[str],
@@ -179,7 +168,7 @@ def cross_validate(
             inner = groups[train]
             if len(np.unique(inner)) < 2:
                 inner = None if blocks is None else blocks[train]
-            model = fit_model(make(), X[train], Y[train], inner, None if blocks is None else blocks[train])
+            model = make().fit(X[train], Y[train], groups=inner)
             rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
     candidate, fold, hvg, every = zip(*rows)
     return {

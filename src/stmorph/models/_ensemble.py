@@ -19,9 +19,9 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import InvalidParameterError, ModelFileError, check_int
-from ._cv import best_candidates, cross_validate, fit_model
+from ._cv import best_candidates, check_groups, cross_validate
 from ._io import ArrayModel, check_array
-from ._predictor import Predictor, check_method_options, get_method
+from ._predictor import Predictor, make_method
 
 DEFAULT_MEMBERS = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}))
 """Untrained retrieval and ridge, each with its setting chosen by grouped CV."""
@@ -38,13 +38,16 @@ def _member_list(members: Sequence) -> list[tuple[str, dict[str, Any]]]:
         name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
         if name == Ensemble.name:
             raise InvalidParameterError("an ensemble cannot be a member of an ensemble.")
-        options = {k: v for k, v in options.items() if k != "columns"} | _columns(options)
-        cls = get_method(name)  # unknown names raise, listing the registered methods
-        check_method_options(cls, {k: v for k, v in options.items() if k != "columns"})
-        if cls.input != "embedding":
+        options = _own(options) | _columns(options)
+        if make_method(name, _own(options)).input != "embedding":  # unknown names and options raise here
             raise InvalidParameterError(f"ensemble member {name!r} trains on patches; members take embeddings.")
         parsed.append((name, options))
     return parsed
+
+
+def _own(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A member's options for its method (without ``columns``)."""
+    return {k: v for k, v in options.items() if k != "columns"}
 
 
 def _columns(options: Mapping[str, Any]) -> dict[str, int]:
@@ -111,10 +114,11 @@ class Ensemble(ArrayModel, Predictor):
             n_best = check_int(n_best, "n_best", low=1, high=len(members))
         super().__init__(members=[[name, options] for name, options in members], n_best=n_best, **kwargs)
 
-    def _member(self, index: int) -> Predictor:
-        name, options = self.params["members"][index]
-        options = {k: v for k, v in options.items() if k != "columns"}
-        model = get_method(name)(random_state=self.random_state, device=self.device, progress=False, **options)
+    def _member(self, index: int, options: Mapping[str, Any] | None = None) -> Predictor:
+        """A new unfitted member ``index`` (with other ``options`` for its method when given)."""
+        name, own = self.params["members"][index]
+        common = {"random_state": self.random_state, "device": self.device, "progress": False}
+        model = make_method(name, _own(own) if options is None else options, **common)
         model.genes = self.genes
         return model
 
@@ -126,37 +130,47 @@ class Ensemble(ArrayModel, Predictor):
             )
         return X if columns is None else X[:, :columns]
 
-    def _choose(self, X: np.ndarray, Y: np.ndarray, groups, blocks) -> list[int]:
-        """Indices of the ``n_best`` members by grouped CV (all members without ``n_best``)."""
-        n_best = self.params["n_best"]
-        n_members = len(self.params["members"])
+    def _settled(self, index: int, X: np.ndarray, Y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+        """Member ``index``'s options, each ``"cv"`` setting replaced by the value CV over all ``groups`` chooses."""
+        options = _own(self.params["members"][index][1])
+        if not any(isinstance(v, str) and v == "cv" for v in options.values()):
+            return options
+        params = self._member(index).fit(self._inputs(index, X), Y, groups=groups).get_params()
+        return {k: params[f"{k}_cv"] if isinstance(v, str) and v == "cv" else v for k, v in options.items()}
+
+    def _choose(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None) -> list[int]:
+        """Indices of the ``n_best`` members by grouped CV (all members without ``n_best``).
+
+        With two groups the selection folds train on one, too few for a member's own ``"cv"``
+        settings: those are then chosen once by CV over both groups.
+        """
+        n_best, n_members = self.params["n_best"], len(self.params["members"])
         if n_best is None or n_best == n_members:
             return list(range(n_members))
+        groups = check_groups(groups, len(X), f"an ensemble choosing its n_best={n_best} members")
+        if len(np.unique(groups)) < 3:
+            settled = [self._settled(i, X, Y, groups) for i in range(n_members)]
+        else:
+            settled = [None] * n_members
         labels = [member_label(*member) for member in self.params["members"]]
-        makers = [
-            lambda i=i: _Columns(self._member(i), self.params["members"][i][1].get("columns")) for i in range(n_members)
-        ]
-        table = cross_validate(makers, labels, X, Y, groups, blocks)
+        columns = [options.get("columns") for _, options in self.params["members"]]
+        makers = [lambda i=i: _Columns(self._member(i, settled[i]), columns[i]) for i in range(n_members)]
+        table = cross_validate(makers, labels, X, Y, groups)
         chosen = sorted(labels.index(label) for label in best_candidates(table, labels, n_best))
         logger.info("ensemble: members %s chosen by grouped CV", [labels[i] for i in chosen])
         return chosen
 
-    def fit(
-        self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None, blocks: np.ndarray | None = None
-    ) -> Ensemble:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> Ensemble:
         """Choose the members (with ``n_best``), fit each on ``X``, ``Y`` and record its per-gene location and scale.
 
-        ``groups`` are the CV folds (reference sections) of the training rows, passed on to members
-        with ``"cv"`` settings; ``blocks`` (spatial blocks) stand in for them where a single group
-        remains.
+        ``groups`` are the CV folds (reference sections, or spatial blocks of one section) of the
+        training rows, for ``n_best`` and the members' ``"cv"`` settings.
         """
         X, Y = np.asarray(X), np.asarray(Y, dtype=np.float32)
-        self.chosen_ = self._choose(X, Y, groups, blocks)
-        if groups is None or len(np.unique(groups)) < 2:
-            groups = blocks  # one section: the members' "cv" settings fold over its spatial blocks
+        self.chosen_ = self._choose(X, Y, groups)
         self.members_, centers, scales = [], [], []
         for index in self.chosen_:
-            model = fit_model(self._member(index), self._inputs(index, X), Y, groups)
+            model = self._member(index).fit(self._inputs(index, X), Y, groups=groups)
             fitted = model.predict(self._inputs(index, X)).astype(np.float64)
             self.members_.append(model)
             centers.append(fitted.mean(axis=0))
@@ -217,10 +231,8 @@ class _Columns:
     def _cut(self, X: np.ndarray) -> np.ndarray:
         return X if self.columns is None else X[:, : self.columns]
 
-    def fit(
-        self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None, blocks: np.ndarray | None = None
-    ) -> _Columns:
-        fit_model(self.model, self._cut(X), Y, groups, blocks)
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> _Columns:
+        self.model.fit(self._cut(X), Y, groups=groups)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

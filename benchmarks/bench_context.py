@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from bench_loso import SECTIONS, section, truth_of
 
-from stmorph.models._cv import cross_validate, fit_model, fold_scores
+from stmorph.models._cv import cross_validate, fold_scores
 from stmorph.models._ensemble import Ensemble
 from stmorph.models._predictor import get_method
 from stmorph.tl._context import Context, parse_context
@@ -34,11 +34,8 @@ from stmorph.tl._spatial import median_spacing, spatial_um
 
 VARIANTS = {
     "none": None,
-    "k4": {"n_neighbors": 4},
     "k6": {"n_neighbors": 6},
-    "k8": {"n_neighbors": 8},
     "k12": {"n_neighbors": 12},
-    "k24": {"n_neighbors": 24},
     "k6-spread": {"n_neighbors": 6, "spread": True},
     "r1.5": "1.5",  # µm radius: 1.5 × the median spot spacing (the 8 spots of the first square ring)
 }
@@ -104,12 +101,12 @@ def choose(args) -> None:
         y = np.concatenate([truth_of(tables[n], genes) for n in refs])
         groups = np.repeat(np.arange(len(refs)), [tables[n].n_obs for n in refs])
         truth = truth_of(tables[query], genes)
-        for variant in VARIANTS:
+        for variant in args.variants:
             x = np.concatenate([inputs[variant][n] for n in refs])
             for method in args.methods:
                 start = time.perf_counter()
                 inner = cross_validate([maker(method)], [method], x, y, groups)["pearson_hvg50"].mean()
-                model = fit_model(maker(method)(), x, y, groups)
+                model = maker(method)().fit(x, y, groups=groups)
                 pred = model.predict(inputs[variant][query])
                 preds[query, variant, method] = pred
                 outer = fold_scores(truth, pred)[0]
@@ -119,7 +116,7 @@ def choose(args) -> None:
                 average = (preds[query, variant, a] + preds[query, variant, b]) / 2
                 rows.append((variant, f"mean({a},{b})", query, np.nan, fold_scores(truth, average)[0], 0.0))
                 members = [METHODS[a], METHODS[b]]
-                ens = Ensemble(members=members, progress=False, device="cpu").fit(x, y, groups)
+                ens = Ensemble(members=members, progress=False, device="cpu").fit(x, y, groups=groups)
                 score = fold_scores(truth, ens.predict(inputs[variant][query]))[0]
                 rows.append((variant, f"ens({a},{b})", query, np.nan, score, 0.0))
                 print(f"{variant:10s} ens({a},{b}) {query}: outer {score:.3f}", flush=True)
@@ -150,8 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stage", choices=["choose", "scale"], default="choose")
     parser.add_argument("--rep", default="X_default")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--pairs", nargs="*", default=["knn-std+ridge-pca"], help="a+b: methods to average")
+    parser.add_argument("--methods", nargs="+", default=["knn", "ridge"], choices=list(METHODS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--pairs", nargs="*", default=["knn+ridge"], help="a+b: methods to average")
     parser.add_argument("--out", default=None, help="CSV of every score")
     parser.add_argument("--n-bins", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)

@@ -193,3 +193,79 @@ def test_a_saved_ensemble_predicts_the_same(tmp_path):
 def test_bad_ensemble_members_raise(members, message):
     with pytest.raises(InvalidParameterError, match=message):
         Ensemble(members=members)
+
+
+def _planted_slice(seed: int, side: int = 14):
+    """A slice whose genes follow the mean first feature of each spot's 4 grid neighbours (pixel size 2 µm)."""
+    import anndata as ad
+
+    x, xy, y = _neighbour_signal(seed, side)
+    adata = ad.AnnData(y + 5.0, obsm={"X_emb": x, "spatial": xy / 2.0})
+    adata.var_names = ["north", "south", "noise"]
+    adata.uns["stmorph"] = {"dataset": {"mpp": 2.0}}
+    return adata
+
+
+def test_predict_recovers_a_neighbour_signal_with_context_and_auto_chooses_it():
+    import stmorph as st
+
+    refs = [_planted_slice(s) for s in (1, 2, 3)]
+    query = _planted_slice(4)
+    truth = np.asarray(query.X)
+    scores = {}
+    for context in (None, {"n_neighbors": 4}):
+        st.tl.predict(
+            query, refs, method="ridge", use_rep="X_emb", context=context, key_added=f"p{bool(context)}", progress=False
+        )
+        scores[bool(context)] = np.corrcoef(query.layers[f"p{bool(context)}"][:, 0], truth[:, 0])[0, 1]
+    assert scores[False] < 0.3 < 0.8 < scores[True], scores
+    st.tl.predict(query, refs, method="auto", use_rep="X_emb", context={"n_neighbors": 4}, progress=False)
+    record = query.uns["stmorph"]["predict"]["predicted_auto"]
+    assert "context=True" in record["selected"] or record["selected"].startswith("ensemble")
+    assert record["context"]["n_neighbors"] == 4 and record["context"]["spacing_um"] == pytest.approx(100.0)
+
+
+def test_model_and_a_saved_model_reproduce_the_context(tmp_path):
+    import stmorph as st
+
+    refs = [_planted_slice(s) for s in (1, 2)]
+    query = _planted_slice(4)
+    context = {"radius": 150.0, "spread": True}
+    model = st.tl.predict(
+        query, refs, method="ridge", use_rep="X_emb", context=context, return_model=True, progress=False
+    )
+    assert model.training["input_shape"] == (24,)  # own, mean and spread of 8 features
+    other = _planted_slice(5)
+    st.tl.predict(other, refs, method="ridge", use_rep="X_emb", context=context, key_added="refit", progress=False)
+    st.tl.predict(other, model=model, key_added="applied")
+    model.save(tmp_path / "ridge")
+    st.tl.predict(other, model=st.models.load(tmp_path / "ridge"), key_added="loaded")
+    np.testing.assert_allclose(other.layers["applied"], other.layers["refit"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(other.layers["loaded"], other.layers["applied"])
+    assert other.uns["stmorph"]["predict"]["loaded"]["context"]["radius"] == 150.0
+    with pytest.raises(InvalidParameterError, match="context"):
+        st.tl.predict(other, model=model, context=True)
+
+
+def test_a_query_spaced_unlike_the_references_is_warned_about_with_both_spacings():
+    import stmorph as st
+
+    refs = [_planted_slice(s) for s in (1, 2)]
+    query = _planted_slice(4)
+    query.uns["stmorph"]["dataset"]["mpp"] = 0.5  # spots 25 µm apart instead of 100
+    with pytest.warns(UserWarning, match=r"25 µm apart .* 100 µm"):
+        st.tl.predict(query, refs, method="ridge", use_rep="X_emb", context=True, progress=False)
+
+
+def test_auto_without_coordinates_drops_its_context_candidates():
+    import stmorph as st
+
+    refs = [_planted_slice(s) for s in (1, 2, 3)]
+    query = _planted_slice(4)
+    for adata in (*refs, query):
+        del adata.uns["stmorph"]
+    st.tl.predict(query, refs, method="auto", use_rep="X_emb", progress=False)
+    record = query.uns["stmorph"]["predict"]["predicted_auto"]
+    assert "context" not in record and not any("context" in c for c in record["cv"]["candidate"])
+    with pytest.raises(InvalidParameterError, match="context needs the pixel size"):
+        st.tl.predict(query, refs, method="auto", use_rep="X_emb", context=True, progress=False)

@@ -154,7 +154,7 @@ class Ensemble(ArrayModel, Predictor):
             settled = [None] * n_members
         labels = [member_label(*member) for member in self.params["members"]]
         columns = [options.get("columns") for _, options in self.params["members"]]
-        makers = [lambda i=i: _Columns(self._member(i, settled[i]), columns[i]) for i in range(n_members)]
+        makers = [lambda i=i: FirstColumns(self._member(i, settled[i]), columns[i]) for i in range(n_members)]
         table = cross_validate(makers, labels, X, Y, groups)
         chosen = sorted(labels.index(label) for label in best_candidates(table, labels, n_best))
         logger.info("ensemble: members %s chosen by grouped CV", [labels[i] for i in chosen])
@@ -222,8 +222,9 @@ class Ensemble(ArrayModel, Predictor):
             self.members_.append(model)
 
 
-class _Columns:
-    """A member as :func:`~stmorph.models._cv.cross_validate` fits it: on the first ``columns`` inputs only."""
+class FirstColumns:
+    """A model fitted and applied on the first ``columns`` inputs only (all with ``None``), e.g. a spot's own
+    embedding when the inputs also hold its context; what :func:`~stmorph.models._cv.cross_validate` fits."""
 
     def __init__(self, model: Predictor, columns: int | None):
         self.model, self.columns = model, columns
@@ -231,7 +232,7 @@ class _Columns:
     def _cut(self, X: np.ndarray) -> np.ndarray:
         return X if self.columns is None else X[:, : self.columns]
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> _Columns:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> FirstColumns:
         self.model.fit(self._cut(X), Y, groups=groups)
         return self
 

@@ -214,8 +214,8 @@ def from_record(record: Mapping[str, Any] | None) -> Context | None:
     return parse_context({k: record[k] for k in ("n_neighbors", "radius", "spread", "isolated") if k in record})
 
 
-def slice_context(adata: AnnData, x: np.ndarray, context: Context, what: str) -> tuple[np.ndarray, float]:
-    """The context features of one slice and its median spot spacing in µm.
+def slice_context(adata: AnnData, x: np.ndarray, context: Context, what: str) -> np.ndarray:
+    """The context features of one slice: ``x`` with its spots' neighbours' mean (and spread) appended.
 
     Parameters
     ----------
@@ -229,21 +229,37 @@ def slice_context(adata: AnnData, x: np.ndarray, context: Context, what: str) ->
         Name of the slice in error messages (``"query"``, ``"reference[1]"``).
     """
     try:
-        xy = spatial_um(adata, need="context")
-        return context.features(x, xy), median_spacing(xy)
+        return context.features(x, spatial_um(adata, need="context"))
     except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
         raise type(err)(f"{what}: {err}") from None
 
 
-def check_spacing(query: float, references: list[float]) -> None:
-    """Warn when the query's spot spacing differs from the references' by more than :data:`SPACING_RATIO`."""
-    finite = [s for s in references if math.isfinite(s) and s > 0]
-    if not finite or not (math.isfinite(query) and query > 0):
+def has_context(adata: AnnData) -> bool:
+    """Whether the slice has usable ``obsm["spatial"]`` and a pixel size (what context features need)."""
+    try:
+        spatial_um(adata, need="context")
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def slice_spacing(adata: AnnData, what: str) -> float:
+    """Median distance in µm from each spot of a slice to its nearest other spot."""
+    try:
+        return median_spacing(spatial_um(adata, need="context"))
+    except (KeyError, ValueError) as err:
+        raise type(err)(f"{what}: {err}") from None
+
+
+def check_spacings(spacings: list[float], names: list[str]) -> None:
+    """One warning when the slices' spot spacings differ by more than :data:`SPACING_RATIO` (naming the extremes)."""
+    finite = [(s, n) for s, n in zip(spacings, names) if math.isfinite(s) and s > 0]
+    if len(finite) < 2:
         return
-    reference = float(np.median(finite))
-    if max(query / reference, reference / query) > SPACING_RATIO:
+    (low, low_name), (high, high_name) = min(finite), max(finite)
+    if high / low > SPACING_RATIO:
         warn_user(
-            f"context: the query's spots are {query:.3g} µm apart (median nearest-neighbour distance) but the "
-            f"references' are {reference:.3g} µm apart; the same neighbourhood covers different amounts of tissue, "
-            "so the context features are not comparable. Check the pixel sizes, or use a context radius in µm."
+            f"context: the spots of {low_name} are {low:.3g} µm apart (median nearest-neighbour distance) but those "
+            f"of {high_name} {high:.3g} µm; the same neighbourhood covers different amounts of tissue, so the context "
+            "features are not comparable. Check the pixel sizes (uns['stmorph']['dataset']['mpp'])."
         )

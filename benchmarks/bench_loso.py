@@ -62,8 +62,22 @@ METHODS = {
     "heclip-image-lr1e-4": ("heclip", {"retrieve_from": "image", "lr": 1e-4, "epochs": 100}),
     "knn-cv": ("knn", {"k": "cv"}),
     "knn-std": ("knn", {"standardize": True}),
+    "knn-ctx": ("knn", {"k": "cv", "context": True}),  # + the mean embedding of the 6 nearest spots
+    "ridge-ctx": ("ridge", {"alpha": "cv", "standardize": True, "context": True}),
+    "ensemble-ctx": ("ensemble", {"context": True}),  # z-scored average of knn(k=cv) and ridge-cv, with context
+    "auto-no-ctx": ("auto", {"context": False}),
 }
-UNSEEDED = {"knn", "ridge", "ridge-cv", "knn-cv", "knn-std"}  # deterministic methods run once
+UNSEEDED = {
+    "knn",
+    "ridge",
+    "ridge-cv",
+    "knn-cv",
+    "knn-std",
+    "knn-ctx",
+    "ridge-ctx",
+    "ensemble-ctx",
+}
+"""Deterministic methods, run once."""
 
 
 def section(name: str):

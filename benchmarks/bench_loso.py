@@ -66,6 +66,8 @@ METHODS = {
     "ridge-ctx": ("ridge", {"alpha": "cv", "standardize": True, "context": True}),
     "ensemble-ctx": ("ensemble", {"context": True}),  # z-scored average of knn(k=cv) and ridge-cv, with context
     "auto-no-ctx": ("auto", {"context": False}),
+    "bleep-ctx": ("bleep", {"context": True}),
+    "heclip-ctx": ("heclip", {"context": True}),
 }
 UNSEEDED = {
     "knn",

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import InvalidParameterError, ModelFileError, check_int
-from ._cv import best_candidates, check_groups, cross_validate
+from ._cv import best_candidates, check_groups, cross_validate, hvg_columns
 from ._io import ArrayModel, check_array
 from ._predictor import Predictor, make_method
 
@@ -142,12 +142,15 @@ class Ensemble(ArrayModel, Predictor):
         """Indices of the ``n_best`` members by grouped CV (all members without ``n_best``).
 
         With two groups the selection folds train on one, too few for a member's own ``"cv"``
-        settings: those are then chosen once by CV over both groups.
+        settings: those are then chosen once by CV over both groups. The choice reads only the genes
+        its scores read (each group's ``N_HVG`` most variable), so it fits those genes only.
         """
         n_best, n_members = self.params["n_best"], len(self.params["members"])
         if n_best is None or n_best == n_members:
             return list(range(n_members))
         groups = check_groups(groups, len(X), f"an ensemble choosing its n_best={n_best} members")
+        scored = np.unique(np.concatenate([hvg_columns(Y[groups == g]) for g in np.unique(groups)]))
+        Y = Y[:, scored]
         if len(np.unique(groups)) < 3:
             settled = [self._settled(i, X, Y, groups) for i in range(n_members)]
         else:

@@ -8,12 +8,16 @@ Pearson). The variant with the best mean inner score becomes ``context=True``. A
 ensembles of two methods (the z-scored average of ``models._ensemble.Ensemble``, and the plain
 average for comparison), fixed or chosen by inner CV (``n_best=2``).
 
+``--stage time``: wall and CPU time of ``method="auto"`` with its defaults (every shared gene, the
+four sections as references, C2 as the query).
+
 ``--stage scale``: time and peak memory of the context features of a synthetic Visium HD slide
 (``--n-bins`` bins of 8 µm on a square grid, ``--dim``-wide embeddings): the neighbour graph and
 the features, k nearest and a µm radius.
 
     PYTHONPATH=src python benchmarks/bench_context.py --stage choose
     PYTHONPATH=src python benchmarks/bench_context.py --stage scale --n-bins 1000000 --dim 64
+    PYTHONPATH=src python benchmarks/bench_context.py --stage time
 """
 
 from __future__ import annotations
@@ -143,9 +147,29 @@ def scale(args) -> None:
         del out
 
 
+def time_auto(args) -> None:
+    """``method="auto"`` with its defaults on every shared gene, four references (C2–C5) and C2 as the query."""
+    import os
+
+    import stmorph as st
+
+    tables = {name: section(name) for name in SECTIONS}
+    refs = list(tables.values())
+    query = tables[SECTIONS[0]].copy()
+    load = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    st.tl.predict(query, refs, method="auto", use_rep=args.rep, progress=False, device="cpu")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    record = query.uns["stmorph"]["predict"]["predicted_auto"]
+    print(
+        f"auto, {len(record['genes'])} genes, {len(refs)} references: {wall:.0f} s wall, {cpu:.0f} s CPU; "
+        f"load {load:.1f} before, {os.getloadavg()[0]:.1f} after; chose {record['selected']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--stage", choices=["choose", "scale"], default="choose")
+    parser.add_argument("--stage", choices=["choose", "scale", "time"], default="choose")
     parser.add_argument("--rep", default="X_default")
     parser.add_argument("--methods", nargs="+", default=["knn", "ridge"], choices=list(METHODS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -155,7 +179,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     args = parser.parse_args()
     args.pairs = [tuple(p.split("+")) for p in args.pairs]
-    choose(args) if args.stage == "choose" else scale(args)
+    {"choose": choose, "scale": scale, "time": time_auto}[args.stage](args)
 
 
 if __name__ == "__main__":

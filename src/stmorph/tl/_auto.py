@@ -10,7 +10,7 @@ import numpy as np
 from .._logging import logger
 from .._validation import InvalidParameterError, check_bool
 from ..models._cv import best_candidate, check_groups, cross_validate
-from ..models._ensemble import FirstColumns
+from ..models._ensemble import FirstColumns, member_label
 from ..models._predictor import Predictor, make_method
 
 AUTO = "auto"
@@ -29,10 +29,6 @@ fold."""
 
 Candidate = tuple[str, str, dict[str, Any]]
 """``(label, method, options)`` of one candidate; ``options`` may hold ``context`` (bool)."""
-
-
-def _label(name: str, options: Mapping[str, Any]) -> str:
-    return name + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
 
 
 def _own(options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -65,7 +61,7 @@ def parse_candidates(candidates: Sequence | None) -> list[Candidate]:
             raise InvalidParameterError(  # unknown names and options raised above
                 f'candidate {name!r} trains on patches; method="auto" compares embedding methods.'
             )
-        parsed.append((_label(name, options), name, options))
+        parsed.append((member_label(name, options), name, options))
     if len({label for label, _, _ in parsed}) != len(parsed):
         raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
     for _, name, options in parsed:

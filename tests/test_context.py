@@ -269,3 +269,17 @@ def test_auto_without_coordinates_drops_its_context_candidates():
     assert "context" not in record and not any("context" in c for c in record["cv"]["candidate"])
     with pytest.raises(InvalidParameterError, match="context needs the pixel size"):
         st.tl.predict(query, refs, method="auto", use_rep="X_emb", context=True, progress=False)
+
+
+def test_context_of_lazy_dask_embeddings_equals_that_of_numpy_ones():
+    import dask.array as da
+
+    import stmorph as st
+
+    refs = [_planted_slice(s) for s in (1, 2)]
+    query = _planted_slice(4)
+    st.tl.predict(query, refs, method="knn", use_rep="X_emb", context=True, key_added="numpy", progress=False)
+    for adata in (*refs, query):
+        adata.obsm["X_emb"] = da.from_array(adata.obsm["X_emb"], chunks=(50, 8))
+    st.tl.predict(query, refs, method="knn", use_rep="X_emb", context=True, key_added="dask", progress=False)
+    np.testing.assert_array_equal(query.layers["dask"], query.layers["numpy"])

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 import pandas as pd
-from bench_loso import SECTIONS, section, truth_of
+from bench_loso import SECTIONS, scored_genes, section, truth_of
 
 from stmorph.models._cv import cross_validate, fold_scores
 from stmorph.models._ensemble import Ensemble
@@ -70,24 +70,6 @@ def features(tables: dict, rep: str, spacing: float) -> dict[str, dict[str, np.n
     return out
 
 
-def scored_genes(tables: dict, n_top: int = 1000) -> list[str]:
-    """The shared genes among some section's ``n_top`` most variable ones.
-
-    Every score reads only the 50 most variable genes of a held-out section, which lie among that
-    section's top 1000, and knn and ridge fit each gene on its own (their settings are chosen on
-    the same HVG-50 scores), so the scores equal those on all shared genes, at a fraction of the cost.
-    """
-    names = list(tables)
-    shared = tables[names[0]].var_names
-    for name in names[1:]:
-        shared = shared[shared.isin(tables[name].var_names)]
-    top = set()
-    for table in tables.values():
-        variance = truth_of(table, list(shared)).var(axis=0)
-        top.update(shared[np.argsort(-variance)[:n_top]])
-    return [g for g in shared if g in top]
-
-
 def maker(method: str, seed: int = 0):
     name, options = METHODS[method]
     return lambda: get_method(name)(random_state=seed, progress=False, device="cpu", **options)
@@ -96,7 +78,10 @@ def maker(method: str, seed: int = 0):
 def choose(args) -> None:
     tables = {name: section(name) for name in SECTIONS}
     spacing = float(np.median([median_spacing(spatial_um(t)) for t in tables.values()]))
-    genes = scored_genes(tables)
+    shared = list(tables[SECTIONS[0]].var_names)
+    for table in tables.values():
+        shared = [g for g in shared if g in set(table.var_names)]
+    genes = scored_genes(tables, shared)
     print(f"median spot spacing {spacing:.1f} µm; {len(genes)} genes")
     inputs = features(tables, args.rep, spacing)
     rows, preds = [], {}

@@ -12,6 +12,7 @@ cross-validation inside :meth:`Ensemble.fit`, so an outer cross-validation of th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import combinations
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import InvalidParameterError, ModelFileError, check_int
-from ._cv import best_candidates, check_groups, cross_validate, hvg_columns
+from ._cv import check_groups, fold_scores, folds, hvg_columns
 from ._io import ArrayModel, check_array
 from ._predictor import Predictor, make_method
 
@@ -77,8 +78,10 @@ class Ensemble(ArrayModel, Predictor):
         ``ridge(alpha="cv", standardize=True)``). An option ``columns=m`` makes the member read only
         the first ``m`` input columns, e.g. a spot's own embedding without its context.
     n_best
-        Keep only the ``n_best`` members with the best mean held-out Pearson over the 50 most variable
-        genes by grouped CV inside :meth:`fit` (leave one group out); ``None``: every member.
+        Keep only the ``n_best`` members whose average has the best mean held-out Pearson over the 50
+        most variable genes by grouped CV inside :meth:`fit` (leave one group out; every subset of
+        ``n_best`` members is scored from the same fold predictions, so members that err
+        differently win over two similar good ones); ``None``: every member.
     **kwargs
         ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
@@ -100,8 +103,8 @@ class Ensemble(ArrayModel, Predictor):
     (90, 2)
     >>> groups = np.repeat([0, 1, 2], 30)
     >>> best = Ensemble(members=["ridge", ("knn", {"k": 5}), ("knn", {"k": 80})], n_best=2).fit(X, Y, groups)
-    >>> best.chosen_
-    [0, 1]
+    >>> len(best.chosen_)
+    2
     """
 
     name = "ensemble"
@@ -155,12 +158,22 @@ class Ensemble(ArrayModel, Predictor):
             settled = [self._settled(i, X, Y, groups) for i in range(n_members)]
         else:
             settled = [None] * n_members
-        labels = [member_label(*member) for member in self.params["members"]]
         columns = [options.get("columns") for _, options in self.params["members"]]
-        makers = [lambda i=i: FirstColumns(self._member(i, settled[i]), columns[i]) for i in range(n_members)]
-        table = cross_validate(makers, labels, X, Y, groups)
-        chosen = sorted(labels.index(label) for label in best_candidates(table, labels, n_best))
-        logger.info("ensemble: members %s chosen by grouped CV", [labels[i] for i in chosen])
+        subsets = list(combinations(range(n_members), n_best))
+        scores = np.zeros(len(subsets))
+        for train, test in folds(groups):
+            fitted, held_out = [], []
+            for i in range(n_members):
+                model = FirstColumns(self._member(i, settled[i]), columns[i]).fit(X[train], Y[train], groups[train])
+                fitted.append(model.predict(X[train]).astype(np.float64))
+                held_out.append(model.predict(X[test]))
+            for k, subset in enumerate(subsets):
+                centers = np.array([fitted[i].mean(axis=0) for i in subset])
+                scales = np.array([fitted[i].std(axis=0) for i in subset])
+                scores[k] += fold_scores(Y[test], z_average([held_out[i] for i in subset], centers, scales))[0]
+        chosen = list(subsets[int(np.argmax(scores))])
+        labels = [member_label(*member) for member in self.params["members"]]
+        logger.info("ensemble: members %s chosen by grouped CV of their average", [labels[i] for i in chosen])
         return chosen
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> Ensemble:
@@ -183,12 +196,8 @@ class Ensemble(ArrayModel, Predictor):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X)
-        safe = np.where(self.scale_ > 0, self.scale_, 1.0)
-        z = sum(
-            (model.predict(self._inputs(i, X)) - self.center_[j]) / safe[j]
-            for j, (i, model) in enumerate(zip(self.chosen_, self.members_))
-        )
-        return (z / len(self.members_) * self.scale_.mean(axis=0) + self.center_.mean(axis=0)).astype(np.float32)
+        predictions = [model.predict(self._inputs(i, X)) for i, model in zip(self.chosen_, self.members_)]
+        return z_average(predictions, self.center_, self.scale_)
 
     def get_params(self) -> dict[str, Any]:
         params = super().get_params()
@@ -223,6 +232,20 @@ class Ensemble(ArrayModel, Predictor):
                 {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, config, where
             )
             self.members_.append(model)
+
+
+def z_average(predictions: Sequence[np.ndarray], centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The z-scored average of ``predictions`` (per-gene ``centers``, ``scales`` of each) on their mean location/scale.
+
+    Examples
+    --------
+    >>> z_average([np.array([[0.0], [2.0]]), np.array([[10.0], [30.0]])], np.array([[1.0], [20.0]]),
+    ...           np.array([[1.0], [10.0]])).ravel().tolist()
+    [5.0, 16.0]
+    """
+    safe = np.where(scales > 0, scales, 1.0)
+    z = sum((p - c) / s for p, c, s in zip(predictions, centers, safe)) / len(predictions)
+    return (z * scales.mean(axis=0) + centers.mean(axis=0)).astype(np.float32)
 
 
 class FirstColumns:

@@ -23,9 +23,9 @@ DEFAULT_CANDIDATES: tuple = (
     (ENSEMBLE, {"n_best": 2}),
 )
 """The candidates of ``method="auto"``: knn and ridge on the spot's own embedding and with its context, and the
-z-scored average of the two of them best by grouped CV. ``mlp`` and frozen ``bleep``/``heclip`` on request: on the
-HER2ST leave-one-section-out grid none of them beat these (docs/benchmarks.md), and each costs a network fit per
-fold."""
+z-scored average of the pair of them whose average is best by grouped CV. ``mlp`` and frozen ``bleep``/``heclip``
+on request: on the HER2ST leave-one-section-out grid none of them beat these (docs/benchmarks.md), and each costs
+a network fit per fold."""
 
 Candidate = tuple[str, str, dict[str, Any]]
 """``(label, method, options)`` of one candidate; ``options`` may hold ``context`` (bool)."""

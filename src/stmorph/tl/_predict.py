@@ -586,8 +586,8 @@ def predict(
     candidates
         ``method="auto"`` only: method names or ``(name, options)`` pairs; an option
         ``context=True`` makes the candidate read the context features, and an ``"ensemble"``
-        without ``members`` is the z-scored average of the ``n_best`` best of the other candidates
-        (chosen by CV inside each fold, so its score is honest). Default: ``knn(k="cv")`` and
+        without ``members`` is the z-scored average of the ``n_best`` other candidates whose average
+        is best by a CV inside each fold (so its score is honest). Default: ``knn(k="cv")`` and
         ``ridge(alpha="cv", standardize=True)``, each without and with context, and
         ``ensemble(n_best=2)``. ``"mlp"``, ``"bleep"``, ``"heclip"`` (frozen) can be added; they did
         not beat these on the HER2ST sections (docs/benchmarks.md) and each trains a network per fold.

@@ -362,6 +362,38 @@ def predict_reference_and_split_both_given():
     return a, lambda: st.tl.predict(a, table(), method="ridge", use_rep="X_lat", split=0.2)
 
 
+@_case("st.tl.predict", "context without obsm['spatial'] in the reference", StmorphKeyError)
+def predict_context_without_spatial_coordinates_in_the_reference():
+    a, ref = table(), table()
+    del ref.obsm["spatial"]
+    return a, lambda: st.tl.predict(a, ref, method="ridge", use_rep="X_lat", context=True)
+
+
+@_case("st.tl.predict", "context without a pixel size", InvalidParameterError)
+def predict_context_without_a_pixel_size():
+    a = table()
+    del a.uns["stmorph"]
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, context=True)
+
+
+@_case("st.tl.predict", "context radius 0", InvalidParameterError)
+def predict_context_radius_0():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, context={"radius": 0})
+
+
+@_case("st.tl.predict", "context radius below the spot spacing: spots without neighbours", TooFewObservationsError)
+def predict_context_radius_below_the_spot_spacing():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.2, context={"radius": 1.0})
+
+
+@_case("st.tl.predict", "context for a method trained on patches", InvalidParameterError)
+def predict_context_for_a_method_trained_on_patches():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="stnet", use_rep="patches", split=0.2, context=True)
+
+
 def _ridge_model():
     return st.tl.predict(table(), method="ridge", use_rep="X_lat", split=0.2, return_model=True, progress=False)
 

@@ -56,7 +56,7 @@ def test_cv_df_marks_the_candidate_auto_chose(sim_sdata):
     st.tl.predict(query, refs, method="auto", use_rep="latent", progress=False)
     table = st.get.cv_df(query)
     record = query.uns["stmorph"]["predict"]["predicted_auto"]
-    assert len(table) == 2 * 2  # two candidates × two reference folds
+    assert table["candidate"].nunique() >= 2 and len(table) == 2 * table["candidate"].nunique()  # × 2 folds
     assert set(table.loc[table["selected"], "candidate"]) == {record["selected"]}
     means = table.groupby("candidate")["pearson_hvg50"].mean()
     assert means.idxmax() == record["selected"]

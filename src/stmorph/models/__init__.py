@@ -28,6 +28,8 @@ from ._encoders import feature_map as feature_map
 from ._encoders import inference_encoder as inference_encoder
 from ._encoders import list_encoders as list_encoders
 from ._encoders import register_encoder as register_encoder
+from ._ensemble import FirstColumns as FirstColumns
+from ._ensemble import member_label as member_label
 from ._io import load
 from ._predictor import Predictor, register_method
 from ._predictor import list_methods as list_methods

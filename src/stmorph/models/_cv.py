@@ -254,5 +254,17 @@ def cross_validate(
 
 def best_candidate(table: dict[str, np.ndarray], labels: Sequence[str]) -> str:
     """The candidate with the highest mean ``pearson_hvg50`` over folds (the first one on ties)."""
-    means = [table["pearson_hvg50"][table["candidate"] == label].mean() for label in labels]
-    return labels[int(np.argmax(means))]
+    return best_candidates(table, labels, 1)[0]
+
+
+def best_candidates(table: dict[str, np.ndarray], labels: Sequence[str], n: int) -> list[str]:
+    """The ``n`` candidates with the highest mean ``pearson_hvg50`` over folds, best first (earlier ones on ties).
+
+    Examples
+    --------
+    >>> table = {"candidate": np.repeat(["a", "b", "c"], 2), "pearson_hvg50": np.array([0.1, 0.3, 0.5, 0.5, 0.2, 0.3])}
+    >>> best_candidates(table, ["a", "b", "c"], 2)
+    ['b', 'c']
+    """
+    means = np.array([table["pearson_hvg50"][table["candidate"] == label].mean() for label in labels])
+    return [labels[i] for i in np.argsort(-means, kind="stable")[:n]]

@@ -178,6 +178,7 @@ _REGISTRY: dict[str, str | type[Predictor]] = {
     "linear": "stmorph.models._baselines:Linear",
     "ridge": "stmorph.models._baselines:Ridge",
     "knn": "stmorph.models._baselines:KNN",
+    "ensemble": "stmorph.models._ensemble:Ensemble",
     "lightgbm": "stmorph.models._baselines:LightGBM",
     "mlp": "stmorph.models._mlp:MLP",
     "bleep": "stmorph.models._contrastive:BLEEP",
@@ -260,7 +261,7 @@ def list_methods() -> list[str]:
     --------
     >>> import stmorph as st
     >>> st.tl.list_methods()
-    ['bleep', 'heclip', 'knn', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
+    ['bleep', 'ensemble', 'heclip', 'knn', 'lightgbm', 'linear', 'mlp', 'ridge', 'stnet']
     """
     return sorted(_REGISTRY)
 

@@ -8,25 +8,45 @@ from typing import Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import InvalidParameterError
-from ..models import Predictor, best_candidate, check_groups, cross_validate, make_method
+from .._validation import InvalidParameterError, check_bool
+from ..models import FirstColumns, Predictor, best_candidate, check_groups, cross_validate, make_method, member_label
 
 AUTO = "auto"
-DEFAULT_CANDIDATES: tuple = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}))
-"""The candidates of ``method="auto"``: the fast ones. ``mlp`` and frozen ``bleep``/``heclip`` on request: on
-the HER2ST leave-one-section-out grid none of them beat knn (docs/benchmarks.md), and each costs a network
-fit per fold."""
+ENSEMBLE = "ensemble"
+DEFAULT_CANDIDATES: tuple = (
+    ("knn", {"k": "cv"}),
+    ("ridge", {"alpha": "cv", "standardize": True}),
+    ("knn", {"k": "cv", "context": True}),
+    ("ridge", {"alpha": "cv", "standardize": True, "context": True}),
+    (ENSEMBLE, {"n_best": 2}),
+)
+"""The candidates of ``method="auto"``: knn and ridge on the spot's own embedding and with its context, and the
+z-scored average of the pair of them whose average is best by grouped CV. ``mlp`` and frozen ``bleep``/``heclip``
+on request: on the HER2ST leave-one-section-out grid none of them beat these (docs/benchmarks.md), and each costs
+a network fit per fold."""
 
 Candidate = tuple[str, str, dict[str, Any]]
-"""``(label, method, options)`` of one candidate."""
+"""``(label, method, options)`` of one candidate; ``options`` may hold ``context`` (bool)."""
 
 
-def _label(name: str, options: Mapping[str, Any]) -> str:
-    return name + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
+def _own(options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A candidate's method options and whether it reads the context features."""
+    own = {k: v for k, v in options.items() if k != "context"}
+    return own, check_bool(options.get("context", False), "candidate option context")
+
+
+def _is_pool(name: str, options: Mapping[str, Any]) -> bool:
+    """An ``ensemble`` candidate without ``members``: its members are the other candidates."""
+    return name == ENSEMBLE and "members" not in options
 
 
 def parse_candidates(candidates: Sequence | None) -> list[Candidate]:
-    """``(label, method, options)`` of each candidate (a method name or a ``(name, options)`` pair), checked."""
+    """``(label, method, options)`` of each candidate (a method name or a ``(name, options)`` pair), checked.
+
+    ``options`` may hold ``context=True`` (the candidate reads the context features of
+    :func:`~stmorph.tl.predict`'s ``context=``); an ``"ensemble"`` without ``members`` averages the
+    ``n_best`` best of the other candidates.
+    """
     items = list(DEFAULT_CANDIDATES if candidates is None else candidates)
     if not items:
         raise InvalidParameterError('candidates is empty; name at least one method for method="auto".')
@@ -35,14 +55,53 @@ def parse_candidates(candidates: Sequence | None) -> list[Candidate]:
         name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
         if name == AUTO:
             raise InvalidParameterError('"auto" cannot be its own candidate.')
-        if make_method(name, options).input != "embedding":  # unknown names and options raise here
-            raise InvalidParameterError(
+        if not _is_pool(name, options) and make_method(name, _own(options)[0]).input != "embedding":
+            raise InvalidParameterError(  # unknown names and options raised above
                 f'candidate {name!r} trains on patches; method="auto" compares embedding methods.'
             )
-        parsed.append((_label(name, options), name, options))
+        parsed.append((member_label(name, options), name, options))
     if len({label for label, _, _ in parsed}) != len(parsed):
         raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
+    for _, name, options in parsed:
+        if _is_pool(name, options):  # its members are the other candidates: n_best is checked against them
+            make_method(name, {**_own(options)[0], "members": _members(parsed, None) or ["knn"]})
     return parsed
+
+
+def uses_context(candidates: Sequence[Candidate]) -> bool:
+    """Whether any candidate reads the context features (a pooled ensemble: any of its members)."""
+    return any(_own(options)[1] for _, _, options in candidates)
+
+
+def without_context(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates that read only the spots' own embeddings."""
+    return [c for c in candidates if not _own(c[2])[1]]
+
+
+def _members(candidates: Sequence[Candidate], width: int | None) -> list[tuple[str, dict[str, Any]]]:
+    """The non-ensemble candidates as ensemble members; those without context read the first ``width`` columns."""
+    members = []
+    for _, name, options in candidates:
+        own, context = _own(options)
+        if name != ENSEMBLE:
+            members.append((name, own if context or width is None else {**own, "columns": width}))
+    return members
+
+
+def _maker(candidate: Candidate, candidates: Sequence[Candidate], width: int | None, common: Mapping[str, Any]):
+    """A function making the unfitted candidate, reading the columns it needs of inputs with context."""
+    _, name, options = candidate
+    own, context = _own(options)
+    if _is_pool(name, options):
+        return lambda: make_method(name, {**own, "members": _members(candidates, width)}, **common)
+    if context or width is None or name == ENSEMBLE:
+        return lambda: make_method(name, own, **common)
+    return lambda: FirstColumns(make_method(name, own, **common), width)
+
+
+def _reads_context(candidate: Candidate, candidates: Sequence[Candidate]) -> bool:
+    _, name, options = candidate
+    return _own(options)[1] or (_is_pool(name, options) and uses_context(candidates))
 
 
 def select(
@@ -51,9 +110,11 @@ def select(
     Y: np.ndarray,
     groups: np.ndarray | None,
     blocks: np.ndarray | None,
+    width: int | None = None,
     **common: Any,
-) -> tuple[Predictor, dict[str, Any], np.ndarray]:
-    """Nested grouped CV of the candidates: the winner (new, unfitted), the CV table and its CV predictions.
+) -> tuple[Predictor, bool, dict[str, Any], np.ndarray]:
+    """Nested grouped CV of the candidates: the winner (new, unfitted), whether it reads context, the CV table
+    and its CV predictions.
 
     Parameters
     ----------
@@ -65,21 +126,23 @@ def select(
         Fold labels (reference sections, or spatial blocks of one section).
     blocks
         Spatial blocks of the training spots, the inner folds when one group remains.
+    width
+        With context features in ``X``: the width of the spots' own embeddings (its first columns,
+        all that candidates without context read); ``None``: ``X`` has no context.
     **common
         ``random_state``, ``device``, ``progress`` of the winner (the CV fits show no progress).
 
     Returns
     -------
-    The winner, the CV table (``candidate``, ``fold``, ``pearson_hvg50``, ``pearson_all``,
-    ``selected``) and the winner's out-of-fold predictions of the training spots (what its expected
-    accuracy per gene is computed from, at no extra fit).
+    The winner, whether it reads the context features (else it is fitted on ``X[:, :width]``),
+    the CV table (``candidate``, ``fold``, ``pearson_hvg50``, ``pearson_all``, ``selected``) and
+    the winner's out-of-fold predictions of the training spots (what its expected accuracy per gene
+    and its intervals are computed from, at no extra fit).
     """
     groups = check_groups(groups, len(X), 'method="auto"')
     labels = [label for label, _, _ in candidates]
     quiet = {**common, "progress": False}
-    makers = [
-        (lambda name=name, options=options: make_method(name, options, **quiet)) for _, name, options in candidates
-    ]
+    makers = [_maker(candidate, candidates, width, quiet) for candidate in candidates]
     table, predictions = cross_validate(makers, labels, X, Y, groups, blocks, return_predictions=True)
     best = best_candidate(table, labels)
     for label in labels:
@@ -87,5 +150,7 @@ def select(
             "auto: %s mean HVG-50 Pearson %.3f", label, table["pearson_hvg50"][table["candidate"] == label].mean()
         )
     logger.info("auto: chose %s by %d-fold grouped CV", best, len(np.unique(groups)))
-    _, name, options = candidates[labels.index(best)]
-    return make_method(name, options, **common), {**table, "selected": best}, predictions[best]
+    winner = candidates[labels.index(best)]
+    context = width is not None and _reads_context(winner, candidates)
+    model = _maker(winner, candidates, width if context else None, common)()
+    return model, context, {**table, "selected": best}, predictions[best]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,7 +55,10 @@ from ..models import (
     spatial_blocks,
     stored_calibration,
 )
-from ._auto import AUTO, Candidate, parse_candidates, select
+from ._auto import AUTO, Candidate, parse_candidates, select, uses_context, without_context
+from ._context import DEFAULT as DEFAULT_CONTEXT
+from ._context import Context, check_spacings, has_context, parse_context, slice_context, slice_spacing
+from ._context import from_record as context_from_record
 from ._genes import as_reference_list, gene_list, shared_genes
 from ._trust import MIN_EXPECTED_R, Trust, check_min_expected_r, column_pearson, expected_r, reference_eps
 
@@ -82,15 +85,27 @@ class InputSpec:
     scaling
         Per-column ``mean`` and ``std`` of the training inputs when several keys are combined
         (each key on its own scale); ``None`` otherwise.
+    context
+        The neighbourhood whose mean (and spread) embedding is appended to each spot's own
+        (:mod:`stmorph.tl._context`); ``None``: the spot's own embedding only.
+    spacing_um
+        Median spot spacing of the training slices in µm (with ``context``), to warn about a query
+        whose spots lie much closer or farther apart.
     """
 
     use_rep: tuple[str, ...]
     kind: str = "embedding"
     scaling: Mapping[str, Sequence[float]] | None = None
+    context: Context | None = None
+    spacing_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "patches" and len(self.use_rep) > 1:
             raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {list(self.use_rep)}.")
+        if self.kind == "patches" and self.context is not None:
+            raise InvalidParameterError(
+                "context= appends the neighbours' embeddings to a spot's own; methods trained on patches take none."
+            )
 
     @property
     def where(self) -> str:
@@ -101,7 +116,9 @@ class InputSpec:
     def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
         """The spec ``model`` was trained with (``use_rep`` may rename the keys in the new slice)."""
         keys = _rep_keys(use_rep or model.training.get("use_rep"))
-        return cls(keys, model.input, model.training.get("scaling"))
+        record = model.training.get("context")
+        spacing = record.get("spacing_um") if record else None
+        return cls(keys, model.input, model.training.get("scaling"), context_from_record(record), spacing)
 
     def read(self, adata: AnnData, what: str) -> np.ndarray:
         """The raw inputs of every spot of ``adata``: ``(n, d)`` float32 embeddings or uint8 patches."""
@@ -111,7 +128,7 @@ class InputSpec:
             x = np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in self.use_rep], axis=1)
         except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
             raise type(err)(f"{what}: {err}") from None
-        return x
+        return x if self.context is None else slice_context(adata, x, self.context, what)
 
     def scale(self, x: np.ndarray) -> np.ndarray:
         """``x`` standardised with the training statistics (unchanged without them)."""
@@ -125,12 +142,33 @@ class InputSpec:
             return self
         std = x_train.std(axis=0, dtype=np.float64)
         scaling = {"mean": x_train.mean(axis=0, dtype=np.float64).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
-        return InputSpec(self.use_rep, self.kind, scaling)
+        return replace(self, scaling=scaling)
+
+    def spaced(self, slices: Sequence[AnnData], what: Sequence[str]) -> InputSpec:
+        """This spec with the median spot spacing of the training ``slices`` (with context; warns when they differ)."""
+        if self.context is None:
+            return self
+        spacings = [slice_spacing(adata, name) for adata, name in zip(slices, what)]
+        check_spacings(spacings, what)
+        return replace(self, spacing_um=float(np.median(spacings)))
+
+    def check_query(self, query: AnnData) -> None:
+        """Warn when the query's spots are spaced much unlike the training slices' (with context)."""
+        if self.context is not None and self.spacing_um is not None:
+            check_spacings([self.spacing_um, slice_spacing(query, "query")], ["the references", "the query"])
+
+    def own_only(self, width: int) -> InputSpec:
+        """The spec of the first ``width`` input columns: the spots' own embeddings, without context."""
+        scaling = None if not self.scaling else {k: list(v)[:width] for k, v in self.scaling.items()}
+        return replace(self, scaling=scaling, context=None, spacing_um=None)
 
     def record(self) -> dict[str, Any]:
         """The entries of the model's ``training`` record."""
         use_rep = self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)
-        return {"use_rep": use_rep, **({"scaling": dict(self.scaling)} if self.scaling else {})}
+        record = {"use_rep": use_rep, **({"scaling": dict(self.scaling)} if self.scaling else {})}
+        if self.context is not None:
+            record["context"] = {**self.context.record(), "spacing_um": self.spacing_um}
+        return record
 
 
 @dataclass
@@ -187,6 +225,8 @@ class Request:
     """Nominal coverage of the intervals to calibrate, or ``None``."""
     trust: bool = False
     """Also predict the training spots out of fold (expected accuracy per gene)."""
+    optional_context: bool = False
+    """``auto`` with ``context=None``: drop the context candidates when a slice lacks coordinates or pixel size."""
 
     @property
     def needs_groups(self) -> bool:
@@ -322,6 +362,7 @@ def _request(
     common: dict[str, Any],
     checkpoint: str | os.PathLike | None,
     resume: bool,
+    context: bool | Mapping[str, Any] | None = None,
 ) -> Request:
     """Check what to fit before any data is read: the method and its options, or ``auto``'s candidates."""
     if method is None:
@@ -335,11 +376,27 @@ def _request(
                 'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
                 f"found {given}."
             )
-        return Request(method, InputSpec(_rep_keys(use_rep)), layer, genes, None, parse_candidates(candidates), common)
+        parsed = parse_candidates(candidates)
+        spec = InputSpec(_rep_keys(use_rep), context=parse_context(DEFAULT_CONTEXT if context is None else context))
+        if spec.context is None or not uses_context(parsed):
+            parsed, spec = without_context(parsed), replace(spec, context=None)
+        if not parsed:
+            raise InvalidParameterError('context=False leaves method="auto" no candidate without context.')
+        return Request(method, spec, layer, genes, None, parsed, common, optional_context=context is None)
     model = make_method(method, options, **common)
     if checkpoint is not None or resume:
         model.set_checkpoint(checkpoint, resume)
-    return Request(method, InputSpec(_rep_keys(use_rep), model.input), layer, genes, model, None, common)
+    spec = InputSpec(_rep_keys(use_rep), model.input, context=parse_context(context))
+    return Request(method, spec, layer, genes, model, None, common)
+
+
+def _settle_context(request: Request, slices: Sequence[AnnData]) -> Request:
+    """``auto``'s request without its context candidates when it may drop them and a slice has no coordinates."""
+    if not request.optional_context or request.spec.context is None or all(map(has_context, slices)):
+        return request
+    logger.info("auto: context candidates skipped: a slice lacks obsm['spatial'] or its pixel size")
+    spec = replace(request.spec, context=None)
+    return replace(request, spec=spec, candidates=without_context(request.candidates), optional_context=False)
 
 
 def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any]]:
@@ -350,7 +407,12 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
     model = request.model
     needs_oof = request.trust or request.interval is not None  # expected r and intervals share them
     if model is None:
-        model, cv_table, oof = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
+        width = None if data.spec.context is None else data.x.shape[1] // data.spec.context.multiplier
+        model, context, cv_table, oof = select(
+            request.candidates, data.x, data.y, data.groups, data.blocks, width, **request.common
+        )
+        if width is not None and not context:  # the winner reads the spots' own embeddings only
+            data.x, data.spec = data.x[:, :width], data.spec.own_only(width)
         extra = {"selected": cv_table["selected"], "cv": cv_table}
         data.oof = oof if needs_oof else None
     elif needs_oof:
@@ -375,6 +437,7 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
 
 def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted:
     """Across slices: train on every reference spot; the query's inputs are prepared the same way."""
+    request = _settle_context(request, [*refs, query])
     genes = gene_list(request.genes, shared_genes(refs, query))
     get_genes(query, genes, what="query")  # a gene the query lacks fails before training
     names = ["reference"] if len(refs) == 1 else [f"reference[{i}]" for i in range(len(refs))]
@@ -388,22 +451,24 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     x_train = np.concatenate(xs)
     x_query = request.spec.read(query, "query")
     check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.{request.spec.where}", "the reference")
-    spec = request.spec.fitted_to(x_train)
+    spec = request.spec.fitted_to(x_train).spaced(refs, names)
+    spec.check_query(query)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     if request.needs_groups:
         data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
     if len(refs) > 1:
         data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     model, extra = _fit(request, data)
-    return Fitted(model, spec.scale(x_query), extra, data=data)
+    return Fitted(model, _as_trained(spec.scale(x_query), data), extra, data=data)
 
 
 def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
     """Within a slice: hold out a seeded fraction of the query's spots and train on the rest."""
+    request = _settle_context(request, [query])
     genes = gene_list(request.genes, query.var_names)
     test = _split(query.n_obs, split, request.common["random_state"])
     x = request.spec.read(query, "query")
-    spec = request.spec.fitted_to(x[~test])
+    spec = request.spec.fitted_to(x[~test]).spaced([query], ["query"])
     y = _expression(query, request.layer, genes, "query")
     data = TrainingData(genes, spec.scale(x[~test]), y[~test], spec, _layer_name(request.layer))
     if request.needs_groups:
@@ -413,7 +478,12 @@ def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
     same = SPLIT_KEY in query.obs and np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels))
     obs = {} if same else {SPLIT_KEY: labels}  # the same split again is not a replacement worth a warning
     record = {**extra, "split": float(split), "n_test": int(test.sum())}
-    return Fitted(model, spec.scale(x), record, obs, data=data, test=(test, y[test]))
+    return Fitted(model, _as_trained(spec.scale(x), data), record, obs, data=data, test=(test, y[test]))
+
+
+def _as_trained(x_query: np.ndarray, data: TrainingData) -> np.ndarray:
+    """The query's inputs cut to the columns the model was trained on (``auto`` may drop the context)."""
+    return x_query[:, : data.x.shape[1]] if x_query.ndim == 2 else x_query
 
 
 def _apply_model(
@@ -430,6 +500,7 @@ def _apply_model(
         raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
     spec = InputSpec.of_model(model, use_rep)
     get_genes(query, model.genes, what="query")
+    spec.check_query(query)
     x_query = spec.read(query, "query")
     check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.{spec.where}", "the model")
     return Fitted(model, spec.scale(x_query))
@@ -476,7 +547,8 @@ def _trust_of(fitted: Fitted, predicted: np.ndarray, eps: bool, random_state: in
 
     Within a slice the expected r is the test spots' r; across slices it comes from the out-of-fold
     predictions of the references (:func:`~stmorph.tl._trust.expected_r`). With ``eps``, the EPS
-    of every training section on its own image graph (embeddings only).
+    of every training section on its own image graph of the spots' own embeddings (embeddings only;
+    never the context features: EPS measures what a spot's own image carries).
     """
     data = fitted.data
     if fitted.test is not None:
@@ -488,7 +560,8 @@ def _trust_of(fitted: Fitted, predicted: np.ndarray, eps: bool, random_state: in
         return None
     if eps and data.spec.kind == "embedding":
         sections = np.zeros(len(data.x), dtype=int) if data.sections is None else data.sections
-        xs = [data.x[sections == s] for s in np.unique(sections)]
+        own = data.x[:, : data.x.shape[1] // data.spec.context.multiplier] if data.spec.context else data.x
+        xs = [own[sections == s] for s in np.unique(sections)]  # EPS never reads the context
         ys = [data.y[sections == s] for s in np.unique(sections)]
         trust.eps, trust.eps_qval = reference_eps(xs, ys, len(data.genes), random_state)
     return trust
@@ -535,6 +608,8 @@ def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_
         "random_state": int(random_state),
         **fitted.record,
     }
+    if "context" in model.training:
+        record["context"] = _plain(model.training["context"])
     if model.history:
         record["history"] = _plain(model.history)
     return record
@@ -562,6 +637,7 @@ def predict(
     split: float | None = None,
     candidates: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     interval: float | None = None,
+    context: bool | Mapping[str, Any] | None = None,
     key_added: str | None = None,
     model: Predictor | None = None,
     return_model: bool = False,
@@ -619,10 +695,13 @@ def predict(
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
     candidates
-        ``method="auto"`` only: method names or ``(name, options)`` pairs; default
-        ``knn(k="cv")`` and ``ridge(alpha="cv", standardize=True)``. ``"mlp"``, ``"bleep"``,
-        ``"heclip"`` (frozen) can be added; they did not beat knn on the HER2ST sections
-        (docs/benchmarks.md) and each trains a network per fold.
+        ``method="auto"`` only: method names or ``(name, options)`` pairs; an option
+        ``context=True`` makes the candidate read the context features, and an ``"ensemble"``
+        without ``members`` is the z-scored average of the ``n_best`` other candidates whose average
+        is best by a CV inside each fold (so its score is honest). Default: ``knn(k="cv")`` and
+        ``ridge(alpha="cv", standardize=True)``, each without and with context, and
+        ``ensemble(n_best=2)``. ``"mlp"``, ``"bleep"``, ``"heclip"`` (frozen) can be added; they did
+        not beat these on the HER2ST sections (docs/benchmarks.md) and each trains a network per fold.
     interval
         Nominal coverage in ``(0, 1)`` of prediction intervals per spot × gene (e.g. ``0.9``), or
         ``None`` for none. Split conformal: the training spots are predicted out of fold (leave one
@@ -632,6 +711,19 @@ def predict(
         (see docs/methods/trust.md). Valid when the query and the reference sections are
         exchangeable. With ``model=``, the model's stored calibration is used (it must have been
         fitted with the same ``interval``).
+    context
+        Append to each spot's embedding the mean embedding of its spatial neighbours in the same
+        slice (the tissue around it): ``True`` for the default (the 6 nearest spots, mean only;
+        chosen by grouped CV on the HER2ST references), or a dict with ``n_neighbors`` (nearest
+        spots) or ``radius`` (µm; from ``obsm["spatial"]`` times the slice's pixel size), and
+        optionally ``spread=True`` (also the neighbours' standard deviation) and
+        ``isolated="self"`` (a spot with no neighbour within ``radius`` gets its own embedding
+        as context; else such spots raise an error that counts them). Embedding methods only.
+        ``None`` (default): no context, except for ``method="auto"``, whose context candidates use
+        the default when every slice has coordinates and a pixel size (``False``: none). The fitted
+        model keeps its context, so ``model=`` and a saved model prepare a new slice the same way;
+        a query whose spot spacing differs from the references' by more than 1.5× is warned
+        about. EPS never uses context (``exclude_radius`` is its spatial control).
     key_added
         Layer name for the prediction; default ``f"predicted_{method}"``.
     model
@@ -687,7 +779,8 @@ def predict(
         ``n_train``, ``train_time_s``, ``predict_time_s``, ``random_state``; ``split`` and
         ``n_test`` within a slice; ``history`` (loss curves) for torch methods; with
         ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
-        ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
+        ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold); with context,
+        ``context`` (``n_neighbors`` or ``radius``, ``spread``, ``isolated``, ``spacing_um``).
     ``layers[key + '_lower']``, ``layers[key + '_upper']`` : float32 interval bounds, with
         ``interval=`` (NaN for genes not predicted); the record then holds ``interval``
         (``level``, ``scale``, and ``cv``: the scale selection's table).
@@ -732,12 +825,15 @@ def predict(
     if mode == "model":
         given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
         given += ["candidates"] * (candidates is not None) + ["genes"] * (genes is not None)
+        given += ["context"] * (context is not None)
         fitted = _apply_model(query, model, method, use_rep, given)
         if interval is not None:
             stored_calibration(model.calibration, interval)
     else:
         common = {"random_state": random_state, "device": device, "progress": progress}
-        request = _request(method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume)
+        request = _request(
+            method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume, context
+        )
         request.interval = interval
         wants_trust = _wants_trust(trust, request)
         request.trust = wants_trust and mode == "across"

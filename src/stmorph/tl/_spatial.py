@@ -82,8 +82,10 @@ def _patches_mpp(adata: AnnData) -> set[float]:
     return {float(r["source_mpp"]) for r in records if isinstance(r, Mapping) and r.get("source_mpp") is not None}
 
 
-def pixel_size(adata: AnnData) -> float:
+def pixel_size(adata: AnnData, need: str = "exclude_radius") -> float:
     """µm per pixel of ``obsm["spatial"]``: the dataset record, else the patches record of ``extract_patches``.
+
+    ``need`` names the option that needs it, for the error message.
 
     Raises
     ------
@@ -98,7 +100,7 @@ def pixel_size(adata: AnnData) -> float:
         found.add(float(dataset_mpp))
     if not found:
         raise InvalidParameterError(
-            "exclude_radius needs the pixel size of obsm['spatial'], found neither in "
+            f"{need} needs the pixel size of obsm['spatial'], found neither in "
             "uns['stmorph']['dataset']['mpp'] nor in a record of st.pp.extract_patches; run "
             "st.pp.extract_patches first or set adata.uns['stmorph']['dataset'] = {'mpp': <µm per pixel>}."
         )
@@ -110,11 +112,12 @@ def pixel_size(adata: AnnData) -> float:
     return min(found)
 
 
-def spot_positions(adata: AnnData) -> np.ndarray:
-    """Spot centres ``obsm["spatial"][:, :2]`` in pixels (float64), after checking they are usable."""
+def spot_positions(adata: AnnData, need: str = "exclude_radius") -> np.ndarray:
+    """Spot centres ``obsm["spatial"][:, :2]`` in pixels (float64), after checking they are usable (``need``: see
+    :func:`pixel_size`)."""
     if SPATIAL_KEY not in adata.obsm:
         raise StmorphKeyError(
-            "exclude_radius needs spot coordinates in adata.obsm['spatial'] (pixels of the full-resolution "
+            f"{need} needs spot coordinates in adata.obsm['spatial'] (pixels of the full-resolution "
             f"image); available: {sorted(adata.obsm.keys())}."
         )
     xy = np.asarray(adata.obsm[SPATIAL_KEY])
@@ -125,9 +128,9 @@ def spot_positions(adata: AnnData) -> np.ndarray:
     return xy[:, :2].astype(np.float64)
 
 
-def spatial_um(adata: AnnData) -> np.ndarray:
-    """Spot centres in µm: :func:`spot_positions` times :func:`pixel_size`."""
-    return spot_positions(adata) * pixel_size(adata)
+def spatial_um(adata: AnnData, need: str = "exclude_radius") -> np.ndarray:
+    """Spot centres in µm: :func:`spot_positions` times :func:`pixel_size` (``need``: see :func:`pixel_size`)."""
+    return spot_positions(adata, need) * pixel_size(adata, need)
 
 
 def exclusion_for(adata: AnnData, exclude_radius: float | None, n_neighbors: int) -> Exclusion | None:

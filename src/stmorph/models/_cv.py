@@ -144,13 +144,17 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None):
-    """``model.fit(X, Y)``, passing ``groups`` to models whose ``fit`` takes them (the ``"cv"`` settings)."""
+def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, sections: np.ndarray | None = None):
+    """``model.fit(X, Y)``, passing ``groups`` and ``sections`` to models whose ``fit`` takes them.
+
+    ``groups`` are the folds of the ``"cv"`` settings (and BLEEP's validation groups), ``sections``
+    the reference sections of BLEEP's and HECLIP's per-section gene selection.
+    """
     import inspect
 
-    if "groups" in inspect.signature(model.fit).parameters:
-        return model.fit(X, Y, groups=groups)
-    return model.fit(X, Y)
+    accepted = inspect.signature(model.fit).parameters
+    given = {"groups": groups, "sections": sections}
+    return model.fit(X, Y, **{name: labels for name, labels in given.items() if name in accepted})
 
 
 def cross_validate(

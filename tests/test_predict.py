@@ -216,7 +216,7 @@ def test_patch_methods_receive_patches(sim, monkeypatch):
         name = "meancolour"
         input = "patches"
 
-        def fit(self, X, Y):
+        def fit(self, X, Y, groups=None):
             assert X.dtype == np.uint8 and X.ndim == 4
             self.fitted_ = Ridge().fit(X.mean(axis=(1, 2)), Y)
             return self
@@ -244,7 +244,7 @@ def test_user_method_registered_with_st_tl_register_method_runs_through_predict(
             super().__init__(shift=shift, **kwargs)
             self.shift = shift
 
-        def fit(self, X, Y):
+        def fit(self, X, Y, groups=None):
             self.mean_ = Y.mean(axis=0) + self.shift
             return self
 
@@ -267,6 +267,13 @@ def test_user_method_registered_with_st_tl_register_method_runs_through_predict(
     for target in ("stmorph.models._baselines.Ridge", dict, Ridge):
         with pytest.raises(InvalidParameterError, match="Predictor subclass"):
             st.tl.register_method("broken", target)
+
+    class NoGroups(ShiftedMean):
+        def fit(self, X, Y):  # the old two-argument contract
+            return super().fit(X, Y)
+
+    with pytest.raises(InvalidParameterError, match=r"fit must take \(X, Y, groups=None\)"):
+        st.tl.register_method("broken", NoGroups)
     assert "broken" not in st.tl.list_methods()
 
 

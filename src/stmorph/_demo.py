@@ -28,8 +28,8 @@ from ._report import write_report
 from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
 from .pl._eps import min_detected_spots
+from .tl._auto import AUTO
 from .tl._evaluate import evaluation_table
-from .tl._predict import AUTO
 
 if TYPE_CHECKING:
     from anndata import AnnData

@@ -275,8 +275,8 @@ def _method_params(text: str) -> dict:
 
 def _run_predict(args: argparse.Namespace) -> None:
     from . import tl
+    from .tl._auto import AUTO
     from .tl._evaluate import evaluation_table
-    from .tl._predict import AUTO
 
     params = _method_params(args.params)
     check_choice(args.method, [*tl.list_methods(), AUTO], "--method")

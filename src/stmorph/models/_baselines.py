@@ -168,7 +168,7 @@ class Linear(ArrayModel, Predictor):
 
     name = "linear"
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> Linear:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> Linear:
         self.coef_, self.intercept_ = ridge_solution(X, np.reshape(Y, (len(Y), -1)), 0.0)
         return self
 
@@ -447,7 +447,7 @@ class LightGBM(ArrayModel, Predictor):
             results = pool.map(fn, range(n_genes))
             return list(tqdm(results, total=n_genes, desc=desc, disable=not self.progress, leave=False))
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> LightGBM:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> LightGBM:
         import lightgbm as lgb
 
         params = self._booster_params()

@@ -144,19 +144,6 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
-def fit_model(model, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None, sections: np.ndarray | None = None):
-    """``model.fit(X, Y)``, passing ``groups`` and ``sections`` to models whose ``fit`` takes them.
-
-    ``groups`` are the folds of the ``"cv"`` settings (and BLEEP's validation groups), ``sections``
-    the reference sections of BLEEP's and HECLIP's per-section gene selection.
-    """
-    import inspect
-
-    accepted = inspect.signature(model.fit).parameters
-    given = {"groups": groups, "sections": sections}
-    return model.fit(X, Y, **{name: labels for name, labels in given.items() if name in accepted})
-
-
 def cross_validate(
     make_models: Sequence[Callable[[], Any]],
     labels: Sequence[str],
@@ -181,7 +168,7 @@ def cross_validate(
             inner = groups[train]
             if len(np.unique(inner)) < 2:
                 inner = None if blocks is None else blocks[train]
-            model = fit_model(make(), X[train], Y[train], inner)
+            model = make().fit(X[train], Y[train], groups=inner)
             rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
     candidate, fold, hvg, every = zip(*rows)
     return {

@@ -83,7 +83,7 @@ class MLP(ArrayModel, Predictor):
         n_val = min(max(1, round(fraction * n)), n - 1)
         return np.random.default_rng(self.random_state).permutation(n), n - n_val
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> MLP:
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> MLP:
         import torch
 
         device = resolve_device(self.device)

@@ -7,7 +7,10 @@ A method is a :class:`Predictor` subclass. The built-in ones are registered by a
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +24,9 @@ class Predictor:
 
     Subclasses set :attr:`name` and :attr:`input` and implement :meth:`fit` and :meth:`predict`.
     ``X`` is ``(n, d)`` float embeddings when ``input == "embedding"`` and ``(n, P, P, 3)`` uint8
-    patches when ``input == "patches"``; ``Y`` is ``(n, n_genes)`` float32 expression.
+    patches when ``input == "patches"``; ``Y`` is ``(n, n_genes)`` float32 expression; ``groups``
+    (or ``None``) labels the training spots' sections (or spatial blocks of one section), for the
+    methods that cross-validate or validate on whole groups; the others ignore it.
 
     Parameters
     ----------
@@ -37,12 +42,13 @@ class Predictor:
     Attributes
     ----------
     genes
-        Names of the predicted genes, in column order (set by :func:`stmorph.tl.predict`).
+        Names of the predicted genes, in column order (set by :meth:`train`).
     history
         Training curves of torch models: ``{"loss": [...], "val_loss": [...]}``.
     training
-        What :func:`stmorph.tl.predict` recorded about the fit (``use_rep``, ``layer``,
-        ``input_shape``, ``n_train``), so a fitted model can check a new slice's inputs.
+        What :meth:`train` recorded about the fit: how a slice's spots become inputs (``use_rep``,
+        ``layer``, the standardisation of several keys), ``input_shape``, ``n_train`` and
+        ``train_time_s``, so a fitted model can check and prepare a new slice's inputs.
     """
 
     name: ClassVar[str] = "base"
@@ -105,9 +111,52 @@ class Predictor:
         print_["genes_blake2b"] = hash_value([str(g) for g in self.genes])
         return {"checkpoint": self._checkpoint, "resume": self._resume, "fingerprint": print_}
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> Predictor:
-        """Fit on training inputs ``X`` and expression ``Y``; returns ``self``."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> Predictor:
+        """Fit on inputs ``X`` and expression ``Y`` (``groups``: a label per row, or ``None``); returns ``self``."""
         raise NotImplementedError
+
+    def train(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        *,
+        genes: list[str],
+        groups: np.ndarray | None = None,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> Predictor:
+        """:meth:`fit`, then keep what applying the model to another slice needs.
+
+        Parameters
+        ----------
+        X, Y, groups
+            As for :meth:`fit`.
+        genes
+            Names of ``Y``'s columns (set before fitting: a training checkpoint records them).
+        inputs
+            How a slice's spots became ``X`` (``use_rep``, ``layer``, standardisation), kept in
+            :attr:`training` with ``input_shape``, ``n_train`` and ``train_time_s``.
+
+        Returns
+        -------
+        ``self``.
+        """
+        if len(genes) != np.shape(Y)[1]:
+            raise InvalidParameterError(f"{len(genes)} gene names for {np.shape(Y)[1]} expression columns.")
+        self.genes = [str(g) for g in genes]
+        start = time.perf_counter()
+        self.fit(X, Y, groups=groups)
+        self.training = {
+            **dict(inputs or {}),
+            "input_shape": tuple(int(s) for s in np.shape(X)[1:]),
+            "n_train": len(X),
+            "train_time_s": time.perf_counter() - start,
+        }
+        return self
+
+    @property
+    def is_trained(self) -> bool:
+        """Whether :meth:`train` (or :func:`stmorph.models.load`) gave this model its genes and inputs."""
+        return bool(self.genes) and "input_shape" in self.training
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predict ``(n, n_genes)`` float32 expression for inputs ``X``."""
@@ -135,7 +184,8 @@ def register_method(name: str, target: str | type[Predictor]) -> None:
 
     A method is a :class:`~stmorph.models.Predictor` subclass: set ``name`` and ``input``
     (``"embedding"``: ``(n, d)`` float embeddings from ``obsm[use_rep]``; ``"patches"``:
-    ``(n, P, P, 3)`` uint8 patches), implement ``fit(X, Y)`` (returns ``self``) and ``predict(X)``
+    ``(n, P, P, 3)`` uint8 patches), implement ``fit(X, Y, groups=None)`` (returns ``self``;
+    ``groups`` labels the reference sections, use or ignore it) and ``predict(X)``
     (``(n, n_genes)`` expression). Options of ``__init__`` become keyword options of
     :func:`~stmorph.tl.predict`; registering an existing name replaces that method.
 
@@ -150,15 +200,16 @@ def register_method(name: str, target: str | type[Predictor]) -> None:
     Raises
     ------
     InvalidParameterError
-        ``name`` is not a non-empty string, or ``target`` is neither a Predictor subclass nor a
-        ``"module:Class"`` path.
+        ``name`` is not a non-empty string, ``target`` is neither a Predictor subclass nor a
+        ``"module:Class"`` path, or its ``fit`` does not take ``groups`` (checked when the class
+        is first used, for import paths).
 
     Examples
     --------
     >>> import numpy as np, stmorph as st
     >>> class Mean(st.models.Predictor):
     ...     name = "mean"
-    ...     def fit(self, X, Y):
+    ...     def fit(self, X, Y, groups=None):
     ...         self.mean_ = Y.mean(axis=0)
     ...         return self
     ...     def predict(self, X):
@@ -180,7 +231,19 @@ def register_method(name: str, target: str | type[Predictor]) -> None:
             f"method {name!r}: target must be a stmorph.models.Predictor subclass or an import path "
             f"'package.module:Class'; found {target!r}."
         )
+    if not isinstance(target, str):
+        _check_fit_signature(name, target)
     _REGISTRY[name] = target
+
+
+def _check_fit_signature(name: str, cls: type[Predictor]) -> None:
+    """Refuse a method whose ``fit`` cannot be called as ``fit(X, Y, groups=...)``."""
+    params = inspect.signature(cls.fit).parameters
+    if "groups" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise InvalidParameterError(
+            f"method {name!r}: {cls.__name__}.fit must take (X, Y, groups=None); stmorph passes the reference "
+            "sections as groups (ignore them if the method does not need them)."
+        )
 
 
 def list_methods() -> list[str]:
@@ -202,5 +265,43 @@ def get_method(name: str) -> type[Predictor]:
     if isinstance(target, str):
         module, _, attr = target.partition(":")
         target = getattr(importlib.import_module(module), attr)
+        _check_fit_signature(name, target)
         _REGISTRY[name] = target
     return target
+
+
+_COMMON_OPTIONS = ("random_state", "device", "progress")
+
+
+def make_method(name: str, options: Mapping[str, Any] | None = None, **common: Any) -> Predictor:
+    """A new, unfitted instance of the registered method ``name`` with ``options``.
+
+    Parameters
+    ----------
+    name
+        A registered method (:func:`list_methods`).
+    options
+        The method's own settings (e.g. ``{"alpha": "cv"}`` for ridge); unknown ones raise an
+        error listing the valid ones.
+    **common
+        ``random_state``, ``device``, ``progress``.
+
+    Examples
+    --------
+    >>> make_method("ridge", {"alpha": 10.0}).params["alpha"]
+    10.0
+    """
+    cls = get_method(name)
+    options = dict(options or {})
+    sig = inspect.signature(cls.__init__)
+    valid = [
+        n
+        for n, p in sig.parameters.items()
+        if n != "self" and n not in _COMMON_OPTIONS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidParameterError(
+            f"method {cls.name!r} takes no option(s) {unknown}; its options are {valid or 'none'}."
+        )
+    return cls(**common, **options)

@@ -150,8 +150,11 @@ class STNet(TorchPredictor):
     def _to_tensor(self, patches: np.ndarray) -> torch.Tensor:
         return patches_to_tensor(patches, self.encoder_, device=self._device())
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> STNet:
-        """Fine-tune on uint8 patches ``X`` ``(n, P, P, 3)`` and expression ``Y`` ``(n, n_genes)``; returns ``self``."""
+    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> STNet:
+        """Fine-tune on uint8 patches ``X`` ``(n, P, P, 3)`` and expression ``Y`` ``(n, n_genes)``; returns ``self``.
+
+        ``groups`` is accepted for the common contract and not used: ST-Net validates on random spots.
+        """
         X = check_inputs(X, self.input, self.name)
         Y = check_expression(Y, len(X))
         rng = self._seed()

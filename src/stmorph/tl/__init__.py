@@ -6,8 +6,9 @@ from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
 from ._evaluate import evaluate
+from ._genes import reference_hvgs
 from ._graph import image_graph
-from ._predict import predict, reference_hvgs
+from ._predict import predict
 
 __all__: list[str] = [
     "embed",

@@ -1,11 +1,19 @@
-"""``st.tl.predict``: fit a registered prediction method on reference spots and predict a query slice."""
+"""``st.tl.predict``: fit a registered prediction method on reference spots and predict a query slice.
+
+:func:`predict` checks the call, then hands it to one function per way of getting a model
+(:func:`_fit_across`, :func:`_fit_within`, :func:`_apply_model`); each returns a :class:`Fitted`
+(the model and the query's inputs) that :func:`predict` applies and writes. The inputs of a fit
+(genes, features, cross-validation groups, standardisation) are prepared once, in a
+:class:`TrainingData`; how a slice's spots become inputs is an :class:`InputSpec` that the fitted
+model keeps in its ``training`` record, so ``model=`` prepares a new slice the same way.
+"""
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +27,6 @@ from .._logging import logger
 from .._tables import is_spatialdata, table_of
 from .._validation import (
     InvalidParameterError,
-    StmorphKeyError,
     TooFewObservationsError,
     check_bool,
     check_device,
@@ -37,8 +44,10 @@ from .._validation import (
     get_patches,
     get_rep,
 )
-from ..models._cv import N_BLOCKS, best_candidate, check_groups, cross_validate, fit_model, spatial_blocks
-from ..models._predictor import Predictor, get_method
+from ..models._cv import N_BLOCKS, spatial_blocks
+from ..models._predictor import Predictor, make_method
+from ._auto import AUTO, Candidate, parse_candidates, select
+from ._genes import as_reference_list, gene_list, shared_genes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,7 +57,128 @@ SPLIT_KEY = Key.obs.split
 """``obs`` column that marks the within-slice ``"train"``/``"test"`` spots."""
 MIN_TRAIN = 10
 """Fewest training spots a model is fitted on."""
-_OWN_OPTIONS = ("random_state", "device", "progress")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a slice's spots become model inputs; kept in the fitted model's ``training`` record.
+
+    Attributes
+    ----------
+    use_rep
+        ``obsm`` keys, side by side (embeddings) or one key of ``(n, P, P, 3)`` patches.
+    kind
+        ``"embedding"`` or ``"patches"`` (the method's ``input``).
+    scaling
+        Per-column ``mean`` and ``std`` of the training inputs when several keys are combined
+        (each key on its own scale); ``None`` otherwise.
+    """
+
+    use_rep: tuple[str, ...]
+    kind: str = "embedding"
+    scaling: Mapping[str, Sequence[float]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "patches" and len(self.use_rep) > 1:
+            raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {list(self.use_rep)}.")
+
+    @classmethod
+    def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
+        """The spec ``model`` was trained with (``use_rep`` may rename the keys in the new slice)."""
+        keys = _rep_keys(use_rep or model.training.get("use_rep"))
+        return cls(keys, model.input, model.training.get("scaling"))
+
+    def read(self, adata: AnnData, what: str) -> np.ndarray:
+        """The raw inputs of every spot of ``adata``: ``(n, d)`` float32 embeddings or uint8 patches."""
+        try:
+            if self.kind == "patches":
+                return get_patches(adata, self.use_rep[0])
+            x = np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in self.use_rep], axis=1)
+        except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
+            raise type(err)(f"{what}: {err}") from None
+        return x
+
+    def scale(self, x: np.ndarray) -> np.ndarray:
+        """``x`` standardised with the training statistics (unchanged without them)."""
+        if not self.scaling:
+            return x
+        return ((x - np.asarray(self.scaling["mean"])) / np.asarray(self.scaling["std"])).astype(np.float32)
+
+    def fitted_to(self, x_train: np.ndarray) -> InputSpec:
+        """This spec with the standardisation of ``x_train`` when several keys are combined."""
+        if len(self.use_rep) < 2:
+            return self
+        std = x_train.std(axis=0, dtype=np.float64)
+        scaling = {"mean": x_train.mean(axis=0, dtype=np.float64).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+        return InputSpec(self.use_rep, self.kind, scaling)
+
+    def record(self) -> dict[str, Any]:
+        """The entries of the model's ``training`` record."""
+        use_rep = self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)
+        return {"use_rep": use_rep, **({"scaling": dict(self.scaling)} if self.scaling else {})}
+
+
+@dataclass
+class TrainingData:
+    """Everything a fit reads, prepared once: genes, inputs, expression and cross-validation groups.
+
+    Attributes
+    ----------
+    genes
+        The predicted genes (``y``'s columns).
+    x, y
+        Training inputs (standardised as ``spec`` says) and float32 expression.
+    spec
+        How the inputs were made (fitted standardisation included).
+    layer
+        Expression source: ``"X"`` or the layer name.
+    groups
+        Fold labels: the reference sections when there are several, else spatial blocks of the
+        one training section; ``None`` when no method option asks for them.
+    blocks
+        Spatial blocks of the training spots, unique across sections (inner folds of nested CV).
+    """
+
+    genes: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    spec: InputSpec
+    layer: str
+    groups: np.ndarray | None = None
+    blocks: np.ndarray | None = None
+
+
+@dataclass
+class Request:
+    """The caller's choices of a fit, checked once: what to fit and on which inputs."""
+
+    method: str
+    spec: InputSpec
+    layer: str | None
+    genes: Sequence[str] | str | None
+    model: Predictor | None
+    """The unfitted model; ``None`` for ``method="auto"`` (chosen by CV)."""
+    candidates: list[Candidate] | None
+    common: dict[str, Any]
+    """``random_state``, ``device``, ``progress``."""
+
+    @property
+    def needs_groups(self) -> bool:
+        """Whether the fit reads cross-validation groups: ``auto``, ``"cv"`` options, group-validated methods."""
+        if self.model is None:
+            return True
+        tuned = any(isinstance(v, str) and v == "cv" for v in self.model.params.values())
+        return tuned or getattr(self.model, "validates_on_groups", False)
+
+
+@dataclass
+class Fitted:
+    """A fitted model, the query's inputs, and what the mode adds to the record and to ``obs``."""
+
+    model: Predictor
+    x_query: np.ndarray
+    record: dict[str, Any] = field(default_factory=dict)
+    obs: dict[str, Any] = field(default_factory=dict)
 
 
 def _mode(reference: object, split: float | None, model: Predictor | None) -> str:
@@ -69,7 +199,6 @@ def _mode(reference: object, split: float | None, model: Predictor | None) -> st
             "nothing to fit on: pass reference= (one AnnData or a list of them), split= (e.g. 0.2 to hold out "
             "20 % of the query's spots) or model= (a model fitted earlier with return_model=True)."
         )
-    check_range(split, "split", low=0.0, high=1.0)
     return "within"
 
 
@@ -91,55 +220,26 @@ def _check_options(
         check_bool(value, name)
 
 
-def _check_method_kwargs(cls: type[Predictor], kwargs: Mapping[str, Any]) -> None:
-    """Raise :class:`InvalidParameterError` for options the method does not take."""
-    sig = inspect.signature(cls.__init__)
-    valid = [
-        n
-        for n, p in sig.parameters.items()
-        if n != "self" and n not in _OWN_OPTIONS and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise InvalidParameterError(
-            f"method {cls.name!r} takes no option(s) {unknown}; its options are {valid or 'none'}."
-        )
-
-
-def _rep_keys(use_rep: str | Sequence[str]) -> list[str]:
-    """``use_rep`` as a non-empty list of unique ``obsm`` keys."""
+def _rep_keys(use_rep: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``use_rep`` as a non-empty tuple of unique ``obsm`` keys."""
+    if use_rep is None:
+        raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
     keys = [use_rep] if isinstance(use_rep, str) else list(use_rep)
     if not keys or not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
         raise InvalidParameterError(
             f"use_rep must be an obsm key or a non-empty list of distinct keys; found {use_rep!r}."
         )
-    return keys
+    return tuple(keys)
 
 
-def _inputs(adata: AnnData, use_rep: str | Sequence[str], kind: str, what: str) -> np.ndarray:
-    """The model inputs of every spot: ``(n, d)`` float32 embeddings (several keys side by side) or uint8 patches."""
-    keys = _rep_keys(use_rep)
-    try:
-        if kind == "patches":
-            if len(keys) > 1:
-                raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {keys}.")
-            return get_patches(adata, keys[0])
-        return np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in keys], axis=1)
-    except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
-        raise type(err)(f"{what}: {err}") from None
-
-
-def _key_scaling(x_train: np.ndarray) -> dict[str, list[float]]:
-    """Column means and standard deviations of the training inputs (constant columns keep scale 1)."""
-    std = x_train.std(axis=0, dtype=np.float64)
-    return {"mean": x_train.mean(axis=0, dtype=np.float64).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
-
-
-def _scale(x: np.ndarray, scaling: Mapping[str, Sequence[float]] | None) -> np.ndarray:
-    """Standardise ``x`` with the training statistics (each key of a ``use_rep`` list on its own scale)."""
-    if not scaling:
-        return x
-    return ((x - np.asarray(scaling["mean"])) / np.asarray(scaling["std"])).astype(np.float32)
+def _expression(adata: AnnData, layer: str | None, genes: Sequence[str], what: str) -> np.ndarray:
+    """Dense float32 expression of ``genes`` (only those columns are densified)."""
+    sub = get_matrix(adata, layer, finite=False)[:, get_genes(adata, genes, what=what)]
+    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
+    name = f"{what}.{'X' if layer is None else f'layers[{layer!r}]'}"
+    check_numeric(sub, name)
+    check_finite(sub, name)
+    return sub.astype(np.float32, copy=False)
 
 
 def _blocks(adata: AnnData, seed: int) -> np.ndarray | None:
@@ -147,114 +247,6 @@ def _blocks(adata: AnnData, seed: int) -> np.ndarray | None:
     if "spatial" not in adata.obsm:
         return None
     return spatial_blocks(np.asarray(adata.obsm["spatial"])[:, :2], random_state=seed)
-
-
-def _cv_groups(query, refs, test_mask, seed) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Grouped-CV labels of the training spots: (folds, spatial blocks made unique across sections).
-
-    Folds are the reference sections when there are several, else the spatial blocks of the one
-    training section (the reference, or the query's train spots within a slice).
-    """
-    if test_mask is not None:
-        blocks = _blocks(query[~test_mask], seed)
-        return blocks, blocks
-    per_ref = [_blocks(ref, seed) for ref in refs]
-    blocks = None
-    if all(b is not None for b in per_ref):
-        blocks = np.concatenate([b + N_BLOCKS * i for i, b in enumerate(per_ref)])
-    if len(refs) == 1:
-        return blocks, blocks
-    return np.repeat(np.arange(len(refs)), [ref.n_obs for ref in refs]), blocks
-
-
-def _layer_name(layer: str | None) -> str:
-    return "X" if layer is None else f"layers[{layer!r}]"
-
-
-def _expression(adata: AnnData, layer: str | None, idx: np.ndarray, what: str) -> np.ndarray:
-    """Dense float32 expression of the genes at ``idx`` (only those columns are densified)."""
-    mat = get_matrix(adata, layer, finite=False)
-    sub = mat[:, idx]
-    sub = sub.toarray() if sparse.issparse(sub) else np.asarray(sub)
-    name = f"{what}.{_layer_name(layer)}"
-    check_numeric(sub, name)
-    check_finite(sub, name)
-    return sub.astype(np.float32, copy=False)
-
-
-def _as_list(reference: AnnData | Sequence[AnnData]) -> list[AnnData]:
-    from anndata import AnnData
-
-    refs = [reference] if isinstance(reference, AnnData) else list(reference)
-    if not refs or not all(isinstance(r, AnnData) for r in refs):
-        raise InvalidParameterError("reference must be an AnnData or a non-empty list of AnnData objects.")
-    return refs
-
-
-def _default_genes(refs: list[AnnData], query: AnnData) -> list[str]:
-    """The first reference's genes that every other reference and the query also have, in its order."""
-    shared = refs[0].var_names
-    for other in [*refs[1:], query]:
-        shared = shared[shared.isin(other.var_names)]
-    if len(shared) == 0:
-        raise StmorphKeyError(
-            "the reference(s) and the query share no gene names; check that var_names use the same "
-            f"identifiers (reference: e.g. {list(refs[0].var_names[:3])}, query: e.g. {list(query.var_names[:3])})."
-        )
-    return list(shared)
-
-
-@checks_keys("layer")
-def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *, layer: str | None = None) -> list[str]:
-    """BLEEP's gene set: the union of each reference section's ``n_top`` most variable genes, never the query's.
-
-    BLEEP trains on the union of the highly variable genes of its training sections; choosing the
-    genes on the query would leak the held-out section into training. Genes are ranked by the
-    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section; the union
-    keeps the first section's order, then each later section's new genes.
-
-    Parameters
-    ----------
-    reference
-        The reference section(s).
-    n_top
-        Genes taken from each section.
-    layer
-        Expression to rank (``None``: ``X``).
-
-    Returns
-    -------
-    Gene names, to pass as ``genes=`` to :func:`predict` (the query must have them).
-
-    Examples
-    --------
-    >>> import stmorph as st
-    >>> refs = [st.datasets.simulate(50, 20, seed=s).tables["table"] for s in (1, 2)]
-    >>> genes = st.tl.reference_hvgs(refs, n_top=5)
-    >>> 5 <= len(genes) <= 10
-    True
-    """
-    check_range(n_top, "n_top", low=1, inclusive=True)
-    chosen: dict[str, None] = {}
-    for ref in _as_list(reference):
-        mat = get_matrix(ref, layer)
-        if sparse.issparse(mat):
-            variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
-        else:
-            variance = np.asarray(mat, dtype=np.float64).var(axis=0)
-        top = np.argsort(-variance, kind="stable")[:n_top]
-        chosen.update(dict.fromkeys(ref.var_names[np.sort(top)]))
-    return list(chosen)
-
-
-def _gene_list(genes: Sequence[str] | None, default: Sequence[str]) -> list[str]:
-    chosen = list(default) if genes is None else ([genes] if isinstance(genes, str) else list(genes))
-    if not chosen:
-        raise InvalidParameterError("genes is empty; pass at least one gene name.")
-    if len(set(chosen)) != len(chosen):
-        dup = pd.Index(chosen)[pd.Index(chosen).duplicated()].unique().tolist()
-        raise InvalidParameterError(f"genes holds duplicated names, e.g. {dup[:5]}; pass each gene once.")
-    return chosen
 
 
 def _split(n_obs: int, fraction: float, random_state: int) -> np.ndarray:
@@ -278,80 +270,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask):
-    """Training inputs and expression: the query's train spots (within a slice) or all reference spots."""
-    if test_mask is not None:
-        y = _expression(query, layer, get_genes(query, genes, what="query"), "query")
-        return x_query[~test_mask], y[~test_mask]
-    xs, ys = [], []
-    for i, ref in enumerate(refs):
-        what = "reference" if len(refs) == 1 else f"reference[{i}]"
-        check_unique_names(ref, "var")
-        xs.append(_inputs(ref, use_rep, kind, what))
-        if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{_rep_keys(use_rep)}", "reference[0]")
-        ys.append(_expression(ref, layer, get_genes(ref, genes, what=what), what))
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _new_model(method: str, random_state: int, device: str, progress: bool, kwargs: Mapping[str, Any]) -> Predictor:
-    cls = get_method(method)
-    _check_method_kwargs(cls, kwargs)
-    return cls(random_state=random_state, device=device, progress=progress, **kwargs)
-
-
-AUTO = "auto"
-DEFAULT_CANDIDATES: tuple = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}))
-"""The candidates of ``method="auto"``: the fast ones. ``mlp`` and frozen ``bleep``/``heclip`` on request: on
-the HER2ST leave-one-section-out grid none of them beat knn (docs/benchmarks.md), and each costs a network
-fit per fold."""
-
-
-def _label(name: str, options: Mapping[str, Any]) -> str:
-    return name + ("(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")" if options else "")
-
-
-def _candidates(candidates: Sequence | None) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(label, method, options)`` of each candidate (a method name or a ``(name, options)`` pair), checked."""
-    items = list(DEFAULT_CANDIDATES if candidates is None else candidates)
-    if not items:
-        raise InvalidParameterError('candidates is empty; name at least one method for method="auto".')
-    parsed = []
-    for item in items:
-        name, options = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]))
-        if name == AUTO:
-            raise InvalidParameterError('"auto" cannot be its own candidate.')
-        cls = get_method(name)  # unknown names raise, listing the registered methods
-        _check_method_kwargs(cls, options)
-        if cls(**options).input != "embedding":
-            raise InvalidParameterError(
-                f'candidate {name!r} trains on patches; method="auto" compares embedding methods.'
-            )
-        parsed.append((_label(name, options), name, options))
-    if len({label for label, _, _ in parsed}) != len(parsed):
-        raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
-    return parsed
-
-
-def _select(candidates, x_train, y_train, groups, blocks, random_state, device):
-    """Nested grouped CV of the candidates; returns the winner's ``(method, options)`` and the CV table."""
-    groups = check_groups(groups, len(x_train), 'method="auto"')
-    labels = [label for label, _, _ in candidates]
-    makers = [
-        (lambda name=name, options=options: _new_model(name, random_state, device, False, options))
-        for _, name, options in candidates
-    ]
-    table = cross_validate(makers, labels, x_train, y_train, groups, blocks)
-    best = best_candidate(table, labels)
-    for label in labels:
-        logger.info(
-            "auto: %s mean HVG-50 Pearson %.3f", label, table["pearson_hvg50"][table["candidate"] == label].mean()
-        )
-    logger.info("auto: chose %s by %d-fold grouped CV", best, len(np.unique(groups)))
-    _, name, options = candidates[labels.index(best)]
-    return name, options, {**table, "selected": best}
-
-
 def _reference_tables(reference: Any, table_key: str | None) -> Any:
     """``reference`` with each SpatialData replaced by its table (AnnData kept as they are)."""
     if reference is None:
@@ -362,6 +280,168 @@ def _reference_tables(reference: Any, table_key: str | None) -> Any:
         for item in ([reference] if one else reference)
     ]
     return tables[0] if one else tables
+
+
+def _request(
+    method: str | None,
+    use_rep: str | Sequence[str] | None,
+    layer: str | None,
+    genes: Sequence[str] | str | None,
+    candidates: Sequence | None,
+    options: Mapping[str, Any],
+    common: dict[str, Any],
+    checkpoint: str | os.PathLike | None,
+    resume: bool,
+) -> Request:
+    """Check what to fit before any data is read: the method and its options, or ``auto``'s candidates."""
+    if method is None:
+        raise InvalidParameterError('method is required; choose one of st.tl.list_methods() or "auto".')
+    if method != AUTO and candidates is not None:
+        raise InvalidParameterError(f'candidates= applies to method="auto" only; found method={method!r}.')
+    if method == AUTO:
+        given = sorted(options) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
+        if given:
+            raise InvalidParameterError(
+                'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
+                f"found {given}."
+            )
+        return Request(method, InputSpec(_rep_keys(use_rep)), layer, genes, None, parse_candidates(candidates), common)
+    model = make_method(method, options, **common)
+    if checkpoint is not None or resume:
+        model.set_checkpoint(checkpoint, resume)
+    return Request(method, InputSpec(_rep_keys(use_rep), model.input), layer, genes, model, None, common)
+
+
+def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any]]:
+    """Train the requested model (``auto``: choose it first by nested grouped CV); returns it and the record extras."""
+    check_n_obs(len(data.x), MIN_TRAIN, f"fitting {request.method!r} (training spots)")
+    extra: dict[str, Any] = {}
+    start = time.perf_counter()
+    model = request.model
+    if model is None:
+        model, cv_table = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
+        extra = {"selected": cv_table["selected"], "cv": cv_table}
+    layer = {"layer": data.layer}
+    model.train(data.x, data.y, genes=data.genes, groups=data.groups, inputs={**data.spec.record(), **layer})
+    extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
+    logger.info(
+        "predict: fitted %r on %d spots × %d genes in %.1fs",
+        request.method,
+        len(data.x),
+        len(data.genes),
+        extra["train_time_s"],
+    )
+    return model, extra
+
+
+def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted:
+    """Across slices: train on every reference spot; the query's inputs are prepared the same way."""
+    genes = gene_list(request.genes, shared_genes(refs, query))
+    get_genes(query, genes, what="query")  # a gene the query lacks fails before training
+    names = ["reference"] if len(refs) == 1 else [f"reference[{i}]" for i in range(len(refs))]
+    xs, ys = [], []
+    for ref, what in zip(refs, names):
+        check_unique_names(ref, "var")
+        xs.append(request.spec.read(ref, what))
+        if xs[0].shape[1:] != xs[-1].shape[1:]:
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{list(request.spec.use_rep)}", names[0])
+        ys.append(_expression(ref, request.layer, genes, what))
+    x_train = np.concatenate(xs)
+    x_query = request.spec.read(query, "query")
+    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{list(request.spec.use_rep)}]", "the reference")
+    spec = request.spec.fitted_to(x_train)
+    data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
+    if request.needs_groups:
+        data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
+    model, extra = _fit(request, data)
+    return Fitted(model, spec.scale(x_query), extra)
+
+
+def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
+    """Within a slice: hold out a seeded fraction of the query's spots and train on the rest."""
+    genes = gene_list(request.genes, query.var_names)
+    test = _split(query.n_obs, split, request.common["random_state"])
+    x = request.spec.read(query, "query")
+    spec = request.spec.fitted_to(x[~test])
+    y = _expression(query, request.layer, genes, "query")[~test]
+    data = TrainingData(genes, spec.scale(x[~test]), y, spec, _layer_name(request.layer))
+    if request.needs_groups:
+        data.groups = data.blocks = _blocks(query[~test], request.common["random_state"])
+    model, extra = _fit(request, data)
+    labels = pd.Categorical(np.where(test, "test", "train"), categories=["train", "test"])
+    same = SPLIT_KEY in query.obs and np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels))
+    obs = {} if same else {SPLIT_KEY: labels}  # the same split again is not a replacement worth a warning
+    return Fitted(model, spec.scale(x), {**extra, "split": float(split), "n_test": int(test.sum())}, obs)
+
+
+def _apply_model(
+    query: AnnData, model: Predictor, method: str | None, use_rep: str | Sequence[str] | None, given: list[str]
+) -> Fitted:
+    """A fitted model: check it matches the call, then prepare the query as it was trained."""
+    if not isinstance(model, Predictor) or not model.is_trained:
+        raise InvalidParameterError(
+            "model= must be a model fitted by st.tl.predict(..., return_model=True); this one was never fitted."
+        )
+    if method is not None and method != model.name:
+        raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
+    if given:
+        raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
+    spec = InputSpec.of_model(model, use_rep)
+    get_genes(query, model.genes, what="query")
+    x_query = spec.read(query, "query")
+    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{list(spec.use_rep)}]", "the model")
+    return Fitted(model, spec.scale(x_query))
+
+
+def _layer_name(layer: str | None) -> str:
+    return "X" if layer is None else layer
+
+
+def _reference_groups(refs: list[AnnData], seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fold labels of the reference spots (their sections; one section: its spatial blocks) and the blocks."""
+    per_ref = [_blocks(ref, seed) for ref in refs]
+    blocks = None
+    if all(b is not None for b in per_ref):
+        blocks = np.concatenate([b + N_BLOCKS * i for i, b in enumerate(per_ref)])
+    if len(refs) == 1:
+        return blocks, blocks
+    return np.repeat(np.arange(len(refs)), [ref.n_obs for ref in refs]), blocks
+
+
+def _predictions(model: Predictor, x_query: np.ndarray, query: AnnData) -> tuple[np.ndarray, float]:
+    """The ``n_obs × n_vars`` float32 layer (NaN for genes not predicted) and the predict time."""
+    start = time.perf_counter()
+    predicted = np.asarray(model.predict(x_query), dtype=np.float32)
+    seconds = time.perf_counter() - start
+    if predicted.shape != (query.n_obs, len(model.genes)):
+        raise RuntimeError(
+            f"method {model.name!r} returned predictions of shape {predicted.shape}; "
+            f"expected {(query.n_obs, len(model.genes))}."
+        )
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    out[:, get_genes(query, model.genes, what="query")] = predicted
+    return out, seconds
+
+
+def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_state: int) -> dict[str, Any]:
+    """The ``uns`` record of a prediction (see :func:`predict`)."""
+    model, use_rep = fitted.model, fitted.model.training["use_rep"]
+    record = {
+        "method": method,
+        "params": _plain(model.get_params()),
+        "mode": mode,
+        "genes": np.asarray(model.genes, dtype=object),
+        "layer": model.training["layer"],
+        "use_rep": use_rep if isinstance(use_rep, str) else np.asarray(use_rep, dtype=object),
+        "n_train": int(model.training["n_train"]),
+        "train_time_s": float(model.training["train_time_s"]),
+        "predict_time_s": float(predict_time),
+        "random_state": int(random_state),
+        **fitted.record,
+    }
+    if model.history:
+        record["history"] = _plain(model.history)
+    return record
 
 
 @doc_params("copy")
@@ -501,117 +581,24 @@ def predict(
     query = table_of(query, table_key, name="st.tl.predict")
     reference = _reference_tables(reference, table_key)
     mode = _mode(reference, split, model)
-    given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
-    if model is not None:
-        if not model.genes or "input_shape" not in model.training:
-            raise InvalidParameterError(
-                "model= must be a model fitted by st.tl.predict(..., return_model=True); this one was never fitted."
-            )
-        if method is not None and method != model.name:
-            raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
-        if given:
-            raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
-        method, use_rep = model.name, use_rep or model.training.get("use_rep")
-    elif method is None:
-        raise InvalidParameterError('method is required; choose one of st.tl.list_methods() or "auto".')
-    if method == AUTO:
-        if given:
-            raise InvalidParameterError(
-                'method="auto" takes its options per candidate: candidates=[("ridge", {"alpha": 10.0}), "knn"]; '
-                f"found {given}."
-            )
-        parsed = _candidates(candidates)
-    elif candidates is not None:
-        raise InvalidParameterError(f'candidates= applies to method="auto" only; found method={method!r}.')
-    if use_rep is None:
-        raise InvalidParameterError("use_rep is required: the obsm key with the image embeddings (or patches).")
-    key = key_added or Key.layers.predicted(method)
     check_unique_names(query, "var")
-
-    if mode != "model" and method != AUTO:
-        model = _new_model(method, random_state, device, progress, method_kwargs)
-        if checkpoint is not None or resume:
-            model.set_checkpoint(checkpoint, resume)
-    kind = "embedding" if model is None else model.input
-    refs = _as_list(reference) if mode == "across" else []
     if mode == "model":
-        genes = _gene_list(None, model.genes)
+        given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
+        given += ["candidates"] * (candidates is not None) + ["genes"] * (genes is not None)
+        fitted = _apply_model(query, model, method, use_rep, given)
     else:
-        genes = _gene_list(genes, _default_genes(refs, query) if refs else query.var_names)
-    query_idx = get_genes(query, genes, what="query")
-    x_query = _inputs(query, use_rep, kind, "query")
-    test_mask = _split(query.n_obs, split, random_state) if mode == "within" else None
-
-    cv_table = None
-    if mode == "model":
-        check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{use_rep!r}]", "the model")
-        x_query = _scale(x_query, model.training.get("scaling"))
-    else:
-        x_train, y_train = _training_data(query, x_query, refs, use_rep, layer, genes, kind, test_mask)
-        check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{use_rep!r}]", "the reference")
-        check_n_obs(len(x_train), MIN_TRAIN, f"fitting {method!r} (training spots)")
-        scaling = _key_scaling(x_train) if len(_rep_keys(use_rep)) > 1 else None
-        x_train, x_query = _scale(x_train, scaling), _scale(x_query, scaling)
-        wants_cv = method == AUTO or any(isinstance(v, str) and v == "cv" for v in method_kwargs.values())
-        wants_groups = wants_cv or getattr(model, "validates_on_groups", False)  # bleep, heclip
-        groups, blocks = _cv_groups(query, refs, test_mask, random_state) if wants_groups else (None, None)
-        start = time.perf_counter()
-        if method == AUTO:
-            name, chosen, cv_table = _select(parsed, x_train, y_train, groups, blocks, random_state, device)
-            model = _new_model(name, random_state, device, progress, chosen)
-        model.genes = list(genes)  # before fit: a training checkpoint records them
-        fit_model(model, x_train, y_train, groups)
-        model.training = {
-            "use_rep": use_rep if isinstance(use_rep, str) else list(use_rep),
-            "layer": "X" if layer is None else layer,
-            "input_shape": tuple(x_train.shape[1:]),
-            "n_train": len(x_train),
-            "train_time_s": time.perf_counter() - start,
-            **({"scaling": scaling} if scaling else {}),
-        }
-        logger.info(
-            "predict: fitted %r on %d spots × %d genes in %.1fs",
-            method,
-            len(x_train),
-            len(genes),
-            model.training["train_time_s"],
-        )
-
-    start = time.perf_counter()
-    predicted = np.asarray(model.predict(x_query), dtype=np.float32)
-    predict_time = time.perf_counter() - start
-    if predicted.shape != (query.n_obs, len(genes)):
-        raise RuntimeError(
-            f"method {method!r} returned predictions of shape {predicted.shape}; expected {(query.n_obs, len(genes))}."
-        )
-    out = np.full(query.shape, np.nan, dtype=np.float32)
-    out[:, query_idx] = predicted
-
-    record = {
-        "method": method,
-        "params": _plain(model.get_params()),
-        "mode": mode,
-        "genes": np.asarray(genes, dtype=object),
-        "layer": model.training["layer"],
-        "use_rep": use_rep if isinstance(use_rep, str) else np.asarray(use_rep, dtype=object),
-        "n_train": int(model.training["n_train"]),
-        "train_time_s": float(model.training["train_time_s"]),
-        "predict_time_s": float(predict_time),
-        "random_state": int(random_state),
-    }
-    if model.history:
-        record["history"] = _plain(model.history)
-    if method == AUTO:
-        record.update(selected=cv_table["selected"], cv=cv_table)
-    obs = {}
-    if test_mask is not None:
-        record.update(split=float(split), n_test=int(test_mask.sum()))
-        labels = pd.Categorical(np.where(test_mask, "test", "train"), categories=["train", "test"])
-        if SPLIT_KEY not in query.obs or not np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels)):
-            obs[SPLIT_KEY] = labels  # the same split again is not a replacement worth a warning
-
+        common = {"random_state": random_state, "device": device, "progress": progress}
+        request = _request(method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume)
+        if mode == "across":
+            fitted = _fit_across(query, as_reference_list(reference), request)
+        else:
+            fitted = _fit_within(query, split, request)
+    method = fitted.model.name if mode == "model" else method
+    predicted, predict_time = _predictions(fitted.model, fitted.x_query, query)
+    key = key_added or Key.layers.predicted(method)
+    record = _record(method, mode, fitted, predict_time, random_state)
     target = query.copy() if copy else query
-    commit_outputs(target, layers={key: out}, obs=obs, uns={Key.uns.tool("predict", key): record})
+    commit_outputs(target, layers={key: predicted}, obs=fitted.obs, uns={Key.uns.tool("predict", key): record})
     if copy:
         return target
-    return model if return_model else None
+    return fitted.model if return_model else None

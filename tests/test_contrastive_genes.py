@@ -1,12 +1,15 @@
-"""Which genes BLEEP and HECLIP train on (BLEEP's per-section HVG union) and that they still predict every gene."""
+"""Which genes BLEEP and HECLIP train on (BLEEP's per-section HVG union), that they still predict every gene, and
+``st.tl.reference_hvgs``."""
 
 from __future__ import annotations
 
 import json
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 from safetensors.numpy import load_file, save_file
 
 import stmorph as st
@@ -109,3 +112,61 @@ def test_bad_training_gene_settings_raise_clear_errors():
         HECLIP(n_top_genes=0)
     with pytest.raises(st.errors.ShapeMismatchError, match="section labels"):
         BLEEP(**FAST).fit(X, Y, sections=sections[:-1])
+
+
+# ------------------------------------------------------------------------------- through st.tl.predict
+def _slices(X, Y, sections):
+    """One AnnData per section (embeddings in obsm['X_emb'], genes g0..), and an extra gene only section 0 has."""
+    refs = []
+    for s in np.unique(sections):
+        rows = sections == s
+        adata = ad.AnnData(Y[rows], var=pd.DataFrame(index=[f"g{i}" for i in range(Y.shape[1])]))
+        adata.obs_names = [f"s{s}_{i}" for i in range(adata.n_obs)]
+        adata.obsm["X_emb"] = X[rows]
+        refs.append(adata)
+    wider = ad.AnnData(np.c_[refs[0].X, 50.0 * np.arange(refs[0].n_obs)], obs=refs[0].obs)  # most variable, unshared
+    wider.var_names = [*refs[0].var_names, "only_here"]
+    wider.obsm["X_emb"] = refs[0].obsm["X_emb"]
+    return [wider, *refs[1:]]
+
+
+@pytest.mark.parametrize("method", ["bleep", "heclip"])
+def test_predict_trains_on_each_references_top_genes_and_predicts_every_shared_gene(method):
+    X, Y, sections = _sections()
+    refs = _slices(X, Y, sections)
+    query = refs[1].copy()
+    model = st.tl.predict(query, refs, method=method, use_rep="X_emb", n_top_genes=5, return_model=True, **FAST)
+    assert model.genes == [f"g{i}" for i in range(Y.shape[1])]  # "only_here" is not shared
+    np.testing.assert_array_equal(model.train_columns_, _union_of_top(Y, sections, 5))
+    assert np.isfinite(query.layers[f"predicted_{method}"]).all()  # all 40 genes, not only the 15 trained
+    assert query.uns["stmorph"]["predict"][f"predicted_{method}"]["params"]["train_genes"] == "hvg"
+
+    one = st.tl.predict(query.copy(), refs[1], method=method, use_rep="X_emb", n_top_genes=5, return_model=True, **FAST)
+    rows = sections == 1  # one reference is one section, whatever its validation blocks
+    np.testing.assert_array_equal(one.train_columns_, _union_of_top(Y[rows], np.zeros(rows.sum()), 5))
+
+
+def test_reference_hvgs_returns_only_genes_every_reference_has(her2st_sdata):
+    tables = {s: her2st_sdata(s).tables["table"].copy() for s in ("C2", "C3", "C4", "C5")}
+    for table in tables.values():
+        sc.pp.normalize_total(table, target_sum=1e4)
+        sc.pp.log1p(table)
+    query, refs = tables["C2"], [tables[s] for s in ("C3", "C4", "C5")]
+    shared = sorted(set.intersection(*(set(r.var_names) for r in refs)))
+
+    def top(table, genes, n=1000):
+        variance = pd.Series(np.asarray(table[:, genes].X.toarray()).var(axis=0), index=genes)
+        return set(variance.nlargest(n).index)
+
+    own_tops = set().union(*(top(r, list(r.var_names)) for r in refs))
+    assert own_tops - set(shared)  # e.g. ACTC1 (C3 lacks it): what the old union returned and predict refused
+
+    genes = st.tl.reference_hvgs(refs, n_top=1000)
+    assert set(genes) == set().union(*(top(r, shared) for r in refs))
+    with_query = st.tl.reference_hvgs(refs, n_top=1000, query=query)
+    assert set(with_query) <= set(query.var_names) and set(with_query) <= set(shared)
+    rng = np.random.default_rng(0)
+    for table in [query, *refs]:
+        table.obsm["X_emb"] = rng.normal(size=(table.n_obs, 4)).astype(np.float32)
+    st.tl.predict(query, refs, method="knn", use_rep="X_emb", genes=genes)  # each gene is in every reference
+    assert np.isfinite(query[:, genes].layers["predicted_knn"]).all()

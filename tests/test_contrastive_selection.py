@@ -118,13 +118,14 @@ def test_predict_passes_one_group_per_reference_section(monkeypatch):
     seen = []
     original = BLEEP.fit
 
-    def spy(self, X_, Y_, groups=None):
-        seen.append(groups)
-        return original(self, X_, Y_, groups=groups)
+    def spy(self, X_, Y_, groups=None, **kwargs):
+        seen.append((groups, kwargs["sections"]))
+        return original(self, X_, Y_, groups=groups, **kwargs)
 
     monkeypatch.setattr(BLEEP, "fit", spy)
     st.tl.predict(refs[0].copy(), refs, method="bleep", use_rep="X_emb", **FAST)
-    np.testing.assert_array_equal(seen[0], groups)
+    np.testing.assert_array_equal(seen[0][0], groups)
+    np.testing.assert_array_equal(seen[0][1], groups)  # and the sections of the per-section gene selection
 
 
 def test_frozen_heclip_retrieves_by_expression_and_the_paper_keys_stay_available():

@@ -177,6 +177,8 @@ class ContrastivePredictor(TorchPredictor):
     """Defaults that differ in frozen mode (a small head on fixed embeddings trains longer, see ``select``)."""
     validates_on_groups: ClassVar[bool] = True
     """``st.tl.predict`` passes the reference sections (or spatial blocks) to :meth:`fit` as ``groups``."""
+    uses_sections: ClassVar[bool] = True
+    """... and the reference sections as ``sections`` (the per-section gene selection)."""
 
     def __init__(
         self,

@@ -137,6 +137,9 @@ class TrainingData:
         one training section; ``None`` when no method option asks for them.
     blocks
         Spatial blocks of the training spots, unique across sections (inner folds of nested CV).
+    sections
+        The reference section of each training spot (``None``: one section, within a slice);
+        BLEEP and HECLIP take each section's most variable genes.
     """
 
     genes: list[str]
@@ -146,6 +149,7 @@ class TrainingData:
     layer: str
     groups: np.ndarray | None = None
     blocks: np.ndarray | None = None
+    sections: np.ndarray | None = None
 
 
 @dataclass
@@ -322,7 +326,8 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
         model, cv_table = select(request.candidates, data.x, data.y, data.groups, data.blocks, **request.common)
         extra = {"selected": cv_table["selected"], "cv": cv_table}
     layer = {"layer": data.layer}
-    model.train(data.x, data.y, genes=data.genes, groups=data.groups, inputs={**data.spec.record(), **layer})
+    inputs = {**data.spec.record(), **layer}
+    model.train(data.x, data.y, genes=data.genes, groups=data.groups, sections=data.sections, inputs=inputs)
     extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
     logger.info(
         "predict: fitted %r on %d spots × %d genes in %.1fs",
@@ -351,6 +356,7 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{list(request.spec.use_rep)}]", "the reference")
     spec = request.spec.fitted_to(x_train)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
+    data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     if request.needs_groups:
         data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
     model, extra = _fit(request, data)

@@ -130,6 +130,17 @@ def _load_state(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | N
     return saved
 
 
+def _can_fuse(module: torch.nn.Module) -> bool:
+    """Whether AdamW's fused kernel applies: every trainable parameter a floating tensor on the CPU or a GPU.
+
+    The fused update is one kernel per step instead of one per parameter and operation; on the
+    MLP's 3.7 M-parameter output layer (14,500 genes) it makes the optimiser step ~5× faster on a
+    CPU, the same update up to rounding.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def train(
     module: torch.nn.Module,
     loss_fn: LossFn,
@@ -213,7 +224,7 @@ def train(
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=_can_fuse(module))
     history: dict[str, list[float]] = {"loss": [], "val_loss": [], **({"val_score": []} if val_score else {})}
     best, best_state, stale, start = np.inf, None, 0, 0
     folder = None if checkpoint is None else Path(checkpoint)

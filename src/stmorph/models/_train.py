@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +56,49 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+SLOW_TRAINING_S = 180.0
+"""A training run expected to take longer than this is announced with a warning after its first batch."""
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a person: ``"40 s"``, ``"12 min"``, ``"2.5 h"``.
+
+    Examples
+    --------
+    >>> _duration(40.4), _duration(725), _duration(9000)
+    ('40 s', '12 min', '2.5 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _announce(desc: str, first_batch_s: float, *, n_batches: int, epochs: int, device: str) -> None:
+    """Log the expected training time from the first batch; a warning, with what makes it faster, when it is long."""
+    expected = first_batch_s * n_batches * epochs
+    message = "%s: training takes about %s (%d epochs × %d batches; the first batch took %.2g s on %s)"
+    args = (desc, _duration(expected), epochs, n_batches, first_batch_s, device)
+    if expected > SLOW_TRAINING_S:
+        logger.warning(message + "; fewer epochs (epochs=), a GPU (device='cuda') or fewer genes make it faster", *args)
+    else:
+        logger.info(message, *args)
+
+
 def _epoch_loss(
-    module, loss_fn: LossFn, batch_fn: BatchFn, order: np.ndarray, batch_size: int, optimizer=None
+    module,
+    loss_fn: LossFn,
+    batch_fn: BatchFn,
+    order: np.ndarray,
+    batch_size: int,
+    optimizer=None,
+    first_batch: Callable[[float], None] | None = None,
 ) -> float:
+    """Mean loss of one pass over ``order`` (training with ``optimizer``); ``first_batch(seconds)`` after one batch."""
+    import time
+
     import torch
 
-    total, count = 0.0, 0
+    total, count, clock = 0.0, 0, time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if optimizer is None:
@@ -73,6 +111,8 @@ def _epoch_loss(
             optimizer.step()
         total += float(loss.detach()) * len(idx)
         count += len(idx)
+        if first_batch is not None and start == 0:
+            first_batch(time.perf_counter() - clock)
     return total / max(count, 1)
 
 
@@ -242,13 +282,18 @@ def train(
         best_state = saved["best_state"]
         logger.info("%s: resuming after epoch %d of %d", desc, start, epochs)
     stopped = saved is not None and saved["stopped"]
+    device = next((str(p.device) for p in module.parameters()), "cpu")
     bar = tqdm(range(start, epochs if not stopped else start), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         module.train()
         order = rng.permutation(n_train)
         if drop_last and n_train > batch_size:
             order = order[: n_train - n_train % batch_size]
-        history["loss"].append(_epoch_loss(module, loss_fn, batch_fn, order, batch_size, optimizer))
+        # the expected time, announced before the user has waited for more than one batch
+        n_batches = -(-len(order) // batch_size)
+        announce = partial(_announce, desc, n_batches=n_batches, epochs=epochs - start, device=device)
+        first = announce if epoch == start else None
+        history["loss"].append(_epoch_loss(module, loss_fn, batch_fn, order, batch_size, optimizer, first))
         if val_indices is not None and len(val_indices):
             module.eval()
             val = _epoch_loss(module, loss_fn, batch_fn, np.asarray(val_indices), batch_size)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._fingerprint import check_same
-from .._logging import logger
+from .._logging import format_duration, logger
 from .._validation import InvalidParameterError, check_device
 from ..errors import CheckpointMismatchError, DamagedCheckpointError
 
@@ -60,24 +60,11 @@ SLOW_TRAINING_S = 180.0
 """A training run expected to take longer than this is announced with a warning after its first batch."""
 
 
-def _duration(seconds: float) -> str:
-    """``seconds`` for a person: ``"40 s"``, ``"12 min"``, ``"2.5 h"``.
-
-    Examples
-    --------
-    >>> _duration(40.4), _duration(725), _duration(9000)
-    ('40 s', '12 min', '2.5 h')
-    """
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
 def _announce(desc: str, first_batch_s: float, *, n_batches: int, epochs: int, device: str) -> None:
     """Log the expected training time from the first batch; a warning, with what makes it faster, when it is long."""
     expected = first_batch_s * n_batches * epochs
     message = "%s: training takes about %s (%d epochs × %d batches; the first batch took %.2g s on %s)"
-    args = (desc, _duration(expected), epochs, n_batches, first_batch_s, device)
+    args = (desc, format_duration(expected), epochs, n_batches, first_batch_s, device)
     if expected > SLOW_TRAINING_S:
         logger.warning(message + "; fewer epochs (epochs=), a GPU (device='cuda') or fewer genes make it faster", *args)
     else:

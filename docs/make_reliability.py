@@ -28,7 +28,8 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
 
 - **Validation.** Every public function checks its inputs; each bad input raises a specific
   exception of `stmorph.errors` (`st.errors`; each a subclass of `ValueError` or `KeyError`) whose
-  message names the key, the expected and the found value, and what to do.
+  message names the key, the expected and the found value, and what to do. A method whose optional
+  package is missing raises `MissingDependencyError` (a `ModuleNotFoundError`) naming the extra.
 - **Parameters.** One set of checks runs at the top of every public function, before any work:
   integers refuse bools, fractions, NaN and strings; numbers must be finite and in range; devices,
   choices and paths (a checkpoint folder that is an existing file) are checked; each error names
@@ -40,7 +41,10 @@ stmorph never corrupts the objects it is given, and says clearly what is wrong w
   model `config.json` files raise `DamagedFileError` / `ModelFileError` naming the file and field;
   an unsafe pickle is refused without ever suggesting to load it unsafely (`tests/test_damaged_files.py`).
   A zarr image whose store lost a chunk under a patch window (zarr would silently return its fill
-  value: black patches) raises `DamagedFileError` naming the store and the missing pixels.
+  value: black patches) raises `DamagedFileError` naming the store and the missing pixels, and so
+  does image data that cannot be read (a corrupt chunk, a tile whose read raises `OSError`), with
+  the reader's error chained. `st.tl.embed(on_error="skip")` skips those spots and embeds the rest,
+  also for lazily read patches (`tests/test_fault_tolerance.py`).
 - **Atomic writes.** Tools compute everything first and write their outputs in one final step
   (`stmorph._anndata.commit_outputs`), so an exception leaves the AnnData exactly as it was
   (`tests/test_atomic.py` injects failures in the middle of `eps`, `predict` and `embed`).

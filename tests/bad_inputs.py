@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from stmorph.errors import (
     InconsistentUnitsError,
     InputTypeError,
     InvalidParameterError,
+    MissingDependencyError,
     MissingPathError,
     ModelFileError,
     NonFiniteError,
+    NotCalibratedError,
     OutOfImageError,
     PathKindError,
     ShapeMismatchError,
@@ -272,6 +275,29 @@ def predict_unknown_method():
     return a, lambda: st.tl.predict(a, method="magic", use_rep="X_lat", split=0.2)
 
 
+@_case("st.tl.predict", "method='lightgbm' without the optional lightgbm package", MissingDependencyError)
+def predict_lightgbm_without_the_package():
+    a = table()
+    return a, _without_module("lightgbm", lambda: st.tl.predict(a, method="lightgbm", use_rep="X_lat", split=0.2))
+
+
+def _without_module(name: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    """``call`` run as if the package ``name`` were not installed (``None`` in ``sys.modules`` fails its import)."""
+
+    def run():
+        saved = sys.modules.get(name)
+        sys.modules[name] = None
+        try:
+            return call()
+        finally:
+            if saved is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = saved
+
+    return run
+
+
 @_case("st.tl.predict", "unknown method option", InvalidParameterError)
 def predict_unknown_method_option():
     a = table()
@@ -357,6 +383,25 @@ def predict_model_fitted_on_embeddings_of_another_width():
 def predict_model_predicts_genes_the_query_lacks():
     a, model = table()[:, 4:].copy(), _ridge_model()
     return a, lambda: st.tl.predict(a, model=model)
+
+
+@_case("st.tl.predict", "interval outside (0, 1)", InvalidParameterError)
+def predict_interval_outside_0_1():
+    a = table()
+    return a, lambda: st.tl.predict(a, table(), method="ridge", use_rep="X_lat", interval=1.5)
+
+
+@_case("st.tl.predict", "intervals from a single reference too small to calibrate", TooFewObservationsError)
+def predict_intervals_from_a_single_reference_too_small_to_calibrate():
+    a = table()
+    return a, lambda: st.tl.predict(a, table()[:15].copy(), method="ridge", use_rep="X_lat", interval=0.95)
+
+
+@_case("st.tl.predict", "intervals from a model saved without calibration", NotCalibratedError)
+def predict_intervals_from_a_model_saved_without_calibration():
+    a, folder = table(), scratch_folder("uncalibrated")
+    _ridge_model().save(folder)
+    return a, lambda: st.tl.predict(a, model=st.models.load(folder), interval=0.9)
 
 
 # ------------------------------------------------------------------------------ st.tl.evaluate
@@ -495,10 +540,11 @@ def extract_patches_target_mpp_0():
     return None, lambda: st.pp.extract_patches(_sim(), target_mpp=0, progress=False)
 
 
-def _zarr_missing_chunk(extract_first: bool):
+def _zarr_missing_chunk(extract_first: bool, corrupt: bool = False):
     """A simulated slide in a zarr store (128 px chunks) whose chunk under the first spot is deleted.
 
-    With ``extract_first`` the patches are extracted lazily before the chunk goes missing.
+    With ``extract_first`` the patches are extracted lazily before the chunk goes missing; with
+    ``corrupt`` the chunk is overwritten with bytes that do not decompress instead of deleted.
     """
     from spatialdata import read_zarr
     from spatialdata.models import Image2DModel
@@ -515,7 +561,11 @@ def _zarr_missing_chunk(extract_first: bool):
     if extract_first:
         st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     x, y = sdata.shapes["spots"].geometry.iloc[0].coords[0]
-    (path / "images" / "he" / "s0" / "c" / "0" / str(int(y) // 128) / str(int(x) // 128)).unlink()
+    chunk = path / "images" / "he" / "s0" / "c" / "0" / str(int(y) // 128) / str(int(x) // 128)
+    if corrupt:
+        chunk.write_bytes(b"not a zstd frame" * 8)
+    else:
+        chunk.unlink()
     return sdata
 
 
@@ -872,3 +922,141 @@ def her2st_section_name_with_a_path_separator():
 @_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
 def simulate_seed_1():
     return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)
+
+
+# ------------------------------------------------- issue 22 §6: raw library errors, now named
+def _backed(sparse_x: bool):
+    """A 60-spot count table written to h5ad and opened with ``backed="r"`` (X dense or CSR)."""
+    import anndata as ad
+    from scipy import sparse
+
+    counts = sparse.csr_matrix(table().layers["counts"])
+    a = ad.AnnData(X=counts if sparse_x else counts.toarray())
+    path = scratch_folder("stmorph-backed-") / "counts.h5ad"
+    a.write_h5ad(path)
+    return ad.read_h5ad(path, backed="r")
+
+
+@_case("st.pp.prepare_expression", "backed AnnData (dense X, edited in place)", InputTypeError)
+def prepare_expression_backed_anndata_dense_x():
+    b = _backed(sparse_x=False)
+    return None, lambda: st.pp.prepare_expression(b)  # a backed AnnData cannot be copied for the comparison
+
+
+@_case("st.pp.prepare_expression", "backed AnnData (sparse X)", InputTypeError)
+def prepare_expression_backed_anndata_sparse_x():
+    b = _backed(sparse_x=True)
+    return None, lambda: st.pp.prepare_expression(b)
+
+
+def _counts() -> Any:
+    a = table()
+    a.X = a.layers["counts"].copy()
+    return a
+
+
+@_case("st.pp.prepare_expression", "every gene filtered out (min_cells above the spot count)", TooFewObservationsError)
+def prepare_expression_every_gene_filtered_out():
+    a = _counts()
+    return a, lambda: st.pp.prepare_expression(a, min_cells=a.n_obs + 1)
+
+
+@_case("st.pp.prepare_expression", "all-zero counts (every gene filtered out)", TooFewObservationsError)
+def prepare_expression_all_zero_counts():
+    a = _counts()
+    a.X = np.zeros(a.shape, dtype=np.float32)
+    return a, lambda: st.pp.prepare_expression(a)
+
+
+@_case("st.pp.extract_patches", "image given as a nested list", InputTypeError)
+def extract_patches_image_given_as_a_nested_list():
+    image = np.zeros((40, 30, 3), dtype=np.uint8).tolist()
+    return None, lambda: st.pp.extract_patches((image, np.array([[10.0, 10.0]])), mpp=1.0, patch_size=8, progress=False)
+
+
+@_case("st.pp.extract_patches", "coordinates given as strings", InputTypeError)
+def extract_patches_coordinates_given_as_strings():
+    return None, _pair(np.array([["10", "12"], ["x", "y"]]))
+
+
+@_case("st.tl.embed", "1 x 1 patches with model='hed'", ShapeMismatchError)
+def embed_1_x_1_patches_with_hed():
+    a = _with(lambda a: _set_rep(a, "patches", np.zeros((a.n_obs, 1, 1, 3), dtype=np.uint8)))
+    return a, lambda: st.tl.embed(a, model="hed", progress=False)
+
+
+def _embed_with_encoder(a, name: str, featurizer: Callable[[np.ndarray], Any]):
+    """``st.tl.embed(a, model=name)`` with ``featurizer`` registered as ``name`` for the call only."""
+    from stmorph.models import _encoders
+
+    st.tl.register_encoder(name, featurizer)
+    try:
+        st.tl.embed(a, model=name, progress=False)
+    finally:
+        del _encoders._REGISTRY[name]
+
+
+@_case("st.tl.embed", "registered featurizer returning strings", InputTypeError)
+def embed_registered_featurizer_returning_strings():
+    a = table()
+    return a, lambda: _embed_with_encoder(a, "returns-strings", lambda p: np.full((len(p), 3), "x"))
+
+
+@_case("st.tl.embed", "lazy patches record lacking centres_key", StmorphKeyError)
+def embed_lazy_patches_record_lacking_centres_key():
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+    a = sdata.tables["table"]
+    del a.uns["stmorph"]["patches"]["patches"]["centres_key"]
+    return a, lambda: st.tl.embed(a, model="hed", image=sdata, progress=False)
+
+
+@_case("st.tl.embed", "lazy patches whose window centres were deleted from obsm", StmorphKeyError)
+def embed_lazy_patches_whose_window_centres_were_deleted():
+    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+    a = sdata.tables["table"]
+    del a.obsm["patches_centres_px"]
+    return a, lambda: st.tl.embed(a, model="hed", image=sdata, progress=False)
+
+
+@_case("st.pp.extract_patches", "zarr image with a corrupt chunk (store='lazy')", DamagedFileError)
+def extract_patches_zarr_image_with_a_corrupt_chunk():
+    sdata = _zarr_missing_chunk(extract_first=False, corrupt=True)
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
+
+
+@_case("st.tl.embed", "lazy patches whose zarr image has a corrupt chunk (on_error='raise')", DamagedFileError)
+def embed_lazy_patches_whose_zarr_image_has_a_corrupt_chunk():
+    sdata = _zarr_missing_chunk(extract_first=True, corrupt=True)
+    return sdata.tables["table"], lambda: st.tl.embed(sdata.tables["table"], model="hed", progress=False)
+
+
+@_case("st.tl.sps", "a None slice", InputTypeError)
+def sps_a_none_slice():
+    a = table()
+    return a, lambda: st.tl.sps({"a": a, "b": None}, use_rep="X_lat")
+
+
+@_case("st.tl.sps", "a string instead of a list of slices", InputTypeError)
+def sps_a_string_instead_of_a_list():
+    return None, lambda: st.tl.sps("slices.h5ad", use_rep="X_lat")
+
+
+@_case("st.pl.training", "an untrained model", InvalidParameterError)
+def training_an_untrained_model():
+    from stmorph.models._mlp import MLP
+
+    return None, lambda: st.pl.training(MLP(), show=False)
+
+
+@_case("st.pl.training", "a model class instead of a fitted model", InputTypeError)
+def training_a_model_class_instead_of_a_fitted_model():
+    from stmorph.models._mlp import MLP
+
+    return None, lambda: st.pl.training(MLP, show=False)
+
+
+@_case("st.pl.sps_vs_score", "no slice ([])", InvalidParameterError)
+def sps_vs_score_no_slice():
+    return None, lambda: st.pl.sps_vs_score([], show=False)

@@ -77,10 +77,10 @@ def test_other_image_region_of_lazy_patches_is_refused(tmp_path):
     with pytest.raises(InvalidParameterError, match="sample windows hold other pixels"):  # the extraction's hash
         _embed(adata, folder, image=sdata, resume=True)
     record = adata.uns["stmorph"]["patches"]["patches"]
-    sample_hash = record.pop("sample_hash")  # as an extraction without that hash: the checkpoint still refuses
+    sample_hashes = record.pop("sample_hashes")  # as an extraction without those hashes: the checkpoint still refuses
     with pytest.raises(CheckpointMismatchError, match="patches_blake2b"):
         _embed(adata, folder, image=sdata, resume=True)
-    record["sample_hash"] = sample_hash
+    record["sample_hashes"] = sample_hashes
     adata.obsm["patches_centres_px"] = centres
     _embed(adata, folder, image=sdata, resume=True, key_added="again")  # the true run still resumes
     np.testing.assert_array_equal(adata.obsm["again"], adata.obsm["X_hed"])

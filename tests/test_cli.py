@@ -271,3 +271,12 @@ def test_evaluate_failure_keeps_the_finished_prediction(slice_files, tmp_path, c
     assert code == 1 and "at least 3 spots" in err
     written = ad.read_h5ad(out)
     assert np.isfinite(written.layers["predicted_ridge"]).all()
+
+
+def test_a_damaged_h5ad_is_a_named_error_on_every_reading_path(slice_files, tmp_path):
+    from stmorph._inputs import read_slide
+
+    bad = tmp_path / "bad.h5ad"
+    bad.write_bytes(slice_files[0].read_bytes()[:1000])
+    with pytest.raises(st.errors.DamagedFileError, match=r"bad\.h5ad.* is not a readable \.h5ad file"):
+        read_slide(bad)  # the reader behind `stmorph embed` (its raw h5py OSError before)

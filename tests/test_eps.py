@@ -375,27 +375,6 @@ def test_eps_records_live_under_their_tool_and_do_not_overwrite_other_tools(sim_
     assert eps_record(adata, "predict") == adata.uns["stmorph"]["eps"]["predict"]
 
 
-def _legacy_record(pvalues: str) -> dict:
-    """Parameters as stmorph wrote them, one per key_added, straight into uns["stmorph"] (the old layout)."""
-    return {"n_neighbors": 5, "graph_key": "image", "layer": "X", "pvalues": pvalues, "n_perms": 0, "random_state": 0}
-
-
-def test_records_of_files_in_the_old_layout_are_read_and_kept(sim_table, tmp_path):
-    adata = _prepared_sim(sim_table)
-    adata.uns["stmorph"]["eps"] = _legacy_record("analytic")
-    adata.uns["stmorph"]["eps_b"] = _legacy_record("permutation")
-    adata.write_h5ad(tmp_path / "old.h5ad")
-    old = ad.read_h5ad(tmp_path / "old.h5ad")
-    assert eps_record(old, "eps") == _legacy_record("analytic")
-    assert eps_record(old, "eps_b") == _legacy_record("permutation")
-    assert eps_record(old, "eps_c") == {}
-    st.tl.eps(old, key_added="eps_c", n_perms=9, progress=False)
-    assert eps_record(old, "eps") == _legacy_record("analytic")  # moved under the tool, not overwritten
-    assert old.uns["stmorph"]["eps"]["eps"] == _legacy_record("analytic")
-    assert eps_record(old, "eps_c")["pvalues"] == "permutation"
-    assert eps_record(old, "eps_b") == _legacy_record("permutation")
-
-
 def _esda_geary(x: np.ndarray, w) -> tuple[float, float, float]:
     import esda
 

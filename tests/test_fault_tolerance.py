@@ -11,7 +11,7 @@ from _adata_compare import assert_adata_equal
 from bad_inputs import table
 
 import stmorph as st
-from stmorph.errors import InvalidParameterError
+from stmorph.errors import DamagedFileError, InvalidParameterError
 from stmorph.tl import _embed_engine
 from stmorph.tl._embed_resume import PROGRESS_FILE
 
@@ -87,8 +87,8 @@ def _unreadable(monkeypatch, bad: set[int]) -> None:
     """Make the patches of spots ``bad`` unreadable (as a corrupt image chunk would be)."""
     real = _embed_engine._patch_fetcher
 
-    def fetcher(adata, key, image):
-        fetch = real(adata, key, image)
+    def fetcher(adata, key, image, on_error):
+        fetch = real(adata, key, image, on_error)
 
         def read(idx):
             broken = sorted(bad & set(np.asarray(idx).tolist()))
@@ -147,6 +147,99 @@ def test_skip_with_nothing_unreadable_is_silent_and_identical(reference):
         st.tl.embed(adata, model="hed", batch_size=BATCH, on_error="skip", progress=False)
     np.testing.assert_array_equal(adata.obsm["X_hed"], reference)
     assert "failed" not in adata.uns["stmorph"]["embed"]["X_hed"]
+
+
+CHUNK, WINDOW = 128, 16  # image chunk (tile) side; patch windows of 16 px, read unchanged (target_mpp = mpp)
+DAMAGED_TILES = [(0, 0), (1, 2)]  # (row, column) of the unreadable tiles
+
+
+def _slide_in_zarr(path):
+    """A simulated slide in a zarr store with 128 px chunks, read back lazily (images as dask)."""
+    from spatialdata import read_zarr
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import get_transformation
+
+    sdata = _slide()
+    image = sdata.images["he"]
+    sdata.images["he"] = Image2DModel.parse(
+        image.data, dims=image.dims, chunks=(3, CHUNK, CHUNK), transformations=get_transformation(image, get_all=True)
+    )
+    sdata.write(path)
+    return read_zarr(path)
+
+
+def _slide():
+    return st.datasets.simulate(40, 5, n_planted=1, seed=1, spot_px=48)
+
+
+def _lazy(data, **kwargs):
+    return st.pp.extract_patches(data, patch_size=WINDOW, target_mpp=1.0, store="lazy", progress=False, **kwargs)
+
+
+def _damaged_slide(path, how: str):
+    """A table with lazily extracted patches, the image to read them from, and the same image with tiles damaged.
+
+    ``how``: ``"missing"`` (chunk files deleted from the zarr store), ``"corrupt"`` (chunk files
+    overwritten with bytes that do not decompress) or ``"oserror"`` (an image array whose tiles
+    raise ``OSError`` when read, as an unreadable file region would).
+    """
+    if how == "oserror":
+        import dask.array as da
+
+        image = np.asarray(_slide().images["he"].transpose("y", "x", "c").data)
+        table = _lazy((image, _slide().tables["table"].obsm["spatial"]), mpp=1.0)
+
+        def read(block, block_info=None):
+            if tuple(block_info[0]["chunk-location"][:2]) in DAMAGED_TILES:
+                raise OSError(f"unreadable tile {block_info[0]['chunk-location'][:2]}")
+            return block
+
+        damaged = da.from_array(image, chunks=(CHUNK, CHUNK, 3)).map_blocks(read, dtype=image.dtype)
+        return table, image, damaged
+    sdata = _slide_in_zarr(path)
+    _lazy(sdata)
+    table = sdata.tables["table"]
+    intact = _slide_in_zarr(path.with_name("intact.zarr"))
+    for row, col in DAMAGED_TILES:
+        chunk = path / "images" / "he" / "s0" / "c" / "0" / str(row) / str(col)
+        if how == "missing":
+            chunk.unlink()
+        else:
+            chunk.write_bytes(b"not a zstd frame" * 8)
+    return table, intact, sdata
+
+
+def _windows_over_damaged_tiles(centres: np.ndarray) -> np.ndarray:
+    """True for the spots whose window (``WINDOW`` px around the centre) overlaps a damaged tile."""
+    x0, y0 = np.round(centres[:, 0] - WINDOW / 2), np.round(centres[:, 1] - WINDOW / 2)
+    hit = np.zeros(len(centres), dtype=bool)
+    for row, col in DAMAGED_TILES:
+        over_x = (x0 < (col + 1) * CHUNK) & (x0 + WINDOW > col * CHUNK)
+        over_y = (y0 < (row + 1) * CHUNK) & (y0 + WINDOW > row * CHUNK)
+        hit |= over_x & over_y
+    return hit
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt", "oserror"])
+def test_damaged_image_tiles_skip_their_spots_and_embed_the_rest(tmp_path, how):
+    table, intact, damaged = _damaged_slide(tmp_path / "slide.zarr", how)
+    bad = _windows_over_damaged_tiles(table.obsm["patches_centres_px"])
+    assert 0 < bad.sum() < table.n_obs
+    reference = st.tl.embed(table, model="hed", image=intact, batch_size=BATCH, progress=False, copy=True)
+    before = table.copy()
+
+    with pytest.raises(DamagedFileError):
+        st.tl.embed(table, model="hed", image=damaged, batch_size=BATCH, progress=False)
+    assert_adata_equal(table, before)
+
+    with pytest.warns(UserWarning, match=f"{bad.sum()} patch\\(es\\) could not be read"):
+        st.tl.embed(table, model="hed", image=damaged, batch_size=BATCH, on_error="skip", progress=False)
+    failed = table.uns["stmorph"]["embed"]["X_hed"]["failed"]
+    assert list(failed["obs_names"]) == list(table.obs_names[bad])
+    assert all(e.startswith("DamagedFileError") for e in failed["errors"])
+    emb = table.obsm["X_hed"]
+    assert np.isnan(emb[bad]).all()
+    np.testing.assert_array_equal(emb[~bad], reference.obsm["X_hed"][~bad])
 
 
 def _net_and_data():

@@ -6,6 +6,7 @@ import re
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from _adata_compare import assert_adata_equal
 from matplotlib.figure import Figure
@@ -125,9 +126,6 @@ def test_spatial_scales_each_panel_by_default_and_shares_a_genes_scale_when_aske
         np.testing.assert_allclose(colour_limits(right), _percentiles(predicted), rtol=1e-5)
         assert left.get_title().split("\n")[1] == "own scale"
         assert right.get_title().split("\n")[1].startswith("own scale, r = ")
-    with pytest.warns(FutureWarning, match='scale="shared"'):
-        old = image_axes(st.pl.spatial(on_layout(slices, "visium"), GENES[:1], same_scale=True, show=False))
-    np.testing.assert_allclose(colour_limits(old[1]), colour_limits(shared[1]), rtol=1e-6)
     with pytest.raises(InvalidParameterError, match="scale"):
         st.pl.spatial(on_layout(slices, "visium"), GENES[:1], scale="measured", show=False)
 
@@ -261,6 +259,21 @@ def test_training_names_the_missing_step(slices):
         st.pl.training(slices["query"], show=False)
 
 
+def test_training_says_an_untrained_model_has_not_been_trained():
+    from stmorph.models._mlp import MLP
+
+    with pytest.raises(InvalidParameterError, match=r"'mlp' model has no training history: it has not been trained"):
+        st.pl.training(MLP(), show=False)
+
+
+@pytest.mark.parametrize(
+    "data", [[], {}, pd.DataFrame({"sps": [], "pearson_ridge": []})], ids=["list", "dict", "table"]
+)
+def test_sps_vs_score_without_a_slice_says_so(data):
+    with pytest.raises(InvalidParameterError, match=r"sps_vs_score needs at least one slice"):
+        st.pl.sps_vs_score(data, show=False)
+
+
 def test_spatial_draws_an_obs_column_such_as_tissue_fraction_beside_genes(slices, her2st_adata):
     query = slices["query"]
     fraction = query.obs["tissue_fraction"].to_numpy()
@@ -282,3 +295,25 @@ def test_spatial_draws_an_obs_column_such_as_tissue_fraction_beside_genes(slices
     raw.obs["region"] = raw.obs["region"].astype("category")
     with pytest.raises(InvalidParameterError, match=r"obs\['region'\] is category.*numeric obs columns"):
         st.pl.spatial(raw, "region", show=False)
+
+
+def test_spatial_draws_the_interval_width_beside_the_prediction(slices):
+    query = slices["query"].copy()
+    query.uns["spatial"] = slices["visium_uns"]
+    st.tl.predict(query, slices["reference"], method="ridge", use_rep="X_colour", interval=0.9, progress=False)
+    fig = st.pl.spatial(query, GENES[:1], interval_width=True, scale="shared", show=False)
+    panels = image_axes(fig)
+    titles = [ax.get_title().split("\n") for ax in panels]
+    assert [t[0] for t in titles] == [
+        "ERBB2 · measured",
+        "ERBB2 · predicted (ridge)",
+        "ERBB2 · predicted (ridge) interval width",
+    ]
+    assert titles[2][1] == "own scale" and titles[1][1].startswith("shared scale")
+    width = (
+        query[:, "ERBB2"].layers["predicted_ridge_upper"] - query[:, "ERBB2"].layers["predicted_ridge_lower"]
+    ).ravel()
+    drawn = np.asarray(next(c for c in panels[2].collections).get_array())
+    np.testing.assert_allclose(np.sort(drawn), np.sort(width), rtol=1e-5)
+    with pytest.raises(StmorphKeyError, match=r"interval=0\.9"):
+        st.pl.spatial(on_layout(slices, "visium"), GENES[:1], interval_width=True, show=False)

@@ -142,6 +142,10 @@ def test_fitted_model_predicts_a_new_slice_without_reference(sim_pair):
         st.tl.predict(narrow, model=model)
     with pytest.raises(InvalidParameterError, match="never fitted"):
         st.tl.predict(fresh, model=_predictor.get_method("ridge")())
+    before = fresh.copy()
+    with pytest.raises(InvalidParameterError, match=r"\['genes'\] cannot change it"):
+        st.tl.predict(fresh, model=model, genes=list(ref.var_names[:2]), key_added="subset")
+    assert "subset" not in fresh.layers and fresh.uns.keys() == before.uns.keys()
 
 
 @pytest.mark.parametrize(

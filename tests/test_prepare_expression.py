@@ -81,3 +81,31 @@ def test_prepare_expression_rejects_negative_or_non_numeric_counts(sim_table):
     text = ad.AnnData(X=np.full((5, 3), "a", dtype=object))
     with pytest.raises(ValueError, match="numeric"):
         st.pp.prepare_expression(text)
+
+
+def test_float16_counts_give_the_result_of_the_same_counts_in_float32(sim_table):
+    counts = sim_table.X.toarray()
+    assert counts.max() < 2048  # every count is exact in float16
+    half = _counts_adata(counts.astype(np.float16), sim_table.var_names)
+    single = _counts_adata(counts.astype(np.float32), sim_table.var_names)
+    st.pp.prepare_expression(half)
+    st.pp.prepare_expression(single)
+    assert half.layers["counts"].dtype == np.float32
+    assert_adata_equal(half, single)
+
+
+@pytest.mark.parametrize("as_sparse", [False, True], ids=["dense", "sparse"])
+def test_backed_anndata_is_refused_in_place_and_read_into_memory_with_copy(sim_table, tmp_path, as_sparse):
+    counts = sim_table.X.toarray()
+    path = tmp_path / "counts.h5ad"
+    _counts_adata(sparse.csr_matrix(counts) if as_sparse else counts, sim_table.var_names).write_h5ad(path)
+    written = path.read_bytes()
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(st.errors.InputTypeError, match=r"backed AnnData .*adata\.to_memory\(\)"):
+        st.pp.prepare_expression(backed)
+    out = st.pp.prepare_expression(backed, copy=True)
+    expected = st.pp.prepare_expression(ad.read_h5ad(path), copy=True)
+    assert not out.isbacked
+    assert_adata_equal(out, expected)
+    backed.file.close()
+    assert path.read_bytes() == written

@@ -169,6 +169,8 @@ def _params() -> list[Param]:
         P("pp.extract_patches", "batch_size", "int", lambda a, v: _patches(a, batch_size=v), 1, target=_sim_table),
         P("pp.extract_patches", "store", "choice", lambda a, v: _patches(a, store=v), choices=("memory", "lazy"),
           target=_sim_table),
+        P("pp.patch_reader", "on_error", "choice", lambda a, v: st.pp.patch_reader(a, on_error=v),
+          choices=("raise", "skip")),
         P("pp.prepare_expression", "n_top_genes", "int",
           lambda a, v: st.pp.prepare_expression(a, layer="counts", n_top_genes=v), 1),
         P("pp.prepare_expression", "min_cells", "int",

@@ -74,13 +74,10 @@ def test_uns_follows_one_layout_tool_then_key(pipeline):
     assert set(root["predict"]) == {"predicted_ridge", "predicted_bleep"}
 
 
-def test_dataset_metadata_is_read_from_both_layouts(pipeline, tmp_path):
+def test_dataset_metadata_survives_the_round_trip(pipeline, tmp_path):
     _, table = pipeline
     table.write_h5ad(tmp_path / "new.h5ad")
     assert dataset_info(ad.read_h5ad(tmp_path / "new.h5ad"))["mpp"] == 1.0
-    old = ad.AnnData(np.ones((2, 2)), uns={"stmorph": {"mpp": 0.78, "dataset": "her2st", "section": "C2"}})
-    old.write_h5ad(tmp_path / "old.h5ad")
-    assert dataset_info(ad.read_h5ad(tmp_path / "old.h5ad")) == {"name": "her2st", "section": "C2", "mpp": 0.78}
     assert dataset_info(ad.AnnData(np.ones((2, 2)))) == {}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._keys import UNS_KEY, Key
+from ._keys import Key
 from ._logging import warn_user
 from .errors import InputTypeError, InvalidParameterError
 
@@ -111,26 +111,16 @@ def tool_record(adata: AnnData, tool: str, key: str) -> dict:
 
 
 def dataset_info(adata: AnnData) -> dict:
-    """Metadata of an example dataset's table: ``uns["stmorph"]["dataset"]`` (``name``, ``section``, ``mpp``).
-
-    Tables written before that record existed (and users' own tables) keep ``mpp``, ``section``
-    and the dataset name directly in ``uns["stmorph"]``; they are read from there.
+    """Metadata of an example dataset, ``uns["stmorph"]["dataset"]`` (``name``, ``section``, ``mpp``), or ``{}``.
 
     Examples
     --------
-    >>> import anndata as ad, numpy as np
-    >>> adata = ad.AnnData(np.ones((3, 2)), uns={"stmorph": {"mpp": 0.5, "dataset": "her2st", "section": "C2"}})
-    >>> dataset_info(adata)
-    {'name': 'her2st', 'section': 'C2', 'mpp': 0.5}
+    >>> import stmorph as st
+    >>> dataset_info(st.datasets.simulate(20, 5, n_planted=2).tables["table"])["mpp"]
+    1.0
     """
     record = read_uns(adata, Key.uns.dataset)
-    if isinstance(record, Mapping):
-        return dict(record)
-    root = adata.uns.get(UNS_KEY)
-    if not isinstance(root, Mapping):
-        return {}
-    legacy = {"name": root.get("dataset"), "section": root.get("section"), "mpp": root.get("mpp")}
-    return {k: v for k, v in legacy.items() if v is not None}
+    return dict(record) if isinstance(record, Mapping) else {}
 
 
 def commit_outputs(

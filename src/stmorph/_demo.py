@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import datasets, pl, pp, tl
+from . import datasets, get, pl, pp, tl
 from ._anndata import read_uns
 from ._demo_settings import MARKER_GENES, DemoResult, DemoSettings
 from ._keys import Key
@@ -27,9 +27,8 @@ from ._logging import logger
 from ._report import write_report
 from ._validation import check_choice, check_int, check_path
 from .errors import InvalidParameterError
-from .pl._eps import min_detected_spots
-from .tl._auto import AUTO
-from .tl._evaluate import evaluation_table
+from .pl import min_detected_spots
+from .tl import AUTO
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -64,7 +63,7 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     The copy also gets a Visium-style ``uns["spatial"]`` (the H&E image at 2000 px), so the results
     file is self-contained and :func:`stmorph.pl.spatial` draws it directly.
     """
-    from .pl._spatial import visium_uns
+    from .pl import visium_uns
 
     table = pp.extract_patches(sdata, copy=True, progress=False)
     table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
@@ -129,7 +128,7 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
         table = tables[name]
         for method in settings.methods:
             tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer="log1p")
-            summary = evaluation_table(table, method)
+            summary = get.evaluation_df(table, method)
             rows.append(summary.assign(section=name, method=summary.index, sps=table.uns["sps"]["sps"]))
     metrics = pd.concat(rows, ignore_index=True)
     return metrics[["section", "method", "sps", *[c for c in metrics.columns if c not in ("section", "method", "sps")]]]
@@ -139,10 +138,10 @@ def _cv_tables(tables: dict[str, AnnData]) -> pd.DataFrame:
     """Every ``method="auto"`` CV table: one row per query section, candidate and fold (empty without auto)."""
     frames = []
     for name, table in tables.items():
-        record = read_uns(table, Key.uns.tool("predict"), {}).get(Key.layers.predicted("auto"))
-        if record is not None and "cv" in record:
-            cv = {k: v for k, v in record["cv"].items() if k != "selected"}
-            frames.append(pd.DataFrame(cv).assign(section=name, selected=str(record["selected"])))
+        key = Key.layers.predicted(AUTO)
+        if "cv" in read_uns(table, Key.uns.tool("predict", key), {}):
+            cv = get.cv_df(table, key)
+            frames.append(cv.assign(section=name, selected=cv.loc[cv["selected"], "candidate"].iloc[0]))
     if not frames:
         return pd.DataFrame()
     cv = pd.concat(frames, ignore_index=True)
@@ -152,7 +151,7 @@ def _cv_tables(tables: dict[str, AnnData]) -> pd.DataFrame:
 def _plot_genes(table: AnnData, genes: list[str], settings: DemoSettings) -> list[str]:
     if settings.plot_genes:
         return list(settings.plot_genes)
-    detected = table.var.loc[genes, "eps_n_detected"] >= min_detected_spots(table.n_obs, None)
+    detected = table.var.loc[genes, Key.var.n_detected("eps")] >= min_detected_spots(table.n_obs, None)
     predicted = table.var.loc[genes, "eps"][detected].dropna().sort_values(ascending=False)
     chosen = ["ERBB2"] if "ERBB2" in predicted.index else []
     return chosen + [g for g in predicted.index if g not in chosen][: 4 - len(chosen)]
@@ -218,6 +217,9 @@ def run_demo(
 
     Examples
     --------
+    The demo takes minutes (``make demo``; ``tests/test_demo.py`` runs it), too long for the
+    docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo
     >>> run_demo("stmorph_demo")  # doctest: +SKIP
     """
@@ -228,7 +230,7 @@ def _check_inputs(
     sections: Sequence[str], data_dir: str | os.PathLike | None, settings: DemoSettings, out: str | os.PathLike
 ) -> None:
     """Check every input before any section is embedded: options, methods, the output folder, each section's files."""
-    from .datasets._her2st import her2st_files
+    from .datasets import her2st_files
 
     if settings.n_genes is not None:
         check_int(settings.n_genes, "n_genes", low=1)
@@ -273,8 +275,13 @@ def run_demo_steps(
 
     Examples
     --------
+    Even on two sections with the ``hed`` features and ridge alone the demo takes ~50 s of CPU
+    (``tests/test_demo.py`` runs it), too long for the docstring examples of the test suite:
+
     >>> from stmorph._demo import run_demo_steps
-    >>> run_demo_steps("stmorph_demo", ["C2", "C3"]).timings  # doctest: +SKIP
+    >>> from stmorph._demo_settings import DemoSettings
+    >>> small = DemoSettings(encoder="hed", methods=("ridge",), n_genes=50)
+    >>> run_demo_steps("stmorph_demo", ["C2", "C3"], settings=small).timings  # doctest: +SKIP
     """
 
     settings = settings or DemoSettings()

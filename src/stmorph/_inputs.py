@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._logging import logger
-from .errors import InputTypeError, MissingPathError, StmorphKeyError
+from .errors import DamagedFileError, InputTypeError, MissingPathError, StmorphKeyError
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -115,17 +115,51 @@ def _read_spatialdata(path: Path, kind: str, bin_size: int | None, image: str | 
 
 
 def _has_patches(table: AnnData) -> bool:
-    from .pp._lazy import lazy_patch_params
+    from .pp import lazy_patch_params
 
     return "patches" in table.obsm or lazy_patch_params(table) is not None
 
 
-def _read_h5ad(path: Path) -> AnnData:
+def read_h5ad(path: str | os.PathLike, option: str = "input") -> AnnData:
+    """The AnnData of the ``.h5ad`` file ``path`` (given as ``option``); a missing or unreadable file is a named error.
+
+    Raises
+    ------
+    MissingPathError
+        Nothing is at ``path``.
+    DamagedFileError
+        ``path`` is not a readable ``.h5ad`` file (h5py's and anndata's errors, named).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, anndata as ad, numpy as np
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slide.h5ad"
+    >>> ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(path)
+    >>> read_h5ad(path).shape
+    (3, 2)
+    >>> _ = path.write_bytes(b"not hdf5")
+    >>> read_h5ad(path, "--reference")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    stmorph.errors.DamagedFileError: --reference: '...slide.h5ad' is not a readable .h5ad file (...).
+    """
     import anndata as ad
 
+    from ._validation import check_path
+
+    check_path(path, option, "file")
+    try:
+        return ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py / anndata errors of a damaged file
+        raise DamagedFileError(
+            f"{option}: {str(path)!r} is not a readable .h5ad file ({type(err).__name__}: {err})."
+        ) from None
+
+
+def _h5ad_table(path: Path) -> AnnData:
+    """The table of an ``.h5ad`` input with patches: stored ones, else extracted from its ``uns["spatial"]`` image."""
     from . import pp
 
-    table = ad.read_h5ad(path)
+    table = read_h5ad(path)
     if _has_patches(table):
         return table
     if "spatial" in table.uns:
@@ -154,10 +188,10 @@ def read_slide(
     Examples
     --------
     >>> import tempfile, pathlib, stmorph as st
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "C2.h5ad"
-    >>> st.pp.extract_patches(st.datasets.her2st_adata("C2"), patch_size=16, copy=True).write_h5ad(path)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slide.h5ad"
+    >>> st.pp.extract_patches(st.datasets.simulate(50, 10), patch_size=16, copy=True).write_h5ad(path)
     >>> read_slide(path).table.obsm["patches"].shape
-    (187, 16, 16, 3)
+    (50, 16, 16, 3)
     """
     from . import pp
     from .datasets import read_hest
@@ -166,7 +200,7 @@ def read_slide(
     kind = input_kind(path)
     logger.info("reading %s (%s)", path, kind)
     if kind == "h5ad":
-        return Slide(_read_h5ad(path))
+        return Slide(_h5ad_table(path))
     if kind == "hest":
         return Slide(read_hest(*_hest_root(path)))
     sdata = _read_spatialdata(path, kind, bin_size, None if image is None else str(image))

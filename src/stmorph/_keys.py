@@ -42,11 +42,6 @@ class Key:
             return (UNS_KEY, tool) if key is None else (UNS_KEY, tool, key)
 
         @staticmethod
-        def legacy_eps(key_added: str) -> tuple[str, ...]:
-            """Where files written before the one layout keep an EPS record: ``uns["stmorph"][key_added]``."""
-            return (UNS_KEY, key_added)
-
-        @staticmethod
         def sps(key_added: str = "eps") -> str:
             """``uns`` key of the SPS of ``st.tl.eps(key_added=...)``: ``"sps"``, else ``f"sps_{key_added}"``."""
             return "sps" if key_added == "eps" else f"sps_{key_added}"
@@ -108,6 +103,16 @@ class Key:
             return f"{metric}_{name}"
 
         @staticmethod
+        def n_detected(key_added: str = "eps") -> str:
+            """Spots where each gene is detected, beside the EPS of ``st.tl.eps(key_added=...)``."""
+            return f"{key_added}_n_detected"
+
+        @staticmethod
+        def trust(key: str, column: str) -> str:
+            """Trust column ``column`` (``expected_r``, ``eps_qval``, ``trusted``, …) of the prediction ``key``."""
+            return f"{key}_{column}"
+
+        @staticmethod
         def spatial_eps(key_added: str = "eps") -> str:
             """``-log`` Geary's C on the spatial kNN graph, beside the EPS of ``st.tl.eps(key_added=...)``."""
             return f"{key_added}_spatial"
@@ -121,3 +126,8 @@ class Key:
         def predicted(method: str) -> str:
             """Default layer of the predictions of ``method``."""
             return f"{_PREDICTED}{method}"
+
+        @staticmethod
+        def interval(key: str) -> tuple[str, str]:
+            """Lower and upper bounds of the prediction intervals around ``layers[key]``."""
+            return f"{key}_lower", f"{key}_upper"

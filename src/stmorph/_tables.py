@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputTypeError, InvalidParameterError, StmorphKeyError
@@ -11,8 +12,18 @@ if TYPE_CHECKING:
 
 
 def is_spatialdata(data: Any) -> bool:
-    """Whether ``data`` is a :class:`~spatialdata.SpatialData` (without importing spatialdata for an AnnData)."""
-    return type(data).__name__ == "SpatialData" and hasattr(data, "tables")
+    """Whether ``data`` is a :class:`~spatialdata.SpatialData` (or a subclass); the one test stmorph uses.
+
+    spatialdata is not imported for it: until spatialdata is imported no SpatialData exists.
+
+    Examples
+    --------
+    >>> import anndata as ad, stmorph as st
+    >>> is_spatialdata(st.datasets.simulate(20, 8, n_planted=2)), is_spatialdata(ad.AnnData())
+    (True, False)
+    """
+    module = sys.modules.get("spatialdata")
+    return module is not None and isinstance(data, module.SpatialData)
 
 
 def table_of(data: Any, table_key: str | None, *, name: str) -> AnnData:

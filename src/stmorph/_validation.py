@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from scipy import sparse
 
+from ._tables import is_spatialdata
 from .errors import (
     DamagedFileError,
     InconsistentUnitsError,
@@ -43,7 +44,14 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _available(keys: Sequence[str], limit: int = 10) -> str:
+def format_keys(keys: Sequence[str], limit: int = 10) -> str:
+    """The keys for an error message: at most ``limit`` of them, then how many more; ``"none"`` for none.
+
+    Examples
+    --------
+    >>> format_keys(["a", "b", "c"], limit=2), format_keys([])
+    ("['a', 'b', … (1 more)]", 'none')
+    """
     keys = list(keys)
     shown = ", ".join(repr(k) for k in keys[:limit])
     more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
@@ -56,7 +64,7 @@ def check_unique_names(adata: AnnData, axis: str = "obs") -> None:
     if not names.is_unique:
         dup = names[names.duplicated()].unique()
         raise ShapeMismatchError(
-            f"{axis}_names must be unique; found {len(dup)} duplicated, e.g. {_available(dup, 5)}. "
+            f"{axis}_names must be unique; found {len(dup)} duplicated, e.g. {format_keys(dup, 5)}. "
             f"Call `adata.{axis}_names_make_unique()` first."
         )
 
@@ -79,6 +87,55 @@ def check_numeric(values: np.ndarray | sparse.spmatrix, name: str) -> None:
     dtype = values.dtype if hasattr(values, "dtype") else np.asarray(values).dtype
     if dtype.kind not in "biuf":
         raise InputTypeError(f"{name} must be numeric; found dtype {dtype}.")
+
+
+def numeric_array(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` (an array-like: list, array, DataFrame) as a float64 array after checking it holds numbers.
+
+    Text is refused, also when it looks like numbers (``"10"``): it usually means a header row or a
+    column read as strings.
+
+    Raises
+    ------
+    InputTypeError
+        The values are strings, or objects that are not numbers; the message names ``name``.
+
+    Examples
+    --------
+    >>> numeric_array([[1, 2]], "coordinates").dtype
+    dtype('float64')
+    >>> try:
+    ...     numeric_array([["10", "12"]], "coordinates")
+    ... except InputTypeError as err:
+    ...     print(str(err).split(";")[0])
+    coordinates must be numbers
+    """
+    array = np.asarray(values)
+    if array.dtype.kind in "biuf":
+        return array.astype(np.float64, copy=False)
+    if array.dtype.kind == "O":
+        try:
+            return array.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    first = repr(array.ravel()[0].item()) if array.size else "nothing"
+    raise InputTypeError(
+        f"{name} must be numbers; found dtype {array.dtype}, e.g. {first}. Convert them first, e.g. "
+        "`np.asarray(values, dtype=float)`."
+    )
+
+
+def check_in_memory(adata: AnnData, function: str) -> None:
+    """Raise :class:`InputTypeError` if ``adata`` is backed by its h5ad file (``read_h5ad(..., backed="r")``).
+
+    For a function that edits ``adata`` in place (subsets its genes): a backed AnnData cannot be.
+    """
+    if adata.isbacked:
+        raise InputTypeError(
+            f"{function} edits the AnnData in place, which a backed AnnData (opened from {str(adata.filename)!r} "
+            "with backed='r') cannot be. Load it into memory first (`adata = adata.to_memory()`), or pass "
+            "copy=True to get a new AnnData in memory."
+        )
 
 
 def check_n_obs(n_obs: int, needed: int, what: str) -> None:
@@ -123,7 +180,7 @@ def check_choice(value: object, choices: Sequence[object], name: str) -> None:
         isinstance(value, bool) == isinstance(c, bool) and value == c for c in choices
     )
     if not ok:
-        raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {_available(choices, 50)}.")
+        raise InvalidParameterError(f"{name}={value!r} is not valid; choose one of {format_keys(choices, 50)}.")
 
 
 def check_range(
@@ -285,7 +342,7 @@ def check_device(device: object, name: str = "device") -> str:
     text = str(device) if type(device).__module__ == "torch" else device
     if not isinstance(text, str) or _DEVICE.fullmatch(text) is None:
         raise InvalidParameterError(
-            f"{name}={device!r} is not a device; choose one of {_available(DEVICES)} (N: a GPU index)."
+            f"{name}={device!r} is not a device; choose one of {format_keys(DEVICES)} (N: a GPU index)."
         )
     return text
 
@@ -346,7 +403,7 @@ def get_rep(adata: AnnData, use_rep: str, *, finite: bool = True) -> np.ndarray:
     """
     if use_rep not in adata.obsm:
         raise StmorphKeyError(
-            f"adata.obsm[{use_rep!r}] not found; available: {_available(adata.obsm.keys())}. "
+            f"adata.obsm[{use_rep!r}] not found; available: {format_keys(adata.obsm.keys())}. "
             "Compute image embeddings first with `st.tl.embed` or pass another `use_rep`."
         )
     rep = adata.obsm[use_rep]
@@ -373,10 +430,10 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, finite: bool = True)
             raise StmorphKeyError("adata.X is empty; pass `layer=` with the expression to use.")
     else:
         if layer not in adata.layers:
-            raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {_available(adata.layers.keys())}.")
+            raise StmorphKeyError(f"adata.layers[{layer!r}] not found; available: {format_keys(adata.layers.keys())}.")
         mat, name = adata.layers[layer], f"adata.layers[{layer!r}]"
-    if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):
-        mat = np.asarray(mat)
+    if not (sparse.issparse(mat) or isinstance(mat, np.ndarray)):  # a backed AnnData's sparse X has to_memory
+        mat = mat.to_memory() if hasattr(mat, "to_memory") else np.asarray(mat)
     check_numeric(mat, name)
     if finite:
         check_finite(mat, name)
@@ -399,16 +456,61 @@ def get_genes(adata: AnnData, genes: Sequence[str] | None, *, what: str = "adata
     if missing:
         raise StmorphKeyError(
             f"{len(missing)} of {len(genes)} requested genes are not in {what}.var_names, "
-            f"e.g. {_available(missing, 5)}."
+            f"e.g. {format_keys(missing, 5)}."
         )
     return idx
+
+
+def check_slices(data: Any, name: str) -> dict[str, AnnData]:
+    """Return the slices of a cohort as ``{name: AnnData}`` after checking each one is an AnnData.
+
+    ``data`` is a list of AnnData (named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}`` or a
+    SpatialData, whose tables are the slices.
+
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a list, dict or SpatialData (e.g. a string), or a slice is not an AnnData
+        (e.g. ``None``); the message names the slices.
+    InvalidParameterError
+        There is no slice.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> list(check_slices([ad.AnnData(np.ones((2, 2)))], "st.tl.sps"))
+    ['0']
+    >>> check_slices({"a": None}, "st.tl.sps")
+    Traceback (most recent call last):
+    ...
+    stmorph.errors.InputTypeError: st.tl.sps: every slice must be an AnnData; found NoneType for slice(s) ['a'].
+    """
+    from anndata import AnnData
+
+    if is_spatialdata(data):
+        slices = dict(data.tables.items())
+    elif isinstance(data, Mapping):
+        slices = {str(k): v for k, v in data.items()}
+    elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        slices = {str(i): a for i, a in enumerate(data)}
+    else:
+        plain = data is None or isinstance(data, str | bytes)
+        found = _found(data) if plain else f"an object of type {type(data).__name__}"
+        raise InputTypeError(f"{name} takes a list or dict of AnnData (the slices) or a SpatialData; found {found}.")
+    if not slices:
+        raise InvalidParameterError(f"{name} needs at least one slice; found none.")
+    bad = {k: type(v).__name__ for k, v in slices.items() if not isinstance(v, AnnData)}
+    if bad:
+        types = "/".join(sorted(set(bad.values())))
+        raise InputTypeError(f"{name}: every slice must be an AnnData; found {types} for slice(s) {format_keys(bad)}.")
+    return slices
 
 
 def check_obsp_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
     """Return ``adata.obsp[key]`` as CSR after checking it exists and is ``n_obs × n_obs``."""
     if key not in adata.obsp:
         raise StmorphKeyError(
-            f"adata.obsp[{key!r}] not found; available: {_available(adata.obsp.keys())}. "
+            f"adata.obsp[{key!r}] not found; available: {format_keys(adata.obsp.keys())}. "
             "Build it with `st.tl.image_graph`."
         )
     graph = adata.obsp[key]
@@ -433,7 +535,7 @@ def get_patches(adata: AnnData, key: str = "patches") -> np.ndarray:
     """
     if key not in adata.obsm:
         raise StmorphKeyError(
-            f"adata.obsm[{key!r}] not found; available: {_available(adata.obsm.keys())}. "
+            f"adata.obsm[{key!r}] not found; available: {format_keys(adata.obsm.keys())}. "
             "Cut image patches first with `st.pp.extract_patches`."
         )
     patches = np.asarray(adata.obsm[key])
@@ -477,7 +579,7 @@ def get_stored(adata: AnnData, slot: str, key: str, produced_by: str):
     keys = list(container.columns) if slot in ("obs", "var") else list(container.keys())
     if key not in keys:
         raise StmorphKeyError(
-            f"adata.{slot}[{key!r}] not found; available: {_available(keys)}. Run `{produced_by}` first."
+            f"adata.{slot}[{key!r}] not found; available: {format_keys(keys)}. Run `{produced_by}` first."
         )
     return container[key]
 

@@ -172,10 +172,11 @@ def _embedded(path: str, args: argparse.Namespace, option: str, use_rep: str | N
     """The table of one input with image embeddings in ``obsm[use_rep]`` (embedded now unless stored)."""
 
     from . import tl
-    from ._inputs import input_kind, read_slide
+    from ._inputs import input_kind, read_h5ad, read_slide
 
     if input_kind(path) == "h5ad":
-        adata = _read_h5ad(path, option, args.use_rep)  # an explicit --use-rep must be there
+        adata = read_h5ad(path, option)
+        _check_use_rep(adata, path, option, args.use_rep)  # an explicit --use-rep must be there
         if use_rep is not None and use_rep in adata.obsm:
             return adata
         if "patches" not in adata.obsm and "spatial" not in adata.uns:
@@ -211,28 +212,15 @@ class UsageError(Exception):
     """A mistake in the command line itself (``--params``, an option): exit status 2."""
 
 
-def _read_h5ad(path: str, option: str, use_rep: str | None = None):
-    """Read the ``.h5ad`` file ``path`` given as ``option``; a missing or unreadable file is a named stmorph error.
+def _check_use_rep(adata: ad.AnnData, path: str, option: str, use_rep: str | None) -> None:
+    """Raise a :class:`~stmorph.errors.StmorphKeyError` unless ``use_rep`` is ``None`` or in ``adata.obsm``."""
+    from .errors import StmorphKeyError
 
-    With ``use_rep``, also check that the file holds ``obsm[use_rep]``.
-    """
-    import anndata as ad
-
-    from .errors import DamagedFileError, StmorphKeyError
-
-    check_path(path, option, "file")
-    try:
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py / anndata errors of a damaged file
-        raise DamagedFileError(
-            f"{option}: {path!r} is not a readable .h5ad file ({type(err).__name__}: {err})."
-        ) from None
     if use_rep is not None and use_rep not in adata.obsm:
         raise StmorphKeyError(
             f"{option}: {path!r} has no obsm[{use_rep!r}] (--use-rep); it holds {sorted(adata.obsm)}. "
             "Embed the spots first (st.tl.embed) or pass another --use-rep."
         )
-    return adata
 
 
 def _run_eps(args: argparse.Namespace) -> None:
@@ -274,9 +262,8 @@ def _method_params(text: str) -> dict:
 
 
 def _run_predict(args: argparse.Namespace) -> None:
-    from . import tl
-    from .tl._auto import AUTO
-    from .tl._evaluate import evaluation_table
+    from . import get, tl
+    from .tl import AUTO
 
     params = _method_params(args.params)
     check_choice(args.method, [*tl.list_methods(), AUTO], "--method")
@@ -291,7 +278,7 @@ def _run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} with layers[{layer!r}]")
     if args.evaluate:  # after the write: a failing evaluation never discards the prediction
         tl.evaluate(query, layer)
-        print(evaluation_table(query, args.method).to_string())
+        print(get.evaluation_df(query, args.method).to_string())
         query.write_h5ad(args.out)
         print(f"wrote the metrics into {args.out}")
 

@@ -2,7 +2,8 @@
 
 Every message names the offending key, value or file, what was expected, what was found, and what
 to do. Each type subclasses :class:`ValueError` or :class:`KeyError` (file errors :class:`OSError`
-too, type errors :class:`TypeError` too), so ``except ValueError`` in user code keeps working.
+too, type errors :class:`TypeError` too), so ``except ValueError`` in user code keeps working; a
+missing optional package is a :class:`ModuleNotFoundError` naming the extra that installs it.
 
 Examples
 --------
@@ -23,9 +24,11 @@ __all__ = [
     "InconsistentUnitsError",
     "InputTypeError",
     "InvalidParameterError",
+    "MissingDependencyError",
     "MissingPathError",
     "ModelFileError",
     "NonFiniteError",
+    "NotCalibratedError",
     "OutOfImageError",
     "PathKindError",
     "ShapeMismatchError",
@@ -51,7 +54,7 @@ class NonFiniteError(ValueError):
 
 
 class TooFewObservationsError(ValueError):
-    """Not enough spots for the requested number of neighbours, split or fit."""
+    """Not enough spots (or genes) for the requested number of neighbours, split or fit."""
 
 
 class InvalidParameterError(ValueError):
@@ -78,6 +81,10 @@ class DamagedFileError(ValueError, OSError):
     """A file exists but cannot be read: truncated, of another format, or with damaged fields (the message names it)."""
 
 
+class MissingDependencyError(ModuleNotFoundError):
+    """An optional package that a function needs is not installed (the message names the stmorph extra)."""
+
+
 class MissingPathError(InvalidParameterError, FileNotFoundError):
     """A file or folder a parameter names does not exist."""
 
@@ -88,6 +95,10 @@ class PathKindError(InvalidParameterError, OSError):
 
 class ModelFileError(DamagedFileError):
     """A saved stmorph model folder is incomplete, damaged, or its files disagree."""
+
+
+class NotCalibratedError(InvalidParameterError):
+    """Prediction intervals were asked of a fitted model that holds no calibration for them."""
 
 
 class CheckpointMismatchError(InvalidParameterError):

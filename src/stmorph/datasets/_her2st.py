@@ -297,7 +297,7 @@ def her2st_adata(section: str = "C2", data_dir: str | os.PathLike | None = None)
     --------
     >>> import scanpy as sc, stmorph as st
     >>> adata = st.datasets.her2st_adata("C2")
-    >>> sc.pl.spatial(adata, color="ERBB2", library_id="C2")  # doctest: +SKIP
+    >>> axes = sc.pl.spatial(adata, color="ERBB2", library_id="C2", show=False)
     """
     files = her2st_files(section, data_dir)
     adata, mpp = _table(section, files)

@@ -180,6 +180,9 @@ def read_hest(
 
     Examples
     --------
+    The HEST-1k files are a download (``huggingface_hub.snapshot_download("MahmoodLab/hest", ...)``),
+    so these lines are not run by the test suite:
+
     >>> import stmorph as st
     >>> table = st.datasets.read_hest("hest_data", "TENX95")  # doctest: +SKIP
     >>> st.tl.embed(table)  # doctest: +SKIP

@@ -18,7 +18,7 @@ from .._validation import (
     check_path,
     check_same_shape,
 )
-from ._io import save_arrays
+from ._io import WEIGHTS_FILE, add_calibration, restore_calibration, save_arrays
 from ._predictor import Predictor
 
 if TYPE_CHECKING:
@@ -190,13 +190,23 @@ class TorchPredictor(Predictor):
 
         Examples
         --------
-        >>> model.save("bleep_her2st")  # doctest: +SKIP
-        >>> st.models.load("bleep_her2st")  # doctest: +SKIP
+        >>> import tempfile, numpy as np, stmorph as st
+        >>> adata = st.datasets.simulate(200, 20).tables["table"]
+        >>> st.pp.prepare_expression(adata)
+        >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+        >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     model.save(folder)
+        ...     loaded = st.models.load(folder)
+        >>> np.allclose(loaded.predict(query.obsm["latent"]), model.predict(query.obsm["latent"]))
+        True
         """
         folder = check_path(path, "path", "folder_to_write")
         self._require_fitted()
         folder.mkdir(parents=True, exist_ok=True)
-        save_arrays(folder, self._config(), self._arrays(folder))
+        config, arrays = self._config(), self._arrays(folder)
+        add_calibration(self, config, arrays)
+        save_arrays(folder, config, arrays)
 
     @classmethod
     def from_saved(cls, folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> TorchPredictor:
@@ -215,4 +225,5 @@ class TorchPredictor(Predictor):
         if not model.genes:
             raise ModelFileError(f"{folder / 'config.json'}: the list of genes is empty.")
         model._restore(folder, config, arrays)
+        restore_calibration(model, config, arrays, folder / WEIGHTS_FILE)
         return model

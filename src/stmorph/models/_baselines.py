@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from .._logging import format_duration, logger
+from .._optional import import_optional
 from .._validation import InvalidParameterError, ModelFileError, check_choice, check_int, check_range
+from ._arrays import check_array
 from ._cv import ALPHA_GRID, K_GRID, grid_search
-from ._io import ArrayModel, check_array
+from ._io import ArrayModel
 from ._predictor import Predictor
 
 CV = "cv"
@@ -368,6 +370,11 @@ class KNN(_TunedPredictor):
         return self._retrieve(self.features_.transform(X), self.reference_, self.reference_expression_, self.value_)
 
 
+def _lightgbm() -> Any:
+    """The ``lightgbm`` module, an optional dependency (``pip install "stmorph[lightgbm]"``)."""
+    return import_optional("lightgbm", package="lightgbm", extra="lightgbm", needed_for='method="lightgbm"')
+
+
 def _default_n_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -383,7 +390,9 @@ class LightGBM(ArrayModel, Predictor):
 
     Genes are fitted in parallel threads (LightGBM releases the GIL), each model single-threaded.
     Every thread bins the embeddings once and reuses that binned dataset for all its genes, so
-    the per-gene cost is the boosting alone.
+    the per-gene cost is the boosting alone. Needs the optional ``lightgbm`` package
+    (``pip install "stmorph[lightgbm]"``); without it the model cannot be built
+    (:class:`~stmorph.errors.MissingDependencyError`).
 
     Parameters
     ----------
@@ -434,6 +443,7 @@ class LightGBM(ArrayModel, Predictor):
         check_int(max_bin, "max_bin", low=2)
         n_jobs = _default_n_jobs() if n_jobs is None else n_jobs
         check_int(n_jobs, "n_jobs", low=1)
+        _lightgbm()  # a missing package fails here, before any work
         super().__init__(
             n_estimators=int(n_estimators),
             learning_rate=float(learning_rate),
@@ -464,8 +474,7 @@ class LightGBM(ArrayModel, Predictor):
             return list(tqdm(results, total=n_genes, desc=desc, disable=not self.progress, leave=False))
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> LightGBM:
-        import lightgbm as lgb
-
+        lgb = _lightgbm()
         params = self._booster_params()
         X = np.ascontiguousarray(X, dtype=np.float32)
         Y = np.asfortranarray(Y, dtype=np.float32)  # contiguous gene columns
@@ -507,8 +516,7 @@ class LightGBM(ArrayModel, Predictor):
         return {f"booster.{g}": np.frombuffer(model, np.uint8) for g, model in enumerate(text)}
 
     def _restore_arrays(self, arrays: dict[str, np.ndarray], fitted: dict[str, Any], where: Path) -> None:
-        import lightgbm as lgb
-
+        lgb = _lightgbm()
         self.boosters_ = [
             lgb.Booster(model_str=check_array(arrays, f"booster.{g}", (None,), where).tobytes().decode())
             for g in range(len(self.genes))

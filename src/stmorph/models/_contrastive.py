@@ -30,12 +30,13 @@ from .._validation import (
     InvalidParameterError,
     ModelFileError,
     ShapeMismatchError,
-    _available,
     check_bool,
     check_choice,
     check_int,
     check_range,
+    format_keys,
 )
+from ._arrays import check_array
 from ._augment import flip_rotate
 from ._base import (
     NET_PREFIX,
@@ -48,7 +49,7 @@ from ._base import (
 )
 from ._cv import fold_scores, hvg_columns
 from ._heads import ProjectionHead
-from ._io import ENCODER_FILE, check_array, write_safetensors
+from ._io import ENCODER_FILE, write_safetensors
 from ._losses import bleep_loss, heclip_loss
 from ._retrieval import AGGREGATIONS, retrieve
 from ._train import train
@@ -156,7 +157,7 @@ def check_encoder_name(name: str) -> None:
 
     if name not in list_encoders() and not timm.is_model(name):
         raise InvalidParameterError(
-            f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm architecture name."
+            f"unknown encoder {name!r}; registered: {format_keys(list_encoders(), 50)}, or any timm architecture name."
         )
 
 
@@ -639,9 +640,12 @@ class BLEEP(ContrastivePredictor):
     Examples
     --------
     >>> import stmorph as st
-    >>> model = st.tl.predict(query, reference, method="bleep", return_model=True)  # doctest: +SKIP
-    >>> query.uns["stmorph"]["predict"]["predicted_bleep"]["method"]  # doctest: +SKIP
-    'bleep'
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+    >>> query.uns["stmorph"]["predict"]["predicted_bleep"]["method"], len(model.history["loss"])
+    ('bleep', 5)
     """
 
     name: ClassVar[str] = "bleep"
@@ -685,7 +689,12 @@ grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, ran
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.predict(query, reference, method="heclip", use_rep="X_default")  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> st.tl.predict(query, reference, method="heclip", use_rep="latent", epochs=5)
+    >>> query.layers["predicted_heclip"].shape
+    (100, 20)
     """
 
     name: ClassVar[str] = "heclip"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .._scores import pearson, top_n
 from .._validation import TooFewObservationsError
 
 ALPHA_GRID = tuple(10.0**p for p in range(-2, 7))
@@ -71,29 +72,30 @@ def check_groups(groups: np.ndarray | None, n: int, what: str) -> np.ndarray:
 def fold_scores(y_true: np.ndarray, y_pred: np.ndarray, n_hvg: int = N_HVG) -> tuple[float, float]:
     """Mean Pearson r over the ``n_hvg`` most variable genes of ``y_true`` and over all (non-constant) genes.
 
+    The same numbers as ``pearson_HVG-{n_hvg}`` and ``pearson_all`` of :func:`stmorph.tl.evaluate`
+    on the same predictions (one Pearson r and one gene ranking, :mod:`stmorph._scores`), except
+    that a set without a finite r scores 0.0 here (a candidate that predicts nothing loses) and NaN
+    there.
+
     Examples
     --------
     >>> y = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
     >>> fold_scores(y, y)
     (1.0, 1.0)
     """
-    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-    t, p = y_true - y_true.mean(axis=0), y_pred - y_pred.mean(axis=0)
-    denom = np.sqrt((t**2).sum(axis=0) * (p**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(denom > 0, (t * p).sum(axis=0) / denom, np.nan)
+    r = pearson(y_true, y_pred)
     return _nanmean(r[hvg_columns(y_true, n_hvg)]), _nanmean(r)
 
 
 def hvg_columns(y: np.ndarray, n_hvg: int = N_HVG) -> np.ndarray:
-    """Indices of the ``n_hvg`` columns of ``y`` with the largest variance, in increasing column order.
+    """Indices of the ``n_hvg`` columns of ``y`` with the largest variance (ties: the earlier column), in column order.
 
     Examples
     --------
     >>> hvg_columns(np.array([[0.0, 5.0, 1.0], [0.0, -5.0, 0.0]]), n_hvg=2)
     array([1, 2])
     """
-    return np.sort(np.argsort(-np.asarray(y).var(axis=0), kind="stable")[:n_hvg])
+    return np.sort(top_n(np.asarray(y, dtype=np.float64).var(axis=0), n_hvg))
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -144,6 +146,64 @@ def grid_search(
     return scores, grid[int(np.argmax(scores.mean(axis=0)))]
 
 
+def _inner_groups(groups: np.ndarray, blocks: np.ndarray | None, train: np.ndarray) -> np.ndarray | None:
+    """Fold labels of the ``train`` rows for a model's own ``"cv"`` settings (remaining groups, else ``blocks``)."""
+    inner = groups[train]
+    if len(np.unique(inner)) < 2:
+        return None if blocks is None else blocks[train]
+    return inner
+
+
+def cross_predict(
+    make_model: Callable[[], Any],
+    X: np.ndarray,
+    Y: np.ndarray,
+    groups: np.ndarray,
+    blocks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictions: each group's rows predicted by a model fitted on the other groups.
+
+    Leave one group out (reference sections, or spatial blocks of one section), nested: each
+    fold's model fits its own ``"cv"`` settings on inner folds, the remaining groups or, when a
+    single group remains (two reference sections), the spatial ``blocks`` of the training rows.
+    These are the predictions behind ``method="auto"``'s choice, a prediction's expected accuracy
+    per gene and its conformal intervals.
+
+    Parameters
+    ----------
+    make_model
+        Returns a new, unfitted model (a :class:`~stmorph.models.Predictor`: ``fit(X, Y, groups=None)``,
+        ``predict(X)``).
+    X
+        ``(n, ...)`` inputs.
+    Y
+        ``(n, n_genes)`` expression.
+    groups
+        ``(n,)`` fold labels (at least two distinct ones: :func:`check_groups`).
+    blocks
+        ``(n,)`` spatial block labels (unique across groups), or ``None``.
+
+    Returns
+    -------
+    ``(n, n_genes)`` float32 out-of-fold predictions, and the ``(n,)`` fold label of every row
+    (``groups`` itself: row ``i`` was predicted by the model fitted without ``groups[i]``).
+
+    Examples
+    --------
+    >>> from stmorph.models._baselines import Ridge
+    >>> X = np.arange(12.0).reshape(6, 2); Y = X @ np.array([[1.0], [2.0]])
+    >>> oof, fold = cross_predict(lambda: Ridge(alpha=1e-6), X, Y, np.array([0, 0, 1, 1, 2, 2]))
+    >>> bool(np.allclose(oof, Y, atol=1e-4)), fold.tolist()
+    (True, [0, 0, 1, 1, 2, 2])
+    """
+    groups = check_groups(groups, len(X), "cross_predict")
+    oof = np.empty((len(X), np.shape(Y)[1]), dtype=np.float32)
+    for train, test in folds(groups):
+        model = make_model().fit(X[train], Y[train], groups=_inner_groups(groups, blocks, train))
+        oof[test] = np.asarray(model.predict(X[test]), dtype=np.float32)
+    return oof, groups
+
+
 def cross_validate(
     make_models: Sequence[Callable[[], Any]],
     labels: Sequence[str],
@@ -151,32 +211,45 @@ def cross_validate(
     Y: np.ndarray,
     groups: np.ndarray,
     blocks: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
+    *,
+    return_predictions: bool = False,
+) -> dict[str, np.ndarray] | tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Leave-one-group-out scores of several candidate models (nested: each fits its own ``"cv"`` settings inside).
 
-    The inner folds of a candidate's ``"cv"`` settings are the remaining groups, or the spatial
-    ``blocks`` of the training rows when a single group remains (two reference sections).
+    Each candidate's out-of-fold predictions come from :func:`cross_predict`.
+
+    Parameters
+    ----------
+    make_models
+        One factory of new, unfitted models per candidate.
+    labels
+        Name of each candidate.
+    X, Y, groups, blocks
+        As :func:`cross_predict`.
+    return_predictions
+        Also return each candidate's out-of-fold predictions (``{label: (n, n_genes)}``), so
+        that what is computed from them later (the winner's expected accuracy per gene, its
+        intervals) costs no refit.
 
     Returns
     -------
     The CV table as plain arrays, one row per candidate × fold: ``candidate``, ``fold``,
-    ``pearson_hvg50``, ``pearson_all``.
+    ``pearson_hvg50``, ``pearson_all``; and with ``return_predictions``, the predictions.
     """
-    rows = []
+    rows, predictions = [], {}
     for make, label in zip(make_models, labels):
-        for fold, (train, test) in zip(np.unique(groups), folds(groups)):
-            inner = groups[train]
-            if len(np.unique(inner)) < 2:
-                inner = None if blocks is None else blocks[train]
-            model = make().fit(X[train], Y[train], groups=inner)
-            rows.append((label, str(fold), *fold_scores(Y[test], model.predict(X[test]))))
+        oof, fold_of = cross_predict(make, X, Y, groups, blocks)
+        predictions[label] = oof
+        for fold, (_, test) in zip(np.unique(fold_of), folds(fold_of)):
+            rows.append((label, str(fold), *fold_scores(Y[test], oof[test])))
     candidate, fold, hvg, every = zip(*rows)
-    return {
+    table = {
         "candidate": np.asarray(candidate, dtype=object),
         "fold": np.asarray(fold, dtype=object),
         "pearson_hvg50": np.asarray(hvg, dtype=np.float64),
         "pearson_all": np.asarray(every, dtype=np.float64),
     }
+    return (table, predictions) if return_predictions else table
 
 
 def best_candidate(table: dict[str, np.ndarray], labels: Sequence[str]) -> str:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import InputTypeError, InvalidParameterError, _available
+from .._validation import InputTypeError, InvalidParameterError, format_keys
 from ._presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset
 from ._presets import UNI_ARCH as UNI_ARCH  # re-exported: benchmarks build UNI from it
 from ._weights import load_into, load_state_dict_safely, map_hf_dinov2_keys
@@ -335,6 +335,9 @@ def build_preset(name: str, weights: str | None) -> Encoder:
     >>> from stmorph.models._presets import PRESETS
     >>> PRESETS["virchow2"].dim, PRESETS["virchow2"].pooling, PRESETS["virchow2"].precision
     (2560, 'cls+mean', 'fp16')
+
+    With Virchow2's weights downloaded from the hub (gated; not run by the test suite):
+
     >>> enc = build_preset("virchow2", "Virchow2/pytorch_model.bin")  # doctest: +SKIP
     """
     from ._pooling import PooledViT
@@ -507,7 +510,7 @@ def resolve_encoder(name: str, weights: str | None = None) -> Encoder | Featuriz
 
         if not (name.startswith(_HUB_PREFIXES) or timm.is_model(name)):
             raise InvalidParameterError(
-                f"unknown encoder {name!r}; registered: {_available(list_encoders(), 50)}, or any timm "
+                f"unknown encoder {name!r}; registered: {format_keys(list_encoders(), 50)}, or any timm "
                 "architecture name (timm.list_models()) with weights=<local file>."
             )
         built = _timm_encoder(name, weights)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ShapeMismatchError
+
 _CHANNELS = ("H", "E", "DAB", "grey")
 _STATS = ("mean", "std", "p10", "p50", "p90")
 _GLCM = ("contrast", "homogeneity", "energy", "correlation")
@@ -21,6 +23,8 @@ COARSE_FACTOR = 4
 TISSUE_GREY = 0.85
 """Grey level (0–1) below which a pixel counts as tissue."""
 GLCM_LEVELS = 32
+MIN_PATCH_SIZE = 2 * COARSE_FACTOR
+"""Smallest patch side: the coarse copy needs two pixels a side for its gradients."""
 
 
 def _names() -> list[str]:
@@ -87,11 +91,16 @@ def hed_features(patches: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     patches
-        uint8 ``(n, P, P, 3)`` patches, ``P`` at least ``2 * COARSE_FACTOR``.
+        uint8 ``(n, P, P, 3)`` patches, ``P`` at least :data:`MIN_PATCH_SIZE` (8).
 
     Returns
     -------
     float32 array ``(n, len(HED_FEATURE_NAMES))``.
+
+    Raises
+    ------
+    ShapeMismatchError
+        Patches smaller than :data:`MIN_PATCH_SIZE` pixels a side.
 
     Examples
     --------
@@ -100,6 +109,12 @@ def hed_features(patches: np.ndarray) -> np.ndarray:
     >>> hed_features(np.full((2, 32, 32, 3), 255, np.uint8)).shape == (2, len(HED_FEATURE_NAMES))
     True
     """
+    if min(patches.shape[1:3]) < MIN_PATCH_SIZE:
+        raise ShapeMismatchError(
+            f"encoder 'hed' needs patches of at least {MIN_PATCH_SIZE} x {MIN_PATCH_SIZE} pixels (its coarse scale "
+            f"pools {COARSE_FACTOR} x {COARSE_FACTOR}); found {patches.shape[1]} x {patches.shape[2]}. Extract larger "
+            "patches (`st.pp.extract_patches(..., patch_size=...)`)."
+        )
     rgb = patches.astype(np.float32) / np.float32(255.0)
     fine, grey = _scale_features(rgb)
     coarse, _ = _scale_features(_pool(rgb, COARSE_FACTOR))

@@ -4,7 +4,9 @@ A saved model is a folder::
 
     <path>/config.json        format, version, method, genes, encoder, dimensions, settings, history
     <path>/model.safetensors  network weights and, for retrieval models, the reference bank
-                              (embeddings + expression) that predictions are drawn from
+                              (embeddings + expression) that predictions are drawn from; the
+                              calibration of the prediction intervals (keys ``calibration.*``,
+                              described by the config entry ``calibration``) when there is one
     <path>/encoder.safetensors  (end-to-end models) the fine-tuned image encoder as a plain state dict
 
 Only plain numbers, strings, lists and arrays are read back, so loading cannot run code.
@@ -71,7 +73,23 @@ _CONFIG_OPTIONAL = {
     "history": dict,
     "training": dict,
     "input_shape": list,
+    "calibration": dict,
 }
+
+
+def add_calibration(model: Predictor, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Add the model's interval calibration (if any) to the ``config`` and ``arrays`` it is saved with."""
+    if model.calibration is not None:
+        config["calibration"] = model.calibration.config()
+        arrays.update(model.calibration.arrays())
+
+
+def restore_calibration(model: Predictor, config: dict[str, Any], arrays: dict[str, np.ndarray], where: Path) -> None:
+    """Set ``model.calibration`` from what :func:`add_calibration` saved (``None`` when nothing was)."""
+    from ._conformal import Calibration
+
+    if "calibration" in config:
+        model.calibration = Calibration.from_saved(config["calibration"], arrays, len(model.genes), where)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -109,25 +127,6 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
         ) from err
 
 
-def check_array(arrays: dict[str, np.ndarray], key: str, shape: tuple[int | None, ...], where: Path) -> np.ndarray:
-    """Return ``arrays[key]`` after checking it exists, matches ``shape`` (``None`` = any size) and is finite."""
-    if key not in arrays:
-        raise ModelFileError(f"{where} lacks the array {key!r}; the model files do not belong together.")
-    arr = arrays[key]
-    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
-        raise ModelFileError(
-            f"{where}: array {key!r} has shape {arr.shape}, but the config implies {tuple(shape)}; "
-            "the model files do not belong together."
-        )
-    bad = int(np.count_nonzero(~np.isfinite(arr))) if arr.dtype.kind in "fc" else 0
-    if bad:
-        raise ModelFileError(
-            f"{where}: array {key!r} holds {bad} non-finite value(s) (NaN or inf) of {arr.size}; predictions drawn "
-            "from it would be NaN. The model is damaged (or its training diverged): train it again."
-        )
-    return arr
-
-
 def load(path: str | os.PathLike) -> Predictor:
     """Load a model saved with ``model.save(path)``.
 
@@ -155,9 +154,17 @@ def load(path: str | os.PathLike) -> Predictor:
 
     Examples
     --------
-    >>> import stmorph as st
-    >>> model = st.models.load("bleep_her2st")  # doctest: +SKIP
-    >>> st.tl.predict(query, model=model)  # doctest: +SKIP
+    >>> import tempfile, numpy as np, stmorph as st
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="ridge", use_rep="latent", return_model=True)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     model.save(folder)
+    ...     loaded = st.models.load(folder)
+    >>> st.tl.predict(query, model=loaded, key_added="predicted_loaded")  # no refit
+    >>> np.array_equal(query.layers["predicted_loaded"], query.layers["predicted_ridge"])
+    True
     """
     from ._predictor import get_method
 
@@ -223,6 +230,7 @@ class ArrayModel:
             "history": self.history,
             "training": self.training,
         }
+        add_calibration(self, config, arrays)
         save_arrays(path, config, arrays)
 
     @classmethod
@@ -235,4 +243,5 @@ class ArrayModel:
         model.history = {k: [float(v) for v in vals] for k, vals in config.get("history", {}).items()}
         model.training = dict(config.get("training", {}))
         model._restore_arrays(arrays, dict(config.get("fitted", {})), folder / WEIGHTS_FILE)
+        restore_calibration(model, config, arrays, folder / WEIGHTS_FILE)
         return model

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_int, check_range
+from ._arrays import check_array
 from ._base import arrays_to_state, state_to_arrays
-from ._io import ArrayModel, check_array
+from ._io import ArrayModel
 from ._predictor import Predictor
 from ._train import resolve_device, seed_everything, train
 

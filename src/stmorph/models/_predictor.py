@@ -12,11 +12,14 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .._validation import InvalidParameterError, check_bool, check_choice, check_device, check_seed
+
+if TYPE_CHECKING:
+    from ._conformal import Calibration
 
 
 class Predictor:
@@ -49,6 +52,9 @@ class Predictor:
         What :meth:`train` recorded about the fit: how a slice's spots become inputs (``use_rep``,
         ``layer``, the standardisation of several keys), ``input_shape``, ``n_train`` and
         ``train_time_s``, so a fitted model can check and prepare a new slice's inputs.
+    calibration
+        The calibration of its prediction intervals (``interval=`` of :func:`stmorph.tl.predict`),
+        or ``None``; ``save`` stores it and :func:`stmorph.models.load` restores it.
     """
 
     name: ClassVar[str] = "base"
@@ -67,6 +73,7 @@ class Predictor:
         self.genes: list[str] = []
         self.history: dict[str, list[float]] = {}
         self.training: dict[str, Any] = {}
+        self.calibration: Calibration | None = None
         self._checkpoint: Path | None = None
         self._resume = False
 

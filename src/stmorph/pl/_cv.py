@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._anndata import tool_record
+from .. import get
 from .._validation import checks_keys
-from ..errors import InvalidParameterError, StmorphKeyError
+from ..errors import InvalidParameterError
 from . import _utils
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
 
-_AUTO_CALL = 'st.tl.predict(query, references, method="auto", use_rep="X_default")'
 SCORES = ("pearson_hvg50", "pearson_all")
 
 
@@ -51,28 +50,27 @@ def cv_table(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.predict(query, references, method="auto", use_rep="X_default")  # doctest: +SKIP
-    >>> st.pl.cv_table(query)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(300, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, *references = (adata[i : i + 100].copy() for i in (0, 100, 200))  # three sections of one tissue
+    >>> st.tl.predict(query, references, method="auto", use_rep="latent")
+    >>> fig = st.pl.cv_table(query, show=False)
+    >>> fig.axes[0].get_title().startswith("chosen: ")
+    True
     """
     if score not in SCORES:
         raise InvalidParameterError(f"score must be one of {list(SCORES)}; found {score!r}.")
-    record = tool_record(adata, "predict", key)
-    if "cv" not in record:
-        raise StmorphKeyError(
-            f"adata.uns['stmorph']['predict'][{key!r}]['cv'] not found: no CV table recorded. Run `{_AUTO_CALL}`."
-        )
-    cv = record["cv"]
-    candidates = list(dict.fromkeys(np.asarray(cv["candidate"]).astype(str)))
-    values = np.asarray(cv[score], dtype=float)
-    names = np.asarray(cv["candidate"]).astype(str)
+    cv = get.cv_df(adata, key)
+    candidates = list(dict.fromkeys(cv["candidate"]))
+    selected = cv.loc[cv["selected"], "candidate"].iloc[0]
+    values, names = cv[score].to_numpy(), cv["candidate"].to_numpy()
     fig, (ax,) = _utils.subplots(1, ncols=1, panel_size=panel_size)
     for i, name in enumerate(candidates):
         mine = values[names == name]
-        chosen = name == str(cv["selected"])
-        ax.barh(i, mine.mean(), color="tab:blue" if chosen else "lightsteelblue")
+        ax.barh(i, mine.mean(), color="tab:blue" if name == selected else "lightsteelblue")
         ax.plot(mine, np.full(len(mine), i), "o", color="black", markersize=3)
     ax.set_yticks(range(len(candidates)), candidates)
     ax.invert_yaxis()
     ax.set_xlabel(f"held-out mean Pearson ({'HVG-50' if score == 'pearson_hvg50' else 'all genes'})")
-    ax.set_title(f"chosen: {cv['selected']}")
+    ax.set_title(f"chosen: {selected}")
     return _utils.savefig_or_show(fig, "cv_table", show=show, save=save)

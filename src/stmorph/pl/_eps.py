@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from .._anndata import dataset_info
-from .._validation import check_int, check_range, checks_keys, get_stored
+from .._keys import Key
+from .._validation import check_int, check_range, check_slices, checks_keys, get_stored
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
 
@@ -102,9 +103,14 @@ def eps_vs_score(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.eps(query, use_rep="X_default")  # doctest: +SKIP
-    >>> st.tl.evaluate(query, layer="predicted_ridge")  # doctest: +SKIP
-    >>> st.pl.eps_vs_score(query, "pearson_ridge")  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.eps(adata, use_rep="latent")
+    >>> st.tl.predict(adata, method="ridge", use_rep="latent", split=0.2)  # the EPS paper's within-slice protocol
+    >>> st.tl.evaluate(adata, "predicted_ridge")
+    >>> fig = st.pl.eps_vs_score(adata, "pearson_ridge", show=False)
+    >>> fig.axes[0].get_xlabel()
+    'EPS (image predictability)'
     """
     _utils.check_plot_options(show=show, save=save, ncols=ncols, panel_size=panel_size)
     check_range(size, "size", low=0)
@@ -149,7 +155,7 @@ def _ranked(
         {
             "eps": get_stored(adata, "var", eps_key, _EPS_CALL).to_numpy(np.float64),
             "qval": get_stored(adata, "var", qval_key, _EPS_CALL).to_numpy(np.float64),
-            "detected": get_stored(adata, "var", f"{eps_key}_n_detected", _EPS_CALL).to_numpy(np.int64),
+            "detected": get_stored(adata, "var", Key.var.n_detected(eps_key), _EPS_CALL).to_numpy(np.int64),
         },
         index=adata.var_names,
     )
@@ -227,8 +233,12 @@ def eps_ranking(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.tl.eps(adata, use_rep="X_default")  # doctest: +SKIP
-    >>> st.pl.eps_ranking(adata, n=15)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(100, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.eps(adata, use_rep="latent")
+    >>> fig = st.pl.eps_ranking(adata, n=5, show=False)
+    >>> fig.axes[0].get_title()
+    '5 most predictable genes'
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
@@ -255,6 +265,8 @@ def eps_ranking(
 def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData], score: Sequence[str]) -> pd.DataFrame:
     """One row per slice with ``sps`` and the mean of each ``score`` column over its genes."""
     if isinstance(data, pd.DataFrame):
+        if len(data) == 0:
+            raise InvalidParameterError("st.pl.sps_vs_score needs at least one slice; the table has no row.")
         missing = [c for c in ("sps", *score) if c not in data.columns]
         if missing:
             raise StmorphKeyError(
@@ -263,9 +275,8 @@ def _slice_table(data: pd.DataFrame | Mapping[str, AnnData] | Sequence[AnnData],
             )
         index = data["slice"].astype(str) if "slice" in data.columns else data.index.astype(str)
         return pd.DataFrame({c: data[c].to_numpy(np.float64) for c in ("sps", *score)}, index=index)
-    items = data.items() if isinstance(data, Mapping) else ((str(i), a) for i, a in enumerate(data))
     rows = {}
-    for name, adata in items:
+    for name, adata in check_slices(data, "st.pl.sps_vs_score").items():
         sps = get_stored(adata, "uns", "sps", _EPS_CALL)
         means = {c: float(np.nanmean(get_stored(adata, "var", c, _EVALUATE_CALL).to_numpy(np.float64))) for c in score}
         rows[str(dataset_info(adata).get("section", name))] = {"sps": float(sps["sps"]), **means}
@@ -304,7 +315,15 @@ def sps_vs_score(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.pl.sps_vs_score({{"C2": c2, "C3": c3, "C4": c4}}, ["pearson_ridge", "pearson_bleep"])  # doctest: +SKIP
+    >>> slices = [st.datasets.simulate(100, 20, n_planted=n).tables["table"] for n in (2, 6, 10)]
+    >>> for table in slices:  # more genes driven by the image: a higher SPS and better predictions
+    ...     st.pp.prepare_expression(table)
+    ...     st.tl.eps(table, use_rep="latent")
+    ...     st.tl.predict(table, method="ridge", use_rep="latent", split=0.2)
+    ...     st.tl.evaluate(table, "predicted_ridge")
+    >>> fig = st.pl.sps_vs_score(slices, "pearson_ridge", show=False)
+    >>> fig.axes[0].get_xlabel()
+    'SPS (slice predictability)'
     """
     import matplotlib.pyplot as plt
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._scores import top_n
 from .._validation import check_int, check_range, checks_keys, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
 from . import _utils
@@ -48,8 +49,7 @@ def _choose_genes(adata: AnnData, matrices: dict, genes: Sequence[str] | None, n
             f"only {len(candidates)} gene(s) have values in every layer {list(matrices)}; need at least 2."
         )
     level = _expression_level(adata, next(iter(matrices.values())))[candidates]
-    order = np.argsort(-np.nan_to_num(level, nan=-np.inf), kind="stable")
-    return candidates[order[:n_genes]]
+    return candidates[top_n(level, n_genes)]
 
 
 def _correlation(values: np.ndarray) -> np.ndarray:
@@ -122,7 +122,12 @@ def gene_correlation(
     Examples
     --------
     >>> import stmorph as st
-    >>> st.pl.gene_correlation(query, ["measured", "predicted_bleep"], n_genes=40)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> st.tl.predict(adata, method="ridge", use_rep="latent", split=0.2)
+    >>> fig = st.pl.gene_correlation(adata, ["measured", "predicted_ridge"], n_genes=10, show=False)
+    >>> fig.axes[0].get_title()
+    'measured'
     """
     check_int(n_genes, "n_genes", low=2)
     check_range(panel_size, "panel_size", low=0, high=_utils.MAX_INCHES)

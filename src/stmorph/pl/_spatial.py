@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import dataset_info
-from .._logging import warn_user
+from .._keys import Key
+from .._tables import is_spatialdata, table_of
 from .._validation import (
     check_bool,
     check_choice,
@@ -31,10 +32,6 @@ if TYPE_CHECKING:
 
 MAX_IMAGE_SIDE = 20000
 """Largest ``max_image_side`` in pixels (the background image is held in memory)."""
-
-
-def _is_spatialdata(data: Any) -> bool:
-    return hasattr(data, "tables") and hasattr(data, "images")
 
 
 def _image_array(element: Any) -> Any:
@@ -111,12 +108,8 @@ def _table_and_image(
     data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
 ) -> tuple[AnnData, dict[str, Any], str]:
     """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
-    if _is_spatialdata(data):
-        if table_key not in data.tables:
-            raise StmorphKeyError(
-                f"sdata.tables[{table_key!r}] not found; available: {list(data.tables.keys())}. Pass `table_key=`."
-            )
-        table = data.tables[table_key]
+    if is_spatialdata(data):
+        table = table_of(data, table_key, name="st.pl.spatial")
         library_id = library_id or str(dataset_info(table).get("section", image_key))
         return table, visium_uns(data, table, image_key, library_id, max_side), library_id
     if "spatial" not in data.uns:
@@ -152,6 +145,11 @@ def _panel_values(table: AnnData, layers: Sequence[str], idx: np.ndarray) -> dic
     predicted = [layer for layer in layers if layer != _utils.MEASURED]
     values = {}
     for layer in layers:
+        if layer.endswith(_utils.WIDTH):
+            bounds = Key.layers.interval(layer.removesuffix(_utils.WIDTH))
+            lower, upper = (get_matrix(table, bound, finite=False) for bound in bounds)
+            values[layer] = _utils.dense_columns(upper, idx) - _utils.dense_columns(lower, idx)
+            continue
         source = _utils.measured_layer(table, predicted) if layer == _utils.MEASURED else layer
         if source is not None and source not in table.layers:
             produced_by = "st.tl.predict" if layer.startswith(_utils.PREDICTED_PREFIX) else "the step that stores it"
@@ -160,6 +158,21 @@ def _panel_values(table: AnnData, layers: Sequence[str], idx: np.ndarray) -> dic
             )
         values[layer] = _utils.dense_columns(get_matrix(table, source, finite=False), idx)
     return values
+
+
+def _with_widths(table: AnnData, layers: Sequence[str]) -> list[str]:
+    """``layers`` with the interval-width panel after every prediction that has interval bounds."""
+    out = []
+    for layer in layers:
+        out.append(layer)
+        if all(bound in table.layers for bound in Key.layers.interval(layer)):
+            out.append(layer + _utils.WIDTH)
+    if len(out) == len(layers):
+        raise StmorphKeyError(
+            f"none of the layers {list(layers)} has interval bounds (layers[key + '_lower'], layers[key + '_upper']); "
+            "run st.tl.predict(..., interval=0.9) first."
+        )
+    return out
 
 
 def _check_predicted(values: dict[str, np.ndarray], genes: Sequence[str]) -> None:
@@ -208,10 +221,12 @@ def colour_limits(
 ) -> dict[str, tuple[float, float]]:
     """Colour limits of gene ``j`` in each panel: percentiles of the panel's own finite values (``"panel"``),
     or of the gene's values pooled over all its panels (``"shared"``)."""
+    limits = {layer: percentile_limits(vals[:, j], percentiles) for layer, vals in values.items()}
     if scale == "panel":
-        return {layer: percentile_limits(vals[:, j], percentiles) for layer, vals in values.items()}
-    pooled = percentile_limits(np.concatenate([vals[:, j] for vals in values.values()]), percentiles)
-    return dict.fromkeys(values, pooled)
+        return limits
+    shared = [layer for layer in values if not layer.endswith(_utils.WIDTH)]  # a width is on a scale of its own
+    pooled = percentile_limits(np.concatenate([values[layer][:, j] for layer in shared]), percentiles)
+    return {**limits, **dict.fromkeys(shared, pooled)}
 
 
 def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
@@ -222,16 +237,6 @@ def _title(table: AnnData, gene: str, layer: str, scale: str) -> str:
         if np.isfinite(r):
             title += f", r = {r:.2f}"
     return title
-
-
-def _scale_choice(scale: str, same_scale: bool | None) -> str:
-    """``scale``, or the value of the deprecated ``same_scale`` flag (with a warning)."""
-    if same_scale is None:
-        check_choice(scale, SCALES, "scale")
-        return scale
-    choice = "shared" if same_scale else "panel"
-    warn_user(f'same_scale is deprecated; use scale="{choice}" (the default is now scale="panel").', FutureWarning)
-    return choice
 
 
 def _draw_panel(view: AnnData, gene: str, *, layer: str | None, library_id: str, **kwargs: Any) -> None:
@@ -267,7 +272,7 @@ def _draw_gene(
             ax=ax,
             vmin=limits[layer][0],
             vmax=limits[layer][1],
-            title=_title(table, gene, layer, scale),
+            title=_title(table, gene, layer, "panel" if layer.endswith(_utils.WIDTH) else scale),
             **style,
         )
 
@@ -290,8 +295,8 @@ def spatial(
     *,
     layers: Sequence[str] | None = None,
     scale: str = "panel",
-    same_scale: bool | None = None,
     percentiles: tuple[float, float] = (1.0, 99.0),
+    interval_width: bool = False,
     library_id: str | None = None,
     table_key: str = "table",
     image_key: str = "he",
@@ -332,11 +337,13 @@ def spatial(
         ``"panel"``: each panel spans the ``percentiles`` of its own values (the pattern of every
         map is visible); ``"shared"``: a gene's panels share the ``percentiles`` of its values
         pooled over them (magnitudes are comparable).
-    same_scale
-        Deprecated: ``True`` is ``scale="shared"``, ``False`` is ``scale="panel"``.
     percentiles
         The colour scale runs between these percentiles, so a few extreme spots do not wash out
         the rest; ``(0, 100)`` for the full range.
+    interval_width
+        After each prediction with intervals (``st.tl.predict(..., interval=0.9)``), a panel of the
+        interval's width per spot (upper - lower bound, on its own scale): where the prediction is
+        sure (narrow) and where it is not.
     library_id
         Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
         shown for a SpatialData image (default: the table's section).
@@ -357,21 +364,23 @@ def spatial(
     Examples
     --------
     >>> import stmorph as st
-    >>> adata = st.datasets.her2st_adata("C2")
-    >>> st.pl.spatial(adata, ["ERBB2"], layers=["measured"], show=False)  # doctest: +SKIP
-    >>> st.pl.spatial(query, ["ERBB2", "FN1"], scale="shared")  # doctest: +SKIP
-    >>> st.pp.extract_patches(adata, progress=False)
-    >>> st.pl.spatial(adata, "tissue_fraction", show=False)  # doctest: +SKIP
+    >>> sdata = st.datasets.simulate(100, 20)
+    >>> st.pp.prepare_expression(sdata.tables["table"])
+    >>> st.tl.predict(sdata, method="ridge", use_rep="latent", split=0.2)
+    >>> fig = st.pl.spatial(sdata, ["planted0", "planted1"], show=False)  # measured | predicted_ridge
+    >>> fig = st.pl.spatial(sdata, "planted0", scale="shared", show=False)
+    >>> st.pp.extract_patches(sdata, patch_size=32, progress=False)
+    >>> fig = st.pl.spatial(sdata, "tissue_fraction", show=False)
+    >>> len(fig.axes)
+    2
     """
     import anndata as ad
 
     _utils.check_plot_options(show=show, save=save, panel_size=panel_size)
     check_int(max_image_side, "max_image_side", low=1, high=MAX_IMAGE_SIDE)
     check_range(size, "size", low=0)
-    if same_scale is not None:
-        check_bool(same_scale, "same_scale")
+    check_choice(scale, SCALES, "scale")
     names = [genes] if isinstance(genes, str) else list(genes)
-    scale = _scale_choice(scale, same_scale)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
     table, spatial_uns, library_id = _table_and_image(
@@ -380,6 +389,8 @@ def spatial(
     columns = obs_columns(table, names)
     genes = [name for name in names if name not in columns]
     layers = list(layers) if layers is not None else _default_layers(table, genes)
+    if check_bool(interval_width, "interval_width"):
+        layers = _with_widths(table, layers)
     if not layers:
         raise InvalidParameterError("layers is empty; pass at least one of 'measured' or a layer name.")
     values = _panel_values(table, layers, get_genes(table, genes)) if genes else {}

@@ -11,7 +11,8 @@ import numpy as np
 from .._anndata import read_uns
 from .._keys import Key
 from .._validation import check_bool, checks_keys
-from ..errors import InvalidParameterError, StmorphKeyError
+from ..errors import InputTypeError, InvalidParameterError, StmorphKeyError
+from ..models import Predictor
 from . import _utils
 
 if TYPE_CHECKING:
@@ -27,11 +28,28 @@ def _curves(history: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: v for k, v in curves.items() if v.size}
 
 
+def _model_curves(model: Predictor) -> dict[str, dict[str, np.ndarray]]:
+    """``{name: curves}`` of a trained model."""
+    if not model.is_trained:
+        raise InvalidParameterError(
+            f"the {model.name!r} model has no training history: it has not been trained. Plot a model returned by "
+            f"`st.tl.predict(..., method={model.name!r}, return_model=True)`."
+        )
+    return {model.name: _curves(model.history or {})}
+
+
 def _histories(data: Any, key: str | None) -> dict[str, dict[str, np.ndarray]]:
     """``name → curves`` from a fitted model (``.history``) or the predictions recorded in an AnnData."""
-    if hasattr(data, "history") and not hasattr(data, "uns"):
-        name = getattr(data, "name", type(data).__name__)
-        return {name: _curves(data.history or {})}
+    from anndata import AnnData
+
+    if isinstance(data, Predictor):
+        return _model_curves(data)
+    if not isinstance(data, AnnData):
+        what = f"the class {data.__name__}" if isinstance(data, type) else type(data).__name__
+        raise InputTypeError(
+            f"st.pl.training takes a fitted model (`st.tl.predict(..., return_model=True)`) or an AnnData with "
+            f"recorded predictions; found {what}."
+        )
     records = read_uns(data, Key.uns.tool("predict"), {})
     if key is not None:
         if key not in records:
@@ -78,8 +96,13 @@ def training(
     Examples
     --------
     >>> import stmorph as st
-    >>> model = st.tl.predict(query, ref, method="bleep", use_rep="X_default", return_model=True)  # doctest: +SKIP
-    >>> st.pl.training(model)  # doctest: +SKIP
+    >>> adata = st.datasets.simulate(200, 20).tables["table"]
+    >>> st.pp.prepare_expression(adata)
+    >>> query, reference = adata[:100].copy(), adata[100:].copy()  # two sections of one tissue
+    >>> model = st.tl.predict(query, reference, method="bleep", use_rep="latent", epochs=5, return_model=True)
+    >>> fig = st.pl.training(model, show=False)
+    >>> fig.axes[0].get_title()
+    'bleep'
     """
     _utils.check_plot_options(show=show, save=save, ncols=ncols, panel_size=panel_size)
     check_bool(logy, "logy")

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 PREDICTED_PREFIX = Key.layers.predicted_prefix
 MEASURED = "measured"
+WIDTH = " width"
+"""Suffix of the panel of a prediction's interval width (``layers[key + "_upper"] - layers[key + "_lower"]``)."""
 
 #: Docstring text every plotting function shares, filled into its ``{name}`` fields by :func:`shared_docs`.
 SHARED_DOCS: dict[str, str] = {
@@ -148,7 +150,9 @@ def savefig_or_show(
 
 def predicted_layers(adata: AnnData) -> list[str]:
     """Names of the ``layers["predicted_*"]`` written by :func:`stmorph.tl.predict`, sorted."""
-    return sorted(k for k in adata.layers if k.startswith(PREDICTED_PREFIX))
+    names = [k for k in adata.layers if k.startswith(PREDICTED_PREFIX)]
+    bounds = {bound for name in names for bound in Key.layers.interval(name)}  # interval bounds are no prediction
+    return sorted(name for name in names if name not in bounds)
 
 
 def require_predicted_layers(adata: AnnData) -> list[str]:
@@ -179,6 +183,8 @@ def measured_layer(adata: AnnData, predicted: Sequence[str]) -> str | None:
 
 def label(layer: str) -> str:
     """Human-readable panel label of a layer name: ``"predicted_ridge"`` → ``"predicted (ridge)"``."""
+    if layer.endswith(WIDTH):
+        return f"{label(layer.removesuffix(WIDTH))} interval width"
     if layer.startswith(PREDICTED_PREFIX):
         return f"predicted ({layer.removeprefix(PREDICTED_PREFIX)})"
     return layer

@@ -13,7 +13,9 @@ from .._keys import Key
 from .._logging import logger
 from .._validation import (
     InputTypeError,
+    TooFewObservationsError,
     check_bool,
+    check_in_memory,
     check_int,
     check_n_obs,
     check_range,
@@ -32,6 +34,23 @@ def _check_counts(counts: np.ndarray | sparse.spmatrix, name: str) -> None:
         raise InputTypeError(f"{name} must hold raw (non-negative) counts; found minimum {values.min()}.")
 
 
+def _as_supported(counts: np.ndarray | sparse.spmatrix) -> np.ndarray | sparse.spmatrix:
+    """A copy of ``counts`` in a dtype scanpy's steps handle: float16 (dense only in scipy) becomes float32.
+
+    float32 holds every float16 value exactly, so the result is that of the same counts given as float32.
+    """
+    return counts.astype(np.float32) if counts.dtype == np.float16 else counts.copy()
+
+
+def _check_genes_left(work: AnnData, n_genes: int, min_cells: int, min_counts: int) -> None:
+    if work.n_vars == 0:
+        raise TooFewObservationsError(
+            f"st.pp.prepare_expression: none of the {n_genes} genes is detected in at least min_cells={min_cells} "
+            f"spots with at least min_counts={min_counts} counts in total, so every gene was filtered out. Lower "
+            "min_cells / min_counts, or check that the matrix holds raw counts (layer=)."
+        )
+
+
 def _run_pipeline(
     counts: np.ndarray | sparse.spmatrix,
     var_names: pd.Index,
@@ -46,9 +65,10 @@ def _run_pipeline(
     import anndata as ad
     import scanpy as sc
 
-    work = ad.AnnData(X=counts.copy(), var=pd.DataFrame(index=var_names.copy()))
+    work = ad.AnnData(X=_as_supported(counts), var=pd.DataFrame(index=var_names.copy()))
     sc.pp.filter_genes(work, min_cells=min_cells)
     sc.pp.filter_genes(work, min_counts=min_counts)
+    _check_genes_left(work, len(var_names), min_cells, min_counts)
     if work.n_obs > n_top_genes:
         sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat_v3", subset=True)
     work.layers["counts"] = work.X.copy()
@@ -85,6 +105,8 @@ def prepare_expression(
     ----------
     adata
         Annotated data matrix with raw counts (sparse or dense) in ``X`` or ``layers[layer]``.
+        float16 counts are processed as float32 (which holds them exactly). A backed AnnData
+        (``read_h5ad(..., backed="r")``) is read into memory with ``copy=True``; it cannot be edited in place.
     min_cells
         Keep genes detected in at least this many spots.
     min_counts
@@ -105,10 +127,19 @@ def prepare_expression(
     ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`, subset to the kept genes, with:
 
     ``adata.X`` : dense scaled (z-scored, clipped) expression, the input of :func:`stmorph.tl.eps`.
-    ``adata.layers['counts']`` : the raw counts (sparse stays sparse).
+    ``adata.layers['counts']`` : the raw counts (sparse stays sparse; float16 becomes float32).
     ``adata.layers['log1p']`` : normalised log1p expression (sparse stays sparse).
     ``adata.var`` : ``n_cells``, ``n_counts`` and, with the HVG step, scanpy's HVG columns.
     ``adata.uns['stmorph']['prepare_expression']`` : the parameters.
+
+    Raises
+    ------
+    InputTypeError
+        Negative or non-numeric counts; a backed AnnData with ``copy=False``.
+    NonFiniteError
+        NaN or inf in the counts.
+    TooFewObservationsError
+        A single spot (z-scores need two), or no gene passes ``min_cells`` and ``min_counts``.
 
     Examples
     --------
@@ -125,6 +156,8 @@ def prepare_expression(
     if max_value is not None:
         check_range(max_value, "max_value", low=0)
     check_bool(copy, "copy")
+    if not copy:
+        check_in_memory(adata, "st.pp.prepare_expression")
     check_unique_names(adata, "var")
     counts = get_matrix(adata, layer)
     _check_counts(counts, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -150,7 +183,8 @@ def prepare_expression(
     if max_value is not None:
         params["max_value"] = float(max_value)
 
-    adata = adata.copy() if copy else adata
+    if copy:
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
     adata._inplace_subset_var(adata.var_names.get_indexer(work.var_names))
     adata.X = work.X
     commit_outputs(

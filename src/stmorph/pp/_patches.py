@@ -140,8 +140,8 @@ def extract_patches(
     ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
     ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
     SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``;
-    ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hash``
-    (8 sample spots, their window centres and a hash of their pixels) by which :func:`patch_reader`
+    ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hashes``
+    (8 sample spots, their window centres and a hash of each one's pixels) by which :func:`patch_reader`
     refuses another image of the same size or moved window centres, also for a subset of the table).
 
     Raises
@@ -155,17 +155,18 @@ def extract_patches(
         A named element, table or library is missing; several tables and no ``table_key``/``bin_size``
         to choose; no table of ``bin_size`` (the message lists the bins present).
     InconsistentUnitsError
-        The image's ``'um'`` coordinate system and ``table.uns['stmorph']['mpp']`` give different pixel sizes.
+        The image's ``'um'`` coordinate system and ``table.uns['stmorph']['dataset']['mpp']`` give
+        different pixel sizes.
 
     Examples
     --------
     >>> import stmorph as st
-    >>> sdata = st.datasets.her2st("C2")
+    >>> sdata = st.datasets.simulate(50, 10)  # 112 µm tiles at 1 µm/px, 50 spots
     >>> st.pp.extract_patches(sdata)
-    >>> sdata.tables["table"].obsm["patches"].shape
-    (187, 224, 224, 3)
+    >>> sdata.tables["table"].obsm["patches"].shape  # 112 µm windows at 0.5 µm/px
+    (50, 224, 224, 3)
     >>> st.pp.extract_patches(sdata, patch_size=64, key_added="small", copy=True).obsm["small"].shape
-    (187, 64, 64, 3)
+    (50, 64, 64, 3)
     """
     check_choice(store, _STORES, "store")
     check_range(target_mpp, "target_mpp", low=0, high=MAX_MPP)

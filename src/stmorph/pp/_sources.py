@@ -20,15 +20,17 @@ import numpy as np
 from .._anndata import dataset_info
 from .._image import image_mpp, read_rgb
 from .._logging import logger
+from .._tables import is_spatialdata
 from .._validation import (
     InputTypeError,
     InvalidParameterError,
     ShapeMismatchError,
     StmorphKeyError,
-    _available,
     check_agree,
     check_mapping,
     check_range,
+    format_keys,
+    numeric_array,
 )
 from ..errors import NonFiniteError
 
@@ -75,10 +77,10 @@ def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
     keys = list(keys)
     if given is not None:
         if given not in keys:
-            raise StmorphKeyError(f"{what} {given!r} not found; available: {_available(keys)}.")
+            raise StmorphKeyError(f"{what} {given!r} not found; available: {format_keys(keys)}.")
         return given
     if len(keys) != 1:
-        raise StmorphKeyError(f"found {len(keys)} {what}s {_available(keys)}; choose one with `{arg}=`.")
+        raise StmorphKeyError(f"found {len(keys)} {what}s {format_keys(keys)}; choose one with `{arg}=`.")
     return keys[0]
 
 
@@ -183,7 +185,7 @@ def choose_table(keys: Sequence[str], table_key: str | None, bin_size: int | Non
         if bin_size not in bins:
             raise StmorphKeyError(
                 f"no Visium HD table of {bin_size} µm bins; bins present: {_bin_list(bins)} "
-                f"(tables {_available(keys)}). Pass `bin_size=` one of them, or `table_key=`."
+                f"(tables {format_keys(keys)}). Pass `bin_size=` one of them, or `table_key=`."
             )
         return bins[bin_size]
     if len(keys) == 1:
@@ -196,7 +198,7 @@ def choose_table(keys: Sequence[str], table_key: str | None, bin_size: int | Non
             f"found Visium HD tables of {_bin_list(bins)} bins but not the default {DEFAULT_BIN_UM} µm; "
             "choose one with `bin_size=`."
         )
-    raise StmorphKeyError(f"found {len(keys)} tables {_available(keys)}; choose one with `table_key=`.")
+    raise StmorphKeyError(f"found {len(keys)} tables {format_keys(keys)}; choose one with `table_key=`.")
 
 
 def choose_image(sdata: SpatialData, image_key: str | None, shapes: Any) -> str:
@@ -211,7 +213,7 @@ def choose_image(sdata: SpatialData, image_key: str | None, shapes: Any) -> str:
             pixel_size[key] = _scale(_affine(sdata.images[key], cs)) / _scale(_affine(shapes, cs))
     if not pixel_size:
         raise InvalidParameterError(
-            f"none of the image elements {_available(keys)} shares a coordinate system with the spot shapes; "
+            f"none of the image elements {format_keys(keys)} shares a coordinate system with the spot shapes; "
             "pass `image_key=` after adding one with `spatialdata.transformations.set_transformation`."
         )
     best = min(pixel_size, key=pixel_size.get)
@@ -422,7 +424,7 @@ def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
     if len(data) != 2:
         raise InputTypeError(f"a plain input must be an (image, coordinates) pair; found {len(data)} items.")
     image, coords = data
-    coords = np.asarray(coords, dtype=np.float64)
+    coords = numeric_array(coords, "coordinates")
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ShapeMismatchError(f"coordinates must be (n_spots, 2) with x = column, y = row; found {coords.shape}.")
     if mpp is None:
@@ -439,9 +441,8 @@ def patch_source(
     library_id: str | None, mpp: float | None, target_mpp: float,
 ) -> tuple[AnnData, PatchSource]:  # fmt: skip
     from anndata import AnnData
-    from spatialdata import SpatialData
 
-    if isinstance(data, SpatialData):
+    if is_spatialdata(data):
         return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp)
     if isinstance(data, AnnData):
         if "spatial" not in data.uns:

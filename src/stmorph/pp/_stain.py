@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import import_optional
 from .._validation import InputTypeError, InvalidParameterError, check_choice
 
 STAIN_METHODS = ("macenko", "reinhard")
@@ -34,14 +35,8 @@ def stained_fraction(image: np.ndarray) -> float:
 
 
 def _torchstain() -> Any:
-    try:
-        import torchstain.numpy.normalizers as normalizers
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "stain_norm needs the package `torchstain` (pip install torchstain, or stmorph[stain]); "
-            "its numpy backend is used, no torch or tensorflow is needed."
-        ) from err
-    return normalizers
+    """torchstain's numpy normalisers (no torch or tensorflow needed), an optional dependency."""
+    return import_optional("torchstain.numpy.normalizers", package="torchstain", extra="stain", needed_for="stain_norm")
 
 
 def _as_image(reference: Any) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._windows import read_pixels
+
 MASK_SIDE = 2048
 """Longest side (pixels) of the thumbnail the tissue mask is computed on."""
 HOLE_FRACTION = 1e-3
@@ -44,8 +46,7 @@ class TissueMask:
 def _thumbnail(image: Any, max_side: int) -> np.ndarray:
     """Every ``step``-th pixel of an ``(H, W, C)`` array-like (numpy or dask), at most ``max_side`` wide."""
     step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))
-    thumb = image[::step, ::step]
-    thumb = np.asarray(thumb.compute() if hasattr(thumb, "compute") else thumb)
+    thumb = read_pixels([image[::step, ::step]], "its thumbnail (for the tissue mask)")[0]
     if thumb.shape[-1] == 1:
         thumb = np.repeat(thumb, 3, axis=-1)
     return thumb[..., :3]

@@ -7,12 +7,13 @@ alike (a batch's dask slices are computed together), which is what a lazy reader
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._image import missing_chunk_boxes
-from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, _available
+from .._validation import InputTypeError, OutOfImageError, ShapeMismatchError, format_keys
 from ..errors import DamagedFileError
 
 PAD_VALUE = 255
@@ -23,6 +24,11 @@ def as_yxc(image: Any) -> Any:
     """Channels-last, 3-channel view of an image array-like (xarray → its numpy/dask data)."""
     if hasattr(image, "dims") and hasattr(image, "transpose"):  # xarray DataArray with named dims
         image = image.transpose("y", "x", "c").data
+    if not all(hasattr(image, a) for a in ("ndim", "shape", "dtype", "__getitem__")):
+        raise InputTypeError(
+            f"the image must be an array (numpy, dask, zarr or an xarray DataArray); found {type(image).__name__}. "
+            "Convert it first, e.g. `np.asarray(image, dtype=np.uint8)`."
+        )
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
@@ -47,13 +53,34 @@ def _region(image: Any, x0: int, y0: int, x1: int, y1: int) -> tuple[Any, tuple[
     return image[cy0:cy1, cx0:cx1], (cy0 - y0, cy1 - y0, cx0 - x0, cx1 - x0)
 
 
-def _materialise(regions: list[Any]) -> list[np.ndarray]:
-    """Turn sliced regions into numpy arrays, computing dask slices of a batch together."""
-    if regions and hasattr(regions[0], "dask"):
-        import dask
+def read_pixels(regions: Sequence[Any], what: str) -> list[np.ndarray]:
+    """Turn image regions (numpy or dask) into numpy arrays, computing dask ones together.
 
+    Raises
+    ------
+    DamagedFileError
+        The image's data (``what``, e.g. "a batch of 8 patch windows") could not be read: a damaged
+        chunk or tile of its file or store. The message gives the reader's error, which is chained.
+
+    Examples
+    --------
+    >>> read_pixels([np.zeros((2, 2, 3), np.uint8)], "a window")[0].shape
+    (2, 2, 3)
+    """
+    if not (regions and hasattr(regions[0], "dask")):
+        return [np.asarray(r) for r in regions]
+    import dask
+
+    try:
         return [np.asarray(r) for r in dask.compute(*regions)]
-    return [np.asarray(r) for r in regions]
+    except MemoryError:
+        raise
+    except Exception as err:  # whatever the storage layer raises (OSError, a codec's RuntimeError, ...)
+        raise DamagedFileError(
+            f"the image data of {what} could not be read ({type(err).__name__}: {err}): a chunk or tile of its "
+            "file or store is damaged or unreadable. Restore the image (to embed lazily read patches anyway, "
+            "`st.tl.embed(..., on_error='skip')` embeds the spots whose patches can be read)."
+        ) from err
 
 
 def _to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -120,6 +147,11 @@ def read_patches(
     ``patches``: uint8 ``(n, out_size, out_size, 3)``; ``complete``: bool ``(n,)``, True where the
     whole window lies inside the image.
 
+    Raises
+    ------
+    DamagedFileError
+        The image data of a batch cannot be read (see :func:`read_pixels`).
+
     Examples
     --------
     >>> import numpy as np
@@ -141,7 +173,7 @@ def read_patches(
         idx = np.arange(start, min(start + batch_size, len(origins)))
         corners = np.floor(origins[idx]).astype(np.int64) - margin
         sliced = [_region(image, x0, y0, x0 + span, y0 + span) for x0, y0 in corners]
-        pixels = _materialise([s[0] for s in sliced])
+        pixels = read_pixels([s[0] for s in sliced], f"a batch of {len(idx)} patch window(s)")
         for i, (x0, y0), (py0, py1, px0, px1), pix in zip(idx, corners, (s[1] for s in sliced), pixels):
             canvas = np.full((span, span, 3), PAD_VALUE, dtype=np.uint8)
             canvas[py0:py1, px0:px1] = _to_rgb(pix)
@@ -160,37 +192,77 @@ def check_inside(centres: np.ndarray, shape: tuple[int, ...], names: Sequence[st
         bad = np.flatnonzero(outside)
         raise OutOfImageError(
             f"{len(bad)} of {len(centres)} spot centres lie outside the image ({w} × {h} px), e.g. "
-            f"{_available([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
+            f"{format_keys([str(names[i]) for i in bad], 5)} at (x, y) = {centres[bad[0]].round(1).tolist()}. "
             "Check that the coordinates are pixels of this image (x = column, y = row) at its resolution, "
             "or drop those spots."
         )
 
 
-def check_stored(image: Any, centres_px: np.ndarray, size_px: float, out_size: int, names: Sequence[str]) -> None:
-    """Raise :class:`~stmorph.errors.DamagedFileError` if a window reads a chunk missing from the image's zarr store.
+@dataclass(frozen=True)
+class MissingChunks:
+    """Pixel boxes ``(y0, y1, x0, x1)`` of the chunks missing from an image's zarr store, and where the store is.
 
-    zarr fills an absent chunk with its fill value, so without this check the windows over a
-    deleted chunk come back as black patches (see :func:`stmorph._image.missing_chunk_boxes`).
-    The boxes compared are the pixels :func:`read_patches` reads, resampling margin included.
+    zarr fills an absent chunk with its fill value, so a window over a deleted chunk would come back
+    as a black patch (see :func:`stmorph._image.missing_chunk_boxes`); :meth:`check` refuses it.
+
+    Examples
+    --------
+    >>> hole = MissingChunks(np.array([[0, 128, 0, 128]]), "slide.zarr")
+    >>> hole.check(np.array([[200.0, 200.0]]), 16, 16, ["far"])  # a window away from the hole reads
+    >>> try:
+    ...     hole.check(np.array([[60.0, 60.0]]), 16, 16, ["near"])
+    ... except DamagedFileError as err:
+    ...     print(str(err)[:40])
+    1 of 1 patch windows (e.g. ['near']) rea
     """
-    boxes, where = missing_chunk_boxes(image)
-    if not len(boxes):
-        return
+
+    boxes: np.ndarray
+    where: str = ""
+
+    @classmethod
+    def of(cls, image: Any) -> MissingChunks:
+        """The missing chunks of ``image`` (none for an image held in memory)."""
+        return cls(*missing_chunk_boxes(image))
+
+    def check(self, centres_px: np.ndarray, size_px: float, out_size: int, names: Sequence[str]) -> None:
+        """Raise :class:`~stmorph.errors.DamagedFileError` if a window (spot ``names``) reads a missing chunk.
+
+        The boxes compared are the pixels :func:`read_patches` reads, resampling margin included.
+        """
+        if not len(self.boxes):
+            return
+        hits = _overlaps(self.boxes, centres_px, size_px, out_size)
+        bad = np.flatnonzero(hits.any(axis=1))
+        if len(bad):
+            raise self._error(hits, bad, names)
+
+    def _error(self, hits: np.ndarray, bad: np.ndarray, names: Sequence[str]) -> DamagedFileError:
+        y0, y1, x0, x1 = self.boxes[np.flatnonzero(hits.any(axis=0))[0]]
+        return DamagedFileError(
+            f"{len(bad)} of {len(hits)} patch windows (e.g. {format_keys([str(names[i]) for i in bad], 5)}) "
+            f"read {int(hits.any(axis=0).sum())} of the {len(self.boxes)} image chunks missing from the zarr store "
+            f"{self.where}, e.g. pixels y {y0}:{y1}, x {x0}:{x1}; zarr would return its fill value there "
+            "(black patches). Restore the store from a copy; if those regions really are blank (a writer that "
+            "skips chunks equal to the fill value), write the image again with "
+            "`zarr.config.set({'array.write_empty_chunks': True})`."
+        )
+
+
+def _overlaps(boxes: np.ndarray, centres_px: np.ndarray, size_px: float, out_size: int) -> np.ndarray:
+    """(windows × boxes) bool: the pixels :func:`read_patches` reads for a window overlap a ``(y0, y1, x0, x1)`` box."""
     origins, exact = window_origins(centres_px, size_px, out_size)
     margin = 0 if exact else _resample_margin(size_px / out_size)
     lo = np.floor(origins) - margin
     hi = lo + np.ceil(size_px) + 2 * margin + (0 if exact else 1)
-    # (windows × boxes) overlap of [lo, hi) with [y0, y1) and [x0, x1); origins are (x, y)
+    # overlap of [lo, hi) with [y0, y1) and [x0, x1); origins are (x, y)
     over_x = (lo[:, None, 0] < boxes[None, :, 3]) & (hi[:, None, 0] > boxes[None, :, 2])
     over_y = (lo[:, None, 1] < boxes[None, :, 1]) & (hi[:, None, 1] > boxes[None, :, 0])
-    hits = over_x & over_y
-    bad = np.flatnonzero(hits.any(axis=1))
-    if len(bad):
-        y0, y1, x0, x1 = boxes[np.flatnonzero(hits.any(axis=0))[0]]
-        raise DamagedFileError(
-            f"{len(bad)} of {len(origins)} patch windows (e.g. {_available([str(names[i]) for i in bad], 5)}) "
-            f"read {int(hits.any(axis=0).sum())} of the {len(boxes)} image chunks missing from the zarr store "
-            f"{where}, e.g. pixels y {y0}:{y1}, x {x0}:{x1}; zarr would return its fill value there (black patches). "
-            "Restore the store from a copy; if those regions really are blank (a writer that skips chunks equal to "
-            "the fill value), write the image again with `zarr.config.set({'array.write_empty_chunks': True})`."
-        )
+    return over_x & over_y
+
+
+def check_stored(image: Any, centres_px: np.ndarray, size_px: float, out_size: int, names: Sequence[str]) -> None:
+    """Raise :class:`~stmorph.errors.DamagedFileError` if a window reads a chunk missing from the image's zarr store.
+
+    See :class:`MissingChunks`.
+    """
+    MissingChunks.of(image).check(centres_px, size_px, out_size, names)

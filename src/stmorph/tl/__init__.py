@@ -1,7 +1,11 @@
-"""Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics)."""
+"""Tools: ``st.tl`` computes results (embeddings, image graph, EPS/SPS, predictions, metrics).
 
-from ..models._encoders import list_encoders, register_encoder
-from ..models._predictor import list_methods, register_method
+``__all__`` is the user API; the names re-exported ``as`` themselves are for the rest of stmorph (the CLI
+and the demo).
+"""
+
+from ..models import list_encoders, list_methods, register_encoder, register_method
+from ._auto import AUTO as AUTO
 from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps

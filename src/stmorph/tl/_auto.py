@@ -9,8 +9,7 @@ import numpy as np
 
 from .._logging import logger
 from .._validation import InvalidParameterError
-from ..models._cv import best_candidate, check_groups, cross_validate
-from ..models._predictor import Predictor, make_method
+from ..models import Predictor, best_candidate, check_groups, cross_validate, make_method
 
 AUTO = "auto"
 DEFAULT_CANDIDATES: tuple = (("knn", {"k": "cv"}), ("ridge", {"alpha": "cv", "standardize": True}))

@@ -12,7 +12,8 @@ from .._anndata import commit_outputs, tool_record
 from .._keys import Key
 from .._logging import logger
 from .._parallel import map_slides
-from .._validation import InputTypeError, InvalidParameterError, StmorphKeyError, _available, check_bool, checks_keys
+from .._tables import is_spatialdata, table_of
+from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys, format_keys
 from ._embed import next_sequence
 from ._embed_engine import check_engine_options, embedding_outputs
 
@@ -23,9 +24,9 @@ if TYPE_CHECKING:
 
 def _open(item: SpatialData | str | os.PathLike, tables_only: bool = False) -> SpatialData:
     """The SpatialData of a slide: the object itself, or read (lazily, images as dask) from a zarr path."""
-    from spatialdata import SpatialData, read_zarr
+    from spatialdata import read_zarr
 
-    if isinstance(item, SpatialData):
+    if is_spatialdata(item):
         return item
     if isinstance(item, str | os.PathLike):
         if not tables_only:
@@ -39,9 +40,7 @@ def _open(item: SpatialData | str | os.PathLike, tables_only: bool = False) -> S
 
 
 def _table(sdata: SpatialData, table_key: str) -> AnnData:
-    if table_key not in sdata.tables:
-        raise StmorphKeyError(f"table {table_key!r} not found; available: {_available(list(sdata.tables.keys()))}.")
-    return sdata.tables[table_key]
+    return table_of(sdata, table_key, name="st.tl.embed_cohort")
 
 
 def slide_embedding(
@@ -53,8 +52,7 @@ def slide_embedding(
     defaults); their outputs are returned too. The pure per-slide step of :func:`embed_cohort`
     (safe to ship to a worker process).
     """
-    from ..pp import extract_patches
-    from ..pp._lazy import lazy_patch_params
+    from ..pp import extract_patches, lazy_patch_params
 
     sdata = _open(item)
     table = _table(sdata, table_key)
@@ -79,7 +77,7 @@ def _check_writable(slides: list, copy: bool) -> None:
     if paths and not copy:
         raise InvalidParameterError(
             f"embed_cohort reads slides given as zarr paths but never writes to disk, so copy=False has nowhere to "
-            f"write the embeddings of {_available(paths, 3)}. Pass copy=True to get the tables, or open the slides "
+            f"write the embeddings of {format_keys(paths, 3)}. Pass copy=True to get the tables, or open the slides "
             "with `spatialdata.read_zarr` and pass the objects to write into their tables."
         )
 
@@ -90,12 +88,12 @@ def embed_cohort(
     *,
     model: str = "default",
     weights: str | os.PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
     table_key: str = "table",
-    num_workers: int = 0,
+    num_workers: int = 1,
     client: Any = None,
     copy: bool = False,
 ) -> list[AnnData] | None:
@@ -113,7 +111,7 @@ def embed_cohort(
         One item per slide: :class:`~spatialdata.SpatialData` objects and/or paths of zarr stores
         of them (read lazily, images as dask; never written to).
     model, weights, batch_size, device, key_added, patches_key, num_workers
-        As in :func:`embed`.
+        As in :func:`embed`, with the same defaults.
     table_key
         The table of each SpatialData.
     client

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
+from .._tables import is_spatialdata
 from .._validation import InvalidParameterError, StmorphKeyError, check_choice
-from ..pp._lazy import PatchReader, lazy_patch_params, patch_reader
-from ..pp._windows import read_patches
+from ..pp import PatchReader, lazy_patch_params, patch_reader, read_patches
 from ._embed_resume import fingerprint
 from ._spatial import median_spacing
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models._encoders import FeatureMap
+    from ..models import FeatureMap
 
 STRATEGIES = ("spot", "dense", "auto")
 DENSE_STORES = ("memory", "zarr")
@@ -96,10 +96,8 @@ def _shape_sizes(shapes: Any) -> np.ndarray:
 
 def check_bin_sizes(image: Any, params: dict[str, Any], obs_names: Any) -> None:
     """Raise :class:`InvalidParameterError` when the table's bins (SpatialData shapes) have mixed sizes."""
-    from spatialdata import SpatialData
-
     key = params.get("shapes_key")
-    if not isinstance(image, SpatialData) or key not in image.shapes:
+    if not is_spatialdata(image) or key not in image.shapes:
         return
     shapes = image.shapes[key]
     sizes = _shape_sizes(shapes.loc[shapes.index.intersection(obs_names)] if len(shapes) != len(obs_names) else shapes)
@@ -317,8 +315,7 @@ def dense_embedding_outputs(
     """
     from tqdm.auto import tqdm
 
-    from ..models._encoders import feature_map, inference_encoder
-    from ..models._train import resolve_device
+    from ..models import feature_map, inference_encoder, resolve_device
 
     check_choice(store, DENSE_STORES, "store")
     reader, params = _lazy_reader(adata, patches_key, image)

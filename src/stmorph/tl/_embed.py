@@ -11,7 +11,7 @@ from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
-from ..pp._stain import stain_normalizer
+from ..pp import stain_normalizer
 from ._dense import choose_strategy, dense_embedding_outputs
 from ._embed_engine import check_engine_options, embedding_outputs
 
@@ -171,10 +171,10 @@ def embed(
     Examples
     --------
     >>> import stmorph as st
-    >>> table = st.pp.extract_patches(st.datasets.her2st("C2"), copy=True)
+    >>> table = st.pp.extract_patches(st.datasets.simulate(50, 10), copy=True)
     >>> st.tl.embed(table)
     >>> table.obsm["X_default"].shape
-    (187, 1280)
+    (50, 1280)
     """
     if isinstance(adata, list | tuple):
         raise InputTypeError(

@@ -26,8 +26,9 @@ from .._validation import (
     check_int,
     check_path,
     get_patches,
+    numeric_array,
 )
-from ..models._encoders import Encoder, Featurizer, inference_encoder, patches_to_tensor
+from ..models import Encoder, Featurizer, inference_encoder, patches_to_tensor
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
-    from ..pp._stain import StainNormalizer
+    from ..pp import StainNormalizer
 
 MAX_BATCH_SIZE = 65536
 """Largest ``batch_size`` accepted (a batch of 224-px patches this size is ~10 GB)."""
@@ -105,12 +106,15 @@ def _batches(n: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _patch_fetcher(adata: AnnData, key: str, image: Any) -> Fetch:
-    """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction."""
-    from ..pp._lazy import lazy_patch_params, patch_reader
+def _patch_fetcher(adata: AnnData, key: str, image: Any, on_error: str) -> Fetch:
+    """``fetch(indices) -> uint8 patches``: from ``obsm[key]``, or read on demand after a lazy extraction.
+
+    With ``on_error="skip"`` the lazy reader refuses nothing up front: unreadable windows fail when read.
+    """
+    from ..pp import lazy_patch_params, patch_reader
 
     if key not in adata.obsm and lazy_patch_params(adata, key) is not None:
-        return patch_reader(adata, key, image).read
+        return patch_reader(adata, key, image, on_error=on_error).read
     return get_patches(adata, key).__getitem__
 
 
@@ -132,7 +136,7 @@ def _source_fingerprint(adata: AnnData, key: str, fetch: Fetch, weights: str | N
     patch file) and parameters and the pixels of a sample of them (the image is never read whole).
     """
     from .._fingerprint import hash_arrays, hash_file, hash_value, sample_indices
-    from ..pp._lazy import lazy_patch_params
+    from ..pp import lazy_patch_params
 
     params = lazy_patch_params(adata, key) if key not in adata.obsm else None
     if params is None:
@@ -182,7 +186,7 @@ def _embed_features(
                 f"encoder {name!r} must return (n_patches, n_features) for a batch of {len(idx)} patches; "
                 f"returned shape {feats.shape}."
             )
-        out.append(feats)
+        out.append(numeric_array(feats, f"features returned by encoder {name!r}"))
         bar.update(len(idx))
     bar.close()
     return np.concatenate(out)
@@ -193,7 +197,7 @@ def _engine(
 ) -> tuple[Run, dict[str, Any], int]:
     """The encoder as a :data:`~stmorph.tl._embed_resume.Run` function, its parameters and the batch size."""
     if isinstance(encoder, Encoder):
-        from ..models._train import resolve_device
+        from ..models import resolve_device
 
         dev = resolve_device(device)
         batch = resolve_batch_size(batch_size, encoder, dev)
@@ -248,7 +252,7 @@ def embedding_outputs(
     The computing step of :func:`~stmorph.tl.embed` (its options, same meaning, checked by the caller
     with :func:`check_engine_options`); ``stain_norm`` is applied to each batch as it is read.
     """
-    fetch = _patch_fetcher(adata, patches_key, image)
+    fetch = _patch_fetcher(adata, patches_key, image, on_error)
     read = fetch if stain_norm is None else lambda idx: stain_norm(fetch(idx))
     weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}

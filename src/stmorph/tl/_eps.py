@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._anndata import commit_outputs, read_uns
+from .._anndata import commit_outputs, tool_record
 from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger, warn_user
@@ -29,6 +29,7 @@ from .._validation import (
     check_int,
     check_range,
     check_seed,
+    check_slices,
     check_unique_names,
     checks_keys,
     get_genes,
@@ -55,10 +56,11 @@ from ._graph import (
     check_n_neighbors,
     check_stored_exclusion,
     matches_stored,
+    spatial_knn_graph,
     stored_exclude_radius,
     stored_graph,
 )
-from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spatial_knn_graph, spot_positions
+from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -231,16 +233,8 @@ def _recorded_embedding(adata: AnnData, graph_key: str) -> str:
     return use_rep
 
 
-def _is_eps_record(node: object) -> bool:
-    """Whether ``node`` is the parameters of one :func:`eps` run (not a node holding several)."""
-    return isinstance(node, Mapping) and isinstance(node.get("graph_key"), str)
-
-
 def eps_record(adata: AnnData, key_added: str = "eps") -> dict:
-    """The parameters :func:`eps` stored for ``key_added`` (``{}`` when there are none).
-
-    Reads ``uns["stmorph"]["eps"][key_added]``, and for files written before that layout the
-    record at ``uns["stmorph"][key_added]``.
+    """The parameters :func:`eps` stored for ``key_added``: ``uns["stmorph"]["eps"][key_added]``, or ``{}``.
 
     Examples
     --------
@@ -252,22 +246,7 @@ def eps_record(adata: AnnData, key_added: str = "eps") -> dict:
     >>> eps_record(adata)["n_neighbors"]
     5
     """
-    record = read_uns(adata, Key.uns.tool("eps", key_added))
-    if not _is_eps_record(record):
-        record = read_uns(adata, Key.uns.legacy_eps(key_added))
-    return dict(record) if _is_eps_record(record) else {}
-
-
-def _record_outputs(adata: AnnData, key_added: str, params: dict) -> dict[tuple[str, ...], dict]:
-    """The ``uns`` entry of :func:`eps`'s parameters, ``uns["stmorph"]["eps"][key_added]``.
-
-    In an object written before that layout, ``uns["stmorph"]["eps"]`` is itself the record of
-    ``key_added="eps"``: it becomes the node of all records, keeping that one under ``"eps"``.
-    """
-    node = read_uns(adata, Key.uns.tool("eps"))
-    if _is_eps_record(node):
-        return {Key.uns.tool("eps"): {"eps": dict(node), key_added: params}}
-    return {Key.uns.tool("eps", key_added): params}
+    return tool_record(adata, "eps", key_added)
 
 
 def _gene_positions(
@@ -598,7 +577,7 @@ def eps(
         full = np.full(adata.n_vars, np.nan)
         full[idx] = values
         columns[column] = full
-    columns[f"{key_added}_n_detected"] = detected
+    columns[Key.var.n_detected(key_added)] = detected
     params = {
         "n_neighbors": int(graph.getnnz(axis=1).max()) if use_rep is None else int(n_neighbors),
         "graph_key": graph_key,
@@ -615,7 +594,7 @@ def eps(
     if SPATIAL_KEY in adata.obsm:
         params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
-    uns.update(_record_outputs(adata, key_added, params))
+    uns[Key.uns.tool("eps", key_added)] = params
     outputs = graph_outputs or {"obsp": {}, "uns": {}}
     commit_outputs(adata, var=columns, obsp=outputs["obsp"], uns={**outputs["uns"], **uns})
     return adata if copy else None
@@ -643,15 +622,6 @@ def slice_eps(
     )
     eps = pd.Series(result.eps, index=result.genes, name="eps")
     return result.sps, adata.n_obs, result.n_genes, eps, _radius_used(adata, graph_key, exclude_radius, graph_outputs)
-
-
-def _slices(data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData) -> dict[str, AnnData]:
-    tables = getattr(data, "tables", None)
-    if tables is not None:
-        return dict(tables.items())
-    if isinstance(data, Mapping):
-        return {str(k): v for k, v in data.items()}
-    return {str(i): a for i, a in enumerate(data)}
 
 
 @checks_keys("use_rep", "graph_key", "layer")
@@ -692,6 +662,13 @@ def sps(
     ``n_spots``, ``n_genes`` and ``exclude_radius`` (µm, of the graph used; NaN for the paper's
     graph); ``eps_table`` is genes × slices (NaN where a slice lacks the gene).
 
+    Raises
+    ------
+    InputTypeError
+        ``data`` is not a list, dict or SpatialData, or a slice is not an AnnData (e.g. ``None``).
+    InvalidParameterError
+        No slice; and each option as in :func:`eps`.
+
     Examples
     --------
     >>> import stmorph as st
@@ -704,9 +681,7 @@ def sps(
     """
     _check_options(n_neighbors, None, max_value, 0)
     check_exclude_radius(exclude_radius)
-    slices = _slices(data)
-    if not slices:
-        raise InvalidParameterError("sps needs at least one slice; found none.")
+    slices = check_slices(data, "st.tl.sps")
     one_slice = partial(
         slice_eps,
         use_rep=use_rep,

@@ -14,6 +14,7 @@ from .._anndata import commit_outputs, tool_record
 from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
+from .._scores import top_n
 from .._tables import table_of
 from .._validation import (
     InvalidParameterError,
@@ -30,6 +31,7 @@ from .._validation import (
     get_genes,
     get_matrix,
 )
+from ..models import interval_scores
 from ._metrics import hit_at, pearson, rmse, spearman, ssim
 from ._predict import SPLIT_KEY
 
@@ -108,15 +110,23 @@ def _evaluated_genes(adata: AnnData, genes: Sequence[str] | None, pred_all: np.n
     return idx
 
 
+def _interval_metrics(
+    adata: AnnData, layer: str, idx: np.ndarray, rows: np.ndarray, truth: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per gene ``coverage`` and ``interval_width`` (mean width / the gene's SD) when the interval layers exist."""
+    names = Key.layers.interval(layer)
+    if not all(name in adata.layers for name in names):
+        return {}
+    lower, upper = (_matrix(adata, name, idx, rows) for name in names)
+    level = float(_record(adata, layer).get("interval", {}).get("level", np.nan))
+    scores = interval_scores(truth, lower, upper, level)
+    return {"coverage": scores["coverage"], "interval_width": scores["width"]}
+
+
 def _mean(values: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN group gives NaN, not a warning
         return float(np.nanmean(values)) if len(values) else float("nan")
-
-
-def _top(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest scores, largest first (the set of BLEEP/HECLIP's ``np.argsort(...)[-n:]``)."""
-    return np.argsort(scores, kind="stable")[len(scores) - min(n, len(scores)) :][::-1]
 
 
 @doc_params("table_key")
@@ -140,12 +150,18 @@ def evaluate(
 
     Per gene (on the evaluated spots): Pearson, Spearman, RMSE (in the units of the truth), and
     SSIM as HECLIP defines it (per-gene max-scaled vectors, ``C1 = (0.01 M)^2``, ``C2 = (0.03 M)^2``;
-    see :func:`stmorph.tl._metrics.ssim`). A constant gene gets NaN correlation and SSIM.
-    Per spot: Hit@T (HECLIP) — whether the top-``T`` predicted genes of a spot share at least one
+    see :func:`stmorph.tl._metrics.ssim`). A constant gene (equal values up to rounding) gets NaN
+    correlation and SSIM. Per spot: Hit@T (HECLIP) — whether the top-``T`` predicted genes of a spot share at least one
     gene with its top-``T`` measured genes; the fraction of spots with a hit is reported.
     Summary (BLEEP Table 1 layout): mean Pearson over the marker genes (MG), the ``n_top`` highest
     expressed genes (HEG, by mean) and the ``n_top`` most variable genes (HVG, by variance), plus
-    means over all evaluated genes. Means skip NaN genes.
+    means over all evaluated genes. Means skip NaN genes. Tied genes enter a top set in gene order.
+    ``pearson_HVG-50`` and ``pearson_all`` are the cross-validation scores of
+    :func:`~stmorph.tl.predict` (:func:`stmorph.get.cv_df`) when computed on the same spots and
+    predictions. When the prediction has intervals
+    (``layers[layer + "_lower"]`` and ``layers[layer + "_upper"]``, from ``interval=`` of
+    :func:`~stmorph.tl.predict`), per gene their coverage (fraction of spots whose truth lies
+    inside) and mean width divided by the gene's SD on the evaluated spots.
 
     Parameters
     ----------
@@ -183,10 +199,12 @@ def evaluate(
     -------
     With ``inplace=False``, the summary table: one row (``key_added``) and columns
     ``pearson_MG``, ``pearson_HEG-{n}``, ``pearson_HVG-{n}``, ``pearson_all``, ``spearman_all``,
-    ``rmse_all``, ``ssim_all``, ``hit@T``. With ``inplace=True``, ``None``; sets on ``adata``:
+    ``rmse_all``, ``ssim_all``, ``hit@T``; with intervals also ``coverage_all`` and
+    ``interval_width_all``. With ``inplace=True``, ``None``; sets on ``adata``:
 
     ``var['pearson_{name}']``, ``var['spearman_{name}']``, ``var['rmse_{name}']``, ``var['ssim_{name}']`` :
-        per-gene metrics (NaN for genes not evaluated).
+        per-gene metrics (NaN for genes not evaluated); with intervals also
+        ``var['coverage_{name}']`` and ``var['interval_width_{name}']``.
     ``uns['stmorph']['evaluate'][name]`` : ``summary`` (the table's row as a dict), ``hit_at``
         (``{"T": fraction}``), ``layer``, ``truth``, ``subset``, ``n_spots``, ``n_genes``, ``heg``,
         ``hvg``, ``marker_genes``.
@@ -227,8 +245,9 @@ def evaluate(
         check_int(t, "hit_at_t", low=1, high=len(idx))
 
     per_gene = {metric: fn(truth, pred) for metric, fn in _GENE_METRICS.items()}
+    per_gene.update(_interval_metrics(adata, layer, idx, rows, truth))
     ranked = truth if rank_layer is None else _matrix(adata, rank_layer, idx, rows)
-    heg, hvg = _top(ranked.mean(0), n_top), _top(ranked.var(0), n_top)
+    heg, hvg = top_n(ranked.mean(0), n_top), top_n(ranked.var(0), n_top)
     if marker_genes is not None:
         marker_genes = [marker_genes] if isinstance(marker_genes, str) else list(marker_genes)
         mg = pd.Index(adata.var_names[idx]).get_indexer(marker_genes)
@@ -283,8 +302,3 @@ def evaluate(
 def _summary_table(summary: Mapping[str, float], name: str) -> pd.DataFrame:
     """The one-row summary table of the evaluation ``name``."""
     return pd.DataFrame({k: [float(v)] for k, v in summary.items()}, index=pd.Index([name], name="prediction"))
-
-
-def evaluation_table(adata: AnnData, key: str) -> pd.DataFrame:
-    """The summary table of the evaluation ``key`` that :func:`evaluate` stored in ``adata`` (CLI, demo)."""
-    return _summary_table(tool_record(adata, "evaluate", key)["summary"], key)

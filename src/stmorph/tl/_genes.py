@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._scores import top_n
 from .._validation import InvalidParameterError, StmorphKeyError, check_range, checks_keys, get_matrix
 
 if TYPE_CHECKING:
@@ -63,10 +64,11 @@ def reference_hvgs(
     genes on the query would leak the held-out section into training. Only genes that every
     reference (and ``query``, if given) has are ranked, so every returned gene can be passed as
     ``genes=`` to :func:`predict`. Genes are ranked by the variance of ``X`` (or
-    ``layers[layer]``, e.g. log1p values) within each section; the union keeps the first
-    section's order, then each later section's new genes. BLEEP and HECLIP make this selection
-    themselves (``train_genes="hvg"``) while still predicting every gene; this function is for
-    the other methods, or to predict only these genes.
+    ``layers[layer]``, e.g. log1p values) within each section (a tie goes to the earlier gene,
+    :func:`stmorph._scores.top_n`); the union keeps the first section's order, then each later
+    section's new genes. BLEEP and HECLIP make this selection themselves (``train_genes="hvg"``)
+    while still predicting every gene; this function is for the other methods, or to predict
+    only these genes.
 
     Parameters
     ----------
@@ -102,6 +104,5 @@ def reference_hvgs(
             variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
         else:
             variance = np.asarray(mat, dtype=np.float64).var(axis=0)
-        top = np.argsort(-variance, kind="stable")[:n_top]
-        chosen.update(dict.fromkeys(ref.var_names[columns[np.sort(top)]]))
+        chosen.update(dict.fromkeys(ref.var_names[columns[np.sort(top_n(variance, n_top))]]))
     return list(chosen)

@@ -1,4 +1,4 @@
-"""kNN graph of the spots' image embeddings (the graph EPS is computed on)."""
+"""kNN graph of the spots' image embeddings (the graph EPS is computed on), and the spatial kNN graph of its control."""
 
 from __future__ import annotations
 
@@ -241,6 +241,18 @@ def edges_to_csr(idx: np.ndarray, dist: np.ndarray) -> tuple[sparse.csr_matrix, 
     conn = sparse.csr_matrix((np.ones(cols.size, dtype=np.float32), cols, indptr), shape=(n, n))
     dists = sparse.csr_matrix((np.take_along_axis(dist, order, axis=1).ravel(), cols, indptr), shape=(n, n))
     return conn, dists
+
+
+def spatial_knn_graph(xy: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
+    """Directed unweighted kNN graph of spot positions ``xy`` (any unit), self excluded."""
+    from scipy.spatial import cKDTree
+
+    n = xy.shape[0]
+    k = min(n, n_neighbors + 1)
+    dist, idx = cKDTree(xy).query(xy, k=k)
+    idx, dist = drop_self(idx.reshape(n, k), dist.reshape(n, k), n_neighbors)
+    conn, _ = edges_to_csr(idx, dist)
+    return conn
 
 
 def build_graph(

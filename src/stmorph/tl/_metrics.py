@@ -3,62 +3,18 @@
 Per-gene metrics (one value per column) follow the papers the predictions are compared with:
 Pearson, Spearman and RMSE (EPS paper, BLEEP), SSIM as defined in HECLIP's code (per-gene
 max-scaled vectors), and Hit@T per spot (HECLIP). Constant columns give NaN correlations and
-SSIM instead of raising.
+SSIM instead of raising. Pearson r, the constant-column rule and the top-gene ranking live in
+:mod:`stmorph._scores`, shared with the cross-validation in ``models/``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._scores import as_pair, constant_columns, pearson, top_n
+
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
-
-
-def _as_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
-    if y_true.ndim == 1:
-        y_true = y_true[:, None]
-    if y_pred.ndim == 1:
-        y_pred = y_pred[:, None]
-    if y_true.shape != y_pred.shape or y_true.ndim != 2:
-        raise ValueError(
-            f"y_true and y_pred must be 2-D arrays of the same shape; found {y_true.shape} and {y_pred.shape}"
-        )
-    return y_true, y_pred
-
-
-def _constant(values: np.ndarray) -> np.ndarray:
-    """True for columns whose values are all equal (exactly, so rounding cannot hide it)."""
-    return np.ptp(values, axis=0) == 0 if len(values) else np.ones(values.shape[1], dtype=bool)
-
-
-def pearson(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each column of ``y_true`` with the same column of ``y_pred``.
-
-    Parameters
-    ----------
-    y_true, y_pred
-        ``(n_spots, n_genes)`` arrays (a 1-D pair is one gene).
-
-    Returns
-    -------
-    ``(n_genes,)`` float64; NaN where either column is constant.
-
-    Examples
-    --------
-    >>> pearson(np.array([[1.0], [2.0], [3.0]]), np.array([[2.0], [4.0], [7.0]])).round(4)
-    array([0.9934])
-    """
-    y_true, y_pred = _as_pair(y_true, y_pred)
-    dt = y_true - y_true.mean(0)
-    dp = y_pred - y_pred.mean(0)
-    denom = np.sqrt((dt**2).sum(0) * (dp**2).sum(0))
-    bad = _constant(y_true) | _constant(y_pred)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (dt * dp).sum(0) / denom
-    r[bad] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -69,7 +25,7 @@ def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     >>> spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 9.0])).round(4)
     array([0.8])
     """
-    y_true, y_pred = _as_pair(y_true, y_pred)
+    y_true, y_pred = as_pair(y_true, y_pred)
     from scipy.stats import rankdata  # imported here: scipy.stats takes ~0.5 s to import
 
     return pearson(rankdata(y_true, axis=0), rankdata(y_pred, axis=0))
@@ -83,7 +39,7 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     >>> rmse(np.array([0.0, 0.0]), np.array([3.0, 4.0])).round(4)
     array([3.5355])
     """
-    y_true, y_pred = _as_pair(y_true, y_pred)
+    y_true, y_pred = as_pair(y_true, y_pred)
     return np.sqrt(((y_true - y_pred) ** 2).mean(0))
 
 
@@ -106,9 +62,9 @@ def ssim(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     >>> ssim(np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.0, 4.0]))
     array([1.])
     """
-    y_true, y_pred = _as_pair(y_true, y_pred)
+    y_true, y_pred = as_pair(y_true, y_pred)
     max_t, max_p = y_true.max(0), y_pred.max(0)
-    bad = _constant(y_true) | _constant(y_pred) | (max_t == 0) | (max_p == 0)
+    bad = constant_columns(y_true) | constant_columns(y_pred) | (max_t == 0) | (max_p == 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         a = y_true / max_t
         b = y_pred / max_p
@@ -130,14 +86,6 @@ def ssim(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return value
 
 
-def top_indices(values: np.ndarray, t: int) -> np.ndarray:
-    """Column indices of the ``t`` largest values in each row (``(n_rows, t)``; ties keep the later column).
-
-    Matches HECLIP's ``np.argsort(x, axis=1)[:, -t:]`` with a stable sort.
-    """
-    return np.argsort(values, axis=1, kind="stable")[:, values.shape[1] - t :]
-
-
 def hit_at(y_true: np.ndarray, y_pred: np.ndarray, t: int) -> np.ndarray:
     """Hit@T per spot (HECLIP): does the top-``t`` gene set of the prediction share a gene with the truth's?
 
@@ -150,16 +98,18 @@ def hit_at(y_true: np.ndarray, y_pred: np.ndarray, t: int) -> np.ndarray:
 
     Returns
     -------
-    ``(n_spots,)`` bool; HECLIP's Hit@T is its mean.
+    ``(n_spots,)`` bool; HECLIP's Hit@T is its mean. Tied values enter the top set in gene order
+    (:func:`stmorph._scores.top_n`; the default, unstable ``np.argsort`` of HECLIP's code leaves
+    their order unspecified).
 
     Examples
     --------
     >>> hit_at(np.array([[1.0, 5.0, 2.0], [3.0, 1.0, 2.0]]), np.array([[0.0, 2.0, 1.0], [0.0, 1.0, 2.0]]), 1)
     array([ True, False])
     """
-    y_true, y_pred = _as_pair(y_true, y_pred)
+    y_true, y_pred = as_pair(y_true, y_pred)
     if not 1 <= t <= y_true.shape[1]:
         raise ValueError(f"t must lie in [1, n_genes={y_true.shape[1]}]; found {t}")
-    top_true = top_indices(y_true, t)
-    top_pred = top_indices(y_pred, t)
+    top_true = top_n(y_true, t)
+    top_pred = top_n(y_pred, t)
     return (top_pred[:, :, None] == top_true[:, None, :]).any(axis=(1, 2))

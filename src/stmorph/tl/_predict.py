@@ -44,8 +44,16 @@ from .._validation import (
     get_patches,
     get_rep,
 )
-from ..models._cv import N_BLOCKS, spatial_blocks
-from ..models._predictor import Predictor, make_method
+from ..models import (
+    N_BLOCKS,
+    Calibration,
+    Predictor,
+    calibrate_model,
+    check_level,
+    make_method,
+    spatial_blocks,
+    stored_calibration,
+)
 from ._auto import AUTO, Candidate, parse_candidates, select
 from ._genes import as_reference_list, gene_list, shared_genes
 
@@ -81,6 +89,11 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.kind == "patches" and len(self.use_rep) > 1:
             raise InvalidParameterError(f"methods trained on patches take one use_rep key; found {list(self.use_rep)}.")
+
+    @property
+    def where(self) -> str:
+        """Where the inputs are read, for messages: ``obsm['X_a']`` or ``obsm[['X_a', 'X_b']]``."""
+        return f"obsm[{self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)!r}]"
 
     @classmethod
     def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
@@ -165,11 +178,13 @@ class Request:
     candidates: list[Candidate] | None
     common: dict[str, Any]
     """``random_state``, ``device``, ``progress``."""
+    interval: float | None = None
+    """Nominal coverage of the intervals to calibrate, or ``None``."""
 
     @property
     def needs_groups(self) -> bool:
-        """Whether the fit reads cross-validation groups: ``auto``, ``"cv"`` options, group-validated methods."""
-        if self.model is None:
+        """Whether the fit reads CV groups: ``auto``, ``"cv"`` options, group-validated methods, intervals."""
+        if self.model is None or self.interval is not None:
             return True
         tuned = any(isinstance(v, str) and v == "cv" for v in self.model.params.values())
         return tuned or getattr(self.model, "validates_on_groups", False)
@@ -328,6 +343,8 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
     layer = {"layer": data.layer}
     inputs = {**data.spec.record(), **layer}
     model.train(data.x, data.y, genes=data.genes, groups=data.groups, sections=data.sections, inputs=inputs)
+    if request.interval is not None:
+        calibrate_model(model, data.x, data.y, data.groups, data.blocks, request.interval)
     extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
     logger.info(
         "predict: fitted %r on %d spots × %d genes in %.1fs",
@@ -349,11 +366,11 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
         check_unique_names(ref, "var")
         xs.append(request.spec.read(ref, what))
         if xs[0].shape[1:] != xs[-1].shape[1:]:
-            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.obsm{list(request.spec.use_rep)}", names[0])
+            check_same_shape(xs[-1].shape[1:], xs[0].shape[1:], f"{what}.{request.spec.where}", names[0])
         ys.append(_expression(ref, request.layer, genes, what))
     x_train = np.concatenate(xs)
     x_query = request.spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.obsm[{list(request.spec.use_rep)}]", "the reference")
+    check_same_shape(x_query.shape[1:], x_train.shape[1:], f"query.{request.spec.where}", "the reference")
     spec = request.spec.fitted_to(x_train)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
@@ -395,7 +412,7 @@ def _apply_model(
     spec = InputSpec.of_model(model, use_rep)
     get_genes(query, model.genes, what="query")
     x_query = spec.read(query, "query")
-    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.obsm[{list(spec.use_rep)}]", "the model")
+    check_same_shape(x_query.shape[1:], model.training["input_shape"], f"query.{spec.where}", "the model")
     return Fitted(model, spec.scale(x_query))
 
 
@@ -429,6 +446,12 @@ def _predictions(model: Predictor, x_query: np.ndarray, query: AnnData) -> tuple
     return out, seconds
 
 
+def _interval_record(calibration: Calibration) -> dict[str, Any]:
+    """The ``interval`` entry of the record: level, scale and the CV that chose the scale."""
+    cv = {"cv": calibration.table} if calibration.table else {}  # no table: fewer than three folds
+    return {"level": calibration.level, "scale": calibration.scale, **cv}
+
+
 def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_state: int) -> dict[str, Any]:
     """The ``uns`` record of a prediction (see :func:`predict`)."""
     model, use_rep = fitted.model, fitted.model.training["use_rep"]
@@ -450,6 +473,15 @@ def _record(method: str, mode: str, fitted: Fitted, predict_time: float, random_
     return record
 
 
+def _interval_layers(fitted: Fitted, predicted: np.ndarray, query: AnnData, key: str) -> dict[str, np.ndarray]:
+    """``{key}_lower`` and ``{key}_upper`` from the model's calibration (empty without intervals)."""
+    calibration = fitted.model.calibration
+    columns = get_genes(query, fitted.model.genes, what="query")
+    lower, upper = calibration.intervals(predicted, columns, fitted.x_query)
+    fitted.record["interval"] = _interval_record(calibration)
+    return dict(zip(Key.layers.interval(key), (lower, upper)))
+
+
 @doc_params("copy")
 @checks_keys("layer", "key_added", "table_key", many=("use_rep",))
 def predict(
@@ -462,6 +494,7 @@ def predict(
     genes: Sequence[str] | None = None,
     split: float | None = None,
     candidates: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
+    interval: float | None = None,
     key_added: str | None = None,
     model: Predictor | None = None,
     return_model: bool = False,
@@ -510,8 +543,9 @@ def predict(
         values, e.g. from ``st.pp.prepare_expression``). Only the chosen genes are densified.
     genes
         Genes to predict. Default: the reference's genes that every reference and the query have,
-        in the (first) reference's order; all of the query's genes with ``split=``; the model's
-        genes with ``model=``. Genes missing from a reference or the query raise an error.
+        in the (first) reference's order; all of the query's genes with ``split=``. A ``model=``
+        predicts the genes it was fitted on (passing ``genes=`` with it raises an error). Genes
+        missing from a reference or the query raise an error.
     split
         Fraction of the query's spots held out as test (in ``(0, 1)``); within-slice mode.
     candidates
@@ -519,6 +553,15 @@ def predict(
         ``knn(k="cv")`` and ``ridge(alpha="cv", standardize=True)``. ``"mlp"``, ``"bleep"``,
         ``"heclip"`` (frozen) can be added; they did not beat knn on the HER2ST sections
         (docs/benchmarks.md) and each trains a network per fold.
+    interval
+        Nominal coverage in ``(0, 1)`` of prediction intervals per spot × gene (e.g. ``0.9``), or
+        ``None`` for none. Split conformal: the training spots are predicted out of fold (leave one
+        reference section out; spatial blocks of a single section, which needs
+        ``obsm["spatial"]``), and each gene's interval is the prediction ± the conformal quantile
+        of the out-of-fold residuals times a per-spot × gene scale chosen by the same grouped CV
+        (see docs/methods/trust.md). Valid when the query and the reference sections are
+        exchangeable. With ``model=``, the model's stored calibration is used (it must have been
+        fitted with the same ``interval``).
     key_added
         Layer name for the prediction; default ``f"predicted_{method}"``.
     model
@@ -561,6 +604,9 @@ def predict(
         ``n_test`` within a slice; ``history`` (loss curves) for torch methods; with
         ``method="auto"``, ``selected`` (the winning candidate) and ``cv`` (arrays ``candidate``,
         ``fold``, ``pearson_hvg50``, ``pearson_all``: one row per candidate × fold).
+    ``layers[key + '_lower']``, ``layers[key + '_upper']`` : float32 interval bounds, with
+        ``interval=`` (NaN for genes not predicted); the record then holds ``interval``
+        (``level``, ``scale``, and ``cv``: the scale selection's table).
     ``obs['stmorph_split']`` : ``"train"``/``"test"`` (categorical), within-slice mode only.
 
     Examples
@@ -584,6 +630,8 @@ def predict(
             "copy=True returns the new AnnData and return_model=True the fitted model; ask for one. "
             "To keep query unchanged and get the model, pass query.copy() with return_model=True."
         )
+    if interval is not None:
+        interval = check_level(interval)
     query = table_of(query, table_key, name="st.tl.predict")
     reference = _reference_tables(reference, table_key)
     mode = _mode(reference, split, model)
@@ -592,9 +640,12 @@ def predict(
         given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
         given += ["candidates"] * (candidates is not None) + ["genes"] * (genes is not None)
         fitted = _apply_model(query, model, method, use_rep, given)
+        if interval is not None:
+            stored_calibration(model.calibration, interval)
     else:
         common = {"random_state": random_state, "device": device, "progress": progress}
         request = _request(method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume)
+        request.interval = interval
         if mode == "across":
             fitted = _fit_across(query, as_reference_list(reference), request)
         else:
@@ -602,9 +653,10 @@ def predict(
     method = fitted.model.name if mode == "model" else method
     predicted, predict_time = _predictions(fitted.model, fitted.x_query, query)
     key = key_added or Key.layers.predicted(method)
+    layers = {key: predicted, **(_interval_layers(fitted, predicted, query, key) if interval is not None else {})}
     record = _record(method, mode, fitted, predict_time, random_state)
     target = query.copy() if copy else query
-    commit_outputs(target, layers={key: predicted}, obs=fitted.obs, uns={Key.uns.tool("predict", key): record})
+    commit_outputs(target, layers=layers, obs=fitted.obs, uns={Key.uns.tool("predict", key): record})
     if copy:
         return target
     return fitted.model if return_model else None

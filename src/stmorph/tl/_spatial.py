@@ -4,7 +4,8 @@ Neighbouring spots share tissue context (and pixels, when a tile is wider than t
 so part of an image-graph EPS can be plain spatial autocorrelation. Two controls live here:
 an image graph whose neighbours are taken only among spots farther than ``exclude_radius`` µm
 (:class:`Exclusion`, used by :func:`~stmorph.tl._graph.knn_graph`), and Geary's C of each gene on
-the spatial kNN graph, to read side by side with EPS (:func:`spatial_knn_graph`).
+the spatial kNN graph (:func:`~stmorph.tl._graph.spatial_knn_graph`, next to the image graph), to
+read side by side with EPS.
 """
 
 from __future__ import annotations
@@ -137,20 +138,6 @@ def exclusion_for(adata: AnnData, exclude_radius: float | None, n_neighbors: int
     exclusion = Exclusion(spatial_um(adata), radius)
     exclusion.check_candidates(n_neighbors)
     return exclusion
-
-
-def spatial_knn_graph(xy: np.ndarray, n_neighbors: int) -> sparse.csr_matrix:
-    """Directed unweighted kNN graph of spot positions ``xy`` (any unit), self excluded."""
-    from scipy.spatial import cKDTree
-
-    from ._graph import drop_self, edges_to_csr
-
-    n = xy.shape[0]
-    k = min(n, n_neighbors + 1)
-    dist, idx = cKDTree(xy).query(xy, k=k)
-    idx, dist = drop_self(idx.reshape(n, k), dist.reshape(n, k), n_neighbors)
-    conn, _ = edges_to_csr(idx, dist)
-    return conn
 
 
 def median_spacing(centres: np.ndarray) -> float:

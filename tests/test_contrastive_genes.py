@@ -141,7 +141,8 @@ def test_predict_trains_on_each_references_top_genes_and_predicts_every_shared_g
     assert np.isfinite(query.layers[f"predicted_{method}"]).all()  # all 40 genes, not only the 15 trained
     assert query.uns["stmorph"]["predict"][f"predicted_{method}"]["params"]["train_genes"] == "hvg"
 
-    one = st.tl.predict(query.copy(), refs[1], method=method, use_rep="X_emb", n_top_genes=5, return_model=True, **FAST)
+    kwargs = {"use_rep": "X_emb", "n_top_genes": 5, "return_model": True, "key_added": "one", **FAST}
+    one = st.tl.predict(query.copy(), refs[1], method=method, **kwargs)
     rows = sections == 1  # one reference is one section, whatever its validation blocks
     np.testing.assert_array_equal(one.train_columns_, _union_of_top(Y[rows], np.zeros(rows.sum()), 5))
 

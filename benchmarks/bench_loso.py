@@ -1,10 +1,14 @@
 """Leave-one-section-out prediction on the shipped HER2ST sections C2–C5: knn, ridge, ridge-cv, auto, bleep, heclip.
 
 Query = the left-out section; targets = every gene the four sections share (``--genes all``) or
-BLEEP's gene set, the union of the three reference sections' top-1000 HVGs (``--genes
-reference-hvg``; needed by HECLIP, whose joint space is the gene space), log1p-normalised
-(normalize_total 1e4 → log1p); score = mean Pearson over the query's 50 most variable of those
-genes. Features (``--rep``): the demo's ``X_default`` (``st.tl.embed``), the 57 stain/texture features
+BLEEP's gene set, the union of the three reference sections' top-1000 HVGs among the shared genes
+(``--genes reference-hvg``; ``reference-hvg-before``: each section's top 1000 among its own genes,
+then the shared ones, as ``st.tl.reference_hvgs`` did before issue 24), log1p-normalised
+(normalize_total 1e4 → log1p); score = mean Pearson over the query's 50 most variable of the
+``--score-genes`` (default: the predicted genes; several sets: one row per set). The ``*-before``
+labels predict the ``reference-hvg-before`` genes and train on all of them, as BLEEP and HECLIP
+did before issue 24 (the published 0.408 / 0.398).
+Features (``--rep``): the demo's ``X_default`` (``st.tl.embed``), the 57 stain/texture features
 ``X_hed``, or both (each standardised, then concatenated), cached in ``/tmp/stmorph_bench_loso``
 so a second run skips the embedding. One torch thread. Prints one row per method, seed and
 section, the means, and the means of two combinations of saved predictions: the average over
@@ -13,6 +17,8 @@ seeds of a seeded method (``<method>-ens``) and the average of two methods (``a+
     PYTHONPATH=src python benchmarks/bench_loso.py [--seeds 0 1 2] [--methods knn ridge ridge-cv auto]
     PYTHONPATH=src python benchmarks/bench_loso.py --genes reference-hvg --methods knn bleep heclip \
         --combine bleep+ridge-cv
+    PYTHONPATH=src python benchmarks/bench_loso.py --genes all --score-genes reference-hvg-before all \
+        --methods bleep heclip bleep-before heclip-before --seeds 0
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ METHODS = {
     "mlp-es": ("mlp", {"val_fraction": 0.2, "patience": 10}),
     "bleep": ("bleep", {}),
     "heclip": ("heclip", {}),  # frozen defaults; the *-old labels reproduce the defaults before issue 15 §3
+    "bleep-before": ("bleep", {"train_genes": "all"}),  # with the reference-hvg-before genes (GENES_OF)
+    "heclip-before": ("heclip", {"train_genes": "all"}),
     "bleep-t0.1": ("bleep", {**OLD_BLEEP, "temperature": 0.1}),
     "bleep-wd0.1": ("bleep", {**OLD_BLEEP, "weight_decay": 0.1}),
     "bleep-p64": ("bleep", {**OLD_BLEEP, "projection_dim": 64}),
@@ -80,6 +88,9 @@ UNSEEDED = {
     "ensemble-ctx",
 }
 """Deterministic methods, run once."""
+GENES_OF = {"bleep-before": "reference-hvg-before", "heclip-before": "reference-hvg-before"}
+"""Labels whose predicted genes are fixed, whatever ``--genes``: the setting before issue 24."""
+GENE_SETS = ("all", "scored", "reference-hvg", "reference-hvg-before")
 
 
 def section(name: str):
@@ -106,8 +117,13 @@ def fold_genes(refs, shared: list[str], which: str) -> list[str]:
     """The genes of one fold: all shared (or scored) genes, or the union of the references' top-1000 HVGs."""
     if which in ("all", "scored"):
         return shared
-    keep = set(shared)
-    return [g for g in st.tl.reference_hvgs(refs, n_top=1000) if g in keep]
+    if which == "reference-hvg":
+        return st.tl.reference_hvgs(refs, n_top=1000)
+    keep, before = set(shared), {}
+    for ref in refs:
+        variance = np.asarray(ref.X.power(2).mean(axis=0)).ravel() - np.asarray(ref.X.mean(axis=0)).ravel() ** 2
+        before.update(dict.fromkeys(ref.var_names[np.sort(np.argsort(-variance, kind="stable")[:1000])]))
+    return [g for g in before if g in keep]
 
 
 def scored_genes(tables: dict, shared: list[str], n_top: int = 1000) -> list[str]:
@@ -132,22 +148,25 @@ def truth_of(query, genes: list[str]) -> np.ndarray:
 
 
 def combined_rows(predictions: dict, tables: dict, shared: list[str], args) -> list[tuple]:
-    """Scores of the seed ensemble of every seeded method and of the averaged pairs in ``--combine``."""
+    """Scores of the seed ensemble of every seeded method and of the averaged pairs in ``--combine``, per scored set."""
     rows = []
-    seeded = {label for label, seed, _ in predictions if seed != args.seeds[0]}
     pairs = [tuple(pair.split("+")) for pair in args.combine]
-    for query_name in SECTIONS:
-        refs = [tables[n] for n in SECTIONS if n != query_name]
-        truth = truth_of(tables[query_name], fold_genes(refs, shared, args.genes))
+    for which in args.score_genes:
+        suffix = "" if len(args.score_genes) == 1 else f" [{which}]"
+        seeded = {label for label, seed, _ in predictions if seed != args.seeds[0] and label.endswith(suffix)}
+        for query_name in SECTIONS:
+            refs = [tables[n] for n in SECTIONS if n != query_name]
+            truth = truth_of(tables[query_name], fold_genes(refs, shared, which))
 
-        def mean_over_seeds(label, query_name=query_name):
-            return np.mean([p for (lab, _, q), p in predictions.items() if lab == label and q == query_name], axis=0)
+            def mean_over_seeds(label, query_name=query_name):
+                runs = [p for (lab, _, q), p in predictions.items() if lab == label and q == query_name]
+                return np.mean(runs, axis=0)
 
-        for label in sorted(seeded):
-            rows.append((f"{label}-ens", 0, query_name, fold_scores(truth, mean_over_seeds(label))[0], 0.0, ""))
-        for a, b in pairs:
-            pred = (mean_over_seeds(a) + mean_over_seeds(b)) / 2
-            rows.append((f"{a}+{b}", 0, query_name, fold_scores(truth, pred)[0], 0.0, ""))
+            for label in sorted(seeded):
+                rows.append((f"{label}-ens", 0, query_name, fold_scores(truth, mean_over_seeds(label))[0], 0.0, ""))
+            for a, b in pairs:
+                pred = (mean_over_seeds(a + suffix) + mean_over_seeds(b + suffix)) / 2
+                rows.append((f"{a}+{b}{suffix}", 0, query_name, fold_scores(truth, pred)[0], 0.0, ""))
     return rows
 
 
@@ -155,11 +174,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["knn", "ridge", "ridge-cv", "auto"], choices=list(METHODS))
-    parser.add_argument("--genes", choices=["all", "reference-hvg", "scored"], default="all")
+    parser.add_argument("--genes", choices=GENE_SETS, default="all", help="genes predicted")
+    parser.add_argument("--score-genes", nargs="+", choices=GENE_SETS, default=None, help="genes scored")
     parser.add_argument("--rep", nargs="+", default=["X_default"], choices=list(ENCODERS), help="obsm key(s) used")
     parser.add_argument("--out", default=None, help="CSV of every run's score")
     parser.add_argument("--combine", nargs="*", default=[], help="pairs a+b of methods whose predictions to average")
     args = parser.parse_args()
+    args.score_genes = args.score_genes or [args.genes]
     torch.set_num_threads(1)
     print("BLAS kernels:", "; ".join(blas_kernels()))  # one process: the kernel affects times, not ratios
     tables = {name: section(name) for name in SECTIONS}
@@ -175,7 +196,7 @@ def main() -> None:
             for query_name in SECTIONS:
                 query = tables[query_name].copy()
                 refs = [tables[n] for n in SECTIONS if n != query_name]
-                genes = fold_genes(refs, shared, args.genes)
+                genes = fold_genes(refs, shared, GENES_OF.get(label, args.genes))
                 start = time.perf_counter()
                 st.tl.predict(
                     query,
@@ -189,13 +210,19 @@ def main() -> None:
                     key_added="pred",
                     **options,
                 )
-                pred = query[:, genes].layers["pred"]
-                predictions[label, seed, query_name] = pred
-                hvg, _ = fold_scores(truth_of(query, genes), pred)
+                seconds = time.perf_counter() - start
                 record = query.uns["stmorph"]["predict"]["pred"]
                 chosen = str(record.get("selected", ""))
-                rows.append((label, seed, query_name, hvg, time.perf_counter() - start, chosen))
-                print(f"{label:9s} seed {seed} {query_name}: {hvg:.3f} ({rows[-1][4]:.0f}s) {chosen}", flush=True)
+                for which in args.score_genes:
+                    scored = fold_genes(refs, shared, which)
+                    pred = query[:, scored].layers["pred"]
+                    if np.isnan(pred).any():  # a *-before label does not predict every shared gene
+                        continue
+                    name = label if len(args.score_genes) == 1 else f"{label} [{which}]"
+                    predictions[name, seed, query_name] = pred
+                    hvg, _ = fold_scores(truth_of(query, scored), pred)
+                    rows.append((name, seed, query_name, hvg, seconds, chosen))
+                    print(f"{name:9s} seed {seed} {query_name}: {hvg:.3f} ({seconds:.0f}s) {chosen}", flush=True)
     rows += combined_rows(predictions, tables, shared, args)
     df = pd.DataFrame(rows, columns=["method", "seed", "query", "pearson_hvg50", "seconds", "chosen"])
     if args.out:

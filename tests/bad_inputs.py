@@ -322,6 +322,18 @@ def predict_too_few_spots_for_the_split():
     return a, lambda: st.tl.predict(a, method="ridge", use_rep="X_lat", split=0.5)
 
 
+@_case("st.tl.predict", "lightgbm on more genes than max_genes (error with the expected time)", InvalidParameterError)
+def predict_lightgbm_on_more_genes_than_max_genes():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="lightgbm", use_rep="X_lat", split=0.2, max_genes=5, n_estimators=2)
+
+
+@_case("st.tl.predict", 'bleep with train_genes not "hvg" or "all"', InvalidParameterError)
+def predict_bleep_with_unknown_train_genes():
+    a = table()
+    return a, lambda: st.tl.predict(a, method="bleep", use_rep="X_lat", split=0.2, train_genes="variable")
+
+
 @_case("st.tl.predict", "use_rep missing in the reference", StmorphKeyError)
 def predict_use_rep_missing_in_the_reference():
     a, ref = table(), table()

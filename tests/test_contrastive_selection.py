@@ -118,13 +118,14 @@ def test_predict_passes_one_group_per_reference_section(monkeypatch):
     seen = []
     original = BLEEP.fit
 
-    def spy(self, X_, Y_, groups=None):
-        seen.append(groups)
-        return original(self, X_, Y_, groups=groups)
+    def spy(self, X_, Y_, groups=None, **kwargs):
+        seen.append((groups, kwargs["sections"]))
+        return original(self, X_, Y_, groups=groups, **kwargs)
 
     monkeypatch.setattr(BLEEP, "fit", spy)
     st.tl.predict(refs[0].copy(), refs, method="bleep", use_rep="X_emb", **FAST)
-    np.testing.assert_array_equal(seen[0], groups)
+    np.testing.assert_array_equal(seen[0][0], groups)
+    np.testing.assert_array_equal(seen[0][1], groups)  # and the sections of the per-section gene selection
 
 
 def test_frozen_heclip_retrieves_by_expression_and_the_paper_keys_stay_available():
@@ -147,3 +148,33 @@ def test_bad_selection_settings_raise_clear_errors():
         HECLIP(retrieve_from="patches")
     with pytest.raises(ShapeMismatchError, match="group labels"):
         BLEEP(**FAST).fit(X, Y, groups=groups[:-1])
+
+
+def test_training_announces_its_expected_time_after_the_first_batch(monkeypatch, caplog):
+    import logging
+    import time
+
+    from stmorph.models import _train as train_module
+
+    x = torch.randn(64, 3)
+    net = torch.nn.Linear(3, 1)
+
+    def slow_loss(module, batch):
+        time.sleep(0.05)  # every batch takes ≥ 0.05 s: 4 batches × 10 epochs ≥ 2 s expected
+        return (module(batch) ** 2).mean()
+
+    def run():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="stmorph"):
+            train(net, slow_loss, lambda i, t: x[i], 64, epochs=10, batch_size=16, desc="demo", progress=False)
+        return [r for r in caplog.records if "training takes about" in r.getMessage()]
+
+    monkeypatch.setattr(train_module, "SLOW_TRAINING_S", 1.0)
+    (record,) = run()  # announced once, as a warning with what makes it faster
+    assert record.levelno == logging.WARNING and "10 epochs × 4 batches" in record.getMessage()
+    assert "epochs=" in record.getMessage() and "device='cuda'" in record.getMessage()
+    seconds = float(record.getMessage().split("about ")[1].split(" s ")[0])
+    assert 2.0 <= seconds < 60
+    monkeypatch.setattr(train_module, "SLOW_TRAINING_S", 3600.0)
+    (record,) = run()
+    assert record.levelno == logging.INFO

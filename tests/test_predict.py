@@ -400,3 +400,29 @@ def test_lightgbm_max_bin_limits_the_split_points():
     assert len(np.unique(coarse)) <= 3  # one feature in 3 bins: every tree is constant on each bin
     assert len(np.unique(fine)) > 20
     assert np.abs(fine - y).mean() < np.abs(coarse - y).mean()
+
+
+@pytest.mark.parametrize("shape", [(80, 10), (30, 60)])  # more spots than dimensions, and fewer (minimum norm)
+def test_linear_equals_sklearns_least_squares(shape):
+    from sklearn.linear_model import LinearRegression
+
+    from stmorph.models._baselines import Linear
+
+    rng = np.random.default_rng(0)
+    X, Y, X_new = rng.normal(size=shape), rng.normal(size=(shape[0], 7)), rng.normal(size=(5, shape[1]))
+    expected = LinearRegression().fit(X, Y)
+    model = Linear().fit(X, Y)
+    np.testing.assert_allclose(model.coef_, expected.coef_.T, atol=1e-8)
+    np.testing.assert_allclose(model.predict(X_new), expected.predict(X_new), rtol=1e-5, atol=1e-5)
+
+
+def test_lightgbm_refuses_more_genes_than_max_genes_and_states_the_expected_time():
+    from stmorph.models._baselines import LightGBM
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(60, 3)), rng.normal(size=(60, 6))
+    with pytest.raises(InvalidParameterError, match=r"6 genes would take about \d+ s here .*max_genes=None"):
+        LightGBM(n_estimators=2, max_genes=5, progress=False).fit(X, Y)
+    assert LightGBM(n_estimators=2, max_genes=None, progress=False).fit(X, Y).predict(X).shape == (60, 6)
+    with pytest.raises(InvalidParameterError, match="max_genes"):
+        LightGBM(max_genes=0)

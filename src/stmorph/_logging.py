@@ -90,3 +90,16 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "stmorph":
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` for a person: ``"40 s"``, ``"12 min"``, ``"2.5 h"``.
+
+    Examples
+    --------
+    >>> format_duration(40.4), format_duration(725), format_duration(9000)
+    ('40 s', '12 min', '2.5 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._logging import logger
+from .._logging import format_duration, logger
 from .._optional import import_optional
-from .._validation import ModelFileError, check_choice, check_int, check_range
+from .._validation import InvalidParameterError, ModelFileError, check_choice, check_int, check_range
 from ._arrays import check_array
 from ._cv import ALPHA_GRID, K_GRID, grid_search
 from ._io import ArrayModel
@@ -152,10 +153,13 @@ class _TunedPredictor(ArrayModel, Predictor):
 
 
 class Linear(ArrayModel, Predictor):
-    """Ordinary least squares (:class:`sklearn.linear_model.LinearRegression`) on the embeddings.
+    """Ordinary least squares with an intercept on the embeddings (as :class:`sklearn.linear_model.LinearRegression`).
 
     With more embedding dimensions than training spots the fit is the minimum-norm solution and
-    interpolates the training data; use ``"ridge"`` there.
+    interpolates the training data; use ``"ridge"`` there. Solved through one eigendecomposition
+    of the centred Gram matrix (:func:`ridge_solution` with ``alpha=0``): on 732 spots × 1,280
+    dimensions × 3,000 genes it matches LinearRegression's least-squares solver to 4e-7 and is
+    ~10× faster (docs/benchmarks.md).
 
     Examples
     --------
@@ -168,11 +172,7 @@ class Linear(ArrayModel, Predictor):
     name = "linear"
 
     def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> Linear:
-        from sklearn.linear_model import LinearRegression
-
-        fit = LinearRegression().fit(X, Y)
-        self.coef_ = np.asarray(fit.coef_, dtype=np.float64).reshape(np.shape(Y)[1], -1).T
-        self.intercept_ = np.asarray(fit.intercept_, dtype=np.float64).reshape(-1)
+        self.coef_, self.intercept_ = ridge_solution(X, np.reshape(Y, (len(Y), -1)), 0.0)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -379,6 +379,12 @@ def _default_n_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+LIGHTGBM_MAX_GENES = 1000
+"""Genes LightGBM fits unless ``max_genes=None``; the cost on HER2ST sections is in docs/benchmarks.md."""
+N_TIMED_GENES = 4
+"""Genes fitted to estimate the cost of a refused LightGBM fit."""
+
+
 class LightGBM(ArrayModel, Predictor):
     """Gradient-boosted trees, one LightGBM model per gene (100 trees each, as in the EPS paper).
 
@@ -400,6 +406,11 @@ class LightGBM(ArrayModel, Predictor):
         (docs/benchmarks.md) at a small loss of split resolution.
     n_jobs
         Number of genes fitted at the same time (default: CPU count, at most 8).
+    max_genes
+        Refuse to fit more genes than this (default 1000) before any long wait: the error gives the
+        time all of them would take, measured on a few genes, and how to fit fewer
+        (``genes=st.tl.reference_hvgs(reference)``). ``None`` fits every gene (100 trees each:
+        about 15 minutes for the ~14,500 genes of a HER2ST section on 2 cores).
     **kwargs
         ``random_state``, ``device``, ``progress`` (see :class:`~stmorph.models.Predictor`).
 
@@ -421,9 +432,12 @@ class LightGBM(ArrayModel, Predictor):
         num_leaves: int = 31,
         max_bin: int = 255,
         n_jobs: int | None = None,
+        max_genes: int | None = LIGHTGBM_MAX_GENES,
         **kwargs: Any,
     ):
         check_int(n_estimators, "n_estimators", low=1)
+        if max_genes is not None:
+            check_int(max_genes, "max_genes", low=1)
         check_range(learning_rate, "learning_rate", low=0.0)
         check_int(num_leaves, "num_leaves", low=2)
         check_int(max_bin, "max_bin", low=2)
@@ -436,6 +450,7 @@ class LightGBM(ArrayModel, Predictor):
             num_leaves=int(num_leaves),
             max_bin=int(max_bin),
             n_jobs=int(n_jobs),
+            max_genes=None if max_genes is None else int(max_genes),
             **kwargs,
         )
 
@@ -472,9 +487,28 @@ class LightGBM(ArrayModel, Predictor):
                 local.data.set_label(Y[:, g])
             return lgb.train(params, local.data, num_boost_round=self.params["n_estimators"]).free_dataset()
 
+        limit = self.params["max_genes"]
+        if limit is not None and Y.shape[1] > limit:
+            self._refuse(fit_gene, Y.shape[1], limit)
         logger.info("lightgbm: fitting %d genes with %d threads", Y.shape[1], self.params["n_jobs"])
         self.boosters_ = self._map_genes(fit_gene, Y.shape[1], "lightgbm genes")
         return self
+
+    def _refuse(self, fit_gene, n_genes: int, limit: int) -> None:
+        """Raise :class:`InvalidParameterError` with the time ``n_genes`` would take, timed on a few genes."""
+        n_timed = min(N_TIMED_GENES, n_genes)
+        start = time.perf_counter()
+        for g in range(n_timed):
+            fit_gene(g)
+        per_gene = (time.perf_counter() - start) / n_timed
+        n_jobs = self.params["n_jobs"]
+        raise InvalidParameterError(
+            f"lightgbm fits {self.params['n_estimators']} trees per gene: {n_genes} genes would take about "
+            f"{format_duration(per_gene * n_genes / n_jobs)} here ({per_gene:.2g} s per gene, measured on {n_timed}, "
+            f"{n_jobs} at a time), more than max_genes={limit} allows. Predict fewer genes, e.g. "
+            "genes=st.tl.reference_hvgs(reference) (each reference's most variable), and/or max_bin=63 (~2.5× "
+            "faster); or pass max_genes=None to fit all of them."
+        )
 
     def _fitted_arrays(self) -> dict[str, np.ndarray]:
         """Each gene's booster as LightGBM's own text model (UTF-8 bytes): plain data, no code."""

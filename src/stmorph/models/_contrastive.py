@@ -47,7 +47,7 @@ from ._base import (
     state_to_arrays,
     train_val_split,
 )
-from ._cv import fold_scores
+from ._cv import fold_scores, hvg_columns
 from ._heads import ProjectionHead
 from ._io import ENCODER_FILE, write_safetensors
 from ._losses import bleep_loss, heclip_loss
@@ -58,6 +58,11 @@ from ._weights import load_into, load_state_dict_safely
 MODES = ("frozen", "end_to_end")
 SELECTIONS = ("score", "loss")
 RETRIEVAL_KEYS = ("image", "expression")
+TRAIN_GENES = ("hvg", "all")
+N_TOP_GENES = 1000
+"""BLEEP's gene set: the union of each training section's 1000 most variable genes."""
+SLOW_HEAD_GENES = 5000
+"""HECLIP's image head ends in an ``n × n`` layer over the training genes: above this, warn before training."""
 BLEEP_FROZEN_EPOCHS = 300
 HECLIP_FROZEN_EPOCHS = 100
 """Frozen-mode epoch budgets; the best epoch by validation retrieval score is kept (docs/benchmarks.md, issue 15)."""
@@ -122,6 +127,28 @@ class ContrastiveNet(nn.Module):
         return self.spot_projection(y)
 
 
+def training_columns(Y: np.ndarray, sections: np.ndarray | None, n_top: int) -> np.ndarray:
+    """Columns of ``Y`` that the projections train on: the union of each section's ``n_top`` most variable.
+
+    BLEEP's protocol: each training section ranks the genes by its own variance and the
+    projections learn the union; the genes are those of ``Y``, which every reference and the
+    query have. ``sections=None`` ranks all spots as one section.
+
+    Examples
+    --------
+    >>> Y = np.array([[0.0, 0.0, 5.0], [0.0, 1.0, 5.0], [9.0, 0.0, 5.0], [0.0, 0.0, 5.0]])
+    >>> training_columns(Y, np.array([0, 0, 1, 1]), n_top=1)
+    array([0, 1])
+    >>> training_columns(Y, None, n_top=1)
+    array([0])
+    """
+    labels = np.zeros(len(Y), dtype=np.int64) if sections is None else np.asarray(sections)
+    chosen = np.zeros(Y.shape[1], dtype=bool)
+    for label in np.unique(labels):
+        chosen[hvg_columns(Y[labels == label], n_top)] = True
+    return np.flatnonzero(chosen)
+
+
 def check_encoder_name(name: str) -> None:
     """Raise :class:`InvalidParameterError` if ``name`` is neither a registered encoder nor a timm architecture."""
     import timm
@@ -151,6 +178,8 @@ class ContrastivePredictor(TorchPredictor):
     """Defaults that differ in frozen mode (a small head on fixed embeddings trains longer, see ``select``)."""
     validates_on_groups: ClassVar[bool] = True
     """``st.tl.predict`` passes the reference sections (or spatial blocks) to :meth:`fit` as ``groups``."""
+    uses_sections: ClassVar[bool] = True
+    """... and the reference sections as ``sections`` (the per-section gene selection)."""
 
     def __init__(
         self,
@@ -161,6 +190,8 @@ class ContrastivePredictor(TorchPredictor):
         temperature: float = 1.0,
         projection_dim: int | None = None,
         dropout: float = 0.1,
+        train_genes: str = "hvg",
+        n_top_genes: int = N_TOP_GENES,
         epochs: int | None = None,
         batch_size: int | None = None,
         n_views: int | None = None,
@@ -183,6 +214,8 @@ class ContrastivePredictor(TorchPredictor):
         check_choice(mode, MODES, "mode")
         check_choice(aggregation, AGGREGATIONS, "aggregation")
         check_choice(select, SELECTIONS, "select")
+        check_choice(train_genes, TRAIN_GENES, "train_genes")
+        check_int(n_top_genes, "n_top_genes", low=1)
         if retrieve_from is not None:
             check_choice(retrieve_from, RETRIEVAL_KEYS, "retrieve_from")
         check_encoder_name(encoder)
@@ -207,6 +240,8 @@ class ContrastivePredictor(TorchPredictor):
             "encoder": encoder,
             "temperature": float(temperature),
             "dropout": float(dropout),
+            "train_genes": train_genes,
+            "n_top_genes": int(n_top_genes),
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "val_fraction": float(val_fraction),
@@ -231,6 +266,7 @@ class ContrastivePredictor(TorchPredictor):
         self.encoder_ = None
         self.reference_embeddings_: np.ndarray | None = None
         self.reference_expression_: np.ndarray | None = None
+        self.train_columns_: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------ building
     def _out_dim(self, n_genes: int) -> int:
@@ -248,14 +284,6 @@ class ContrastivePredictor(TorchPredictor):
         else:
             in_dim, module = in_shape[0], None
         out_dim = self._out_dim(n_genes)
-        if not self.expression_head and n_genes > 5000:
-            logger.warning(
-                "%s projects images to all %d genes (a %d×%d layer); select fewer genes",
-                self.name,
-                n_genes,
-                out_dim,
-                out_dim,
-            )
         self.net_ = ContrastiveNet(
             in_dim,
             n_genes,
@@ -273,7 +301,14 @@ class ContrastivePredictor(TorchPredictor):
         return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self._device())
 
     # ------------------------------------------------------------------------------------- fitting
-    def fit(self, X: np.ndarray, Y: np.ndarray, groups: np.ndarray | None = None) -> ContrastivePredictor:
+    def fit(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        groups: np.ndarray | None = None,
+        *,
+        sections: np.ndarray | None = None,
+    ) -> ContrastivePredictor:
         """Train the heads (and the encoder in end-to-end mode) on reference images ``X`` and expression ``Y``.
 
         Parameters
@@ -281,21 +316,29 @@ class ContrastivePredictor(TorchPredictor):
         X
             ``(n, d)`` embeddings (frozen mode) or ``(n, P, P, 3)`` uint8 patches (end-to-end mode).
         Y
-            ``(n, n_genes)`` expression of the same spots; it is also the retrieval reference.
+            ``(n, n_genes)`` expression of the same spots; it is also the retrieval reference, so
+            every gene is predicted whichever genes the projections train on (``train_genes``).
         groups
             ``(n,)`` labels of the reference sections (or of spatial blocks of one section):
             whole groups are held out for validation (see
             :func:`~stmorph.models._base.train_val_split`). ``None``: random spots.
+        sections
+            ``(n,)`` labels of the reference sections whose highly variable genes are united
+            (``train_genes="hvg"``); ``None``: all spots are ranked as one section.
+            ``st.tl.predict`` passes one label per reference.
 
         Returns
         -------
-        ``self``, with ``history`` (loss, and validation score, per epoch) and the reference bank set.
+        ``self``, with ``history`` (loss, and validation score, per epoch), ``train_columns_`` and
+        the reference bank set.
         """
         X = check_inputs(X, self.input, self.name)
         Y = check_expression(Y, len(X))
-        if groups is not None and len(groups) != len(X):
-            raise ShapeMismatchError(f"{self.name}: {len(groups)} group labels for {len(X)} training spots.")
+        for name, labels in {"group": groups, "section": sections}.items():
+            if labels is not None and len(labels) != len(X):
+                raise ShapeMismatchError(f"{self.name}: {len(labels)} {name} labels for {len(X)} training spots.")
         p = self.params
+        self.train_columns_ = self._training_columns(Y, sections)
         groups = None if groups is None or not p["grouped_validation"] else np.asarray(groups)
         train_idx, val_idx = train_val_split(len(X), p["val_fraction"], self._seed(), min_train=2, groups=groups)
         if len(train_idx) < 2:
@@ -310,8 +353,40 @@ class ContrastivePredictor(TorchPredictor):
             self.history = {**self.history, "refit_loss": refitted["loss"]}
         self.input_shape_ = tuple(X.shape[1:])
         self.reference_expression_ = Y
-        self.reference_embeddings_ = self._reference_keys(X, Y)
+        self.reference_embeddings_ = self._reference_keys(X, Y[:, self.train_columns_])
         return self
+
+    def _training_columns(self, Y: np.ndarray, sections: np.ndarray | None) -> np.ndarray:
+        """The columns of ``Y`` the projections learn (``train_genes``), announced before training starts."""
+        p, n_genes = self.params, Y.shape[1]
+        if p["train_genes"] == "all":
+            columns = np.arange(n_genes)
+            logger.info("%s: training the projections on all %d genes", self.name, n_genes)
+        else:
+            columns = training_columns(Y, sections, p["n_top_genes"])
+            n_sections = 1 if sections is None else len(np.unique(sections))
+            logger.info(
+                "%s: training the projections on %d of %d genes (the union of %d section(s)' %d most variable; "
+                'train_genes="all" for every gene); retrieval predicts all %d',
+                self.name,
+                len(columns),
+                n_genes,
+                n_sections,
+                p["n_top_genes"],
+                n_genes,
+            )
+        if not self.expression_head and len(columns) > SLOW_HEAD_GENES:
+            logger.warning(
+                "%s projects images to the %d training genes (a %d×%d layer): training takes minutes per epoch "
+                'on a CPU; train_genes="hvg" (default) trains on the references\' %d most variable genes and still '
+                "predicts every gene",
+                self.name,
+                len(columns),
+                len(columns),
+                len(columns),
+                p["n_top_genes"],
+            )
+        return columns
 
     def _train_phase(
         self,
@@ -329,10 +404,10 @@ class ContrastivePredictor(TorchPredictor):
         """
         p = self.params
         rng = self._seed()
-        self._build(X.shape[1:], Y.shape[1])
+        self._build(X.shape[1:], len(self.train_columns_))
         n_views = p["n_views"] if self.input == "patches" else 1
         n_copies = n_views * len(train_idx)
-        Y_t = torch.from_numpy(Y).to(self._device())
+        Y_t = torch.from_numpy(np.ascontiguousarray(Y[:, self.train_columns_])).to(self._device())
         X_t = self._to_tensor(X) if self.input == "embedding" else None
 
         def batch_fn(indices: np.ndarray, training: bool):
@@ -376,12 +451,16 @@ class ContrastivePredictor(TorchPredictor):
         It is what prediction does to a new section (the validation spots are one held out when
         there are groups), so the kept epoch is the one that retrieves best, not the one with the
         lowest contrastive loss (the two disagree: the loss keeps falling after retrieval stops improving).
+        The 50 genes are chosen among all of ``Y``'s, as prediction retrieves all of them; only
+        those are retrieved.
         """
-        truth = Y[val_idx]
+        scored = hvg_columns(Y[val_idx])
+        truth, bank = Y[np.ix_(val_idx, scored)], Y[np.ix_(train_idx, scored)]
+        trained = Y[np.ix_(train_idx, self.train_columns_)]
 
         def score(_net: ContrastiveNet) -> float:  # the net is self.net_
-            keys = self._reference_keys(X[train_idx], Y[train_idx])
-            pred = retrieve(self._image_embeddings(X[val_idx]), keys, Y[train_idx], k=self.params["k"])
+            keys = self._reference_keys(X[train_idx], trained)
+            pred = retrieve(self._image_embeddings(X[val_idx]), keys, bank, k=self.params["k"])
             return fold_scores(truth, pred)[0]
 
         return score
@@ -390,6 +469,7 @@ class ContrastivePredictor(TorchPredictor):
         return self._inference(self.net_.image, X, self._to_tensor, self.params["inference_batch_size"])
 
     def _reference_keys(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        """Retrieval keys of reference spots: image embeddings, or expression embeddings of ``Y`` (training genes)."""
         if self.params["retrieve_from"] == "image":
             return self._image_embeddings(X)
         to_tensor = lambda y: torch.from_numpy(y).to(self._device())  # noqa: E731
@@ -432,22 +512,37 @@ class ContrastivePredictor(TorchPredictor):
             write_safetensors(folder / ENCODER_FILE, state_to_arrays(self.net_.image_encoder, prefix=""))
         arrays["reference_embeddings"] = self.reference_embeddings_
         arrays["reference_expression"] = self.reference_expression_
+        arrays["train_columns"] = self.train_columns_.astype(np.int64)
         return arrays
 
     def _restore(self, folder: Path, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         n_genes = len(self.genes)
         expr = check_array(arrays, "reference_expression", (None, n_genes), folder)
         keys = check_array(arrays, "reference_embeddings", (len(expr), None), folder)
+        self.train_columns_ = self._saved_columns(folder, arrays, n_genes)
         state = arrays_to_state(arrays)
         encoder = None
         if self.input == "patches":
             encoder = self._saved_encoder(folder)
             state.update({ENCODER_PREFIX + k: v for k, v in load_state_dict_safely(folder / ENCODER_FILE).items()})
-        self._build(self.input_shape_, n_genes, encoder)
+        self._build(self.input_shape_, len(self.train_columns_), encoder)
         load_into(self.net_, state, what=f"{self.name} model in {folder}")
         self.net_.eval()
         self.reference_expression_ = np.asarray(expr, dtype=np.float32)
         self.reference_embeddings_ = np.asarray(keys, dtype=np.float32)
+
+    def _saved_columns(self, folder: Path, arrays: dict[str, np.ndarray], n_genes: int) -> np.ndarray:
+        """The saved training columns; models saved before ``train_genes`` existed trained on every gene."""
+        if "train_columns" not in arrays:
+            self.params["train_genes"] = "all"
+            return np.arange(n_genes)
+        columns = check_array(arrays, "train_columns", (None,), folder).astype(np.int64)
+        if len(columns) == 0 or columns.min() < 0 or columns.max() >= n_genes or np.any(np.diff(columns) <= 0):
+            raise ModelFileError(
+                f"{folder}: the training columns are not increasing indices of the {n_genes} genes; the model files "
+                "do not belong together."
+            )
+        return columns
 
     def _saved_encoder(self, folder: Path):
         """Rebuild the encoder architecture; the fine-tuned weights are loaded from ``encoder.safetensors``."""
@@ -484,6 +579,14 @@ class BLEEP(ContrastivePredictor):
         Size of the joint space (BLEEP: 256).
     dropout
         Dropout of the projection heads (0.1).
+    train_genes
+        Genes the projections learn: ``"hvg"`` (default, BLEEP's protocol) the union of each
+        reference section's ``n_top_genes`` most variable genes among those predicted (which
+        every reference and the query have; ``sections`` in :meth:`fit`, one per reference in
+        ``st.tl.predict``); ``"all"`` every predicted gene. Either way every gene is predicted:
+        retrieval averages the reference spots' whole expression.
+    n_top_genes
+        Genes taken from each reference section with ``train_genes="hvg"`` (BLEEP: 1000).
     epochs, batch_size
         Batches of 256 spots (BLEEP); 150 epochs end-to-end (BLEEP), at most 300 in frozen mode,
         where the best epoch by ``select`` is usually between 150 and 250.
@@ -528,8 +631,11 @@ class BLEEP(ContrastivePredictor):
     history
         ``{"loss": [...], "val_loss": [...], "val_score": [...]}`` per epoch of the selection run,
         and ``"refit_loss"`` per epoch of the refit.
+    train_columns_
+        Indices of the genes (columns of ``Y``) the projections were trained on.
     reference_embeddings_, reference_expression_
-        The retrieval bank: expression embeddings of the reference spots and their expression.
+        The retrieval bank: expression embeddings of the reference spots and their expression
+        (every gene).
 
     Examples
     --------
@@ -566,6 +672,10 @@ class HECLIP(ContrastivePredictor):
     mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, select, \
 grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
+    train_genes, n_top_genes
+        As for :class:`BLEEP`. The image is projected to the training genes (an ``n × n``
+        layer), so the default ``"hvg"`` also keeps HECLIP fast: on all ~14,500 genes of a
+        HER2ST section one frozen epoch takes about half a minute on 2 CPU cores.
     retrieve_from
         ``None``: ``"image"`` end-to-end (HECLIP), ``"expression"`` in frozen mode.
     projection_dim

@@ -61,6 +61,9 @@ class Predictor:
     input: str = "embedding"
     resumable: ClassVar[bool] = False
     """Whether :meth:`fit` trains over epochs and can save and resume its state (the torch models)."""
+    uses_sections: ClassVar[bool] = False
+    """Whether :meth:`fit` takes ``sections=`` (the reference section of each row; BLEEP's and HECLIP's
+    per-section gene selection). ``groups`` cannot serve: with one reference they are its spatial blocks."""
 
     def __init__(self, *, random_state: int = 0, device: str = "auto", progress: bool = True, **params: Any):
         self.random_state = check_seed(random_state)
@@ -129,6 +132,7 @@ class Predictor:
         *,
         genes: list[str],
         groups: np.ndarray | None = None,
+        sections: np.ndarray | None = None,
         inputs: Mapping[str, Any] | None = None,
     ) -> Predictor:
         """:meth:`fit`, then keep what applying the model to another slice needs.
@@ -139,6 +143,9 @@ class Predictor:
             As for :meth:`fit`.
         genes
             Names of ``Y``'s columns (set before fitting: a training checkpoint records them).
+        sections
+            The reference section of each row (``None``: one section), passed to the methods
+            whose ``fit`` takes it (:attr:`uses_sections`).
         inputs
             How a slice's spots became ``X`` (``use_rep``, ``layer``, standardisation), kept in
             :attr:`training` with ``input_shape``, ``n_train`` and ``train_time_s``.
@@ -151,7 +158,7 @@ class Predictor:
             raise InvalidParameterError(f"{len(genes)} gene names for {np.shape(Y)[1]} expression columns.")
         self.genes = [str(g) for g in genes]
         start = time.perf_counter()
-        self.fit(X, Y, groups=groups)
+        self.fit(X, Y, groups=groups, **({"sections": sections} if self.uses_sections else {}))
         self.training = {
             **dict(inputs or {}),
             "input_shape": tuple(int(s) for s in np.shape(X)[1:]),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._fingerprint import check_same
-from .._logging import logger
+from .._logging import format_duration, logger
 from .._validation import InvalidParameterError, check_device
 from ..errors import CheckpointMismatchError, DamagedCheckpointError
 
@@ -55,12 +56,36 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+SLOW_TRAINING_S = 180.0
+"""A training run expected to take longer than this is announced with a warning after its first batch."""
+
+
+def _announce(desc: str, first_batch_s: float, *, n_batches: int, epochs: int, device: str) -> None:
+    """Log the expected training time from the first batch; a warning, with what makes it faster, when it is long."""
+    expected = first_batch_s * n_batches * epochs
+    message = "%s: training takes about %s (%d epochs × %d batches; the first batch took %.2g s on %s)"
+    args = (desc, format_duration(expected), epochs, n_batches, first_batch_s, device)
+    if expected > SLOW_TRAINING_S:
+        logger.warning(message + "; fewer epochs (epochs=), a GPU (device='cuda') or fewer genes make it faster", *args)
+    else:
+        logger.info(message, *args)
+
+
 def _epoch_loss(
-    module, loss_fn: LossFn, batch_fn: BatchFn, order: np.ndarray, batch_size: int, optimizer=None
+    module,
+    loss_fn: LossFn,
+    batch_fn: BatchFn,
+    order: np.ndarray,
+    batch_size: int,
+    optimizer=None,
+    first_batch: Callable[[float], None] | None = None,
 ) -> float:
+    """Mean loss of one pass over ``order`` (training with ``optimizer``); ``first_batch(seconds)`` after one batch."""
+    import time
+
     import torch
 
-    total, count = 0.0, 0
+    total, count, clock = 0.0, 0, time.perf_counter()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if optimizer is None:
@@ -73,6 +98,8 @@ def _epoch_loss(
             optimizer.step()
         total += float(loss.detach()) * len(idx)
         count += len(idx)
+        if first_batch is not None and start == 0:
+            first_batch(time.perf_counter() - clock)
     return total / max(count, 1)
 
 
@@ -128,6 +155,17 @@ def _load_state(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | N
             f"training checkpoint {str(path)!r}: the weights differ from those recorded. {advice}"
         )
     return saved
+
+
+def _can_fuse(module: torch.nn.Module) -> bool:
+    """Whether AdamW's fused kernel applies: every trainable parameter a floating tensor on the CPU or a GPU.
+
+    The fused update is one kernel per step instead of one per parameter and operation; on the
+    MLP's 3.7 M-parameter output layer (14,500 genes) it makes the optimiser step ~5× faster on a
+    CPU, the same update up to rounding.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def train(
@@ -213,7 +251,7 @@ def train(
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=_can_fuse(module))
     history: dict[str, list[float]] = {"loss": [], "val_loss": [], **({"val_score": []} if val_score else {})}
     best, best_state, stale, start = np.inf, None, 0, 0
     folder = None if checkpoint is None else Path(checkpoint)
@@ -231,13 +269,18 @@ def train(
         best_state = saved["best_state"]
         logger.info("%s: resuming after epoch %d of %d", desc, start, epochs)
     stopped = saved is not None and saved["stopped"]
+    device = next((str(p.device) for p in module.parameters()), "cpu")
     bar = tqdm(range(start, epochs if not stopped else start), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         module.train()
         order = rng.permutation(n_train)
         if drop_last and n_train > batch_size:
             order = order[: n_train - n_train % batch_size]
-        history["loss"].append(_epoch_loss(module, loss_fn, batch_fn, order, batch_size, optimizer))
+        # the expected time, announced before the user has waited for more than one batch
+        n_batches = -(-len(order) // batch_size)
+        announce = partial(_announce, desc, n_batches=n_batches, epochs=epochs - start, device=device)
+        first = announce if epoch == start else None
+        history["loss"].append(_epoch_loss(module, loss_fn, batch_fn, order, batch_size, optimizer, first))
         if val_indices is not None and len(val_indices):
             module.eval()
             val = _epoch_loss(module, loss_fn, batch_fn, np.asarray(val_indices), batch_size)

@@ -51,14 +51,24 @@ def gene_list(genes: Sequence[str] | str | None, default: Sequence[str]) -> list
 
 
 @checks_keys("layer")
-def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *, layer: str | None = None) -> list[str]:
+def reference_hvgs(
+    reference: AnnData | Sequence[AnnData],
+    n_top: int = 1000,
+    *,
+    query: AnnData | None = None,
+    layer: str | None = None,
+) -> list[str]:
     """BLEEP's gene set: the union of each reference section's ``n_top`` most variable genes, never the query's.
 
     BLEEP trains on the union of the highly variable genes of its training sections; choosing the
-    genes on the query would leak the held-out section into training. Genes are ranked by the
-    variance of ``X`` (or ``layers[layer]``, e.g. log1p values) within each section (a tie goes to
-    the earlier gene, :func:`stmorph._scores.top_n`); the union keeps the first section's order,
-    then each later section's new genes.
+    genes on the query would leak the held-out section into training. Only genes that every
+    reference (and ``query``, if given) has are ranked, so every returned gene can be passed as
+    ``genes=`` to :func:`predict`. Genes are ranked by the variance of ``X`` (or
+    ``layers[layer]``, e.g. log1p values) within each section (a tie goes to the earlier gene,
+    :func:`stmorph._scores.top_n`); the union keeps the first section's order, then each later
+    section's new genes. BLEEP and HECLIP make this selection themselves (``train_genes="hvg"``)
+    while still predicting every gene; this function is for the other methods, or to predict
+    only these genes.
 
     Parameters
     ----------
@@ -66,12 +76,14 @@ def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *,
         The reference section(s).
     n_top
         Genes taken from each section.
+    query
+        The section to predict: genes it lacks are left out too (its expression is never read).
     layer
         Expression to rank (``None``: ``X``).
 
     Returns
     -------
-    Gene names, to pass as ``genes=`` to :func:`predict` (the query must have them).
+    Gene names, to pass as ``genes=`` to :func:`predict`.
 
     Examples
     --------
@@ -82,12 +94,15 @@ def reference_hvgs(reference: AnnData | Sequence[AnnData], n_top: int = 1000, *,
     True
     """
     check_range(n_top, "n_top", low=1, inclusive=True)
+    refs = as_reference_list(reference)
+    shared = pd.Index(shared_genes(refs, refs[0] if query is None else query))
     chosen: dict[str, None] = {}
-    for ref in as_reference_list(reference):
-        mat = get_matrix(ref, layer)
+    for ref in refs:
+        columns = np.sort(ref.var_names.get_indexer(shared))
+        mat = get_matrix(ref, layer)[:, columns]
         if sparse.issparse(mat):
             variance = np.asarray(mat.power(2).mean(axis=0)).ravel() - np.asarray(mat.mean(axis=0)).ravel() ** 2
         else:
             variance = np.asarray(mat, dtype=np.float64).var(axis=0)
-        chosen.update(dict.fromkeys(ref.var_names[np.sort(top_n(variance, n_top))]))
+        chosen.update(dict.fromkeys(ref.var_names[columns[np.sort(top_n(variance, n_top))]]))
     return list(chosen)

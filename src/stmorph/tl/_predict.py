@@ -191,7 +191,9 @@ class TrainingData:
     blocks
         Spatial blocks of the training spots, unique across sections (inner folds of nested CV).
     sections
-        Reference section of each training spot (``None``: one section), for the references' EPS.
+        The reference section of each training spot (``None``: one section, within a slice): the
+        references' EPS are computed per section, and BLEEP and HECLIP take each section's most
+        variable genes.
     oof
         Out-of-fold predictions of the training spots over ``groups`` (``trust=True``), from
         ``method="auto"``'s CV or :func:`~stmorph.models._cv.cross_predict`.
@@ -421,7 +423,8 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
             lambda: make_method(model.name, model.params, **quiet), data.x, data.y, data.groups, data.blocks
         )[0]
     layer = {"layer": data.layer}
-    model.train(data.x, data.y, genes=data.genes, groups=data.groups, inputs={**data.spec.record(), **layer})
+    inputs = {**data.spec.record(), **layer}
+    model.train(data.x, data.y, genes=data.genes, groups=data.groups, sections=data.sections, inputs=inputs)
     if request.interval is not None:
         calibrate_model(model, data.x, data.y, data.groups, data.blocks, request.interval, oof=data.oof)
     extra["train_time_s"] = time.perf_counter() - start  # the CV of auto included
@@ -454,10 +457,9 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     spec = request.spec.fitted_to(x_train).spaced(refs, names)
     spec.check_query(query)
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
+    data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     if request.needs_groups:
         data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
-    if len(refs) > 1:
-        data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     model, extra = _fit(request, data)
     return Fitted(model, _as_trained(spec.scale(x_query), data), extra, data=data)
 

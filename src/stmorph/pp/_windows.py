@@ -72,7 +72,9 @@ def read_pixels(regions: Sequence[Any], what: str) -> list[np.ndarray]:
     import dask
 
     try:
-        return [np.asarray(r) for r in dask.compute(*regions)]
+        # the local threaded scheduler: inside a dask.distributed task (st.tl.embed_cohort with a client) the
+        # default scheduler is the cluster, whose threads are busy with the slides' tasks: a deadlock
+        return [np.asarray(r) for r in dask.compute(*regions, scheduler="threads")]
     except MemoryError:
         raise
     except Exception as err:  # whatever the storage layer raises (OSError, a codec's RuntimeError, ...)

@@ -64,6 +64,11 @@ def test_cv_df_marks_the_candidate_auto_chose(sim_sdata):
         st.get.cv_df(refs[0])
 
 
-def test_trust_df_names_the_call_when_nothing_is_stored(c3):
+def test_trust_df_is_the_trust_columns_predict_wrote_and_names_the_call_when_none_are_stored(c3):
+    table = st.get.trust_df(c3, "predicted_ridge")
+    assert list(table.index) == list(c3.var_names)
+    assert {"expected_r", "eps", "eps_qval", "trusted"} <= set(table.columns)
+    for column in table.columns:
+        np.testing.assert_array_equal(table[column], c3.var[f"predicted_ridge_{column}"])
     with pytest.raises(StmorphKeyError, match=r"st\.tl\.predict"):
-        st.get.trust_df(c3, "predicted_ridge")
+        st.get.trust_df(c3, "predicted_knn")

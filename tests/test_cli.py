@@ -123,6 +123,23 @@ def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
     assert f"{n_trusted} genes trusted" in printed.getvalue() and "expected_r_spearman" in summary
 
 
+def test_predict_command_writes_intervals_around_the_prediction(demo_run, tmp_path):
+    out, _ = demo_run
+    target = tmp_path / "C2_intervals.h5ad"
+    argv = ["predict", str(out / "C2" / "results.h5ad"), "--reference", str(out / "C3" / "results.h5ad")]
+    argv += ["--method", "knn", "--use-rep", f"X_{ENCODER}", "--interval", "0.8", "--out", str(target)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    query = ad.read_h5ad(target)
+    pred, lower, upper = (query.layers[f"predicted_knn{s}"] for s in ("", "_lower", "_upper"))
+    predicted = np.isfinite(pred)  # NaN: genes the reference lacks, without an interval either
+    assert predicted.mean() > 0.9 and np.array_equal(np.isfinite(lower), predicted)
+    assert np.all(lower[predicted] <= pred[predicted]) and np.all(pred[predicted] <= upper[predicted])
+    assert np.mean(upper[predicted] - lower[predicted]) > 0
+    assert "predicted_knn_lower" in printed.getvalue() and "predicted_knn_upper" in printed.getvalue()
+
+
 def test_eps_command_writes_genes_by_slices(demo_run, tmp_path):
     out, _ = demo_run
     inputs = [str(out / s / "results.h5ad") for s in ("C2", "C3")]

@@ -109,6 +109,12 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--layer", default=None, help="expression layer to learn (default: X)")
     _add_output_arguments(predict, None, use_rep=True)
     predict.add_argument("--evaluate", action="store_true", help="also score the prediction against the measured")
+    predict.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="also write conformal prediction intervals of this coverage, e.g. 0.9 (layers <layer>_lower/_upper)",
+    )
     predict.add_argument("--params", default="{}", help="method options as JSON, e.g. '{\"epochs\": 20}'")
     _add_input_arguments(predict)
 
@@ -243,7 +249,9 @@ def _run_eps(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'eps.csv'} and {out / 'sps.csv'}")
 
 
-_PREDICT_OWN = ("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added")
+_PREDICT_OWN = (
+    *("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added", "interval"),
+)
 """Options of st.tl.predict that the ``predict`` command sets itself (not accepted in ``--params``)."""
 
 
@@ -273,10 +281,13 @@ def _run_predict(args: argparse.Namespace) -> None:
     use_rep = _use_rep(args)
     query = _embedded(args.query, args, "query", use_rep)
     references = [_embedded(p, args, "--reference", use_rep) for p in args.reference]
-    tl.predict(query, references, method=args.method, use_rep=use_rep, layer=args.layer, **params)
+    tl.predict(
+        query, references, method=args.method, use_rep=use_rep, layer=args.layer, interval=args.interval, **params
+    )
     layer = f"predicted_{args.method}"
     query.write_h5ad(args.out)
-    print(f"wrote {args.out} with layers[{layer!r}]")
+    written = [layer] if args.interval is None else [layer, f"{layer}_lower", f"{layer}_upper"]
+    print(f"wrote {args.out} with layers {written}")
     trusted = Key.var.trust(layer, "trusted")
     if trusted in query.var:
         print(f"{int(query.var[trusted].sum())} genes trusted: var[{trusted!r}] (expected r, EPS q: st.get.trust_df)")

@@ -102,7 +102,16 @@ def eps_tables(
 
     From slices, both are read from ``var`` (``var[key]``, ``var[f"{key}_qval"]`` of
     :func:`~stmorph.tl.eps`); from a table, the q-values are ``qvals`` (same genes and slices).
+    Genes without an EPS in any slice (in ``var`` but not scored) are left out.
     """
+    eps, q = _all_tables(data, qvals, key, name)
+    scored = eps.notna().any(axis=1).to_numpy()
+    return eps[scored], None if q is None else q[scored]
+
+
+def _all_tables(
+    data: Cohort, qvals: pd.DataFrame | None, key: str, name: str
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if isinstance(data, pd.DataFrame):
         eps = _check_table(data, "the EPS table")
         if qvals is None:
@@ -311,7 +320,7 @@ def predictable_genes(
 
     Returns
     -------
-    One row per gene (most predictable first), with columns:
+    One row per gene with an EPS in at least one slice (most predictable first), with columns:
 
     ``mean_eps``, ``sd_eps`` : mean and SD of the gene's EPS over the slices scoring it.
     ``n_slices`` : slices with a finite EPS for the gene.

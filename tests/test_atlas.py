@@ -232,3 +232,76 @@ def test_gene_sets_sharing_no_gene_with_the_scored_genes_are_an_error():
     atlas, _ = _ranked_atlas()
     with pytest.raises(InvalidParameterError, match="ENSG0001"):
         st.tl.enrich_predictable(atlas, {"ids": [f"ENSG000{i}" for i in range(20)]})
+
+
+# --------------------------------------------------------------------------------- the shipped sections
+SECTIONS = ("C2", "C3", "C4", "C5")
+
+
+@pytest.fixture(scope="module")
+def shipped(her2st_sdata):
+    """C2–C5 embedded (hed), prepared, scored (tl.eps per slice and tl.sps) and ridge-predicted leave-one-out."""
+    slices = {}
+    for section in SECTIONS:
+        table = st.pp.extract_patches(her2st_sdata(section), copy=True, progress=False)
+        st.tl.embed(table, model="hed", progress=False)
+        del table.obsm["patches"]
+        st.pp.prepare_expression(table)
+        slices[section] = table
+    detected = [
+        set(t.var_names[np.asarray((t.layers["counts"] > 0).mean(axis=0)).ravel() >= 0.1]) for t in slices.values()
+    ]
+    genes = sorted(set.intersection(*detected))  # detected in ≥ 10 % of the spots of every section
+    for name, table in slices.items():
+        st.tl.eps(table, use_rep="X_hed", genes=genes, progress=False)
+        others = [t for other, t in slices.items() if other != name]
+        st.tl.predict(table, others, method="ridge", use_rep="X_hed", genes=genes, trust=False, progress=False)
+        st.tl.evaluate(table, "predicted_ridge")
+    _, eps = st.tl.sps(slices, use_rep="X_hed", genes=genes)
+    return slices, eps
+
+
+def test_atlas_of_the_shipped_sections(shipped):
+    slices, eps = shipped
+    assert list(eps.columns) == list(SECTIONS)
+    atlas = st.tl.predictable_genes(slices)
+    qvals = pd.DataFrame({s: t.var["eps_qval"] for s, t in slices.items()}).loc[eps.index]
+    pd.testing.assert_frame_equal(st.tl.predictable_genes(eps, qvals), atlas, check_names=False)
+    # the image predicts the top genes in most sections, the bottom genes in none
+    assert atlas.loc[atlas["top"], "frac_significant"].mean() > 0.5
+    assert atlas.loc[atlas["bottom"], "frac_significant"].max() == 0.0
+    assert (
+        atlas.loc[atlas["top"], "consistency"].mean() > 0.75 > 0.25 > atlas.loc[atlas["bottom"], "consistency"].mean()
+    )
+
+
+def test_heatmap_of_the_shipped_sections_draws_the_stored_eps(shipped):
+    _, eps = shipped
+    fig = st.pl.eps_heatmap(eps, n_top=10, show=False)
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    columns = [t.get_text() for t in ax.get_xticklabels()]
+    assert set(rows) == set(eps.mean(axis=1).nlargest(10).index) and set(columns) == set(SECTIONS)
+    np.testing.assert_allclose(ax.images[0].get_array().filled(np.nan), eps.loc[rows, columns].to_numpy())
+
+
+def _dots_at(ax, x: int) -> np.ndarray:
+    """The y values of the scatter dots drawn around position ``x`` (the bars at the means are not dots)."""
+    from matplotlib.collections import PathCollection
+
+    dots = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    return np.sort(dots[np.abs(dots[:, 0] - x) < 0.3, 1])
+
+
+def test_marker_panel_of_the_shipped_sections_shows_eps_and_achieved_pearson(shipped):
+    slices, _ = shipped
+    fig = st.pl.marker_panel(slices, show=False)  # the paper's markers
+    eps_ax, pearson_ax = fig.axes
+    position = list(st.tl.PAPER_MARKERS).index("ERBB2")
+    np.testing.assert_allclose(_dots_at(eps_ax, position), sorted(t.var.loc["ERBB2", "eps"] for t in slices.values()))
+    pearson = sorted(t.var.loc["ERBB2", "pearson_ridge"] for t in slices.values())
+    np.testing.assert_allclose(_dots_at(pearson_ax, position), pearson)
+    unscored = [
+        g for g in st.tl.PAPER_MARKERS if all(not np.isfinite(t.var["eps"].get(g, np.nan)) for t in slices.values())
+    ]
+    assert unscored and fig._suptitle.get_text().endswith("not scored: " + ", ".join(unscored))

@@ -144,7 +144,8 @@ def _strip(ax: Axes, table: pd.DataFrame, genes: list[str], *, offset: float, co
         if not len(values):
             continue
         jitter = rng.uniform(-0.08, 0.08, len(values))
-        ax.scatter(x + offset + jitter, values, s=18, color=color, alpha=0.75, label=label if x == 0 else None)
+        ax.scatter(x + offset + jitter, values, s=18, color=color, alpha=0.75, label=label)
+        label = None  # one legend entry per method
         ax.hlines(values.mean(), x + offset - 0.15, x + offset + 0.15, color=color, linewidth=2)
 
 
@@ -228,7 +229,7 @@ def marker_panel(
         )
     scores = _prediction_scores(data, score)
     n_panels = 2 if scores else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=figsize or (1.2 + 0.9 * len(genes) * n_panels, 3.6),
+    fig, axes = plt.subplots(1, n_panels, figsize=figsize or (min(1.2 + 0.9 * len(genes) * n_panels, 18), 3.6),
                              layout="constrained", squeeze=False)  # fmt: skip
     axes = list(axes.ravel())
     _strip(axes[0], eps, genes, offset=0.0, color="C0", label=None)

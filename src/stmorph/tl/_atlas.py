@@ -195,7 +195,7 @@ def _summary(eps: np.ndarray, qvals: np.ndarray | None, alpha: float) -> dict[st
         mean = np.where(n > 0, np.nansum(eps, axis=1) / n, np.nan)
         sd = np.sqrt(np.nansum((eps - mean[:, None]) ** 2, axis=1) / (n - 1))
         sd[n < 2] = np.nan
-        medians = np.nanmedian(np.where(finite, eps, np.nan), axis=0) if finite.any() else np.full(eps.shape[1], np.nan)
+        medians = _column_medians(np.where(finite, eps, np.nan))
         consistency = np.where(n > 0, (eps > medians[None, :]).sum(axis=1) / n, np.nan)
         if qvals is None:
             significant = np.full(len(eps), np.nan)
@@ -203,6 +203,14 @@ def _summary(eps: np.ndarray, qvals: np.ndarray | None, alpha: float) -> dict[st
             tested = np.isfinite(qvals) & finite
             significant = np.where(n > 0, (tested & (qvals < alpha)).sum(axis=1) / n, np.nan)
     return {"mean_eps": mean, "sd_eps": sd, "n_slices": n, "frac_significant": significant, "consistency": consistency}
+
+
+def _column_medians(values: np.ndarray) -> np.ndarray:
+    """Median of each column over its finite values; NaN (without numpy's warning) for a column with none."""
+    medians = np.full(values.shape[1], np.nan)
+    scored = np.isfinite(values).any(axis=0)
+    medians[scored] = np.nanmedian(values[:, scored], axis=0)
+    return medians
 
 
 def _extremes(mean: np.ndarray, eligible: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray, int]:

@@ -1098,3 +1098,57 @@ def training_a_model_class_instead_of_a_fitted_model():
 @_case("st.pl.sps_vs_score", "no slice ([])", InvalidParameterError)
 def sps_vs_score_no_slice():
     return None, lambda: st.pl.sps_vs_score([], show=False)
+
+
+# ----------------------------------------------------------------------------------- the atlas
+def _scored_slices() -> dict:
+    """Two fresh slices with ``var['eps']`` from ``st.tl.eps`` (the input of the atlas)."""
+    slices = {}
+    for name in ("A1", "B1"):
+        a = table()
+        st.tl.eps(a, use_rep="X_lat", progress=False)
+        a.obs["tissue"] = "breast"
+        slices[name] = a
+    return slices
+
+
+@_case("st.tl.predictable_genes", "the group column missing from one slice", StmorphKeyError)
+def predictable_genes_the_group_column_missing_from_one_slice():
+    slices = _scored_slices()
+    del slices["B1"].obs["tissue"]
+    return slices["B1"], lambda: st.tl.predictable_genes(slices, groupby="tissue")
+
+
+@_case("st.tl.predictable_genes", "a slice without st.tl.eps results", StmorphKeyError)
+def predictable_genes_a_slice_without_eps_results():
+    slices = {**_scored_slices(), "C1": table()}
+    return slices["C1"], lambda: st.tl.predictable_genes(slices)
+
+
+@_case("st.tl.predictable_genes", "q-values of other slices than the EPS table", ShapeMismatchError)
+def predictable_genes_q_values_of_other_slices():
+    eps = np.random.default_rng(0).random((5, 3))
+    import pandas as pd
+
+    table_, qvals = pd.DataFrame(eps, columns=["a", "b", "c"]), pd.DataFrame(eps, columns=["a", "b", "x"])
+    return None, lambda: st.tl.predictable_genes(table_, qvals)
+
+
+@_case("st.tl.enrich_predictable", "gene sets sharing no gene with the scored genes", InvalidParameterError)
+def enrich_predictable_gene_sets_sharing_no_gene_with_the_scored_genes():
+    atlas = st.tl.predictable_genes(_scored_slices())
+    sets = {"ensembl": [f"ENSG{i:011d}" for i in range(30)]}  # other identifiers than the scored symbols
+    return None, lambda: st.tl.enrich_predictable(atlas, sets)
+
+
+@_case("st.pl.marker_panel", "none of the marker genes scored", StmorphKeyError)
+def marker_panel_none_of_the_marker_genes_scored():
+    slices = _scored_slices()
+    return slices["A1"], lambda: st.pl.marker_panel(slices, ["KLK3", "ESR1"], show=False)
+
+
+@_case("st.tl.enrich_predictable", "without the optional decoupler package", MissingDependencyError)
+def enrich_predictable_without_decoupler():
+    atlas = st.tl.predictable_genes(_scored_slices())
+    sets = {"some": list(atlas.index[:6])}
+    return None, _without_module("decoupler", lambda: st.tl.enrich_predictable(atlas, sets))

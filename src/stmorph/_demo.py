@@ -196,6 +196,24 @@ def _figures(result: DemoResult, settings: DemoSettings, out: Path, progress: bo
     return figures
 
 
+def atlas_markers(genes: Sequence[str]) -> list[str]:
+    """The marker panel's genes: the EPS paper's markers, then the demo's breast markers that were scored."""
+    from .tl import PAPER_MARKERS
+
+    return list(PAPER_MARKERS) + [g for g in MARKER_GENES if g in genes and g not in PAPER_MARKERS]
+
+
+def _atlas(result: DemoResult, out: Path) -> None:
+    """The cohort atlas of the sections (their stored EPS and q-values): ``atlas.csv`` and its two figures."""
+    result.atlas = tl.predictable_genes(result.tables)
+    result.atlas.to_csv(out / "atlas.csv")
+    result.figures["atlas_heatmap"] = [
+        ("all", _save(pl.eps_heatmap(result.tables, n_top=30, show=False), out / "atlas_heatmap.png"))
+    ]
+    panel = pl.marker_panel(result.tables, atlas_markers(result.genes), show=False)
+    result.figures["marker_panel"] = [("all", _save(panel, out / "marker_panel.png"))]
+
+
 def _write_results(tables: dict[str, AnnData], out: Path) -> None:
     """``<out>/<section>/results.h5ad``: the section's table with every result and its image."""
     for name, table in tables.items():
@@ -272,7 +290,8 @@ def run_demo_steps(
     :class:`DemoResult`; ``result.report`` is the path of ``report.html``. The folder also holds
     ``<section>/results.h5ad``, ``eps.csv`` (genes × sections), ``sps.csv``, ``metrics.csv`` (one
     row per section and method), ``cv.csv`` (with ``"auto"``: the CV table of every query section,
-    one row per candidate and fold) and the PNGs.
+    one row per candidate and fold), ``atlas.csv`` (:func:`stmorph.tl.predictable_genes` over the
+    sections) and the PNGs.
 
     Examples
     --------
@@ -321,6 +340,7 @@ def run_demo_steps(
     metrics.to_csv(out / "metrics.csv", index=False)
     _write_results(tables, out)
     result.figures = _figures(result, settings, out, progress)
+    _atlas(result, out)
     timings["write + plot"] = time.perf_counter() - start - sum(timings.values())
     result.timings = timings
     result.report = write_report(out / "report.html", result, settings, sections)

@@ -62,6 +62,7 @@ class DemoResult:
     metrics: pd.DataFrame
     genes: list[str]
     cv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    atlas: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None

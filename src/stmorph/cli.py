@@ -1,4 +1,4 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``.
+"""The ``stmorph`` command: ``stmorph demo``, ``embed``, ``eps``, ``predict`` and ``atlas``.
 
 ``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
 SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
@@ -26,6 +26,7 @@ _HELP = {
     "embed": "image embeddings of a slide (Space Ranger, Visium HD, .zarr, HEST, .h5ad) into an .h5ad",
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
+    "atlas": "predictable-gene atlas of a cohort from a stored EPS table (CSV + PNG)",
 }
 TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
 """The methods ``--epochs`` applies to."""
@@ -40,6 +41,10 @@ _DESCRIPTION = {
     "write eps.csv (genes × slices) and sps.csv to the output folder.",
     "predict": "Fit a method on the reference slice(s) and predict the query; writes the query with "
     "layers['predicted_<method>'] and, with --evaluate, the metrics.",
+    "atlas": "Summarise stored EPS over slices with st.tl.predictable_genes (never recomputing EPS): the eps.csv of "
+    "`stmorph eps` (genes × slices) or .h5ad slices after st.tl.eps (e.g. the demo's results.h5ad, which also hold "
+    "q-values and evaluated predictions). Writes atlas.csv, eps_heatmap.png, marker_panel.png and, with --gene-sets, "
+    "enrichment.csv and enrichment.png.",
 }
 
 
@@ -119,6 +124,21 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_input_arguments(predict)
 
 
+def _atlas_arguments(atlas: argparse.ArgumentParser) -> None:
+    from .tl import PAPER_MARKERS
+
+    atlas.add_argument("inputs", nargs="+", help="one eps.csv (genes × slices) or .h5ad slices after st.tl.eps")
+    _add_output_arguments(atlas, "stmorph_atlas")
+    atlas.add_argument("--qvals", default=None, help="q-values CSV of the same genes × slices as eps.csv")
+    atlas.add_argument("--fraction", type=float, default=0.05, help="top/bottom share of genes (default: 0.05)")
+    atlas.add_argument("--min-slices", type=int, default=1, help="slices a gene needs to be flagged (default: 1)")
+    atlas.add_argument("--groupby", default=None, help="group of each slice: a column of --metadata or of obs")
+    atlas.add_argument("--metadata", default=None, help="CSV with one row per slice (first column: slice name)")
+    atlas.add_argument("--gene-sets", default=None, help="GMT file of gene sets to test the top/bottom genes against")
+    atlas.add_argument("--markers", nargs="+", default=list(PAPER_MARKERS), help="genes of the marker panel")
+    atlas.add_argument("--n-top", type=int, default=30, help="genes in the heatmap (default: 30)")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (``stmorph predict: error: ...``), exit status 2."""
 
@@ -131,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
-        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)
+        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments),
+        ("predict", _predict_arguments), ("atlas", _atlas_arguments),
     )  # fmt: skip
     for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
@@ -298,7 +319,79 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"wrote the metrics into {args.out}")
 
 
-_COMMANDS = {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}
+def _read_csv_table(path: str, option: str):
+    """A CSV whose first column is the row names, as a DataFrame; missing or unreadable: a named error."""
+    import pandas as pd
+
+    from .errors import DamagedFileError
+
+    check_path(path, option, "file")
+    try:
+        return pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{option}: {path!r} is not a readable CSV table ({err}).") from None
+
+
+def _atlas_input(paths: Sequence[str]):
+    """The cohort of ``stmorph atlas``: one EPS CSV table, or the slices of ``.h5ad`` files."""
+    from ._inputs import read_h5ad
+
+    if len(paths) == 1 and Path(paths[0]).suffix.lower() == ".csv":
+        return _read_csv_table(paths[0], "input")
+    if any(Path(p).suffix.lower() != ".h5ad" for p in paths):
+        raise UsageError("atlas takes one eps.csv (genes × slices) or .h5ad slices; found " + ", ".join(paths) + ".")
+    return dict(zip(_slice_names(paths), (read_h5ad(p, "input") for p in paths)))
+
+
+def _run_atlas(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    from . import pl, tl
+
+    check_int(args.n_top, "--n-top", low=1)
+    check_path(args.out, "--out", "folder_to_write")
+    cohort = _atlas_input(args.inputs)
+    qvals = _read_csv_table(args.qvals, "--qvals") if args.qvals else None
+    metadata = _read_csv_table(args.metadata, "--metadata") if args.metadata else None
+    group = {"groupby": args.groupby, "metadata": metadata}
+    atlas = tl.predictable_genes(cohort, qvals, fraction=args.fraction, min_slices=args.min_slices, **group)
+    enrichment = tl.enrich_predictable(atlas, args.gene_sets) if args.gene_sets else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atlas.to_csv(out / "atlas.csv")
+    written = ["atlas.csv"]
+    figures = {
+        "eps_heatmap.png": pl.eps_heatmap(cohort, n_top=args.n_top, show=False, **group),
+        "marker_panel.png": _marker_panel(cohort, args.markers),
+    }
+    if enrichment is not None:
+        enrichment.to_csv(out / "enrichment.csv", index=False)
+        figures["enrichment.png"] = pl.enrichment(enrichment, show=False)
+        written.append("enrichment.csv")
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(out / name, dpi=110, bbox_inches="tight")
+            written.append(name)
+    print(atlas.loc[atlas["top"], ["mean_eps", "n_slices", "frac_significant", "consistency"]].head(10).to_string())
+    print(f"wrote {', '.join(written)} to {out}")
+
+
+def _marker_panel(cohort, markers: Sequence[str]):
+    """The marker panel, or ``None`` (with a note) when no marker was scored."""
+    from . import pl
+    from .errors import StmorphKeyError
+
+    try:
+        return pl.marker_panel(cohort, markers, show=False)
+    except StmorphKeyError as err:
+        print(f"no marker panel: {err}", file=sys.stderr)
+        return None
+
+
+_COMMANDS = {
+    "demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict, "atlas": _run_atlas
+}  # fmt: skip
 
 
 def _run(command: str, args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 ``__all__`` is the user API; the names re-exported ``as`` themselves are for the rest of stmorph (the demo).
 """
 
+from ._atlas import enrichment, eps_heatmap, marker_panel
 from ._cv import cv_table
 from ._eps import eps_ranking, eps_vs_score, sps_vs_score
 from ._eps import min_detected_spots as min_detected_spots
@@ -14,9 +15,12 @@ from ._trust import trust
 
 __all__: list[str] = [
     "cv_table",
+    "enrichment",
+    "eps_heatmap",
     "eps_ranking",
     "eps_vs_score",
     "gene_correlation",
+    "marker_panel",
     "spatial",
     "sps_vs_score",
     "training",

@@ -13,4 +13,11 @@ from ._stain import stain_normalizer as stain_normalizer
 from ._windows import read_patches as read_patches
 from ._xenium import pseudo_spots
 
-__all__: list[str] = ["FilePatchReader", "PatchReader", "extract_patches", "patch_reader", "prepare_expression", "pseudo_spots"]
+__all__: list[str] = [
+    "FilePatchReader",
+    "PatchReader",
+    "extract_patches",
+    "patch_reader",
+    "prepare_expression",
+    "pseudo_spots",
+]

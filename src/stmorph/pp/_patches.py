@@ -65,8 +65,8 @@ def extract_patches(
     """Cut one square H&E patch centred on each spot, at a fixed physical resolution.
 
     Each patch covers ``patch_um = patch_size * target_mpp`` µm (default 224 px × 0.5 µm/px = 112 µm,
-    the EPS paper's tiles; 48 µm for Xenium cells): a window of ``patch_size * target_mpp / mpp`` source pixels is cut around
-    the spot centre and resized to ``patch_size`` pixels (Lanczos; copied unchanged when no
+    the EPS paper's tiles; 48 µm for Xenium cells): a window of ``patch_um / mpp`` source pixels is
+    cut around the spot centre and resized to ``patch_size`` pixels (Lanczos; copied unchanged when no
     resizing is needed). Parts of a window outside the image are white.
 
     Parameters

@@ -394,4 +394,3 @@ def pseudo_spots(
     sdata.shapes[shapes_key] = squares
     sdata.tables[key_added] = spots
     return None
-

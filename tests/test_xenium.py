@@ -83,9 +83,8 @@ def test_circles_of_several_radii_are_not_read_as_55_um_visium_spots(xenium_fold
     table = sdata.tables["table"].copy()
     table.uns["spatialdata_attrs"]["region"] = "cells"
     table.obs["region"] = table.obs["region"].cat.rename_categories(["cells"])
-    plain = SpatialData(
-        images={"he_image": sdata.images["he_image"]}, shapes={"cells": sdata.shapes["cell_circles"]}, tables={"t": table}
-    )
+    images, shapes = {"he_image": sdata.images["he_image"]}, {"cells": sdata.shapes["cell_circles"]}
+    plain = SpatialData(images=images, shapes=shapes, tables={"t": table})
     with pytest.raises(InvalidParameterError, match="pixel size"):
         st.pp.extract_patches(plain, progress=False)
 

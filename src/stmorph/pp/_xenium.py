@@ -263,7 +263,7 @@ def _pseudo_spot_table(
     obs = pd.DataFrame(
         {
             "array_row": occupied[:, 0], "array_col": occupied[:, 1],
-            "n_cells": np.bincount(member, minlength=len(occupied)), "area_um2": np.full(len(occupied), size_um**2),
+            "n_cells": np.bincount(member, minlength=len(occupied)), "area_um2": np.full(len(occupied), float(size_um) ** 2),
             "region": pd.Categorical([region] * len(occupied)), "spot_id": names.to_numpy(),
         },
         index=names,
@@ -336,8 +336,8 @@ def pseudo_spots(
     >>> sdata = st.datasets.simulate_xenium(n_cells=300, seed=0)
     >>> st.pp.pseudo_spots(sdata, size_um=100)
     >>> table = sdata.tables["pseudo_spots_100um"]
-    >>> int(table.obs["n_cells"].sum()), table.obs["area_um2"].iloc[0]
-    (300, np.float64(10000.0))
+    >>> int(table.obs["n_cells"].sum()), float(table.obs["area_um2"].iloc[0])
+    (300, 10000.0)
     """
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Scale

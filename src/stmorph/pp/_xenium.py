@@ -263,7 +263,8 @@ def _pseudo_spot_table(
     obs = pd.DataFrame(
         {
             "array_row": occupied[:, 0], "array_col": occupied[:, 1],
-            "n_cells": np.bincount(member, minlength=len(occupied)), "area_um2": np.full(len(occupied), float(size_um) ** 2),
+            "n_cells": np.bincount(member, minlength=len(occupied)),
+            "area_um2": np.full(len(occupied), float(size_um) ** 2),
             "region": pd.Categorical([region] * len(occupied)), "spot_id": names.to_numpy(),
         },
         index=names,

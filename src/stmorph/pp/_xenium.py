@@ -140,7 +140,7 @@ def he_image(sdata: SpatialData, image_key: str | None) -> str:
         )
     named = [key for key in rgb if key.endswith("he_image")] or rgb
     key = one_key(named, None, "H&E image", "image_key")
-    logger.info("extract_patches: Xenium H&E images[%r] (not the DAPI morphology images)", key)
+    logger.info("Xenium: the H&E is images[%r] (not the DAPI morphology images)", key)
     return key
 
 

@@ -150,6 +150,12 @@ def test_xenium_extract_embed_eps_end_to_end(xenium_folder):
     eps = table.var["eps"].to_numpy()
     assert np.isfinite(eps).sum() >= 0.9 * table.n_vars
     assert np.isfinite(table.uns["sps"]["sps"])
+    null = table.copy()  # null: each cell's expression given another cell's patch
+    null.X = null.X[np.random.default_rng(0).permutation(null.n_obs)]
+    st.tl.eps(null, use_rep="X_hed", exclude_radius=48.0)
+    pval = null.var["eps_pval"].dropna().to_numpy()
+    assert len(pval) >= 0.9 * null.n_vars and np.mean(pval < 0.05) <= 0.2
+    assert abs(null.uns["sps"]["sps"]) < 0.05
 
 
 def test_xenium_he_without_alignment_file_is_refused(xenium_crop, tmp_path):

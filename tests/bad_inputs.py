@@ -21,6 +21,7 @@ import numpy as np
 
 import stmorph as st
 from stmorph.errors import (
+    AlignmentError,
     CheckpointMismatchError,
     DamagedFileError,
     InconsistentUnitsError,
@@ -641,6 +642,67 @@ def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
 def embed_lazy_patches_whose_zarr_image_lost_a_chunk():
     sdata = _zarr_missing_chunk(extract_first=True)
     return sdata.tables["table"], lambda: st.tl.embed(sdata.tables["table"], model="hed", progress=False)
+
+
+# ------------------------------------------------------- issue 27: Xenium with its post-run H&E
+
+
+def _xenium():
+    """A fresh simulated Xenium slide (``spatialdata_io.xenium`` layout) of 60 cells."""
+    return st.datasets.simulate_xenium(60, seed=0)
+
+
+@_case("st.pp.extract_patches", "Xenium H&E without its alignment (identity to the Xenium pixels)", AlignmentError)
+def extract_patches_xenium_he_without_alignment():
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = _xenium()
+    set_transformation(sdata.images["he_image"], Identity(), "global")
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium alignment placing cells off the H&E (says how many)", OutOfImageError)
+def extract_patches_xenium_alignment_places_cells_off_the_he():
+    from spatialdata.transformations import Affine, get_transformation, set_transformation
+
+    sdata = _xenium()
+    matrix = get_transformation(sdata.images["he_image"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    matrix[0, 2] += 1000.0  # Xenium pixels: the H&E moved right, the left cells off it
+    set_transformation(sdata.images["he_image"], Affine(matrix, ("x", "y"), ("x", "y")), "global")
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium DAPI morphology image given as the H&E", InputTypeError)
+def extract_patches_xenium_dapi_given_as_the_he():
+    sdata = _xenium()
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, image_key="morphology_focus", progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium SpatialData without a cell table", StmorphKeyError)
+def extract_patches_xenium_without_a_cell_table():
+    sdata = _xenium()
+    del sdata.tables["table"]
+    return None, lambda: st.pp.extract_patches(sdata, progress=False)
+
+
+@_case("st.pp.pseudo_spots", "pseudo-spot size below the H&E's pixel size", InvalidParameterError)
+def pseudo_spots_size_below_the_pixel_size():
+    sdata = _xenium()
+    return sdata.tables["table"], lambda: st.pp.pseudo_spots(sdata, size_um=0.2)
+
+
+@_case("st.pp.pseudo_spots", "Xenium H&E without its alignment", AlignmentError)
+def pseudo_spots_xenium_he_without_alignment():
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = _xenium()
+    set_transformation(sdata.images["he_image"], Identity(), "global")
+    return sdata.tables["table"], lambda: st.pp.pseudo_spots(sdata)
+
+
+@_case("st.pp.pseudo_spots", "not a Xenium SpatialData", InputTypeError)
+def pseudo_spots_not_a_xenium_spatialdata():
+    return None, lambda: st.pp.pseudo_spots(_sim())
 
 
 # ------------------------------------------------------------------------------ st.models.load

@@ -73,6 +73,29 @@ class PatchSource:
     overview: Any = None
 
 
+DEFAULT_TARGET_MPP = 0.5
+"""µm per pixel of the patches when neither ``target_mpp`` nor ``patch_um`` is given (224 px = 112 µm)."""
+
+
+def tile_mpp(target_mpp: float | None, patch_um: float | None, patch_size: int, default_um: float | None) -> float:
+    """µm per patch pixel: ``target_mpp``; else ``patch_um`` (or ``default_um``) over ``patch_size``; else 0.5.
+
+    Examples
+    --------
+    >>> tile_mpp(None, 48.0, 224, None), tile_mpp(None, None, 224, None)
+    (0.21428571428571427, 0.5)
+    """
+    if target_mpp is not None and patch_um is not None:
+        raise InvalidParameterError(
+            f"target_mpp={target_mpp:g} and patch_um={patch_um:g} both set the tile's size "
+            "(patch_um = target_mpp × patch_size); pass one of them."
+        )
+    if target_mpp is not None:
+        return float(target_mpp)
+    tile_um = patch_um if patch_um is not None else default_um
+    return DEFAULT_TARGET_MPP if tile_um is None else float(tile_um) / patch_size
+
+
 def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
     keys = list(keys)
     if given is not None:
@@ -232,10 +255,17 @@ def _table_microns_per_pixel(table: AnnData) -> float | None:
 
 
 def _circle_diameter(shapes: Any) -> float | None:
-    """Median diameter of circle shapes (points with a ``radius``), in their own units."""
+    """Diameter of Visium spot circles (points sharing one ``radius``), in their own units.
+
+    Circles of several radii (e.g. Xenium cells, ``radius`` from each cell's area) are not Visium
+    spots: ``None``.
+    """
     if "radius" not in shapes.columns or not (shapes.geometry.geom_type == "Point").all():
         return None
-    return 2 * float(np.median(shapes["radius"].to_numpy(np.float64)))
+    radius = shapes["radius"].to_numpy(np.float64)
+    if len(radius) == 0 or not np.allclose(radius, radius[0], rtol=1e-6):
+        return None
+    return 2 * float(radius[0])
 
 
 def _square_side(shapes: Any) -> float | None:
@@ -282,6 +312,7 @@ MPP_SOURCES = {
     "scalefactors": "the table's scalefactors['microns_per_pixel']",
     "visium_spot_circles": f"the Visium spot circles ({VISIUM_SPOT_UM:g} µm diameter)",
     "visium_hd_bin_squares": "the Visium HD bin squares (side = bin size)",
+    "xenium_alignment": "the Xenium alignment of the H&E (cells' µm → H&E pixels)",
 }
 """What each recorded ``mpp_from`` value means."""
 
@@ -346,23 +377,32 @@ def _from_spatialdata(
         centres0 = own @ to_image[:2, :2].T + to_image[:2, 2]
     mpp0, mpp_from = _spatialdata_mpp(sdata, image_key, table, table_key, (shapes_key, shapes), to_image, mpp)
     logger.info("extract_patches: images[%r] at %.4f µm/px, from %s", image_key, mpp0, MPP_SOURCES[mpp_from])
-    levels = pyramid_levels(element)
-    level = _choose_level(levels, mpp0, target_mpp)
-    factor = np.array(
-        [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
-    )
-    info = {
-        "source": "spatialdata", "image_key": image_key, "table_key": table_key, "level": level,
-        "source_mpp": mpp0, "mpp_from": mpp_from,
-    }  # fmt: skip
+    info = {"table_key": table_key, "mpp_from": mpp_from}
     bin_um = _named_bin_um(table_key) if mpp_from == "visium_hd_bin_squares" else None
     if bin_um is not None:
         info["bin_size_um"] = bin_um
     if shapes_key is not None:
         info["shapes_key"] = shapes_key
+    return table, image_source(sdata, image_key, centres0, mpp0, target_mpp, info)
+
+
+def image_source(
+    sdata: SpatialData, image_key: str, centres0: np.ndarray, mpp0: float, target_mpp: float, info: dict[str, Any]
+) -> PatchSource:
+    """The :class:`PatchSource` of ``images[image_key]`` read at the level :func:`_choose_level` picks.
+
+    ``centres0`` are in pixels of level 0, whose pixel size is ``mpp0``; ``info`` is recorded as well.
+    """
+    element = sdata.images[image_key]
+    levels = pyramid_levels(element)
+    level = _choose_level(levels, mpp0, target_mpp)
+    factor = np.array(
+        [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
+    )
+    info = {"source": "spatialdata", "image_key": image_key, "level": level, "source_mpp": mpp0, **info}
     if sdata.path is not None:  # zarr-backed: the image can be opened again from there
         info["zarr_path"] = str(sdata.path)
-    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
+    return PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
 
 
 def _scalefactor(scalefactors: Mapping, name: str, library_id: str) -> float:

@@ -79,7 +79,8 @@ def _patches_mpp(adata: AnnData) -> set[float]:
     """The full-resolution pixel sizes recorded by :func:`~stmorph.pp.extract_patches` runs."""
     node = read_uns(adata, Key.uns.tool("patches"))
     records = node.values() if isinstance(node, Mapping) else ()
-    return {float(r["source_mpp"]) for r in records if isinstance(r, Mapping) and r.get("source_mpp") is not None}
+    found = (r.get("spatial_mpp", r.get("source_mpp")) for r in records if isinstance(r, Mapping))  # Xenium: µm
+    return {float(mpp) for mpp in found if mpp is not None}
 
 
 def pixel_size(adata: AnnData, need: str = "exclude_radius") -> float:

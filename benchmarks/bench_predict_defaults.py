@@ -9,8 +9,8 @@ else but ``use_rep``), on the CPU, with ``--threads`` torch threads (the target 
 cores). Prints the load average, the BLAS kernels (``threadpoolctl``), and one line per method:
 wall and CPU seconds of the call (the CPU time bounds the wall time on two idle cores from above
 for these CPU-bound calls, so it is the figure to read on a busy machine), the fit and predict
-seconds it records, and the genes a trained projection used; a method whose default refuses the slow path up front (LightGBM above
-``max_genes``) prints its message, which states the expected time.
+seconds it records, and the genes a trained projection used; a method whose default refuses the
+slow path up front (LightGBM above ``max_genes``) prints its message, which states the expected time.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=src python benchmarks/bench_predict_defaults.py
     ... bench_predict_defaults.py --methods bleep heclip --references C3 C4 C5 --query C2

@@ -56,7 +56,7 @@ class BadInput:
 
 @cache
 def _sim():
-    return st.datasets.simulate(60, 12, n_planted=3, seed=0, spot_px=16)
+    return st.datasets.simulate(60, 12, n_planted=3, random_state=0, spot_px=16)
 
 
 @cache
@@ -546,7 +546,7 @@ def extract_patches_image_element_missing():
 
 @_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
 def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16, mpp=0.5)
     sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"] = 0.25
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -555,7 +555,7 @@ def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
 def extract_patches_image_and_spots_share_no_coordinate_system():
     from spatialdata.transformations import Identity, set_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     set_transformation(sdata.shapes["spots"], {"elsewhere": Identity()}, set_all=True)
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -588,7 +588,7 @@ def _zarr_missing_chunk(extract_first: bool, corrupt: bool = False):
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import get_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0)
     image = sdata.images["he"]
     sdata.images["he"] = Image2DModel.parse(
         image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)
@@ -957,9 +957,9 @@ def her2st_section_name_with_a_path_separator():
     return None, lambda: st.datasets.her2st("../C2")
 
 
-@_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
-def simulate_seed_1():
-    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)
+@_case("st.datasets.simulate", "random_state=-1", InvalidParameterError)
+def simulate_random_state_1():
+    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, random_state=-1)
 
 
 # ------------------------------------------------- issue 22 §6: raw library errors, now named
@@ -1042,7 +1042,7 @@ def embed_registered_featurizer_returning_strings():
 
 @_case("st.tl.embed", "lazy patches record lacking centres_key", StmorphKeyError)
 def embed_lazy_patches_record_lacking_centres_key():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.uns["stmorph"]["patches"]["patches"]["centres_key"]
@@ -1051,7 +1051,7 @@ def embed_lazy_patches_record_lacking_centres_key():
 
 @_case("st.tl.embed", "lazy patches whose window centres were deleted from obsm", StmorphKeyError)
 def embed_lazy_patches_whose_window_centres_were_deleted():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.obsm["patches_centres_px"]

@@ -214,7 +214,7 @@ def test_dense_needs_a_lazy_extraction(tiny, image):
 
 
 def test_bins_of_mixed_sizes_are_refused():
-    sdata = st.datasets.simulate(40, 12, n_planted=3, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(40, 12, n_planted=3, random_state=0, spot_px=16)
     shapes = next(iter(sdata.shapes.values()))
     shapes["radius"] = np.where(np.arange(len(shapes)) % 2, 8.0, 4.0)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)

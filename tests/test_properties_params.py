@@ -113,7 +113,7 @@ def hostile(p: Param) -> hs.SearchStrategy:
 
 @cache
 def _sim_sdata():
-    return st.datasets.simulate(40, 10, n_planted=3, seed=0, spot_px=16)
+    return st.datasets.simulate(40, 10, n_planted=3, random_state=0, spot_px=16)
 
 
 def _sim_table():
@@ -227,7 +227,8 @@ def _params() -> list[Param]:
         P("datasets.simulate", "n_spots", "int", lambda a, v: _sim(a, n_spots=v), 1, target=lambda: None),
         P("datasets.simulate", "spot_px", "int", lambda a, v: _sim(a, spot_px=v), 1, 1024, target=lambda: None),
         P("datasets.simulate", "effect", "float", lambda a, v: _sim(a, effect=v), target=lambda: None),
-        P("datasets.simulate", "seed", "int", lambda a, v: _sim(a, seed=v), 0, 2**32 - 1, target=lambda: None),
+        P("datasets.simulate", "random_state", "int", lambda a, v: _sim(a, random_state=v), 0, 2**32 - 1,
+          target=lambda: None),
     ]  # fmt: skip
 
 

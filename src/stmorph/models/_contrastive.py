@@ -434,7 +434,7 @@ class ContrastivePredictor(TorchPredictor):
             batch_size=p["batch_size"],
             lr=p["lr"],
             weight_decay=p["weight_decay"],
-            seed=self.random_state,
+            random_state=self.random_state,
             val_indices=n_copies + np.arange(len(val_idx)) if len(val_idx) else None,
             # keep the best epoch, as both papers do; stop early after `patience` epochs without a better one
             patience=p.get("patience", epochs) if len(val_idx) else None,

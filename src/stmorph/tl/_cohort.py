@@ -143,7 +143,7 @@ def embed_cohort(
     Examples
     --------
     >>> import stmorph as st
-    >>> slides = [st.datasets.simulate(20, 5, n_planted=2, seed=i) for i in range(2)]
+    >>> slides = [st.datasets.simulate(20, 5, n_planted=2, random_state=i) for i in range(2)]
     >>> st.tl.embed_cohort(slides, model="hed")
     >>> [s.tables["table"].obsm["X_hed"].shape for s in slides]
     [(20, 57), (20, 57)]

@@ -672,7 +672,7 @@ def sps(
     Examples
     --------
     >>> import stmorph as st
-    >>> slices = {f"s{i}": st.datasets.simulate(200, 20, seed=i).tables["table"] for i in range(2)}
+    >>> slices = {f"s{i}": st.datasets.simulate(200, 20, random_state=i).tables["table"] for i in range(2)}
     >>> for a in slices.values():
     ...     st.pp.prepare_expression(a)
     >>> summary, table = st.tl.sps(slices, use_rep="latent")

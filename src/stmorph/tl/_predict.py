@@ -803,7 +803,7 @@ def predict(
     >>> adata.layers["predicted_ridge"].shape
     (200, 20)
     >>> model = st.tl.predict(adata, method="linear", use_rep="X_latent", split=0.2, return_model=True)
-    >>> other = st.datasets.simulate(100, 20, n_planted=4, seed=1).tables["table"]
+    >>> other = st.datasets.simulate(100, 20, n_planted=4, random_state=1).tables["table"]
     >>> other.obsm["X_latent"] = other.obsm["latent"]
     >>> st.tl.predict(other, model=model)  # no refit
     """

@@ -170,11 +170,11 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
     scores = [f"pearson_{m}" for m in settings.methods]
     shown = _plot_genes(table, genes, settings)
     figures = {
-        "ranking": pl.eps_ranking(table, n=15, show=False),
+        "ranking": pl.eps_ranking(table, n_top=15, show=False),
         "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
         "spatial": pl.spatial(table, shown, scale="shared", show=False),
         "spatial_pattern": pl.spatial(table, shown, show=False),
-        "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
+        "gene_correlation": pl.gene_correlation(table, n_top=40, show=False),
     }
     if "auto" in settings.methods:
         figures["cv_table"] = pl.cv_table(table, show=False)

@@ -152,3 +152,12 @@ def test_parallel_kernels_survive_concurrent_threads_on_numba_workqueue_layer():
     proc = subprocess.run([sys.executable, "-c", _CONCURRENT_KERNELS], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "layer workqueue" in proc.stdout
+
+
+def test_a_slide_whose_only_table_has_another_name_needs_no_table_key():
+    sdata = st.datasets.simulate(10, 5, n_planted=2, random_state=9)
+    sdata.tables["bins"] = sdata.tables.pop("table")
+    (table,) = st.tl.embed_cohort([sdata], model="hed", copy=True)
+    expected = st.pp.extract_patches(sdata, copy=True, progress=False)
+    st.tl.embed(expected, model="hed", progress=False)
+    np.testing.assert_array_equal(table.obsm["X_hed"], expected.obsm["X_hed"])

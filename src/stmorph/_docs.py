@@ -19,8 +19,8 @@ progress = """progress
         Show progress bars."""
 
 table_key = """table_key
-        When ``adata`` is a :class:`~spatialdata.SpatialData`: the table to use (``None``: its only
-        table); the outputs are written into that table."""
+        When ``adata`` is a :class:`~spatialdata.SpatialData`: the table to use (``None``, the
+        default of every stmorph function: its only table); the outputs are written into that table."""
 
 FRAGMENTS = {"copy": copy, "progress": progress, "table_key": table_key}
 

@@ -105,7 +105,7 @@ def _library_id(adata: AnnData, library_id: str | None) -> str:
 
 
 def _table_and_image(
-    data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
+    data: AnnData | SpatialData, *, table_key: str | None, image_key: str, library_id: str | None, max_side: int
 ) -> tuple[AnnData, dict[str, Any], str]:
     """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
     if is_spatialdata(data):
@@ -298,7 +298,7 @@ def spatial(
     percentiles: tuple[float, float] = (1.0, 99.0),
     interval_width: bool = False,
     library_id: str | None = None,
-    table_key: str = "table",
+    table_key: str | None = None,
     image_key: str = "he",
     max_image_side: int = 1000,
     cmap: str = "viridis",
@@ -348,7 +348,7 @@ def spatial(
         Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
         shown for a SpatialData image (default: the table's section).
     table_key, image_key
-        Table and image element of a SpatialData.
+        Table and image element of a SpatialData (``table_key=None``: its only table).
     max_image_side
         The image is block-averaged down to at most this longest side for drawing (the full-resolution
         SpatialData image, or the Visium ``hires``/``lowres`` image).

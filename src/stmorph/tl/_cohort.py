@@ -39,12 +39,12 @@ def _open(item: SpatialData | str | os.PathLike, tables_only: bool = False) -> S
     )
 
 
-def _table(sdata: SpatialData, table_key: str) -> AnnData:
+def _table(sdata: SpatialData, table_key: str | None) -> AnnData:
     return table_of(sdata, table_key, name="st.tl.embed_cohort")
 
 
 def slide_embedding(
-    item: SpatialData | str | os.PathLike, *, table_key: str, patches_key: str, key: str, **options: Any
+    item: SpatialData | str | os.PathLike, *, table_key: str | None, patches_key: str, key: str, **options: Any
 ) -> dict[str, dict]:
     """Outputs of embedding one slide, as ``commit_outputs`` keyword arguments; the slide is not changed.
 
@@ -92,7 +92,7 @@ def embed_cohort(
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
-    table_key: str = "table",
+    table_key: str | None = None,
     num_workers: int = 1,
     client: Any = None,
     copy: bool = False,
@@ -113,7 +113,7 @@ def embed_cohort(
     model, weights, batch_size, device, key_added, patches_key, num_workers
         As in :func:`embed`, with the same defaults.
     table_key
-        The table of each SpatialData.
+        The table of each SpatialData (``None``: each slide's only table), as in :func:`embed`.
     client
         A :class:`dask.distributed.Client` whose workers embed the slides (``client.map``);
         ``None`` embeds them in parallel on dask's local threaded scheduler.

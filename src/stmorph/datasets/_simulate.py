@@ -213,7 +213,7 @@ def simulate(
         index=pd.Index([f"{name}{g}" for g, name in enumerate(names)]),
     )
     table = ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=obs_names), var=var)
-    table.obsm["spatial"] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
+    table.obsm[Key.obsm.spatial] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
     table.obsm["latent"] = z
     table.obsm["latent_tile"] = np.hstack([z, shared])
     params = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "random_state": random_state}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._keys import Key
 from .._scores import top_n
 from .._validation import check_int, check_range, checks_keys, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
@@ -29,7 +30,7 @@ def _layer_matrix(adata: AnnData, layer: str, predicted: Sequence[str]):
 
 def _expression_level(adata: AnnData, fallback) -> np.ndarray:
     """Mean expression per gene, from raw counts or log1p when stored (scaled ``X`` has no level)."""
-    for layer in ("counts", "log1p"):
+    for layer in (Key.layers.counts, Key.layers.log1p):
         if layer in adata.layers:
             return np.asarray(adata.layers[layer].mean(axis=0)).ravel()
     return np.asarray(np.nanmean(_utils.dense_columns(fallback, np.arange(adata.n_vars)), axis=0)).ravel()

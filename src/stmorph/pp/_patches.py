@@ -42,7 +42,7 @@ def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_si
     return window_fractions(found, origins, window_px), found.threshold
 
 
-@checks_keys("image_key", "table_key", "shapes_key", "library_id", "key_added")
+@checks_keys("image_key", "table_key", "shapes_key", "library_id", "spatial_key", "key_added")
 def extract_patches(
     data: SpatialData | AnnData | tuple[Any, np.ndarray],
     *,
@@ -51,6 +51,7 @@ def extract_patches(
     bin_size: int | None = None,
     shapes_key: str | None = None,
     library_id: str | None = None,
+    spatial_key: str = Key.obsm.spatial,
     mpp: float | None = None,
     target_mpp: float = 0.5,
     patch_size: int = 224,
@@ -74,12 +75,13 @@ def extract_patches(
           ``tables[table_key]``, placed on the image through the shapes' and image's
           transformations to a common coordinate system (``"global"`` preferred). A multiscale
           image is read at the coarsest level still at least as fine as ``target_mpp``. Without
-          annotated shapes, ``obsm["spatial"]`` is taken as full-resolution image pixels.
-        - Visium-style :class:`~anndata.AnnData` (``obsm["spatial"]``, ``uns["spatial"][library_id]``):
+          annotated shapes, ``obsm[spatial_key]`` is taken as full-resolution image pixels.
+        - Visium-style :class:`~anndata.AnnData` (``obsm[spatial_key]``, ``uns["spatial"][library_id]``):
           the full-resolution image ``metadata["source_image_path"]`` when that file exists, else
           the hires (then lowres) image with its scale factor.
         - ``(image, coordinates)``: an ``(H, W, 3)`` uint8 array and ``(n, 2)`` centres in its
-          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned.
+          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned (the centres in
+          ``obsm[spatial_key]``).
     image_key
         SpatialData image element. Default: the only one, else the finest image that shares a
         coordinate system with the spot shapes (a ``spatialdata_io.visium`` full-resolution image
@@ -94,6 +96,9 @@ def extract_patches(
         SpatialData shapes of the spots. Default: the shapes the table annotates.
     library_id
         Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
+    spatial_key
+        Key in ``obsm`` of the spot centres in full-resolution pixels (as squidpy's ``spatial_key``):
+        read from a Visium AnnData or a SpatialData table without annotated shapes.
     mpp
         µm per pixel of the full-resolution image. Default, for a SpatialData, in this order: the
         image's ``"um"`` coordinate system; ``table.uns["stmorph"]["dataset"]["mpp"]``; the table's
@@ -176,7 +181,9 @@ def extract_patches(
         check_range(mpp, "mpp", low=0, high=MAX_MPP)
     check_bool(progress, "progress")
     check_bool(copy, "copy")
-    table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
+    table, source = patch_source(
+        data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp, spatial_key
+    )
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp

@@ -127,7 +127,8 @@ def test_zarr_store_holds_the_features_and_resumes_after_the_written_chunks(tiny
         table, model=name, strategy="dense", image=image, tile_size=48, halo=16, progress=False, copy=True
     )
     path = tmp_path / "features.zarr"
-    opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16, store="zarr", store_path=path)
+    opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16)
+    opts.update(features_store="zarr", features_path=path)
     st.tl.embed(table, progress=False, **opts)
     np.testing.assert_allclose(np.asarray(table.obsm[f"X_{name}"]), memory.obsm[f"X_{name}"], rtol=1e-6)
     n_tiles = table.uns["stmorph"]["embed"][f"X_{name}"]["n_tiles"]
@@ -164,7 +165,7 @@ def _error_cases(image, tmp_path):
         "tile not a multiple of the stride": (InvalidParameterError, dict(image=image, tile_size=50, halo=16)),
         "encoder without a feature map": (InvalidParameterError, dict(image=image, model="hed")),
         "checkpoint with dense": (InvalidParameterError, dict(image=image, checkpoint=tmp_path / "c")),
-        "zarr without a path or zarr source": (InvalidParameterError, dict(image=image, store="zarr")),
+        "zarr without a path or zarr source": (InvalidParameterError, dict(image=image, features_store="zarr")),
     }
 
 
@@ -200,8 +201,8 @@ def test_unwritable_zarr_store_is_refused_before_any_work(tiny, image, tmp_path,
     table = _bins(image, _grid(0.0))
     before = table.copy()
     with pytest.raises(InvalidParameterError, match=problem):
-        st.tl.embed(table, model=name, strategy="dense", image=image, store="zarr", store_path=tmp_path / "f.zarr",
-                    progress=False)  # fmt: skip
+        st.tl.embed(table, model=name, strategy="dense", image=image, features_store="zarr",
+                    features_path=tmp_path / "f.zarr", progress=False)  # fmt: skip
     assert not (tmp_path / "f.zarr").exists()
     assert_adata_equal(table, before)
 
@@ -227,7 +228,7 @@ def test_zarr_backed_features_build_the_same_image_graph_as_in_memory_ones(tiny,
     table = _bins(image, _grid(2.0))
     opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16, progress=False, copy=True)
     memory = st.tl.embed(table, **opts)
-    on_disk = st.tl.embed(table, store="zarr", store_path=tmp_path / "f.zarr", **opts)
+    on_disk = st.tl.embed(table, features_store="zarr", features_path=tmp_path / "f.zarr", **opts)
     for t in (memory, on_disk):
         st.tl.image_graph(t, use_rep=f"X_{name}", n_neighbors=3)
     assert (memory.obsp["image_connectivities"] != on_disk.obsp["image_connectivities"]).nnz == 0

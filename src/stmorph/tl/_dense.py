@@ -9,7 +9,7 @@ cells, so a window covering cells partly weighs each cell by its overlap. A wind
 the cells (e.g. 224 px at stride 32) is the plain mean of the 7 × 7 cells under it — the global
 average pooling that gives the encoder's per-patch embedding, applied to the map of the larger tile.
 
-Features are held in memory or written to a zarr array (``store="zarr"``) a chunk of rows at a
+Features are held in memory or written to a zarr array (``features_store="zarr"``) a chunk of rows at a
 time; a zarr run records the finished chunks and resumes after them.
 """
 
@@ -175,11 +175,11 @@ def _tile_features(
 # --------------------------------------------------------------------------------------------- #
 # Where the features go: memory, or a zarr array written a chunk of rows at a time
 # --------------------------------------------------------------------------------------------- #
-def default_store_path(params: dict[str, Any], key: str) -> Path:
+def default_features_path(params: dict[str, Any], key: str) -> Path:
     """``<store>.<key>.zarr`` beside the SpatialData zarr store the patches were extracted from."""
     if "zarr_path" not in params:
         raise InvalidParameterError(
-            "store='zarr' needs store_path=<folder>: the image is not read from a SpatialData zarr store "
+            "features_store='zarr' needs features_path=<folder>: the image is not read from a SpatialData zarr store "
             "to write the features beside."
         )
     zarr_path = Path(params["zarr_path"])
@@ -192,12 +192,12 @@ def check_writable(path: Path, nbytes: int) -> None:
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InvalidParameterError(f"store_path {str(path)!r} is read-only; pass a writable store_path.")
+        raise InvalidParameterError(f"features_path {str(path)!r} is read-only; pass a writable features_path.")
     free = shutil.disk_usage(parent).free
     if free < nbytes:
         raise InvalidParameterError(
-            f"store_path {str(path)!r}: the disk is (nearly) full: the features need up to {nbytes / 1e6:.1f} MB "
-            f"and {free / 1e6:.1f} MB are free; pass a store_path on a larger disk."
+            f"features_path {str(path)!r}: the disk is (nearly) full: the features need up to {nbytes / 1e6:.1f} MB "
+            f"and {free / 1e6:.1f} MB are free; pass a features_path on a larger disk."
         )
 
 
@@ -227,7 +227,7 @@ class Rows:
             )
             if differ:
                 raise InvalidParameterError(
-                    f"store_path {str(path)!r} holds another run: {differ} differ. Use another store_path, or "
+                    f"features_path {str(path)!r} holds another run: {differ} differ. Use another features_path, or "
                     "resume=False to start over."
                 )
             self.array, self.done = zarr.open_array(path, mode="r+"), set(state["done"])
@@ -304,8 +304,8 @@ def dense_embedding_outputs(
     tile_size: int,
     halo: int,
     device: str,
-    store: str,
-    store_path: str | os.PathLike | None,
+    features_store: str,
+    features_path: str | os.PathLike | None,
     resume: bool,
     progress: bool,
 ) -> tuple[Any, dict[str, Any]]:
@@ -317,7 +317,7 @@ def dense_embedding_outputs(
 
     from ..models import feature_map, inference_encoder, resolve_device
 
-    check_choice(store, DENSE_STORES, "store")
+    check_choice(features_store, DENSE_STORES, "features_store")
     reader, params = _lazy_reader(adata, patches_key, image)
     check_bin_sizes(image, params, adata.obs_names)
     fmap_fn = feature_map(inference_encoder(model, weights))
@@ -325,8 +325,8 @@ def dense_embedding_outputs(
     check_tiling(tiling.tile_size, tiling.halo, reader.patch_size, tiling.stride)
     dim = fmap_fn.encoder.dim
     path = None
-    if store == "zarr":
-        path = Path(store_path) if store_path is not None else default_store_path(params, key)
+    if features_store == "zarr":
+        path = Path(features_path) if features_path is not None else default_features_path(params, key)
         check_writable(path, adata.n_obs * dim * 4)
     settings = {
         "model": model,
@@ -349,9 +349,9 @@ def dense_embedding_outputs(
     params_out = {
         **settings, "strategy": "dense", "kind": "torch", "mean": list(fmap_fn.encoder.mean),
         "std": list(fmap_fn.encoder.std),
-        "stride": tiling.stride, "n_tiles": len(tiles), "device": str(dev), "store": store, "dim": int(dim),
-        "n_patches": int(adata.n_obs), "pooling": "mean",
+        "stride": tiling.stride, "n_tiles": len(tiles), "device": str(dev), "features_store": features_store,
+        "dim": int(dim), "n_patches": int(adata.n_obs), "pooling": "mean",
     }  # fmt: skip
     if path is not None:
-        params_out["store_path"] = str(path)
+        params_out["features_path"] = str(path)
     return rows.result(), params_out

@@ -43,8 +43,8 @@ def embed(
     strategy: str = "spot",
     tile_size: int = 1792,
     halo: int = 128,
-    store: str = "memory",
-    store_path: str | os.PathLike | None = None,
+    features_store: str = "memory",
+    features_path: str | os.PathLike | None = None,
     stain_norm: str | None = None,
     stain_reference: Any = None,
     copy: bool = False,
@@ -115,13 +115,14 @@ def embed(
         Dense strategy: side of the tiles fed to the encoder and the margin on each side whose
         features are only context, in pixels at ``target_mpp`` (multiples of the encoder's stride;
         ``halo`` at least half the window).
-    store
+    features_store
         Dense strategy: ``"memory"`` holds the features in ``obsm``; ``"zarr"`` writes them to a zarr
-        array (``store_path``, default ``<store>.<key_added>.zarr`` beside the SpatialData zarr
+        array (``features_path``, default ``<store>.<key_added>.zarr`` beside the SpatialData zarr
         store) and puts a dask array reading it in ``obsm``. A zarr run records its finished
-        chunks: ``resume=True`` continues it.
-    store_path
-        Folder of the zarr array for ``store="zarr"``.
+        chunks: ``resume=True`` continues it. (Not to be confused with
+        :func:`~stmorph.pp.extract_patches`' ``store``, where the patches are kept.)
+    features_path
+        Folder of the zarr array for ``features_store="zarr"``.
     stain_norm
         Stain normalisation of each patch as it is read, before the encoder (per-spot strategy):
         ``None`` (default, none), ``"macenko"`` (Macenko et al., ISBI 2009) or ``"reinhard"``
@@ -138,7 +139,7 @@ def embed(
     ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
 
     ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings (a dask array over the zarr array with
-    ``store="zarr"``).
+    ``features_store="zarr"``).
     ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device;
     with ``stain_norm``, a ``stain_norm`` record: method, library version, reference and its fitted
     parameters, ``n_unchanged`` patches;
@@ -154,7 +155,7 @@ def embed(
     InvalidParameterError
         Unknown encoder (the registered names are listed) or weights that do not suit it; with
         ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
-        a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
+        a spatial feature map, a read-only or too small ``features_path``, or ``checkpoint`` /
         ``on_error`` given (a dense run resumes from its zarr store); unknown ``stain_norm``, Reinhard without
         ``stain_reference``, ``stain_reference`` without ``stain_norm``, ``stain_norm`` with
         ``strategy="dense"``, or a reference without stains.
@@ -197,14 +198,14 @@ def embed(
         _no_spot_options(checkpoint, on_error, stain_norm)
         emb, params = dense_embedding_outputs(
             adata, model=model, weights=weights, key=key, patches_key=patches_key, image=image,
-            tile_size=tile_size, halo=halo, device=device, store=store, store_path=store_path, resume=resume,
-            progress=progress,
+            tile_size=tile_size, halo=halo, device=device, features_store=features_store, features_path=features_path,
+            resume=resume, progress=progress,
         )  # fmt: skip
     else:
         emb, params = _spot_outputs(
             adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
             image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
-            on_error=on_error, store=store, stain_norm=normaliser,
+            on_error=on_error, features_store=features_store, stain_norm=normaliser,
         )  # fmt: skip
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
     params["sequence"] = next_sequence(adata)
@@ -217,13 +218,15 @@ def _no_spot_options(checkpoint: Any, on_error: str, stain_norm: str | None) -> 
     if checkpoint is not None or on_error != "raise" or stain_norm is not None:
         raise InvalidParameterError(
             "strategy='dense' takes neither checkpoint=, on_error= nor stain_norm=: it resumes from its zarr "
-            "store (store='zarr', resume=True) and reads whole tiles."
+            "store (features_store='zarr', resume=True) and reads whole tiles."
         )
 
 
-def _spot_outputs(adata: AnnData, *, store: str, **options: Any) -> tuple[Any, dict[str, Any]]:
-    if store != "memory":
-        raise InvalidParameterError(f"store={store!r} is for strategy='dense'; per-spot embeddings are held in memory.")
+def _spot_outputs(adata: AnnData, *, features_store: str, **options: Any) -> tuple[Any, dict[str, Any]]:
+    if features_store != "memory":
+        raise InvalidParameterError(
+            f"features_store={features_store!r} is for strategy='dense'; per-spot embeddings are held in memory."
+        )
     return embedding_outputs(adata, **options)
 
 

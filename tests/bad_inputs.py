@@ -631,6 +631,24 @@ def embed_stain_reference_without_stain_norm():
     return a, lambda: st.tl.embed(a, model="hed", stain_reference=a.obsm["patches"][:4], progress=False)
 
 
+@_case("st.tl.embed", "tile_size= (dense only) with strategy='spot'", InvalidParameterError)
+def embed_tile_size_with_the_spot_strategy():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", strategy="spot", tile_size=512, progress=False)
+
+
+@_case("st.tl.embed", "features_store='zarr' (dense only) with patches in obsm", InvalidParameterError)
+def embed_features_store_zarr_with_patches_in_obsm():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="zarr", progress=False)
+
+
+@_case("st.tl.embed", "features_store='disk'", InvalidParameterError)
+def embed_features_store_disk():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="disk", progress=False)
+
+
 @_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
 def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
     sdata = _zarr_missing_chunk(extract_first=False)

@@ -11,7 +11,13 @@ from _adata_compare import assert_adata_equal
 from scipy import sparse
 
 import stmorph as st
-from stmorph.errors import InvalidParameterError, OutOfImageError, StmorphKeyError
+from stmorph.errors import (
+    CheckpointMismatchError,
+    DamagedCheckpointError,
+    InvalidParameterError,
+    OutOfImageError,
+    StmorphKeyError,
+)
 from stmorph.models._encoders import Encoder
 from stmorph.tl import _dense
 from stmorph.tl._dense import choose_strategy
@@ -142,6 +148,21 @@ def test_zarr_store_holds_the_features_and_resumes_after_the_written_chunks(tiny
     st.tl.embed(table, progress=False, resume=True, **opts)
     np.testing.assert_allclose(np.asarray(table.obsm[f"X_{name}"]), memory.obsm[f"X_{name}"], rtol=1e-6)
     assert table.uns["stmorph"]["embed"][f"X_{name}"]["n_tiles"] < n_tiles
+
+
+def test_a_zarr_store_of_another_run_or_with_damaged_progress_is_refused_as_a_checkpoint(tiny, image, tmp_path):
+    name, _ = tiny
+    table = _bins(image, _grid(2.0))
+    path = tmp_path / "features.zarr"
+    opts = dict(model=name, strategy="dense", image=image, halo=16, features_store="zarr", features_path=path)
+    st.tl.embed(table, tile_size=48, progress=False, **opts)
+    features = np.asarray(table.obsm[f"X_{name}"])
+    with pytest.raises(CheckpointMismatchError, match=r"\['tile_size'\] differ"):
+        st.tl.embed(table, tile_size=96, resume=True, progress=False, **opts)
+    (path / _dense.PROGRESS_FILE).write_text('{"fingerprint": {}, "done": "all"}')
+    with pytest.raises(DamagedCheckpointError, match="done"):
+        st.tl.embed(table, tile_size=48, resume=True, progress=False, **opts)
+    np.testing.assert_array_equal(np.asarray(table.obsm[f"X_{name}"]), features)  # nothing written
 
 
 def test_adjacent_edge_fraction_counts_edges_between_grid_neighbours():

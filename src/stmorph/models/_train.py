@@ -110,10 +110,10 @@ def _save_state(folder: Path, state: dict[str, Any]) -> None:
     """Write the training state after an epoch; atomic, so a crash leaves the previous epoch's state."""
     import torch
 
+    from .._fingerprint import replace_atomically
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (TRAIN_CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / TRAIN_CHECKPOINT)
+    replace_atomically(folder / TRAIN_CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def _module_checksum(state: dict[str, torch.Tensor]) -> str:

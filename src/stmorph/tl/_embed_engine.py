@@ -262,8 +262,7 @@ class StrategyOptions:
         if changed:
             names = ", ".join(f"{name}=" for name in changed)
             raise InvalidParameterError(
-                f"strategy={strategy!r} does not take {names}: it applies to strategy={self.strategy!r} only. "
-                f"{self.advice}"
+                f"strategy={strategy!r} does not take {names} (strategy={self.strategy!r} only). {self.advice}"
             )
 
 

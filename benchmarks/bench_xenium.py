@@ -35,7 +35,7 @@ def _peak_gb() -> float:
 def radius(n_cells: int, radii: list[float], model: str) -> None:
     import stmorph as st
 
-    sdata = st.datasets.simulate_xenium(n_cells, n_genes=12, seed=0)
+    sdata = st.datasets.simulate_xenium(n_cells, n_genes=12, random_state=0)
     st.pp.extract_patches(sdata, patch_size=96, progress=False)  # 48 µm at 0.5 µm/px: the H&E's own pixels
     table = sdata.tables["table"]
     st.tl.embed(table, model=model, progress=False)
@@ -55,7 +55,7 @@ def embed(n_cells: int, n_embed: int, model: str) -> None:
     import stmorph as st
 
     start = time.perf_counter()
-    sdata = st.datasets.simulate_xenium(n_cells, n_genes=12, seed=0)
+    sdata = st.datasets.simulate_xenium(n_cells, n_genes=12, random_state=0)
     table = st.pp.extract_patches(sdata, store="lazy", copy=True, progress=False)
     t_extract = time.perf_counter() - start
     subset = np.sort(np.random.default_rng(2).choice(table.n_obs, size=min(n_embed, table.n_obs), replace=False))

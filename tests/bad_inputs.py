@@ -57,7 +57,7 @@ class BadInput:
 
 @cache
 def _sim():
-    return st.datasets.simulate(60, 12, n_planted=3, seed=0, spot_px=16)
+    return st.datasets.simulate(60, 12, n_planted=3, random_state=0, spot_px=16)
 
 
 @cache
@@ -547,7 +547,7 @@ def extract_patches_image_element_missing():
 
 @_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
 def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16, mpp=0.5)
     sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"] = 0.25
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -556,7 +556,7 @@ def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
 def extract_patches_image_and_spots_share_no_coordinate_system():
     from spatialdata.transformations import Identity, set_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     set_transformation(sdata.shapes["spots"], {"elsewhere": Identity()}, set_all=True)
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -589,7 +589,7 @@ def _zarr_missing_chunk(extract_first: bool, corrupt: bool = False):
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import get_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0)
     image = sdata.images["he"]
     sdata.images["he"] = Image2DModel.parse(
         image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)
@@ -632,6 +632,24 @@ def embed_stain_reference_without_stain_norm():
     return a, lambda: st.tl.embed(a, model="hed", stain_reference=a.obsm["patches"][:4], progress=False)
 
 
+@_case("st.tl.embed", "tile_size= (dense only) with strategy='spot'", InvalidParameterError)
+def embed_tile_size_with_the_spot_strategy():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", strategy="spot", tile_size=512, progress=False)
+
+
+@_case("st.tl.embed", "features_store='zarr' (dense only) with patches in obsm", InvalidParameterError)
+def embed_features_store_zarr_with_patches_in_obsm():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="zarr", progress=False)
+
+
+@_case("st.tl.embed", "features_store='disk'", InvalidParameterError)
+def embed_features_store_disk():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="disk", progress=False)
+
+
 @_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
 def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
     sdata = _zarr_missing_chunk(extract_first=False)
@@ -649,7 +667,7 @@ def embed_lazy_patches_whose_zarr_image_lost_a_chunk():
 
 def _xenium():
     """A fresh simulated Xenium slide (``spatialdata_io.xenium`` layout) of 60 cells."""
-    return st.datasets.simulate_xenium(60, seed=0)
+    return st.datasets.simulate_xenium(60, random_state=0)
 
 
 @_case("st.pp.extract_patches", "Xenium H&E without its alignment (identity to the Xenium pixels)", AlignmentError)
@@ -1019,9 +1037,9 @@ def her2st_section_name_with_a_path_separator():
     return None, lambda: st.datasets.her2st("../C2")
 
 
-@_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
-def simulate_seed_1():
-    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)
+@_case("st.datasets.simulate", "random_state=-1", InvalidParameterError)
+def simulate_random_state_1():
+    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, random_state=-1)
 
 
 # ------------------------------------------------- issue 22 §6: raw library errors, now named
@@ -1104,7 +1122,7 @@ def embed_registered_featurizer_returning_strings():
 
 @_case("st.tl.embed", "lazy patches record lacking centres_key", StmorphKeyError)
 def embed_lazy_patches_record_lacking_centres_key():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.uns["stmorph"]["patches"]["patches"]["centres_key"]
@@ -1113,7 +1131,7 @@ def embed_lazy_patches_record_lacking_centres_key():
 
 @_case("st.tl.embed", "lazy patches whose window centres were deleted from obsm", StmorphKeyError)
 def embed_lazy_patches_whose_window_centres_were_deleted():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.obsm["patches_centres_px"]

@@ -132,7 +132,7 @@ def test_a_hest_sized_table_is_summarised_without_touching_eps(monkeypatch):
 def _evaluated_slices(n=3):
     slices = {}
     for i in range(n):
-        table = st.datasets.simulate(120, 15, n_planted=4, seed=i).tables["table"]
+        table = st.datasets.simulate(120, 15, n_planted=4, random_state=i).tables["table"]
         st.pp.prepare_expression(table)
         st.tl.eps(table, use_rep="latent", progress=False)
         table.obs["tissue"] = "breast" if i < 2 else "skin"

@@ -246,7 +246,7 @@ def slice_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slices")
     paths = []
     for seed in (0, 1):
-        adata = st.datasets.simulate(60, 12, n_planted=3, seed=seed, spot_px=16).tables["table"]
+        adata = st.datasets.simulate(60, 12, n_planted=3, random_state=seed, spot_px=16).tables["table"]
         adata.obsm["X_lat"] = np.asarray(adata.obsm["latent"], dtype=np.float32)
         adata.X = np.log1p(adata.X.toarray().astype(np.float32))
         paths.append(folder / f"s{seed}.h5ad")

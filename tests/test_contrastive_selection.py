@@ -112,7 +112,7 @@ def test_the_validation_spots_are_a_whole_group(monkeypatch):
 
 def test_predict_passes_one_group_per_reference_section(monkeypatch):
     X, Y, groups = _sections()
-    adata = st.datasets.simulate(len(X), Y.shape[1], n_planted=2, seed=0).tables["table"]
+    adata = st.datasets.simulate(len(X), Y.shape[1], n_planted=2, random_state=0).tables["table"]
     adata.X, adata.obsm["X_emb"] = Y, X
     refs = [adata[groups == g].copy() for g in range(3)]
     seen = []

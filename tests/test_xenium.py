@@ -200,7 +200,7 @@ def test_pseudo_spot_smaller_than_a_pixel_is_refused_and_writes_nothing(xenium_f
 
 
 def test_pseudo_spots_inplace_false_returns_the_table_and_writes_nothing():
-    sdata = st.datasets.simulate_xenium(300, seed=1)
+    sdata = st.datasets.simulate_xenium(300, random_state=1)
     spots = st.pp.pseudo_spots(sdata, size_um=50, inplace=False)
     assert spots.obs["n_cells"].sum() == 300 and set(sdata.tables) == {"table"}
     assert tool_record(spots, "pseudo_spots", "pseudo_spots_50um")["size_um"] == 50.0

@@ -67,7 +67,7 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     from .pl import visium_uns
 
     table = pp.extract_patches(sdata, copy=True, progress=False)
-    table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
+    table.uns[Key.uns.spatial] = visium_uns(sdata, table, "he", name, 2000)
     with _torch_threads(settings.torch_threads):
         tl.embed(table, model=settings.encoder, progress=False)
     del table.obsm["patches"]  # ~150 kB per spot; the embedding is what the rest needs
@@ -87,7 +87,10 @@ def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
         return list(shared)
     markers = [g for g in MARKER_GENES if g in shared][:n_genes]
     counts = ad.concat(
-        {name: ad.AnnData(X=t[:, shared].layers["counts"], var=t.var[[]].loc[shared]) for name, t in tables.items()},
+        {
+            name: ad.AnnData(X=t[:, shared].layers[Key.layers.counts], var=t.var[[]].loc[shared])
+            for name, t in tables.items()
+        },
         label="section",
     )
     hvg = sc.pp.highly_variable_genes(
@@ -128,7 +131,7 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
     for name in _bar(list(tables), "3/4 evaluate", progress):
         table = tables[name]
         for method in settings.methods:
-            tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer="log1p")
+            tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer=Key.layers.log1p)
             summary = get.evaluation_df(table, method)
             rows.append(summary.assign(section=name, method=summary.index, sps=table.uns["sps"]["sps"]))
     metrics = pd.concat(rows, ignore_index=True)
@@ -170,11 +173,11 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
     scores = [f"pearson_{m}" for m in settings.methods]
     shown = _plot_genes(table, genes, settings)
     figures = {
-        "ranking": pl.eps_ranking(table, n=15, show=False),
+        "ranking": pl.eps_ranking(table, n_top=15, show=False),
         "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
         "spatial": pl.spatial(table, shown, scale="shared", show=False),
         "spatial_pattern": pl.spatial(table, shown, show=False),
-        "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
+        "gene_correlation": pl.gene_correlation(table, n_top=40, show=False),
     }
     if "auto" in settings.methods:
         figures["cv_table"] = pl.cv_table(table, show=False)

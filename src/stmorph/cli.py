@@ -200,13 +200,14 @@ def _embedded(path: str, args: argparse.Namespace, option: str, use_rep: str | N
 
     from . import tl
     from ._inputs import input_kind, read_h5ad, read_slide
+    from ._keys import Key
 
     if input_kind(path) == "h5ad":
         adata = read_h5ad(path, option)
         _check_use_rep(adata, path, option, args.use_rep)  # an explicit --use-rep must be there
         if use_rep is not None and use_rep in adata.obsm:
             return adata
-        if "patches" not in adata.obsm and "spatial" not in adata.uns:
+        if Key.obsm.patches not in adata.obsm and Key.uns.spatial not in adata.uns:
             raise UsageError(
                 f"{option}: {path!r} has no obsm[{use_rep!r}] and no patches or image to embed; pass "
                 f"--use-rep with one of its embeddings {sorted(adata.obsm)}."

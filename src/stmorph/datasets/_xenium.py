@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._keys import Key
 from .._validation import check_int, check_range, check_seed
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def simulate_xenium(
     wavelength_um: float = 150.0,
     mpp: float = 0.5,
     angle_deg: float = 5.0,
-    seed: int = 0,
+    random_state: int = 0,
     chunk: int = 512,
 ) -> SpatialData:
     """Simulate a Xenium slide with its aligned post-run H&E, as ``spatialdata_io.xenium`` reads one.
@@ -99,7 +100,7 @@ def simulate_xenium(
         µm per pixel of the H&E.
     angle_deg
         Rotation of the H&E against the Xenium frame.
-    seed
+    random_state
         Random seed.
     chunk
         Chunk side of the lazy H&E.
@@ -112,7 +113,7 @@ def simulate_xenium(
     Examples
     --------
     >>> import stmorph as st
-    >>> sdata = st.datasets.simulate_xenium(200, seed=0)
+    >>> sdata = st.datasets.simulate_xenium(200, random_state=0)
     >>> sdata.tables["table"].shape, sdata.attrs["spatialdata_io_reader"]
     ((200, 12), 'xenium')
     """
@@ -128,7 +129,7 @@ def simulate_xenium(
     for value, name in ((cells_per_mm2, "cells_per_mm2"), (wavelength_um, "wavelength_um"), (mpp, "mpp")):
         check_range(value, name, low=0)
     check_int(chunk, "chunk", low=64)
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng(check_seed(random_state))
     side_um = float(np.sqrt(n_cells / cells_per_mm2) * 1000.0)
     margin_um = 60.0
     cells = margin_um + rng.uniform(0, side_um, (n_cells, 2))
@@ -164,7 +165,7 @@ def simulate_xenium(
     obs["region"] = obs["region"].astype("category")
     var = pd.DataFrame({"planted": planted}, index=pd.Index([f"gene{g}" for g in range(n_genes)]))
     table = AnnData(counts, obs=obs, var=var)
-    table.obsm["spatial"] = cells
+    table.obsm[Key.obsm.spatial] = cells
     table = TableModel.parse(table, region="cell_circles", region_key="region", instance_key="cell_id")
     sdata = SpatialData(images=images, shapes={"cell_circles": circles}, tables={"table": table})
     sdata.attrs["spatialdata_io_reader"] = "xenium"

@@ -127,10 +127,10 @@ def _save_state(folder: Path, state: dict[str, Any]) -> None:
     """Write the training state after an epoch; atomic, so a crash leaves the previous epoch's state."""
     import torch
 
+    from .._fingerprint import replace_atomically
+
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (TRAIN_CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, folder / TRAIN_CHECKPOINT)
+    replace_atomically(folder / TRAIN_CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
 
 def _module_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -195,7 +195,7 @@ def train(
     batch_size: int,
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
-    seed: int = 0,
+    random_state: int = 0,
     val_indices: np.ndarray | None = None,
     patience: int | None = None,
     val_score: ScoreFn | None = None,
@@ -221,7 +221,7 @@ def train(
         Number of training samples; indices ``0 .. n_train-1`` are shuffled every epoch.
     epochs, batch_size, lr, weight_decay
         Optimisation settings (AdamW).
-    seed
+    random_state
         Seeds the shuffling order.
     val_indices
         Sample indices (in ``batch_fn``'s numbering) used for a validation loss after each epoch.
@@ -267,15 +267,15 @@ def train(
     import torch
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay, fused=_can_fuse(module))
     history: dict[str, list[float]] = {"loss": [], "val_loss": [], **({"val_score": []} if val_score else {})}
     best, best_state, stale, start = np.inf, None, 0, 0
     folder = None if checkpoint is None else Path(checkpoint)
     print_ = {**(fingerprint or {}), "n_train": int(n_train), "n_val": 0 if val_indices is None else len(val_indices)}
     print_.update(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay))
-    print_.update(seed=int(seed), patience=None if patience is None else int(patience), drop_last=bool(drop_last))
-    print_.update(val_score=val_score is not None)
+    print_.update(random_state=int(random_state), patience=None if patience is None else int(patience))
+    print_.update(drop_last=bool(drop_last), val_score=val_score is not None)
     saved = _load_state(folder, print_) if folder is not None and resume else None
     if saved is not None:
         module.load_state_dict(saved["module"])

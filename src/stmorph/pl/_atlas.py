@@ -203,7 +203,7 @@ def marker_panel(
     Examples
     --------
     >>> import stmorph as st
-    >>> slices = [st.datasets.simulate(100, 20, n_planted=4, seed=i).tables["table"] for i in range(3)]
+    >>> slices = [st.datasets.simulate(100, 20, n_planted=4, random_state=i).tables["table"] for i in range(3)]
     >>> for table in slices:
     ...     st.pp.prepare_expression(table)
     ...     st.tl.eps(table, use_rep="latent")

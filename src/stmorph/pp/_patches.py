@@ -43,7 +43,7 @@ def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_si
     return window_fractions(found, origins, window_px), found.threshold
 
 
-@checks_keys("image_key", "table_key", "shapes_key", "library_id", "key_added")
+@checks_keys("image_key", "table_key", "shapes_key", "library_id", "spatial_key", "key_added")
 def extract_patches(
     data: SpatialData | AnnData | tuple[Any, np.ndarray],
     *,
@@ -52,6 +52,7 @@ def extract_patches(
     bin_size: int | None = None,
     shapes_key: str | None = None,
     library_id: str | None = None,
+    spatial_key: str = Key.obsm.spatial,
     mpp: float | None = None,
     target_mpp: float | None = None,
     patch_size: int = 224,
@@ -76,8 +77,8 @@ def extract_patches(
           ``tables[table_key]``, placed on the image through the shapes' and image's
           transformations to a common coordinate system (``"global"`` preferred). A multiscale
           image is read at the coarsest level still at least as fine as ``target_mpp``. Without
-          annotated shapes, ``obsm["spatial"]`` is taken as full-resolution image pixels.
-        - Visium-style :class:`~anndata.AnnData` (``obsm["spatial"]``, ``uns["spatial"][library_id]``):
+          annotated shapes, ``obsm[spatial_key]`` is taken as full-resolution image pixels.
+        - Visium-style :class:`~anndata.AnnData` (``obsm[spatial_key]``, ``uns["spatial"][library_id]``):
           the full-resolution image ``metadata["source_image_path"]`` when that file exists, else
           the hires (then lowres) image with its scale factor.
         - Xenium :class:`~spatialdata.SpatialData` (``spatialdata_io.xenium(..., cells_as_circles=True,
@@ -88,7 +89,8 @@ def extract_patches(
           is read from that product (``mpp_from="xenium_alignment"``). The DAPI morphology images are
           never used. ``bin_size``, ``shapes_key`` and ``library_id`` do not apply.
         - ``(image, coordinates)``: an ``(H, W, 3)`` uint8 array and ``(n, 2)`` centres in its
-          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned.
+          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned (the centres in
+          ``obsm[spatial_key]``).
     image_key
         SpatialData image element. Default: the only one, else the finest image that shares a
         coordinate system with the spot shapes (a ``spatialdata_io.visium`` full-resolution image
@@ -103,6 +105,9 @@ def extract_patches(
         SpatialData shapes of the spots. Default: the shapes the table annotates.
     library_id
         Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
+    spatial_key
+        Key in ``obsm`` of the spot centres in full-resolution pixels (as squidpy's ``spatial_key``):
+        read from a Visium AnnData or a SpatialData table without annotated shapes.
     mpp
         µm per pixel of the full-resolution image. Default, for a SpatialData, in this order: the
         image's ``"um"`` coordinate system; ``table.uns["stmorph"]["dataset"]["mpp"]``; the table's
@@ -201,7 +206,9 @@ def extract_patches(
     if xenium:
         table, source = xenium_source(data, image_key, table_key, mpp, target_mpp)
     else:
-        table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
+        table, source = patch_source(
+            data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp, spatial_key
+        )
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp

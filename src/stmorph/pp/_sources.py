@@ -19,6 +19,7 @@ import numpy as np
 
 from .._anndata import dataset_info
 from .._image import image_mpp, read_rgb
+from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata
 from .._validation import (
@@ -246,7 +247,7 @@ def choose_image(sdata: SpatialData, image_key: str | None, shapes: Any) -> str:
 
 def _table_microns_per_pixel(table: AnnData) -> float | None:
     """``uns["spatial"][library]["scalefactors"]["microns_per_pixel"]`` of a table with one library."""
-    libraries = table.uns.get("spatial")
+    libraries = table.uns.get(Key.uns.spatial)
     if not isinstance(libraries, Mapping) or len(libraries) != 1:
         return None
     scalefactors = next(iter(libraries.values())).get("scalefactors", {})
@@ -357,6 +358,7 @@ def _from_spatialdata(
     shapes_key: str | None,
     mpp: float | None,
     target_mpp: float,
+    spatial_key: str = Key.obsm.spatial,
 ) -> tuple[AnnData, PatchSource]:
     table_key = choose_table(sdata.tables.keys(), table_key, bin_size)
     table = sdata.tables[table_key]
@@ -364,12 +366,13 @@ def _from_spatialdata(
     shapes = None if shapes_key is None else sdata.shapes[shapes_key]
     image_key = choose_image(sdata, image_key, shapes)
     element = sdata.images[image_key]
-    if own is None:  # no annotated shapes: obsm["spatial"] holds full-resolution image pixels
-        if "spatial" not in table.obsm:
+    if own is None:  # no annotated shapes: obsm[spatial_key] holds full-resolution image pixels
+        if spatial_key not in table.obsm:
             raise StmorphKeyError(
-                "the table annotates no shapes element and has no obsm['spatial']; pass `shapes_key=`."
+                f"the table annotates no shapes element and has no obsm[{spatial_key!r}]; pass `shapes_key=` "
+                "(or `spatial_key=` the obsm key of the spot centres)."
             )
-        centres0 = np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
+        centres0 = np.asarray(table.obsm[spatial_key], dtype=np.float64)[:, :2]
         to_image = np.eye(3)
     else:
         cs = _common_cs(element, shapes)
@@ -423,16 +426,21 @@ def _visium_mpp(scalefactors: Mapping, mpp: float | None, library_id: str) -> fl
     )
 
 
-def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> tuple[AnnData, PatchSource]:
-    check_mapping(adata.uns["spatial"], "uns['spatial']")
-    library_id = one_key(adata.uns["spatial"].keys(), library_id, "library_id in uns['spatial']", "library_id")
-    lib = check_mapping(adata.uns["spatial"][library_id], f"uns['spatial'][{library_id!r}]")
+def visium_source(
+    adata: AnnData, library_id: str | None, mpp: float | None, spatial_key: str = Key.obsm.spatial
+) -> tuple[AnnData, PatchSource]:
+    libraries = check_mapping(adata.uns[Key.uns.spatial], "uns['spatial']")
+    library_id = one_key(libraries.keys(), library_id, "library_id in uns['spatial']", "library_id")
+    lib = check_mapping(libraries[library_id], f"uns['spatial'][{library_id!r}]")
     scalefactors = check_mapping(lib.get("scalefactors", {}), f"uns['spatial'][{library_id!r}]['scalefactors']")
     mpp_full = _visium_mpp(scalefactors, mpp, library_id)
-    if "spatial" not in adata.obsm:
-        raise StmorphKeyError("adata.obsm['spatial'] (spot centres in full-resolution pixels) not found.")
-    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    info = {"source": "visium", "library_id": library_id, "source_mpp": mpp_full}
+    if spatial_key not in adata.obsm:
+        raise StmorphKeyError(
+            f"adata.obsm[{spatial_key!r}] (spot centres in full-resolution pixels) not found; `spatial_key=` names "
+            f"another key. Available: {sorted(adata.obsm.keys())}."
+        )
+    centres = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+    info = {"source": "visium", "library_id": library_id, "source_mpp": mpp_full, "spatial_key": spatial_key}
     path = lib.get("metadata", {}).get("source_image_path")
     if path and Path(path).is_file():
         return adata, PatchSource(read_rgb(Path(path)), centres, mpp_full, {**info, "image": "fullres"})
@@ -457,7 +465,7 @@ def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> 
     )
 
 
-def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
+def _from_pair(data: tuple, mpp: float | None, spatial_key: str) -> tuple[AnnData, PatchSource]:
     import anndata as ad
     import pandas as pd
 
@@ -472,27 +480,27 @@ def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
             "the pixel size of a plain image is unknown; pass `mpp=<µm per pixel>` (e.g. 0.5 for a 20× scan)."
         )
     adata = ad.AnnData(obs=pd.DataFrame(index=pd.Index([str(i) for i in range(len(coords))])))
-    adata.obsm["spatial"] = coords[:, :2]
+    adata.obsm[spatial_key] = coords[:, :2]
     return adata, PatchSource(image, coords[:, :2], float(mpp), {"source": "array", "source_mpp": float(mpp)})
 
 
 def patch_source(
     data: Any, image_key: str | None, table_key: str | None, bin_size: int | None, shapes_key: str | None,
-    library_id: str | None, mpp: float | None, target_mpp: float,
+    library_id: str | None, mpp: float | None, target_mpp: float, spatial_key: str = Key.obsm.spatial,
 ) -> tuple[AnnData, PatchSource]:  # fmt: skip
     from anndata import AnnData
 
     if is_spatialdata(data):
-        return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp)
+        return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp, spatial_key)
     if isinstance(data, AnnData):
-        if "spatial" not in data.uns:
+        if Key.uns.spatial not in data.uns:
             raise StmorphKeyError(
                 "the AnnData has no uns['spatial'] (Visium layout); pass a SpatialData object or an "
                 "(image, coordinates) pair instead."
             )
-        return visium_source(data, library_id, mpp)
+        return visium_source(data, library_id, mpp, spatial_key)
     if isinstance(data, tuple | list):
-        return _from_pair(tuple(data), mpp)
+        return _from_pair(tuple(data), mpp, spatial_key)
     raise InputTypeError(
         f"extract_patches takes a SpatialData, a Visium-style AnnData or an (image, coordinates) pair; "
         f"found {type(data).__name__}."

@@ -181,9 +181,9 @@ def _micron_to_global(sdata: SpatialData, table: AnnData) -> np.ndarray:
 
 
 def _centres_um(table: AnnData, table_key: str) -> np.ndarray:
-    if "spatial" not in table.obsm:
+    if Key.obsm.spatial not in table.obsm:
         raise StmorphKeyError(f"tables[{table_key!r}] has no obsm['spatial'] (the cell centroids in µm).")
-    xy = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(table.obsm[Key.obsm.spatial], dtype=np.float64)
     if xy.ndim != 2 or xy.shape[0] != table.n_obs or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
         raise ShapeMismatchError(
             f"tables[{table_key!r}].obsm['spatial'] must be a finite n_obs × 2 array of µm; found shape {xy.shape}."
@@ -270,7 +270,7 @@ def _pseudo_spot_table(
         index=names,
     )  # fmt: skip
     spots = ad.AnnData(X=counts.astype(table.X.dtype), obs=obs, var=table.var.copy())
-    spots.obsm["spatial"] = centres_um
+    spots.obsm[Key.obsm.spatial] = centres_um
     return TableModel.parse(spots, region=region, region_key="region", instance_key="spot_id")
 
 
@@ -334,7 +334,7 @@ def pseudo_spots(
     Examples
     --------
     >>> import stmorph as st
-    >>> sdata = st.datasets.simulate_xenium(n_cells=300, seed=0)
+    >>> sdata = st.datasets.simulate_xenium(n_cells=300, random_state=0)
     >>> st.pp.pseudo_spots(sdata, size_um=100)
     >>> table = sdata.tables["pseudo_spots_100um"]
     >>> int(table.obs["n_cells"].sum()), float(table.obs["area_um2"].iloc[0])

@@ -264,6 +264,7 @@ def build_graph(
     normalize: bool = True,
     method: str = "auto",
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     key_added: str = "image",
     random_state: int = 0,
     progress: bool = False,
@@ -275,7 +276,7 @@ def build_graph(
     """
     rep = get_rep(adata, use_rep)
     check_n_neighbors(rep.shape[0], n_neighbors, "a kNN graph")
-    exclusion = exclusion_for(adata, exclude_radius, n_neighbors)
+    exclusion = exclusion_for(adata, exclude_radius, n_neighbors, spatial_key)
     conn, dists, used = knn_graph(
         rep,
         n_neighbors,
@@ -295,7 +296,7 @@ def build_graph(
         "random_state": int(random_state),
     }
     if exclusion is not None:  # absent = the paper's graph (h5ad cannot store None)
-        params["exclude_radius"] = exclusion.radius
+        params.update(exclude_radius=exclusion.radius, spatial_key=spatial_key)
     conn_key, dist_key = Key.obsp.connectivities(key_added), Key.obsp.distances(key_added)
     record = {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}
     return conn, {"obsp": {conn_key: conn, dist_key: dists}, "uns": {key_added: record}}
@@ -337,6 +338,7 @@ def matches_stored(
     metric: str = "euclidean",
     normalize: bool = True,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> bool:
     """Whether ``obsp`` holds the graph ``key`` built (as :func:`image_graph` records) with these options."""
     params = stored_params(adata, key)
@@ -347,6 +349,7 @@ def matches_stored(
         and params.get("normalize", True) == normalize
         and params.get("metric", "euclidean") == metric
         and stored_exclude_radius(adata, key) == exclude_radius
+        and (exclude_radius is None or params.get("spatial_key", Key.obsm.spatial) == spatial_key)
     )
 
 
@@ -367,8 +370,8 @@ def stored_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
     return graph
 
 
-@doc_params("table_key", "copy")
-@checks_keys("use_rep", "key_added", "table_key")
+@doc_params("spatial_key", "table_key", "copy")
+@checks_keys("use_rep", "key_added", "spatial_key", "table_key")
 def image_graph(
     adata: AnnData | SpatialData,
     use_rep: str,
@@ -378,6 +381,7 @@ def image_graph(
     normalize: bool = True,
     method: Literal["auto", "exact", "pynndescent"] = "auto",
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     key_added: str = "image",
     random_state: int = 0,
     table_key: str | None = None,
@@ -408,9 +412,10 @@ def image_graph(
         :data:`EXACT_MAX_OBS` (50,000) spots, pynndescent above.
     exclude_radius
         Spatial-proximity control, in µm: each spot's neighbours are taken only among spots
-        farther than this from it (centres ``obsm['spatial']`` times the pixel size recorded in
+        farther than this from it (centres ``obsm[spatial_key]`` times the pixel size recorded in
         ``uns['stmorph']['dataset']['mpp']`` or by :func:`~stmorph.pp.extract_patches`). ``None``:
         the paper's graph. A radius above the tile width removes neighbours that share pixels.
+    {spatial_key}
     key_added
         Prefix of the output keys.
     random_state
@@ -434,7 +439,7 @@ def image_graph(
     InvalidParameterError
         ``exclude_radius`` is not a finite number > 0, or the pixel size is unknown.
     StmorphKeyError
-        ``exclude_radius`` is given and ``obsm['spatial']`` is missing.
+        ``exclude_radius`` is given and ``obsm[spatial_key]`` is missing.
     TooFewObservationsError
         The radius leaves some spot fewer than ``n_neighbors`` candidates.
 
@@ -465,6 +470,7 @@ def image_graph(
         normalize=normalize,
         method=method,
         exclude_radius=exclude_radius,
+        spatial_key=spatial_key,
         key_added=key_added,
         random_state=random_state,
         progress=progress,

@@ -33,7 +33,8 @@ def test_how_many_top_genes_is_n_top():
         for name, params in _public_functions()
         if spellings & set(params) and name != "stmorph.pp.prepare_expression"  # scanpy's n_top_genes, passed on
     }
-    offenders.pop("stmorph.datasets.simulate", None)  # n_genes: how many genes to simulate, not a top-n
+    for simulator in ("stmorph.datasets.simulate", "stmorph.datasets.simulate_xenium"):
+        offenders.pop(simulator, None)  # n_genes: how many genes to simulate, not a top-n
     assert offenders == {}
 
 

@@ -6,6 +6,8 @@ and the demo).
 
 from ..models import list_encoders, list_methods, register_encoder, register_method
 from ._auto import AUTO as AUTO
+from ._benchmark import benchmark_encoders
+from ._benchmark import stored_benchmark as stored_benchmark
 from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
@@ -15,6 +17,7 @@ from ._graph import image_graph
 from ._predict import predict
 
 __all__: list[str] = [
+    "benchmark_encoders",
     "embed",
     "embed_cohort",
     "eps",

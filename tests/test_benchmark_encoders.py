@@ -206,3 +206,20 @@ def test_shipped_sections_hed_beats_its_shuffle(data_dir, her2st_sdata):
     assert hed["probe_pearson_mean"] > shuffled["probe_pearson_mean"] + 0.1
     assert abs(shuffled["probe_pearson_mean"]) < 0.1
     assert hed["sps"] > shuffled["sps"] and hed["sps_pval"] == pytest.approx(1 / 20)
+
+
+def test_plot_draws_one_point_per_encoder_from_the_table_or_a_slice(cohort):
+    slices = {name: a.copy() for name, a in cohort.items()}
+    reps = ["good", "wide", "noise"]
+    table = st.tl.benchmark_encoders(slices, use_rep=reps, groups=GROUPS, n_top=N_TOP, n_perms=0)
+    st.tl.benchmark_encoders(slices, use_rep=reps, groups=GROUPS, n_top=N_TOP, n_perms=0, inplace=True)
+    for data in (table, slices["s1"]):
+        ax = st.pl.benchmark_encoders(data, show=False).axes[0]
+        assert [t.get_text() for t in ax.texts] == reps
+        rho = pd.Series(table["sps"]).rank().corr(table["probe_pearson_mean"].rank())
+        assert f"ρ = {rho:.2f}" in ax.get_title()
+
+
+def test_plot_of_a_slice_without_a_benchmark_says_what_to_run(cohort):
+    with pytest.raises(StmorphKeyError, match="benchmark_encoders"):
+        st.pl.benchmark_encoders(cohort["s0"], show=False)

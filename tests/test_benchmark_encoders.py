@@ -223,3 +223,21 @@ def test_plot_draws_one_point_per_encoder_from_the_table_or_a_slice(cohort):
 def test_plot_of_a_slice_without_a_benchmark_says_what_to_run(cohort):
     with pytest.raises(StmorphKeyError, match="benchmark_encoders"):
         st.pl.benchmark_encoders(cohort["s0"], show=False)
+
+
+def test_benchmark_command_writes_the_table_and_its_plot(cohort, tmp_path, capsys):
+    from stmorph.cli import main
+
+    paths = []
+    for name, a in cohort.items():
+        paths.append(str(tmp_path / f"{name}.h5ad"))
+        a.write_h5ad(paths[-1])
+    argv = ["benchmark", *paths, "--use-rep", "good", "noise", "--prepared", "--n-top", str(N_TOP), "--n-perms", "0"]
+    assert main([*argv, "--groups", *GROUPS, "--out", str(tmp_path / "out")]) == 0
+    written = pd.read_csv(tmp_path / "out" / "encoders.csv", index_col="encoder")
+    expected = st.tl.benchmark_encoders(cohort, use_rep=["good", "noise"], groups=GROUPS, n_top=N_TOP, n_perms=0)
+    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
+    assert (tmp_path / "out" / "encoders.png").stat().st_size > 0
+    assert main([*argv, "--groups", "p1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--groups has 1 entries for 4 inputs" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -1,4 +1,4 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``.
+"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``, ``stmorph benchmark``.
 
 ``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
 SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
@@ -26,6 +26,7 @@ _HELP = {
     "embed": "image embeddings of a slide (Space Ranger, Visium HD, .zarr, HEST, .h5ad) into an .h5ad",
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
+    "benchmark": "compare image embeddings of slices: SPS and the HEST-Benchmark probe",
 }
 TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
 """The methods ``--epochs`` applies to."""
@@ -40,6 +41,9 @@ _DESCRIPTION = {
     "write eps.csv (genes × slices) and sps.csv to the output folder.",
     "predict": "Fit a method on the reference slice(s) and predict the query; writes the query with "
     "layers['predicted_<method>'] and, with --evaluate, the metrics.",
+    "benchmark": "Compare the embeddings --use-rep of slices saved as .h5ad with st.tl.benchmark_encoders: mean SPS "
+    "and the HEST-Benchmark linear probe (one fold per patient group, --groups); writes encoders.csv and "
+    "encoders.png to the output folder.",
 }
 
 
@@ -113,6 +117,18 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     _add_input_arguments(predict)
 
 
+def _benchmark_arguments(benchmark: argparse.ArgumentParser) -> None:
+    benchmark.add_argument("inputs", nargs="+", help="slices: .h5ad files holding every embedding of --use-rep")
+    benchmark.add_argument("--use-rep", nargs="+", required=True, help="obsm keys of the embeddings to compare")
+    benchmark.add_argument(
+        "--groups", nargs="+", default=None, help="patient group of each input, in order (default: one per input)"
+    )
+    benchmark.add_argument("--out", default="stmorph_benchmark", help="output folder (default: %(default)s)")
+    benchmark.add_argument("--n-top", type=int, default=50, help="probe genes (default: %(default)s, HEST's)")
+    benchmark.add_argument("--n-perms", type=int, default=99, help="shuffles for the SPS p-value (default: 99)")
+    benchmark.add_argument("--prepared", action="store_true", help="X already holds prepared (scaled) expression")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (``stmorph predict: error: ...``), exit status 2."""
 
@@ -125,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
-        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)
+        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments),
+        ("benchmark", _benchmark_arguments),
     )  # fmt: skip
     for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
@@ -243,6 +260,30 @@ def _run_eps(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'eps.csv'} and {out / 'sps.csv'}")
 
 
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from . import pl, pp, tl
+    from ._inputs import read_h5ad
+
+    check_int(args.n_top, "--n-top", low=1)
+    check_int(args.n_perms, "--n-perms", low=0)
+    check_path(args.out, "--out", "folder_to_write")
+    if args.groups is not None and len(args.groups) != len(args.inputs):
+        raise UsageError(f"--groups has {len(args.groups)} entries for {len(args.inputs)} inputs; give one per input.")
+    slices = dict(zip(_slice_names(args.inputs), (read_h5ad(p, "input") for p in args.inputs)))
+    if not args.prepared:
+        for adata in slices.values():
+            pp.prepare_expression(adata)
+    table = tl.benchmark_encoders(
+        slices, use_rep=args.use_rep, groups=args.groups, n_top=args.n_top, n_perms=args.n_perms
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "encoders.csv")
+    pl.benchmark_encoders(table, save=out / "encoders.png", show=False)
+    print(table[["sps", "sps_pval", "probe_pearson_mean", "probe_pearson_sd"]].to_string())
+    print(f"wrote {out / 'encoders.csv'} and {out / 'encoders.png'}")
+
+
 _PREDICT_OWN = ("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added")
 """Options of st.tl.predict that the ``predict`` command sets itself (not accepted in ``--params``)."""
 
@@ -287,7 +328,13 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"wrote the metrics into {args.out}")
 
 
-_COMMANDS = {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}
+_COMMANDS = {
+    "demo": _run_demo,
+    "embed": _run_embed,
+    "eps": _run_eps,
+    "predict": _run_predict,
+    "benchmark": _run_benchmark,
+}
 
 
 def _run(command: str, args: argparse.Namespace) -> int:

@@ -104,7 +104,15 @@ def main() -> None:
     st.pl.benchmark_encoders(tables["all"], save=args.out / "encoders.png", show=False)
     print(f"sections {SECTIONS} (one patient; groups = sections), probe genes: {len(table.attrs['genes'])}")
     print(f"benchmark (both SPS gene sets): {elapsed:.1f} s; load {os.getloadavg()[0]:.1f}")
-    with_columns = ["sps", "sps_probe_genes", "sps_pval", "probe_pearson_mean", "probe_pearson_sd", "dim", "seconds_per_1k"]
+    with_columns = [
+        "sps",
+        "sps_probe_genes",
+        "sps_pval",
+        "probe_pearson_mean",
+        "probe_pearson_sd",
+        "dim",
+        "seconds_per_1k",
+    ]
     print(table[with_columns].round(4).to_string())
     real = [f"X_{e}" for e in encoders]
     for label, rows in (("all embeddings", reps), ("without the shuffles", real)):

@@ -69,7 +69,9 @@ def seurat_hvgs(log1p: np.ndarray, names: np.ndarray, n_top: int, n_bins: int = 
 def hest_genes(slices: dict[str, ad.AnnData], n_top: int) -> list[str]:
     common = None
     for a in slices.values():
-        counts = np.asarray(a.layers["counts"].todense() if hasattr(a.layers["counts"], "todense") else a.layers["counts"])
+        counts = np.asarray(
+            a.layers["counts"].todense() if hasattr(a.layers["counts"], "todense") else a.layers["counts"]
+        )
         kept = a.var_names[(counts > 0).sum(0) >= np.ceil(0.10 * a.n_obs)].to_numpy(dtype=str)
         common = kept if common is None else np.intersect1d(common, kept)
     common = np.array([g for g in common if "BLANK" not in g and "Control" not in g])
@@ -126,7 +128,11 @@ def test_probe_and_sps_match_an_independent_computation(cohort, rep):
     mean, sd = hest_probe(cohort, rep, hest_genes(cohort, N_TOP), GROUPS)
     row = table.loc[rep]
     np.testing.assert_allclose([row["probe_pearson_mean"], row["probe_pearson_sd"]], [mean, sd], rtol=1e-6, atol=1e-9)
-    assert [c for c in table.columns if c.startswith("probe_fold_")] == ["probe_fold_p1", "probe_fold_p2", "probe_fold_p3"]
+    assert [c for c in table.columns if c.startswith("probe_fold_")] == [
+        "probe_fold_p1",
+        "probe_fold_p2",
+        "probe_fold_p3",
+    ]
     sps = [sps_by_hand(a, rep) for a in cohort.values()]
     np.testing.assert_allclose([row["sps"], row["sps_sd"]], [np.mean(sps), np.std(sps)], rtol=1e-6)
     assert row["dim"] == cohort["s0"].obsm[rep].shape[1]
@@ -166,9 +172,18 @@ def test_sps_over_the_probe_genes_only(cohort):
 def test_inplace_stores_the_table_in_every_slice_and_it_reads_back(cohort, tmp_path):
     slices = {name: a.copy() for name, a in cohort.items()}
     returned = st.tl.benchmark_encoders(slices, use_rep=["good", "noise"], groups=GROUPS, n_top=N_TOP, n_perms=9)
-    assert st.tl.benchmark_encoders(
-        slices, use_rep=["good", "noise"], groups=GROUPS, n_top=N_TOP, n_perms=9, timings={"good": 1.5}, inplace=True
-    ) is None
+    assert (
+        st.tl.benchmark_encoders(
+            slices,
+            use_rep=["good", "noise"],
+            groups=GROUPS,
+            n_top=N_TOP,
+            n_perms=9,
+            timings={"good": 1.5},
+            inplace=True,
+        )
+        is None
+    )
     slices["s3"].write_h5ad(tmp_path / "s3.h5ad")
     stored = st.tl.stored_benchmark(ad.read_h5ad(tmp_path / "s3.h5ad"))
     pd.testing.assert_frame_equal(stored.drop(columns="seconds_per_1k"), returned.drop(columns="seconds_per_1k"))
@@ -179,7 +194,7 @@ def test_inplace_stores_the_table_in_every_slice_and_it_reads_back(cohort, tmp_p
 
 
 def test_one_patient_group_is_refused_saying_what_the_probe_needs(cohort):
-    with pytest.raises(TooFewObservationsError, match="at least two patient groups.*left out"):
+    with pytest.raises(TooFewObservationsError, match=r"at least two patient groups.*left out"):
         st.tl.benchmark_encoders(cohort, use_rep="good", groups=["p1"] * 4)
 
 

@@ -1,4 +1,4 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``, ``stmorph benchmark``.
+"""The ``stmorph`` command: ``demo``, ``embed``, ``eps``, ``predict`` and ``benchmark`` (``stmorph <command>``).
 
 ``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
 SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
@@ -89,6 +89,9 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"], help="HER2ST sections (≥ 2)")
     demo.add_argument("--data-dir", default=None, help="folder holding her2st/ (default: $STMORPH_DATA_DIR)")
     demo.add_argument("--encoder", default="default", help="image encoder of st.tl.embed (default: %(default)s)")
+    demo.add_argument(
+        "--compare-encoders", nargs="*", default=["hed"], help="encoders of the report's encoder table (default: hed)"
+    )
     demo.add_argument("--methods", nargs="+", default=["auto", "bleep"], help="prediction methods")
     demo.add_argument("--n-genes", type=int, default=2000, help="genes to predict, most expressed first; 0 = all")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs of torch methods (default: paper's)")
@@ -141,8 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
-        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments),
-        ("benchmark", _benchmark_arguments),
+        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments),
+        ("predict", _predict_arguments), ("benchmark", _benchmark_arguments),
     )  # fmt: skip
     for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
@@ -162,6 +165,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         n_genes=args.n_genes or None,
         method_kwargs={m: kwargs for m in args.methods if m in TRAINED_OVER_EPOCHS},
         torch_threads=args.torch_threads or None,
+        compare_encoders=tuple(args.compare_encoders),
     )
     report = run_demo(
         args.out, sections=args.sections, data_dir=args.data_dir, settings=settings, progress=not args.no_progress

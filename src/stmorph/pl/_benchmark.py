@@ -85,12 +85,12 @@ def benchmark_encoders(
     --------
     >>> import numpy as np
     >>> import stmorph as st
-    >>> table = st.datasets.simulate(240, 30, n_planted=10).tables["table"]
-    >>> st.pp.prepare_expression(table)
-    >>> table.obsm["random"] = np.random.default_rng(1).normal(size=(240, 3))
-    >>> slices = [table[i * 80 : (i + 1) * 80].copy() for i in range(3)]
-    >>> result = st.tl.benchmark_encoders(slices, use_rep=["latent", "random"], n_top=10, n_perms=0)
-    >>> fig = st.pl.benchmark_encoders(result, show=False)
+    >>> spots = st.datasets.simulate(180, 30, n_planted=10).tables["table"]
+    >>> st.pp.prepare_expression(spots)
+    >>> spots.obsm["noise"] = np.random.default_rng(1).normal(size=(180, 4))
+    >>> patients = [spots[i::3].copy() for i in range(3)]  # every third spot: three patients
+    >>> st.tl.benchmark_encoders(patients, use_rep=["latent", "noise"], n_top=10, n_perms=0, inplace=True)
+    >>> fig = st.pl.benchmark_encoders(patients[0], show=False)  # the table stored in a slice
     >>> fig.axes[0].get_xlabel()
     'SPS (mean over slices)'
     """

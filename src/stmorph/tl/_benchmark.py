@@ -94,7 +94,9 @@ SPS_GENES = ("all", "probe")
 # --------------------------------------------------------------------------------------------- #
 # the HEST-Benchmark probe
 # --------------------------------------------------------------------------------------------- #
-def detected_genes(counts: np.ndarray | sparse.spmatrix, names: pd.Index, min_fraction: float = MIN_DETECTED) -> pd.Index:
+def detected_genes(
+    counts: np.ndarray | sparse.spmatrix, names: pd.Index, min_fraction: float = MIN_DETECTED
+) -> pd.Index:
     """Genes with a count above zero in at least ``ceil(min_fraction · n_spots)`` spots (HEST's per-slide filter).
 
     Examples
@@ -113,7 +115,7 @@ def probe_genes(
     n_top: int = 50,
     min_fraction: float = MIN_DETECTED,
 ) -> list[str]:
-    """HEST-Benchmark's genes of a cohort: the top-``n_top`` HVGs of the stacked log1p counts among the well-detected genes.
+    """HEST-Benchmark's genes of a cohort: the ``n_top`` HVGs of the stacked log1p counts among well-detected genes.
 
     Parameters
     ----------
@@ -390,7 +392,9 @@ def _sps_genes(sps_genes: str | Sequence[str], genes: list[str]) -> list[str] | 
     if not isinstance(sps_genes, str):
         return list(sps_genes)
     if sps_genes not in SPS_GENES:
-        raise InvalidParameterError(f"sps_genes must be one of {list(SPS_GENES)} or a list of genes; found {sps_genes!r}.")
+        raise InvalidParameterError(
+            f"sps_genes must be one of {list(SPS_GENES)} or a list of genes; found {sps_genes!r}."
+        )
     return genes if sps_genes == "probe" else None
 
 
@@ -398,7 +402,9 @@ def _check_timings(timings: Mapping[str, float] | None, reps: list[str]) -> dict
     if timings is None:
         return {}
     if not isinstance(timings, Mapping):
-        raise InputTypeError(f"timings must be a dict {{use_rep: seconds per 1,000 patches}}; found {type(timings).__name__}.")
+        raise InputTypeError(
+            f"timings must be a dict {{use_rep: seconds per 1,000 patches}}; found {type(timings).__name__}."
+        )
     unknown = [k for k in timings if k not in reps]
     if unknown:
         raise InvalidParameterError(f"timings names embeddings not in use_rep: {format_keys(unknown)}.")
@@ -418,7 +424,9 @@ def _sps_row(
     client: Any,
 ) -> dict[str, float]:
     """Mean and sd over slices of the SPS on ``use_rep``, and the permutation p-value of the mean."""
-    one_slice = partial(slice_sps_null, use_rep=use_rep, genes=genes, n_perms=n_perms, random_state=random_state, **options)
+    one_slice = partial(
+        slice_sps_null, use_rep=use_rep, genes=genes, n_perms=n_perms, random_state=random_state, **options
+    )
     results = map_slides(one_slice, slices.values(), client=client)
     values = np.array([value for value, _ in results])
     row = {"sps": float(np.mean(values)), "sps_sd": float(np.std(values))}

@@ -12,23 +12,26 @@ Two answers for each embedding of the same spots:
      ``criteria="var"`` by ``HESTData.py`` ``create_benchmark_data``, line 1049): in every slide
      keep the genes detected (count > 0) in at least ``ceil(0.10 · n_spots)`` spots
      (``sc.pp.filter_genes(min_cells=...)``, lines 498–500); intersect the slides' genes
-     (``np.intersect1d``, so in alphabetical order, line 503); drop names containing ``BLANK``
+     (``np.intersect1d``, so in alphabetical order, line 505); drop names containing ``BLANK``
      or ``Control`` (line 508); stack the slides' counts of those genes, ``log1p`` them and take
      scanpy's ``highly_variable_genes(n_top_genes=50)`` (default ``flavor="seurat"``), in that
      alphabetical order (lines 523–528).
-  2. *Targets* (``bench/st_dataset.py`` ``load_adata`` / ``normalize_adata``): the counts of the
-     50 genes as float64, ``log1p``, no library-size normalisation.
+  2. *Targets* (``bench/benchmark.py`` line 297 calls ``bench/st_dataset.py`` ``load_adata``,
+     lines 37–45, with ``normalize=True``, the default of line 104; ``normalize_adata``, lines
+     11–35): the counts of the 50 genes as float64, ``sc.pp.log1p``, no library-size normalisation.
   3. *Folds* (``HESTData.py`` ``create_splits``, lines 1075–1118, with one fold per patient):
      each fold tests on the slides of one patient group and trains on all the others.
-  4. *Features* (``bench/benchmark.py`` ``predict_single_split``, lines 324–330):
+  4. *Features* (``bench/benchmark.py`` ``predict_single_split``, lines 310–315):
      ``Pipeline([StandardScaler(), PCA(n_components=256, random_state=seed)])`` fit on the
-     training fold, applied to both, then cast to float32 (``torch.Tensor``).
-  5. *Ridge* (``bench/trainer.py`` ``train_test_reg``, lines 11–20):
+     training fold, applied to both, then cast to float32 (``torch.Tensor``, line 315);
+     ``latent_dim=256`` and ``seed=1`` are the defaults of lines 106 and 76.
+  5. *Ridge* (``bench/trainer.py`` ``train_test_reg``, lines 11–21):
      ``Ridge(solver="lsqr", alpha=100 / (n_features · n_genes), fit_intercept=False,
-     max_iter=1000, random_state=seed)``, ``n_features`` the columns after PCA.
-  6. *Score* (``trainer.py`` lines 63–95 and ``benchmark.py`` ``merge_fold_results``, lines
-     345–365): per gene the Pearson r of prediction and target on the test fold, the mean over
-     genes per fold, then the mean and the (population, ``np.std``) standard deviation over folds.
+     max_iter=1000, random_state=seed)``, ``n_features`` the columns after PCA (line 12).
+  6. *Score* (``trainer.py`` lines 65–90 and ``benchmark.py`` ``merge_fold_results``, lines
+     331–352): per gene the ``scipy.stats.pearsonr`` of target and prediction on the test fold
+     (line 72), the mean over genes per fold (line 90), then the mean and the (population,
+     ``np.std``) standard deviation over folds (line 352).
 
   Where stmorph departs from that code, and why: PCA keeps ``min(256, n_train_spots, dim)``
   components (HEST's pipeline raises when an embedding has fewer than 256 dimensions or a fold

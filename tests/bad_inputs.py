@@ -223,6 +223,27 @@ def sps_one_slice_lacks_use_rep():
     return b, lambda: st.tl.sps({"a": a, "b": b}, use_rep="X_lat")
 
 
+# ------------------------------------------------------------------- st.tl.benchmark_encoders
+@_case("st.tl.benchmark_encoders", "fewer than two patient groups (the probe leaves one out)", TooFewObservationsError)
+def benchmark_encoders_fewer_than_two_patient_groups():
+    a, b = table(), table()
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", groups=["p1", "p1"], inplace=True)
+
+
+@_case("st.tl.benchmark_encoders", "an embedding missing from one slice", StmorphKeyError)
+def benchmark_encoders_an_embedding_missing_from_one_slice():
+    a, b = table(), table()
+    del b.obsm["X_lat"]
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", inplace=True)
+
+
+@_case("st.tl.benchmark_encoders", "one slice without the counts layer", StmorphKeyError)
+def benchmark_encoders_one_slice_without_the_counts_layer():
+    a, b = table(), table()
+    del b.layers["counts"]
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", inplace=True)
+
+
 # --------------------------------------------------------------------------- st.tl.image_graph
 @_case("st.tl.image_graph", "NaN in the embedding", NonFiniteError)
 def image_graph_nan_in_the_embedding():

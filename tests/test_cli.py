@@ -43,7 +43,7 @@ def test_demo_writes_results_tables_plots_and_a_self_contained_report(demo_run):
     report = out / "report.html"
     assert re.search(rf"open the report: {re.escape(str(report.resolve()))}", printed)
     pngs = sorted(out.glob("*.png"))
-    cohort = {"sps_vs_score", "atlas_heatmap", "marker_panel"}  # one figure each for all sections
+    cohort = {"sps_vs_score", "atlas_heatmap", "marker_panel", "encoders"}  # one figure each for all sections
     kinds = {p.stem.rsplit("_", 1)[0] for p in pngs if p.stem not in cohort}
     assert kinds == {
         "ranking",
@@ -99,6 +99,10 @@ def test_demo_results_hold_every_step_per_section(demo_run):
         assert np.isfinite(trust["expected_r"]).sum() >= 140
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "Which predictions to believe" in page and "trusted genes" in page
+    encoders = pd.read_csv(out / "encoders.csv", index_col="encoder")  # the demo's encoder against hed
+    assert list(encoders.index) == [f"X_{ENCODER}", "X_hed"]
+    assert list(encoders.filter(like="probe_fold_").columns) == ["probe_fold_C2", "probe_fold_C3"]
+    assert "Which image encoder suits these sections?" in page
 
 
 def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):

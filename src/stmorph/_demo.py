@@ -69,9 +69,20 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     table = pp.extract_patches(sdata, copy=True, progress=False)
     table.uns[Key.uns.spatial] = visium_uns(sdata, table, "he", name, 2000)
     with _torch_threads(settings.torch_threads):
-        tl.embed(table, model=settings.encoder, progress=False)
+        for encoder in settings.encoders:
+            tl.embed(table, model=encoder, progress=False)
     del table.obsm["patches"]  # ~150 kB per spot; the embedding is what the rest needs
     pp.prepare_expression(table)
+    return table
+
+
+def _encoder_table(tables: dict[str, AnnData], settings: DemoSettings, out: Path) -> pd.DataFrame:
+    """SPS and the HEST-Benchmark probe of each embedding (a fold per section) into ``encoders.csv``; empty without."""
+    if not settings.compare_encoders:
+        return pd.DataFrame()
+    reps = [f"X_{encoder}" for encoder in settings.encoders]
+    table = tl.benchmark_encoders(tables, use_rep=reps)
+    table.to_csv(out / "encoders.csv")
     return table
 
 
@@ -196,6 +207,10 @@ def _figures(result: DemoResult, settings: DemoSettings, out: Path, progress: bo
     figures["sps_vs_score"] = [
         ("all", _save(pl.sps_vs_score(result.tables, scores, show=False), out / "sps_vs_score.png"))
     ]
+    if not result.encoders.empty:
+        figures["benchmark_encoders"] = [
+            ("all", _save(pl.benchmark_encoders(result.encoders, show=False), out / "encoders.png"))
+        ]
     return figures
 
 
@@ -294,7 +309,8 @@ def run_demo_steps(
     ``<section>/results.h5ad``, ``eps.csv`` (genes × sections), ``sps.csv``, ``metrics.csv`` (one
     row per section and method), ``cv.csv`` (with ``"auto"``: the CV table of every query section,
     one row per candidate and fold), ``atlas.csv`` (:func:`stmorph.tl.predictable_genes` over the
-    sections) and the PNGs.
+    sections), ``encoders.csv`` (``settings.compare_encoders``: the table of
+    :func:`stmorph.tl.benchmark_encoders`, one fold per section) and the PNGs.
 
     Examples
     --------
@@ -336,6 +352,7 @@ def run_demo_steps(
     )
     eps = pd.DataFrame({s: t.var.loc[genes, "eps"] for s, t in tables.items()})
     result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes, cv=_cv_tables(tables))
+    result.encoders = _encoder_table(tables, settings, out)
     if not result.cv.empty:
         result.cv.to_csv(out / "cv.csv", index=False)
     eps.to_csv(out / "eps.csv", index_label="gene")

@@ -108,6 +108,8 @@ _FILES = {
     "mean EPS, the share of sections where it is significant, its consistency and the top/bottom 5 % flags",
     "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
     "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",
+    "encoders.csv": "the encoder table: per image encoder the mean SPS over sections, its permutation p-value, "
+    "the HEST-Benchmark probe's mean Pearson r and its sd over the sections left out",
     "*.png": "every figure of this report",
 }
 
@@ -271,6 +273,8 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
             "per candidate (<code>cv.csv</code> has every fold):</p>",
             _cv_summary(result.cv),
         ]
+    if not result.encoders.empty:
+        body += _encoder_section(result.encoders, result.figures.get("benchmark_encoders", []))
     trust = trust_summary(result, settings.methods)
     if not trust.empty:
         body += [
@@ -300,6 +304,25 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _encoder_section(encoders: pd.DataFrame, figure: list[tuple[str, Path]]) -> list[str]:
+    """The encoder table: which image encoder available offline suits these sections, by SPS and by the probe."""
+    columns = {"sps": "SPS", "sps_pval": "SPS p-value", "probe_pearson_mean": "probe r", "probe_pearson_sd": "sd"}
+    shown = encoders[list(columns)].rename(columns=columns).reset_index()
+    shown["encoder"] = shown["encoder"].str.removeprefix("X_")
+    return [
+        "<h2>Which image encoder suits these sections?</h2>",
+        "<p>Two answers for each encoder available offline: SPS, the mean EPS of a section averaged over the "
+        "sections (no training; its p-value compares it with the spots shuffled against the image graph), and the "
+        "HEST-Benchmark linear probe: standardise, PCA to 256 components and ridge regression onto the log counts of "
+        "the 50 most variable well-detected genes, trained on all sections but one and scored (mean Pearson r over "
+        "the genes) on the one left out. HEST leaves out a patient; these sections all come from one patient, so "
+        "the probe here measures transfer between sections of one tumour (<code>st.tl.benchmark_encoders</code>, "
+        "<code>encoders.csv</code>).</p>",
+        _table(shown),
+        *(_image(path) for _, path in figure),
+    ]
 
 
 def _markers(result: DemoResult) -> list[str]:

@@ -1,4 +1,4 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``embed``, ``eps``, ``predict`` and ``atlas``.
+"""The ``stmorph`` command: ``demo``, ``embed``, ``eps``, ``predict``, ``atlas`` and ``benchmark``.
 
 ``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
 SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
@@ -27,6 +27,7 @@ _HELP = {
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
     "atlas": "predictable-gene atlas of a cohort from a stored EPS table (CSV + PNG)",
+    "benchmark": "compare image embeddings of slices: SPS and the HEST-Benchmark probe",
 }
 TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
 """The methods ``--epochs`` applies to."""
@@ -45,6 +46,9 @@ _DESCRIPTION = {
     "`stmorph eps` (genes × slices) or .h5ad slices after st.tl.eps (e.g. the demo's results.h5ad, which also hold "
     "q-values and evaluated predictions). Writes atlas.csv, eps_heatmap.png, marker_panel.png and, with --gene-sets, "
     "enrichment.csv and enrichment.png.",
+    "benchmark": "Compare the embeddings --use-rep of slices saved as .h5ad with st.tl.benchmark_encoders: mean SPS "
+    "and the HEST-Benchmark linear probe (one fold per patient group, --groups); writes encoders.csv and "
+    "encoders.png to the output folder.",
 }
 
 
@@ -90,6 +94,9 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"], help="HER2ST sections (≥ 2)")
     demo.add_argument("--data-dir", default=None, help="folder holding her2st/ (default: $STMORPH_DATA_DIR)")
     demo.add_argument("--encoder", default="default", help="image encoder of st.tl.embed (default: %(default)s)")
+    demo.add_argument(
+        "--compare-encoders", nargs="*", default=["hed"], help="encoders of the report's encoder table (default: hed)"
+    )
     demo.add_argument("--methods", nargs="+", default=["auto", "bleep"], help="prediction methods")
     demo.add_argument("--n-genes", type=int, default=2000, help="genes to predict, most expressed first; 0 = all")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs of torch methods (default: paper's)")
@@ -139,6 +146,18 @@ def _atlas_arguments(atlas: argparse.ArgumentParser) -> None:
     atlas.add_argument("--n-top", type=int, default=30, help="genes in the heatmap (default: 30)")
 
 
+def _benchmark_arguments(benchmark: argparse.ArgumentParser) -> None:
+    benchmark.add_argument("inputs", nargs="+", help="slices: .h5ad files holding every embedding of --use-rep")
+    benchmark.add_argument("--use-rep", nargs="+", required=True, help="obsm keys of the embeddings to compare")
+    benchmark.add_argument(
+        "--groups", nargs="+", default=None, help="patient group of each input, in order (default: one per input)"
+    )
+    benchmark.add_argument("--out", default="stmorph_benchmark", help="output folder (default: %(default)s)")
+    benchmark.add_argument("--n-top", type=int, default=50, help="probe genes (default: %(default)s, HEST's)")
+    benchmark.add_argument("--n-perms", type=int, default=99, help="shuffles for the SPS p-value (default: 99)")
+    benchmark.add_argument("--prepared", action="store_true", help="X already holds prepared (scaled) expression")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line (``stmorph predict: error: ...``), exit status 2."""
 
@@ -152,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
         ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments),
-        ("predict", _predict_arguments), ("atlas", _atlas_arguments),
+        ("predict", _predict_arguments), ("atlas", _atlas_arguments), ("benchmark", _benchmark_arguments),
     )  # fmt: skip
     for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
@@ -172,6 +191,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         n_genes=args.n_genes or None,
         method_kwargs={m: kwargs for m in args.methods if m in TRAINED_OVER_EPOCHS},
         torch_threads=args.torch_threads or None,
+        compare_encoders=tuple(args.compare_encoders),
     )
     report = run_demo(
         args.out, sections=args.sections, data_dir=args.data_dir, settings=settings, progress=not args.no_progress
@@ -269,6 +289,30 @@ def _run_eps(args: argparse.Namespace) -> None:
     summary.to_csv(out / "sps.csv", index=False)
     print(summary.to_string(index=False))
     print(f"wrote {out / 'eps.csv'} and {out / 'sps.csv'}")
+
+
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from . import pl, pp, tl
+    from ._inputs import read_h5ad
+
+    check_int(args.n_top, "--n-top", low=1)
+    check_int(args.n_perms, "--n-perms", low=0)
+    check_path(args.out, "--out", "folder_to_write")
+    if args.groups is not None and len(args.groups) != len(args.inputs):
+        raise UsageError(f"--groups has {len(args.groups)} entries for {len(args.inputs)} inputs; give one per input.")
+    slices = dict(zip(_slice_names(args.inputs), (read_h5ad(p, "input") for p in args.inputs)))
+    if not args.prepared:
+        for adata in slices.values():
+            pp.prepare_expression(adata)
+    table = tl.benchmark_encoders(
+        slices, use_rep=args.use_rep, groups=args.groups, n_top=args.n_top, n_perms=args.n_perms
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "encoders.csv")
+    pl.benchmark_encoders(table, save=out / "encoders.png", show=False)
+    print(table[["sps", "sps_pval", "probe_pearson_mean", "probe_pearson_sd"]].to_string())
+    print(f"wrote {out / 'encoders.csv'} and {out / 'encoders.png'}")
 
 
 _PREDICT_OWN = (
@@ -391,8 +435,13 @@ def _marker_panel(cohort, markers: Sequence[str]):
 
 
 _COMMANDS = {
-    "demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict, "atlas": _run_atlas
-}  # fmt: skip
+    "demo": _run_demo,
+    "embed": _run_embed,
+    "eps": _run_eps,
+    "predict": _run_predict,
+    "atlas": _run_atlas,
+    "benchmark": _run_benchmark,
+}
 
 
 def _run(command: str, args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ from ._atlas import eps_tables as eps_tables
 from ._atlas import score_table as score_table
 from ._atlas import slice_groups as slice_groups
 from ._auto import AUTO as AUTO
+from ._benchmark import benchmark_encoders
+from ._benchmark import stored_benchmark as stored_benchmark
 from ._cohort import embed_cohort
 from ._embed import embed
 from ._eps import eps, sps
@@ -20,6 +22,7 @@ from ._graph import image_graph
 from ._predict import predict
 
 __all__: list[str] = [
+    "benchmark_encoders",
     "embed",
     "embed_cohort",
     "enrich_predictable",

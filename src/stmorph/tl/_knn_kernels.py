@@ -2,7 +2,9 @@
 
 Both kernels merge one block of similarities ``s`` into the running ``m`` best candidates of
 their rows, in place. Row ``r`` (global index ``row0 + r``) sees column ``j = col0 + c`` with key
-``sqnorm[j] - 2 s``: the squared Euclidean distance minus the row constant ``|x_r|^2``. Self
+``sqnorm[j] - 2 s - slack``: the squared Euclidean distance minus the row constant ``|x_r|^2``,
+lowered by ``slack`` (``0`` for float32 products; twice the proven error bound of int8 ones, so
+that the key is a lower bound of the exact one). Self
 pairs are skipped. ``keys``/``ids`` (``rows × m``, sorted) keep the smallest ``(key, id)`` pairs in
 lexicographic order, so the result does not depend on the order in which blocks are merged.
 Spots ``j`` with ``|xy_j - xy_i|^2 <= r2`` are no candidates of spot ``i`` (the spatial exclusion
@@ -52,6 +54,7 @@ def merge_rows(
     ids: np.ndarray,
     xy: np.ndarray,
     r2: float,
+    slack: float,
 ) -> None:
     """Merge ``sims`` (``rows × cols``) into the candidates of its rows."""
     n_rows, n_cols = sims.shape
@@ -60,7 +63,7 @@ def merge_rows(
         worst, worst_id, own = keys[r, m - 1], ids[r, m - 1], row0 + r
         for c in range(n_cols):
             j = col0 + c
-            key = sqnorm[j] - 2.0 * sims[r, c]
+            key = sqnorm[j] - 2.0 * sims[r, c] - slack
             if (key < worst or (key == worst and j < worst_id)) and _allowed(xy, r2, own, j):
                 _insert(keys, ids, r, key, j)
                 worst, worst_id = keys[r, m - 1], ids[r, m - 1]
@@ -76,6 +79,7 @@ def merge_columns(
     ids: np.ndarray,
     xy: np.ndarray,
     r2: float,
+    slack: float,
 ) -> None:
     """Merge ``sims.T`` (``sims`` is ``cols × rows``) into the candidates of its rows, without a transposed copy."""
     n_cols, n_rows = sims.shape
@@ -90,7 +94,7 @@ def merge_columns(
             worst[r] = keys[start + r, m - 1]
         for c in range(n_cols):
             j = col0 + c
-            sq = sqnorm[j]
+            sq = sqnorm[j] - slack
             hit = False
             for r in range(width):
                 tmp[r] = sq - 2.0 * sims[c, start + r]
@@ -127,8 +131,8 @@ def _cosine(rep: np.ndarray, i: int, j: int) -> float:
 
 
 @numba.njit(parallel=True, cache=True)
-def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
-    """Exact float64 distances from ``rep[i]`` to each ``rep[cand[i, t]]`` (``inf`` for ids outside ``rep``).
+def candidate_distances(rep: np.ndarray, queries: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
+    """Exact float64 distances from ``rep[queries[r]]`` to each ``rep[cand[r, t]]`` (``inf`` for ids outside ``rep``).
 
     Euclidean, or cosine distance ``1 - cos`` (``1`` when a norm is 0). Every product is formed in
     float64 from the stored values, so float32 near-ties are resolved exactly; nothing of size
@@ -136,13 +140,14 @@ def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.n
     """
     n = rep.shape[0]
     out = np.empty(cand.shape)
-    for i in numba.prange(cand.shape[0]):
+    for r in numba.prange(cand.shape[0]):
+        i = queries[r]
         for t in range(cand.shape[1]):
-            j = cand[i, t]
+            j = cand[r, t]
             if j < 0 or j >= n:
-                out[i, t] = np.inf
+                out[r, t] = np.inf
             elif cosine:
-                out[i, t] = _cosine(rep, i, j)
+                out[r, t] = _cosine(rep, i, j)
             else:
-                out[i, t] = _euclidean(rep, i, j)
+                out[r, t] = _euclidean(rep, i, j)
     return out

@@ -43,7 +43,7 @@ PRECISIONS = ("auto", "float32", "int8")
 INT8_MIN_OBS = 10_000
 """``precision="auto"`` searches in int8 from this many spots on (where the matrix products dominate)."""
 
-INT8_CANDIDATES = 32
+INT8_CANDIDATES = 64
 """Candidates per spot kept by the int8 search (at least ``2 * n_neighbors``): the more, the wider the
 margin between the ``k``-th neighbour and the first spot left out, so the fewer spots recomputed."""
 
@@ -205,8 +205,9 @@ def knn_search(
     its error (int8: :class:`~stmorph.models.Int8Gram`; float32: rounding, ``γ_d |x_i| |x_j|``).
     Keys lowered by that bound are lower bounds of the exact squared distances, so after the scan
     every spot left out of a row's candidates is at least as far as the row's last key says. The
-    candidates are re-ranked with exact float64 distances; a row whose ``n_neighbors``-th exact
-    distance is below that bound is proven exact (no spot left out can come closer, or tie).
+    candidates are re-ranked with exact float64 distances, in key order and only as far as needed
+    (:func:`~stmorph.tl._knn_kernels.rerank_proven`); a row whose ``n_neighbors``-th exact distance
+    is below the next key is proven exact (no spot left out can come closer, or tie).
     Every other row is recomputed exactly (:func:`_exact_rows`). Ties are broken by the smaller
     index, so both precisions give the same graph. (``metric="cosine"`` searches in float32 and
     re-ranks without the proof.)
@@ -229,12 +230,14 @@ def knn_search(
         m = min(2 * n_neighbors, n - 1)
         pack, products = _float32_products(base, np.sqrt(sqnorm), bounded=metric == "euclidean")
         keys, cand = _scan(base, sqnorm, m, exclusion, pack, products, progress)
-    idx, dist = _rerank(rep, cand, n_neighbors, metric)
     if metric != "euclidean":
+        idx, dist = _rerank(rep, cand, n_neighbors, metric)
         return idx, dist, np.empty(0, dtype=np.int64)
-    limit = sqnorm + keys[:, -1]  # every spot left out of row i is at least this far (squared)
+    from ._knn_kernels import rerank_proven
+
     margin = 1e-9 * (1.0 + sqnorm + sqnorm.max())  # float64 rounding of the distances compared
-    recomputed = np.flatnonzero(~(dist[:, -1] ** 2 < limit - margin))
+    idx, dist, proven = run_kernel(rerank_proven, rep, sqnorm, keys, cand, n_neighbors, margin)
+    recomputed = np.flatnonzero(~proven)
     if recomputed.size:
         idx[recomputed], dist[recomputed] = _exact_rows(base, sqnorm, recomputed, n_neighbors, exclusion)
     logger.info(

@@ -151,3 +151,52 @@ def candidate_distances(rep: np.ndarray, queries: np.ndarray, cand: np.ndarray, 
             else:
                 out[r, t] = _euclidean(rep, i, j)
     return out
+
+
+@numba.njit(parallel=True, cache=True)
+def rerank_proven(
+    rep: np.ndarray, sqnorm: np.ndarray, keys: np.ndarray, cand: np.ndarray, k: int, margin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's candidates by exact Euclidean distance, and whether that is proven exact.
+
+    ``keys``/``cand`` are the sorted lower-bound keys and ids of :func:`merge_rows`: every spot left
+    out of row ``i`` has a key of at least ``keys[i, -1]``. Candidates are taken in key order and
+    their exact float64 distances computed until the next key (plus ``sqnorm[i]``: a lower bound of
+    the squared distance of it and of every later spot) exceeds the ``k``-th squared distance found
+    by more than ``margin[i]``: then no spot left can come closer or tie, and the row is proven.
+    Returns ``(ids, distances, proven)``, ``ids``/``distances`` ``n × k`` sorted by (distance, id).
+    """
+    n, m = cand.shape
+    idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k))
+    proven = np.zeros(n, dtype=np.bool_)
+    for i in numba.prange(n):
+        best_d = np.full(k, np.inf)
+        best_j = np.full(k, np.iinfo(np.int64).max)
+        found = 0
+        done = False
+        for t in range(m):
+            j = cand[i, t]
+            if j < 0 or j >= n:  # no spot left at all
+                done = True
+                break
+            if found == k and keys[i, t] + sqnorm[i] > best_d[k - 1] ** 2 + margin[i]:
+                done = True
+                break
+            d = _euclidean(rep, i, j)
+            if found < k:
+                found += 1
+            if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_j[k - 1]):
+                p = k - 1
+                while p > 0 and (best_d[p - 1] > d or (best_d[p - 1] == d and best_j[p - 1] > j)):
+                    best_d[p] = best_d[p - 1]
+                    best_j[p] = best_j[p - 1]
+                    p -= 1
+                best_d[p] = d
+                best_j[p] = j
+        if not done:  # every candidate computed: the spots left out must lie beyond the last key
+            done = found == k and keys[i, m - 1] + sqnorm[i] > best_d[k - 1] ** 2 + margin[i]
+        proven[i] = done
+        idx[i] = best_j
+        dist[i] = best_d
+    return idx, dist, proven

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 
 import anndata as ad
 import numpy as np
@@ -18,14 +19,14 @@ needs_int8 = pytest.mark.skipif(not int8_available(), reason="torch's oneDNN int
 
 
 def _tied_points(seed: int = 0) -> np.ndarray:
-    """Points built to tie: 40 copies of one point, near-copies, and 12 points at exactly one distance from a centre.
+    """Points built to tie: 71 copies of one point, near-copies, and 12 points at exactly one distance from a centre.
 
     Coordinates are multiples of 1/8 where they must tie, so every distance among them is exact in
     float64 and equal distances are equal to the last bit. The rest are random points.
     """
     rng = np.random.default_rng(seed)
     x = np.round(rng.standard_normal((900, 48)) * 8) / 8
-    x[100:140] = x[99]  # 41 copies: more than the int8 search's 32 candidates, all at distance 0
+    x[100:170] = x[99]  # 71 copies: more than the int8 search's 64 candidates, all at distance 0
     x[200:210] = x[199] + 1e-6 * rng.standard_normal((10, 48))  # near-copies (resolved only in float64)
     centre = x[300]
     for axis in range(12):  # 12 points at distance exactly 0.5 from the centre, one per axis
@@ -105,8 +106,8 @@ def test_int8_graph_equals_float32_graph_on_tied_points(monkeypatch, block_eleme
     np.testing.assert_array_equal(idx8, idx32)  # ... and the int8 one gives the same neighbours
     np.testing.assert_allclose(dist8, ref_dist, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(dist8, dist32)
-    # the 41 copies tie at distance 0 beyond the 32 candidates: the proof cannot cover them, so they were recomputed
-    assert {99, *range(100, 140)} <= set(recomputed.tolist())
+    # the 71 copies tie at distance 0 beyond the 64 candidates: the proof cannot cover them, so they were recomputed
+    assert {99, *range(100, 170)} <= set(recomputed.tolist())
     assert recomputed.size < x.shape[0] // 4  # ... and the proof covers most rows
     np.testing.assert_array_equal(idx8[100], [99, 101, 102, 103, 104])  # ties broken by the smaller index
     assert set(idx8[300]) <= set(range(301, 313))  # the centre's neighbours: five of its 12 equidistant points
@@ -149,12 +150,16 @@ def test_eps_on_the_int8_graph_equals_eps_on_the_float32_graph():
     assert np.isfinite(results["int8"].var["eps"]).sum() > 20
 
 
-def test_auto_precision_searches_in_int8_only_for_large_euclidean_graphs():
+def test_auto_precision_searches_in_int8_only_for_large_euclidean_graphs_once_torch_is_loaded(monkeypatch):
     large = _graph.INT8_MIN_OBS
+    assert "torch" in sys.modules  # int8_available() imported it
     assert _graph.resolve_precision("auto", "euclidean", large) == ("int8" if int8_available() else "float32")
     assert _graph.resolve_precision("auto", "euclidean", large - 1) == "float32"
     assert _graph.resolve_precision("auto", "cosine", large) == "float32"
     assert _graph.resolve_precision("float32", "euclidean", large) == "float32"
+    monkeypatch.delitem(sys.modules, "torch")  # a process that never imported torch does not import it for this
+    assert _graph.resolve_precision("auto", "euclidean", large) == "float32"
+    assert "torch" not in sys.modules
 
 
 def test_int8_search_of_a_cosine_graph_is_refused():

@@ -155,8 +155,8 @@ class Int8Gram:
         self.codes = np.empty(x.shape, dtype=np.uint8)
         self.row_residual = np.empty(x.shape[0])
         self.row_dequantised = np.empty(x.shape[0])
-        for start in range(0, x.shape[0], 4096):
-            self._quantise_rows(slice(start, start + 4096))
+        for start in range(0, x.shape[0], 1024):  # float64 temporaries of 1024 rows
+            self._quantise_rows(slice(start, start + 1024))
         # the largest code everywhere: the products most prone to saturate
         self.pin = np.full((1, x.shape[1]), self.levels, dtype=np.uint8)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
@@ -146,7 +147,17 @@ def _base_and_norms(rep: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarra
     return base, np.einsum("ij,ij->i", base, base, dtype=np.float64)
 
 
-def knn_exact(
+def knn_exact(rep: np.ndarray, n_neighbors: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN (self excluded) by BLAS brute force over blocks of bounded memory: ``(indices, distances)``.
+
+    :func:`knn_search` (same arguments) without the rows it recomputed; each array
+    ``n × n_neighbors``, sorted by (distance, index).
+    """
+    idx, dist, _ = knn_search(rep, n_neighbors, **options)
+    return idx, dist
+
+
+def knn_search(
     rep: np.ndarray,
     n_neighbors: int,
     *,
@@ -154,16 +165,24 @@ def knn_exact(
     exclusion: Exclusion | None = None,
     progress: bool = False,
     precision: str = "float32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN (self excluded) by BLAS brute force over blocks of bounded memory.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact kNN (self excluded) by brute force over blocks of bounded memory, proven exact.
 
-    The similarity matrix is computed block by block with one matrix product each (float32 for
-    float32 input), and only for blocks on and above the diagonal: a block serves both its rows
-    and, transposed, its columns, which halves the work. A running list of the ``2k`` best
-    candidates per spot is kept; they are then re-ranked with exact float64 distances and ties are
-    broken by the smaller index, so the result does not depend on the block size or thread count.
-    ``precision="int8"`` finds the candidates with int8 products instead; both are proven exact
-    for the Euclidean metric (:func:`knn_search`), rows the proof does not cover recomputed.
+    The similarity matrix is computed block by block with one matrix product each, and only for
+    blocks on and above the diagonal: a block serves both its rows and, transposed, its columns,
+    which halves the work. A running list of the best candidates per spot is kept (``2k`` in
+    float32, :data:`INT8_CANDIDATES` in int8).
+
+    The candidates of each spot come from float32 or int8 products, each with a proven bound on
+    its error (int8: :class:`~stmorph.models.Int8Gram`; float32: rounding, ``γ_d |x_i| |x_j|``).
+    Keys lowered by that bound are lower bounds of the exact squared distances, so after the scan
+    every spot left out of a row's candidates is at least as far as the row's last key says. The
+    candidates are re-ranked with exact float64 distances, in key order and only as far as needed
+    (:func:`~stmorph.tl._knn_kernels.rerank_proven`); a row whose ``n_neighbors``-th exact distance
+    is below the next key is proven exact (no spot left out can come closer, or tie).
+    Every other row is recomputed exactly (:func:`_exact_rows`). Ties are broken by the smaller
+    index, so the graph does not depend on the block size, thread count or precision.
+    (``metric="cosine"`` searches in float32 and re-ranks without the proof.)
 
     Parameters
     ----------
@@ -178,39 +197,7 @@ def knn_exact(
     progress
         Show a progress bar over blocks.
     precision
-        ``"float32"`` or ``"int8"`` products for the candidate search.
-
-    Returns
-    -------
-    ``(indices, distances)``, each ``n × n_neighbors``, sorted by (distance, index).
-    """
-    idx, dist, _ = knn_search(
-        rep, n_neighbors, metric=metric, exclusion=exclusion, progress=progress, precision=precision
-    )
-    return idx, dist
-
-
-def knn_search(
-    rep: np.ndarray,
-    n_neighbors: int,
-    *,
-    metric: str = "euclidean",
-    exclusion: Exclusion | None = None,
-    progress: bool = False,
-    precision: str = "float32",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`knn_exact` with the proof that its Euclidean result is exact, and the rows it had to recompute.
-
-    The candidates of each spot come from float32 or int8 products, each with a proven bound on
-    its error (int8: :class:`~stmorph.models.Int8Gram`; float32: rounding, ``γ_d |x_i| |x_j|``).
-    Keys lowered by that bound are lower bounds of the exact squared distances, so after the scan
-    every spot left out of a row's candidates is at least as far as the row's last key says. The
-    candidates are re-ranked with exact float64 distances, in key order and only as far as needed
-    (:func:`~stmorph.tl._knn_kernels.rerank_proven`); a row whose ``n_neighbors``-th exact distance
-    is below the next key is proven exact (no spot left out can come closer, or tie).
-    Every other row is recomputed exactly (:func:`_exact_rows`). Ties are broken by the smaller
-    index, so both precisions give the same graph. (``metric="cosine"`` searches in float32 and
-    re-ranks without the proof.)
+        ``"float32"`` (BLAS in the embedding's precision) or ``"int8"`` products for the candidates.
 
     Returns
     -------
@@ -351,13 +338,17 @@ def resolve_method(method: str, n_obs: int) -> str:
 
 
 def resolve_precision(precision: str, metric: str, n_obs: int) -> str:
-    """``"auto"`` → ``"int8"`` for Euclidean searches of at least :data:`INT8_MIN_OBS` spots where
-    torch's int8 kernel runs exactly, else ``"float32"``; raise when ``"int8"`` cannot be used."""
+    """``"auto"`` → ``"int8"`` or ``"float32"``; raise when ``"int8"`` cannot be used.
+
+    ``"auto"`` searches in int8 when the graph is Euclidean, has at least :data:`INT8_MIN_OBS`
+    spots, torch is already imported (as after :func:`~stmorph.tl.embed`: importing it only for
+    the search would add ~0.5 GB to the process) and its int8 kernel runs exactly here.
+    """
     from ..models import int8_available
 
     check_choice(precision, PRECISIONS, "precision")
     if precision == "auto":
-        usable = metric == "euclidean" and n_obs >= INT8_MIN_OBS
+        usable = metric == "euclidean" and n_obs >= INT8_MIN_OBS and "torch" in sys.modules
         return "int8" if usable and int8_available() else "float32"
     if precision == "int8" and metric != "euclidean":
         raise InvalidParameterError(
@@ -608,8 +599,9 @@ def image_graph(
         quantisation error is bounded, the candidates are re-ranked with exact float64 distances,
         and every spot whose ``n_neighbors``-th neighbour lies within the bound of the first spot
         left out is recomputed exactly (their number is logged). ``"auto"``: int8 for Euclidean
-        graphs of at least :data:`INT8_MIN_OBS` spots where the kernel runs, float32 otherwise.
-        ``"int8"`` needs ``metric="euclidean"``.
+        graphs of at least :data:`INT8_MIN_OBS` spots once torch is imported (as after
+        :func:`~stmorph.tl.embed`) and where its kernel runs, float32 otherwise. ``"int8"`` needs
+        ``metric="euclidean"``.
     exclude_radius
         Spatial-proximity control, in µm: each spot's neighbours are taken only among spots
         farther than this from it (centres ``obsm['spatial']`` times the pixel size recorded in

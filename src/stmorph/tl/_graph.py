@@ -41,7 +41,7 @@ METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "pynndescent")
 PRECISIONS = ("auto", "float32", "int8")
 
-INT8_MIN_OBS = 10_000
+INT8_MIN_OBS = 20_000
 """``precision="auto"`` searches in int8 from this many spots on (where the matrix products dominate)."""
 
 INT8_CANDIDATES = 64
@@ -643,7 +643,7 @@ def image_graph(
     >>> st.tl.image_graph(adata, "latent", n_neighbors=5)
     >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
     5
-    >>> adata.uns["image"]["params"]["precision"]  # "auto": int8 from 10,000 spots on
+    >>> adata.uns["image"]["params"]["precision"]  # "auto": int8 from 20,000 spots on
     'float32'
     >>> st.tl.image_graph(adata, "latent", exclude_radius=250.0, key_added="far")
     >>> adata.uns["far"]["params"]["exclude_radius"]

@@ -209,6 +209,8 @@ def knn_search(
     if precision == "int8":
         from ..models import Int8Gram
 
+        if metric != "euclidean":
+            raise ValueError("the int8 search is Euclidean only; resolve_precision says so to users")
         m = min(max(INT8_CANDIDATES, 2 * n_neighbors), n - 1)
         gram = Int8Gram(base)
         keys, cand = _scan(base, sqnorm, m, exclusion, gram.pack, gram.products, progress)

@@ -88,6 +88,18 @@ def test_int8_products_refuse_a_kernel_that_is_not_exact(monkeypatch):
         gram.products(slice(0, 50), packed)
 
 
+@pytest.mark.skipif(_lowp.int8_levels() != 127, reason="the int8 kernel here sums 8-bit codes exactly (or is absent)")
+def test_pin_row_catches_the_saturation_of_8_bit_codes_on_avx2():
+    # AVX2's vpmaddubsw saturates int16 pair sums of 8-bit codes: the real kernel, not a mock
+    x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    gram = Int8Gram(x, levels=255)
+    with pytest.raises(RuntimeError, match="exact integer sums"):
+        gram.products(slice(0, 64), gram.pack(slice(0, 64)))
+    seven_bit = Int8Gram(x, levels=127)
+    sims, bound = seven_bit.products(slice(0, 64), seven_bit.pack(slice(0, 64)))
+    assert np.abs(sims - x.astype(np.float64) @ x.T.astype(np.float64)).max() <= bound
+
+
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="oneDNN's int8 kernel is x86")
 def test_int8_kernel_is_exact_on_x86():
     assert int8_available()

@@ -13,7 +13,10 @@ Command::
 
 ``--what eps``: EPS of ``expression_copilot.mi.calc_eps`` (faiss exact kNN + numba Laplacian)
 against ``st.tl`` (BLAS exact kNN + sparse-product Geary's C) for N spots × 1024-d embeddings ×
-2000 genes, k = 5: how many spots get other neighbours (float32 near-ties in faiss; ours re-ranks
+2000 genes, k = 5, ours once per ``--precision`` of the exact search (``float32`` and ``int8`` by
+default; each run also reports the bare upper-half products and the rows the proof made it
+recompute; without the benchmark environment the published side is left out and said so):
+how many spots get other neighbours (float32 near-ties in faiss; ours re-ranks
 in float64), the largest EPS difference, time and peak-memory ratios, and the Laplacian step
 alone. Each side runs in its own process (peak RSS is its own); numba compilation is excluded on
 both sides. Data are synthetic (``benchmarks/_eps_data.py``). Prints the figures.

@@ -264,6 +264,18 @@ def image_graph_unknown_metric():
     return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="manhattan-ish")
 
 
+@_case("st.tl.image_graph", "unknown precision", InvalidParameterError)
+def image_graph_unknown_precision():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", precision="int4")
+
+
+@_case("st.tl.image_graph", "int8 search of a cosine graph", InvalidParameterError)
+def image_graph_int8_search_of_a_cosine_graph():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="cosine", precision="int8", progress=False)
+
+
 # -------------------------------------------------------------------------- st.pp.prepare_expression
 @_case("st.pp.prepare_expression", "negative counts", InputTypeError)
 def prepare_expression_negative_counts():

@@ -146,7 +146,7 @@ def test_int8_graph_equals_float32_graph_with_a_spatial_exclusion(monkeypatch):
 
 @needs_int8
 def test_eps_on_the_int8_graph_equals_eps_on_the_float32_graph():
-    sim = st.datasets.simulate(400, 30, n_planted=5, seed=4, spot_px=16)
+    sim = st.datasets.simulate(400, 30, n_planted=5, random_state=4, spot_px=16)
     adata = sim.tables["table"]
     st.pp.prepare_expression(adata)
     results = {}

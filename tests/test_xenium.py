@@ -8,6 +8,7 @@ test maps itself, never through the Xenium path.
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from _spaceranger import Crop
@@ -122,6 +123,39 @@ def test_pseudo_spots_pool_the_cells_on_hest_grid_and_patches_are_cut_around_the
     record = tool_record(spots, "patches", "patches")
     assert (record["unit"], record["tile_um"]) == ("pseudo_spots", pytest.approx(112.0))
     np.testing.assert_array_equal(spots.obsm["patches"], _cut(crop, centres_he))
+
+
+def _drawn_circles(fig) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and diameters of the circles scanpy drew in the first panel (image pixels at the drawn scale)."""
+    ax = next(a for a in fig.axes if a.get_title())
+    paths = ax.collections[0].get_paths()
+    boxes = np.array([[p.vertices.min(axis=0), p.vertices.max(axis=0)] for p in paths])
+    return boxes.mean(axis=1), boxes[:, 1, 0] - boxes[:, 0, 0]
+
+
+def test_spatial_plot_draws_cells_and_pseudo_spots_where_the_alignment_puts_them(xenium_folder, xenium_crop):
+    from scipy.spatial import cKDTree
+
+    folder, truth = xenium_folder
+    mpp = xenium_crop[0].mpp
+    sdata = read_xenium(folder)
+    gene = sdata.tables["table"].var_names[0]
+    # the crop is 1200 px: drawn at full resolution, so drawn pixels are H&E pixels
+    fig = st.pl.spatial(sdata, gene, layers=["measured"], max_image_side=2000, show=False)
+    centres, diameters = _drawn_circles(fig)
+    distance, nearest = cKDTree(truth.cells_he).query(centres)
+    assert distance.max() < 0.01 and len(set(nearest)) == len(truth.cells_he)  # every cell once, at its place
+    np.testing.assert_allclose(diameters, 10.0 / mpp, rtol=1e-6)  # a 10 µm cell
+    st.pp.pseudo_spots(sdata, size_um=100)
+    spots = sdata.tables["pseudo_spots_100um"]
+    fig = st.pl.spatial(
+        sdata, gene, layers=["measured"], table_key="pseudo_spots_100um", max_image_side=2000, show=False
+    )
+    centres, diameters = _drawn_circles(fig)
+    expected = apply(np.linalg.inv(truth.alignment), spots.obsm["spatial"] / XENIUM_PIXEL_UM)
+    assert cKDTree(expected).query(centres)[0].max() < 0.01
+    np.testing.assert_allclose(diameters, 100.0 / mpp, rtol=1e-6)
+    plt.close("all")
 
 
 def test_xenium_lazy_patches_read_back_the_memory_patches(xenium_folder, tmp_path):

@@ -57,6 +57,8 @@ the scan's own resolution."""
 PSEUDO_SPOT_UM = 100.0
 """Default pseudo-spot side (µm), HEST-1k's ``spot_size_um`` (not 55 µm)."""
 _TOOL = "pseudo_spots"
+CELL_DRAW_UM = 10.0
+"""Diameter a cell is drawn with by ``st.pl.spatial`` (a typical cell's)."""
 
 
 def is_xenium(data: Any) -> bool:
@@ -211,16 +213,44 @@ def _check_cells_inside(centres: np.ndarray, image_key: str, element: Any, names
         ) from None
 
 
-def xenium_source(
-    sdata: SpatialData, image_key: str | None, table_key: str | None, mpp: float | None, target_mpp: float
-) -> tuple[AnnData, PatchSource]:
-    """The table and :class:`PatchSource` of a Xenium SpatialData: cells (or pseudo-spots) on the aligned H&E."""
+def _on_he(
+    sdata: SpatialData, table_key: str | None, image_key: str | None
+) -> tuple[str, AnnData, str, np.ndarray, float]:
+    """The table's key and table, the H&E's key, the centres in the H&E's level-0 pixels and its µm per pixel."""
     table_key = _table_key(sdata, table_key)
     table = sdata.tables[table_key]
     image_key = he_image(sdata, image_key)
     to_image = _placement(sdata, table, image_key)
-    centres0 = _apply(to_image, _centres_um(table, table_key))
-    mpp0 = 1.0 / _scale(to_image)
+    return table_key, table, image_key, _apply(to_image, _centres_um(table, table_key)), 1.0 / _scale(to_image)
+
+
+def he_placement(
+    sdata: SpatialData, table_key: str | None = None, image_key: str | None = None
+) -> tuple[AnnData, str, np.ndarray, float]:
+    """Where a Xenium table's cells (or pseudo-spots) sit on the H&E, for drawing them there.
+
+    Returns the table, the H&E's image key, the centres in the H&E's level-0 pixels (x = column,
+    y = row) and the diameter to draw each in those pixels: a pseudo-spot's side, or
+    :data:`CELL_DRAW_UM` for a cell.
+
+    Examples
+    --------
+    >>> import stmorph as st
+    >>> sdata = st.datasets.simulate_xenium(50, random_state=0)
+    >>> table, image_key, centres, diameter = he_placement(sdata)
+    >>> image_key, centres.shape, round(diameter, 1)
+    ('he_image', (50, 2), 20.0)
+    """
+    _, table, image_key, centres, mpp = _on_he(sdata, table_key, image_key)
+    size_um = float(np.sqrt(np.median(table.obs["area_um2"]))) if _is_pseudo_spots(table) else CELL_DRAW_UM
+    return table, image_key, centres, size_um / mpp
+
+
+def xenium_source(
+    sdata: SpatialData, image_key: str | None, table_key: str | None, mpp: float | None, target_mpp: float
+) -> tuple[AnnData, PatchSource]:
+    """The table and :class:`PatchSource` of a Xenium SpatialData: cells (or pseudo-spots) on the aligned H&E."""
+    table_key, table, image_key, centres0, mpp0 = _on_he(sdata, table_key, image_key)
     if mpp is not None:
         check_agree(float(mpp), mpp0, "mpp=", f"the alignment of images[{image_key!r}]")
     _check_cells_inside(centres0, image_key, sdata.images[image_key], table.obs_names)

@@ -95,6 +95,7 @@ def embed_cohort(
     table_key: str = "table",
     num_workers: int = 1,
     client: Any = None,
+    precision: str = "auto",
     copy: bool = False,
 ) -> list[AnnData] | None:
     """Embed the spot patches of many slides, in parallel with dask: :func:`embed` for a cohort.
@@ -110,7 +111,7 @@ def embed_cohort(
     slides
         One item per slide: :class:`~spatialdata.SpatialData` objects and/or paths of zarr stores
         of them (read lazily, images as dask; never written to).
-    model, weights, batch_size, device, key_added, patches_key, num_workers
+    model, weights, batch_size, device, key_added, patches_key, num_workers, precision
         As in :func:`embed`, with the same defaults.
     table_key
         The table of each SpatialData.
@@ -148,7 +149,7 @@ def embed_cohort(
     >>> [s.tables["table"].obsm["X_hed"].shape for s in slides]
     [(20, 57), (20, 57)]
     """
-    check_engine_options(batch_size=batch_size, num_workers=num_workers, device=device)
+    check_engine_options(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision)
     check_bool(copy, "copy")
     slides = list(slides)
     if not slides:
@@ -158,7 +159,7 @@ def embed_cohort(
     _check_writable(slides, copy)
     tables = [_table(_open(item, tables_only=True), table_key) for item in slides]  # checks every item first
     key = key_added or Key.obsm.embedding(model)
-    options = {"model": model, "weights": weights, "batch_size": batch_size, "device": device}
+    options = {"model": model, "weights": weights, "batch_size": batch_size, "device": device, "precision": precision}
     one_slide = partial(
         slide_embedding, table_key=table_key, patches_key=patches_key, key=key, num_workers=num_workers, **options
     )

@@ -28,7 +28,7 @@ from .._validation import (
     get_patches,
     numeric_array,
 )
-from ..models import Encoder, Featurizer, inference_encoder, patches_to_tensor
+from ..models import EMBED_PRECISIONS, Encoder, Featurizer, inference_encoder, patches_to_tensor, with_precision
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
 if TYPE_CHECKING:
@@ -193,17 +193,19 @@ def _embed_features(
 
 
 def _engine(
-    encoder: Encoder | Featurizer, model: str, batch_size: int | str, device: str, num_workers: int
+    encoder: Encoder | Featurizer, model: str, batch_size: int | str, device: str, num_workers: int, precision: str
 ) -> tuple[Run, dict[str, Any], int]:
     """The encoder as a :data:`~stmorph.tl._embed_resume.Run` function, its parameters and the batch size."""
     if isinstance(encoder, Encoder):
         from ..models import resolve_device
 
         dev = resolve_device(device)
+        encoder = with_precision(encoder, precision, dev)
         batch = resolve_batch_size(batch_size, encoder, dev)
         run = partial(_embed_torch, encoder=encoder, batch_size=batch, device=dev, num_workers=num_workers)
-        params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std)}
+        params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std), "precision": encoder.precision}
         return run, {**params, "input_size": encoder.input_size, "device": str(dev)}, batch
+    with_precision(encoder, precision, None)  # a featurizer takes only "auto"
     batch = resolve_batch_size(batch_size, encoder, None)
     run = partial(_embed_features, fn=encoder, name=model, batch_size=batch, num_workers=num_workers)
     return run, {"kind": "features"}, batch
@@ -218,6 +220,7 @@ def check_engine_options(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> None:
     """Raise :class:`InvalidParameterError` (naming the option) for a bad option of the embedding engine."""
     if not (isinstance(batch_size, str) and batch_size == AUTO):
@@ -229,6 +232,7 @@ def check_engine_options(
         check_path(checkpoint, "checkpoint", "folder_to_write")
     check_bool(resume, "resume")
     check_bool(progress, "progress")
+    check_choice(precision, EMBED_PRECISIONS, "precision")
 
 
 def embedding_outputs(
@@ -246,6 +250,7 @@ def embedding_outputs(
     resume: bool = False,
     on_error: str = "raise",
     stain_norm: StainNormalizer | None = None,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Float32 embeddings of every patch of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
 
@@ -258,7 +263,10 @@ def embedding_outputs(
     settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
     if stain_norm is not None:  # part of what a checkpoint was made with
         settings["stain_norm"] = json.dumps(stain_norm.record, sort_keys=True)
-    run, engine_params, batch_size = _engine(inference_encoder(model, weights), model, batch_size, device, num_workers)
+    if precision != "auto":
+        settings["precision"] = precision
+    encoder = inference_encoder(model, weights)
+    run, engine_params, batch_size = _engine(encoder, model, batch_size, device, num_workers, precision)
     params: dict[str, Any] = {**settings, **engine_params}
     failed: dict[str, str] = {}
     if checkpoint is None and on_error == "raise":

@@ -53,10 +53,13 @@ def has_linear(module: torch.nn.Module) -> bool:
 def quantise_linear(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` whose linear layers compute in int8 (dynamic quantisation; CPU only).
 
-    Weights are quantised once, per tensor, to int8; each activation is quantised on the fly with
-    the scale of its own range, multiplied in int8 with int32 accumulation and dequantised to
-    float32 (:func:`torch.ao.quantization.quantize_dynamic`, x86/fbgemm kernels). Everything else
-    (convolutions, attention, normalisation, activations) stays float32.
+    Weights are quantised once to int8 with one scale per output channel (one scale per tensor
+    loses too much: for a randomly initialised ViT-L/16 on HER2ST patches the features' mean
+    cosine to float32 fell from 0.999 to 0.975); each
+    activation is quantised on the fly with the scale of its own range, multiplied in int8 with
+    int32 accumulation and dequantised to float32 (:func:`torch.ao.quantization.quantize_dynamic`,
+    x86/fbgemm kernels). Everything else (convolutions, attention, normalisation, activations)
+    stays float32.
 
     Examples
     --------
@@ -68,4 +71,7 @@ def quantise_linear(module: torch.nn.Module) -> torch.nn.Module:
     """
     with warnings.catch_warnings():  # eager-mode quantisation is deprecated in favour of torchao (not a dependency)
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        return quantize_dynamic(copy.deepcopy(module), spec, dtype=torch.qint8)

@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-fidelity", action="store_true")
     parser.add_argument("--eps-model", nargs="*", default=["default", "h0-mini"], help="'default' or presets")
+    parser.add_argument("--eps-layer-scale", type=float, default=None, help="layer scale of the random presets")
     args = parser.parse_args()
 
     import torch
@@ -181,7 +182,7 @@ def main() -> None:
     for preset in args.eps_model:
         model = preset if preset == "default" else f"{preset}_random"
         if preset != "default":
-            _register_vit(model, preset)
+            _register_vit(model, preset, args.eps_layer_scale)
         low = [p for p in args.precisions if p != "fp32" and not (preset == "default" and p == "int8")]
         _eps_ranking(table, model, low)
 

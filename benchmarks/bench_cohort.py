@@ -94,7 +94,7 @@ def main() -> None:
     import stmorph as st
 
     sps_slides = _sps_slides(args.slides, args.spots, args.genes)
-    embed_slides = [st.datasets.simulate(args.embed_spots, 20, n_planted=4, seed=i) for i in range(args.slides)]
+    embed_slides = [st.datasets.simulate(args.embed_spots, 20, n_planted=4, random_state=i) for i in range(args.slides)]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster) as client:
             client.run(lambda: __import__("stmorph.tl"))  # warm the workers' imports (not timed)

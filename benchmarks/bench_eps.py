@@ -7,7 +7,11 @@ Command (all scenarios, each in its own process so that peak memory is its own):
 or one of them: ``--what exact`` (N = 50,000 × 1024-d × 2000 genes, exact graph), ``--what hd``
 (N = 1,000,000 × 256-d × 2000 sparse genes, approximate graph), ``--what hd-check`` (Spearman of
 approximate- vs exact-graph EPS on a 100,000-spot subsample of the HD slice), ``--what
-sparse-memory`` (peak memory of the EPS step on sparse log1p input for growing N). Sizes can be
+sparse-memory`` (peak memory of the EPS step on sparse log1p input for growing N), ``--what
+kernels`` (throughput of the matrix-product kernels reachable from Python on one block of the exact
+search, 2048 × 2048 × 1024 by default: numpy float32, torch float32/bfloat16/float16, torch int8
+``_int_mm``, numpy integer, fbgemm's dynamic int8 linear, oneDNN's int8 linear with uint8 input
+as ``precision="int8"`` uses it; each the best of interleaved repeats, same process). Sizes can be
 lowered with ``--n``/``--dim``/``--genes`` for a quick run. Data are synthetic
 (``benchmarks/_eps_data.py``). Prints the figures; asserts nothing.
 
@@ -37,7 +41,7 @@ from compare_published import blas_env, blas_kernels
 from stmorph.tl._eps import compute_eps
 from stmorph.tl._graph import knn_graph
 
-SCENARIOS = ("exact", "hd", "hd-check", "sparse-memory")
+SCENARIOS = ("exact", "hd", "hd-check", "sparse-memory", "kernels")
 
 
 def _peak_rss_gb() -> float:
@@ -148,6 +152,79 @@ def run_sparse_memory(sizes: list[int], n_genes: int) -> list[dict]:
     return rows
 
 
+FLOAT32 = "numpy float32 (BLAS sgemm, the float32 search)"
+
+
+def _int8_kernels(a: np.ndarray) -> dict:
+    """The int8 candidates of :func:`run_kernels`: callables on codes of the block's shape."""
+    import warnings
+
+    import torch
+
+    from stmorph.models._lowp import _int8_matmul, _pack
+
+    b = a.shape[0]
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 128, a.shape).astype(np.uint8)
+    weights = rng.integers(-127, 128, a.shape).astype(np.int8)
+    packed, scales = _pack(weights), np.ones(b)
+    q_a, q_w = torch.from_numpy(codes.view(np.int8) & 127), torch.from_numpy(weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qw = torch._make_per_channel_quantized_tensor(
+            q_w, torch.ones(b, dtype=torch.double), torch.zeros(b, dtype=torch.long), 0
+        )
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = "fbgemm"
+        fbgemm = torch.ops.quantized.linear_prepack(qw, None)
+        torch.backends.quantized.engine = before
+    feed = torch.from_numpy(codes.astype(np.float32) - 64)
+    return {
+        "oneDNN int8 (uint8 codes, precision='int8')": lambda: _int8_matmul(codes, 1.0, 64, packed, scales),
+        "fbgemm dynamic int8 linear (float input)": lambda: torch.ops.quantized.linear_dynamic(feed, fbgemm, True),
+        "torch._int_mm int8": lambda: torch._int_mm(q_a, q_w.T),
+    }
+
+
+def run_kernels(block: int, dim: int) -> list[dict]:
+    """GOP/s of each matrix-product kernel on one ``block × dim`` by ``dim × block`` product, best of 5."""
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((block, dim)).astype(np.float32)
+    t32 = torch.from_numpy(a)
+    kernels = {
+        FLOAT32: lambda: a @ a.T,
+        "torch float32": lambda: t32 @ t32.T,
+        "torch bfloat16": lambda: t32.bfloat16() @ t32.bfloat16().T,
+        "torch float16": lambda: t32.half() @ t32.half().T,
+        **_int8_kernels(a),
+        "numpy int32 (no BLAS)": lambda: a[:256].astype(np.int32) @ a.T.astype(np.int32),
+    }
+    ops = {name: 2 * block * block * dim for name in kernels}
+    ops["numpy int32 (no BLAS)"] = 2 * 256 * block * dim
+    best = dict.fromkeys(kernels, np.inf)
+    slow = ("numpy int32 (no BLAS)", "torch._int_mm int8", "torch float16", "torch bfloat16")
+    for repeat in range(5):
+        for name, kernel in kernels.items():
+            if repeat > 1 and name in slow:
+                continue  # two repeats of the slow ones
+            t0 = time.perf_counter()
+            kernel()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    base = best[FLOAT32] / ops[FLOAT32]
+    return [
+        {
+            "kernel": name,
+            "ms": best[name] * 1e3,
+            "GOP_per_s": ops[name] / best[name] / 1e9,
+            "vs_numpy_float32": base / (best[name] / ops[name]),
+            "torch_threads": torch.get_num_threads(),
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+        }
+        for name in kernels
+    ]
+
+
 def _worker(args: argparse.Namespace) -> None:
     if args.what == "exact":
         out = run_exact(args.n or 50_000, args.dim or 1024, args.genes)
@@ -155,6 +232,8 @@ def _worker(args: argparse.Namespace) -> None:
         out = run_hd(args.n or 1_000_000, args.dim or 256, args.genes)
     elif args.what == "hd-check":
         out = run_hd_check(args.n or 1_000_000, args.dim or 256, args.genes, args.n_sub)
+    elif args.what == "kernels":
+        out = run_kernels(args.n or 2048, args.dim or 1024)
     else:
         out = run_sparse_memory(args.sizes, args.genes)
     for row in out if isinstance(out, list) else [out]:
@@ -170,7 +249,7 @@ def _print(result) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", choices=(*SCENARIOS, "all"), default="all")
-    parser.add_argument("--n", type=int, default=None, help="spots (default: 50k exact, 1M hd)")
+    parser.add_argument("--n", type=int, default=None, help="spots (default: 50k exact, 1M hd; kernels: block rows)")
     parser.add_argument("--dim", type=int, default=None, help="embedding size (default: 1024 exact, 256 hd)")
     parser.add_argument("--genes", type=int, default=2000)
     parser.add_argument("--n-sub", type=int, default=100_000, help="subsample of the hd check")
@@ -181,7 +260,7 @@ def main() -> None:
         _worker(args)
         return
     print(f"stmorph EPS benchmark; {Path('/proc/loadavg').read_text().split()[:3]} load average at start")
-    for what in SCENARIOS if args.what == "all" else (args.what,):
+    for what in SCENARIOS[:-1] if args.what == "all" else (args.what,):
         cmd = [sys.executable, __file__, "--worker", "--what", what, "--genes", str(args.genes)]
         cmd += ["--n-sub", str(args.n_sub), "--sizes", *map(str, args.sizes)]
         cmd += [f"--n={args.n}"] if args.n else []

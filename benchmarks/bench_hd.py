@@ -8,7 +8,7 @@ Two steps, each its own process (so the peak RSS of the embedding is its own)::
 ``write``: a 40,000 × 40,000 px RGB image at 0.5 µm/px (a HER2ST C3 crop tiled over the slide,
 1024 px zarr chunks) as the image element ``"he"`` of a SpatialData zarr store.
 ``run``: a 1000 × 1000 grid of 8 µm bins (16 px pitch, the Visium HD grid, raster order) →
-``st.pp.extract_patches(store="lazy")`` → ``st.tl.embed(strategy="dense", store="zarr")`` with the
+``st.pp.extract_patches(store="lazy")`` → ``st.tl.embed(strategy="dense", features_store="zarr")`` with the
 default encoder (1792 px tiles, 128 px halo), and the per-spot rate of ``st.tl.embed`` on a random
 subsample of the same bins. ``--tile-rows N`` embeds only the bins of the first N rows of tiles
 (of 11) and extrapolates the full slide from the rate (the cost per tile does not depend on the
@@ -86,7 +86,7 @@ def run(tile_rows: int, spot_sample: int) -> None:
     store = ROOT / "features.zarr"
     shutil.rmtree(store, ignore_errors=True)
     t0 = time.perf_counter()
-    st.tl.embed(part, strategy="dense", image=image, store="zarr", store_path=store, progress=False)
+    st.tl.embed(part, strategy="dense", image=image, features_store="zarr", features_path=store, progress=False)
     dense_s = time.perf_counter() - t0
     record = part.uns["stmorph"]["embed"]["X_default"]
     dense_rate = part.n_obs / dense_s

@@ -13,7 +13,10 @@ Command::
 
 ``--what eps``: EPS of ``expression_copilot.mi.calc_eps`` (faiss exact kNN + numba Laplacian)
 against ``st.tl`` (BLAS exact kNN + sparse-product Geary's C) for N spots × 1024-d embeddings ×
-2000 genes, k = 5: how many spots get other neighbours (float32 near-ties in faiss; ours re-ranks
+2000 genes, k = 5, ours once per ``--precision`` of the exact search (``float32`` and ``int8`` by
+default; each run also reports the bare upper-half products and the rows the proof made it
+recompute; without the benchmark environment the published side is left out and said so):
+how many spots get other neighbours (float32 near-ties in faiss; ours re-ranks
 in float64), the largest EPS difference, time and peak-memory ratios, and the Laplacian step
 alone. Each side runs in its own process (peak RSS is its own); numba compilation is excluded on
 both sides. Data are synthetic (``benchmarks/_eps_data.py``). Prints the figures.
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -79,7 +83,59 @@ def _run_worker(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return json.loads(line[0][len("RESULT ") :])
 
 
-def _ours_eps_worker(folder: Path, k: int) -> None:
+def int8_kernel() -> str:
+    """The int8 kernel stmorph's ``precision="int8"`` search uses here, as torch reports it."""
+    import torch
+
+    from stmorph.models._lowp import int8_levels
+
+    onednn = [ln.strip(" -") for ln in torch.__config__.show().splitlines() if "MKL-DNN" in ln or "oneDNN" in ln]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{onednn[0] if onednn else 'oneDNN'} via torch {torch.__version__}, {capability}, codes 0-{int8_levels()}"
+
+
+def bare_gemm_seconds(embedding: np.ndarray, precision: str, sample: int = 6) -> float:
+    """Time of the upper-half products alone (no merging), from ``sample`` block pairs scaled to all of them.
+
+    The blocks are those of the exact search (2048 × 2048); the int8 side adds packing each
+    column block once, as the search does.
+    """
+    from stmorph.models import Int8Gram
+    from stmorph.tl import _graph
+
+    rep = _graph.prepare_embedding(embedding)
+    size = int(np.sqrt(_graph._BLOCK_ELEMENTS))
+    n_blocks = -(-rep.shape[0] // size)
+    pairs = n_blocks * (n_blocks + 1) // 2
+    rows, cols = slice(0, size), slice(size, 2 * size)
+    if precision == "int8":
+        gram = Int8Gram(rep[: 2 * size])
+        t0 = time.perf_counter()
+        packed = gram.pack(cols)
+        pack_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(sample):
+            gram.products(rows, packed)
+        return pack_s * n_blocks + (time.perf_counter() - t0) / sample * pairs
+    t0 = time.perf_counter()
+    for _ in range(sample):
+        _ = rep[rows] @ rep[cols].T
+    return (time.perf_counter() - t0) / sample * pairs
+
+
+class _ProofLog(logging.Handler):
+    """Keeps the number of rows the exact search recomputed (from its log line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recomputed: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("exact kNN ("):
+            self.recomputed.append(int(record.args[-1]))
+
+
+def _ours_eps_worker(folder: Path, k: int, precision: str = "float32") -> None:
     """Our side of the EPS comparison (run in a subprocess by :func:`compare_eps`)."""
     import pandas as pd
 
@@ -91,34 +147,50 @@ def _ours_eps_worker(folder: Path, k: int) -> None:
     expression = np.load(folder / "expression.npy")
     genes = pd.Index([f"g{i}" for i in range(expression.shape[1])])
     warm = np.random.default_rng(0).standard_normal((5000, 4))  # numba compilation, for the timed dtypes
-    warm_graph, _, _ = knn_graph(warm.astype(embedding.dtype), k, method="exact")
+    warm_graph, _, _ = knn_graph(warm.astype(embedding.dtype), k, method="exact", precision=precision)
     compute_eps(warm_graph, warm.astype(expression.dtype), genes[:4])  # and the imports of the p-values
+    proofs = _ProofLog()
+    logging.getLogger("stmorph").addHandler(proofs)
+    logging.getLogger("stmorph").setLevel(logging.INFO)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     c0, t0 = time.process_time(), time.perf_counter()  # CPU time of all threads: robust to a loaded machine
-    graph, _, _ = knn_graph(embedding, k, method="exact")
+    graph, _, _ = knn_graph(embedding, k, method="exact", precision=precision)
     t1 = time.perf_counter()
     result = compute_eps(graph, expression, genes)
     t2, c2 = time.perf_counter(), time.process_time()
     numer, ss, _ = geary_terms(graph, expression)  # the Laplacian step alone, timed again
     gearys_c(numer, ss, graph.shape[0], float(graph.sum()))
     t3 = time.perf_counter()
-    np.save(folder / "ours_eps.npy", result.eps)
-    np.save(folder / "ours_knn.npy", graph.indices.reshape(graph.shape[0], k))
+    np.save(folder / f"ours_{precision}_eps.npy", result.eps)
+    np.save(folder / f"ours_{precision}_knn.npy", graph.indices.reshape(graph.shape[0], k))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out = {"knn_s": t1 - t0, "eps_step_s": t2 - t1, "laplacian_s": t3 - t2, "total_s": t2 - t0, "total_cpu_s": c2 - c0}
+    out["recomputed_rows"] = proofs.recomputed[-1] if proofs.recomputed else None
+    out["bare_gemm_s"] = bare_gemm_seconds(embedding, precision)
     out["blas"] = blas_kernels()
+    out["int8_kernel"] = int8_kernel() if precision == "int8" else None
     print("RESULT " + json.dumps({**out, "peak_rss_gb": peak, "rss_before_gb": before}))
 
 
 def compare_eps(
-    sizes: list[int], dim: int = 1024, n_genes: int = 2000, k: int = 5, published_coretype: str = "Haswell"
+    sizes: list[int],
+    dim: int = 1024,
+    n_genes: int = 2000,
+    k: int = 5,
+    published_coretype: str = "Haswell",
+    precisions: tuple[str, ...] = ("float32", "int8"),
 ) -> list[dict]:
-    """EPS side by side with ``expression_copilot.mi.calc_eps`` for each N in ``sizes``, each at its best kernel."""
+    """EPS of ``expression_copilot.mi.calc_eps`` and of ours in each precision, each in its own process.
+
+    Without the benchmark environment the published side is left out (said in the output), and
+    ours are compared with each other.
+    """
     sys.path.insert(0, str(HERE))
     import _eps_data
 
-    if not BENCH_PYTHON.exists():
-        raise FileNotFoundError(f"{BENCH_PYTHON} not found; create the benchmark environment (see the docstring).")
+    published = BENCH_PYTHON.exists()
+    if not published:
+        print(f"  {BENCH_PYTHON} not found: the published side is left out (see the docstring to create it)")
     rows = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,40 +199,38 @@ def compare_eps(
             np.save(folder / "embedding.npy", _eps_data.embedding(z, dim))
             # C order, as sc.pp.scale leaves adata.X; both sides read the same file
             np.save(folder / "expression.npy", np.ascontiguousarray(_eps_data.scaled_expression(z, n_genes)))
-            theirs = _run_worker(
-                [str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)],
-                env=blas_env(published_coretype),
-            )
-            ours = _run_worker(
-                [sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)], env=blas_env(None)
-            )
-            print(f"  BLAS published: {theirs['blas']}; ours: {ours['blas']}")
-            eps_p, eps_o = np.load(folder / "published_eps.npy"), np.load(folder / "ours_eps.npy")
-            knn_p = np.sort(np.load(folder / "published_knn.npy"), axis=1)
-            knn_o = np.sort(np.load(folder / "ours_knn.npy"), axis=1)
-        row = {
-            "n": n,
-            "rows_with_other_neighbours": int((knn_p != knn_o).any(axis=1).sum()),
-            "max_abs_eps_diff": float(np.nanmax(np.abs(eps_p - eps_o))),
-            "same_nan": bool((np.isnan(eps_p) == np.isnan(eps_o)).all()),
-            "published_knn_s": theirs["knn_s"],
-            "published_laplacian_s": theirs["laplacian_s"],
-            "published_total_s": theirs["total_s"],
-            "published_peak_gb": theirs["peak_rss_gb"],
-            "ours_knn_s": ours["knn_s"],
-            "ours_eps_step_s": ours["eps_step_s"],
-            "ours_laplacian_s": ours["laplacian_s"],
-            "ours_total_s": ours["total_s"],
-            "ours_peak_gb": ours["peak_rss_gb"],
-            "published_total_cpu_s": theirs["total_cpu_s"],
-            "ours_total_cpu_s": ours["total_cpu_s"],
-            "speedup_total": theirs["total_s"] / ours["total_s"],
-            "speedup_total_cpu": theirs["total_cpu_s"] / ours["total_cpu_s"],
-            "speedup_knn": theirs["knn_s"] / ours["knn_s"],
-            "speedup_laplacian": theirs["laplacian_s"] / ours["laplacian_s"],
-            "peak_memory_ratio": ours["peak_rss_gb"] / theirs["peak_rss_gb"],
-        }
-        row["load_after"] = Path("/proc/loadavg").read_text().split()[0]
+            sides = {}
+            if published:
+                worker = [str(BENCH_PYTHON), str(HERE / "_published_eps_worker.py"), str(folder), str(k)]
+                sides["published"] = _run_worker(worker, env=blas_env(published_coretype))
+            for precision in precisions:
+                worker = [sys.executable, __file__, "--worker-eps", str(folder), "--k", str(k)]
+                sides[precision] = _run_worker([*worker, "--precision", precision], env=blas_env(None))
+                sides[precision]["load_after"] = Path("/proc/loadavg").read_text().split()[0]
+            for side, out in sides.items():
+                int8 = f"; int8 {out['int8_kernel']}" if out.get("int8_kernel") else ""
+                print(f"  {side}: BLAS {out['blas']}{int8}")
+            files = {side: "published" if side == "published" else f"ours_{side}" for side in sides}
+            eps = {side: np.load(folder / f"{stem}_eps.npy") for side, stem in files.items()}
+            knn = {side: np.sort(np.load(folder / f"{stem}_knn.npy"), axis=1) for side, stem in files.items()}
+        first = precisions[0]
+        row: dict = {"n": n}
+        for side in sides:
+            if side != first:
+                row[f"rows_with_other_neighbours_{side}_vs_{first}"] = int((knn[side] != knn[first]).any(axis=1).sum())
+                row[f"max_abs_eps_diff_{side}_vs_{first}"] = float(np.nanmax(np.abs(eps[side] - eps[first])))
+        for side, out in sides.items():
+            keys = ("knn_s", "laplacian_s", "total_s", "total_cpu_s", "bare_gemm_s", "recomputed_rows", "peak_rss_gb")
+            for key in (*keys, "load_after"):
+                if key in out:
+                    row[f"{side}_{key}"] = out[key]
+        for side in sides:
+            if side != "published" and published:
+                row[f"speedup_total_{side}_vs_published"] = sides["published"]["total_s"] / sides[side]["total_s"]
+                row[f"speedup_cpu_{side}_vs_published"] = sides["published"]["total_cpu_s"] / sides[side]["total_cpu_s"]
+            if side not in ("published", first):
+                row[f"speedup_total_{side}_vs_{first}"] = sides[first]["total_s"] / sides[side]["total_s"]
+                row[f"speedup_cpu_{side}_vs_{first}"] = sides[first]["total_cpu_s"] / sides[side]["total_cpu_s"]
         rows.append(row)
         print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return rows
@@ -239,13 +309,16 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024, help="embedding dimensions (eps)")
     parser.add_argument("--genes", type=int, default=2000, help="genes (eps)")
     parser.add_argument("--published-coretype", default="Haswell", help="OPENBLAS_CORETYPE of the published side")
+    parser.add_argument(
+        "--precision", nargs="+", default=["float32", "int8"], help="products of our exact search (eps), one run each"
+    )
     args = parser.parse_args()
     if args.worker_eps is not None:
-        _ours_eps_worker(args.worker_eps, args.k)
+        _ours_eps_worker(args.worker_eps, args.k, args.precision[0])
         return
     print(f"compare_published --what {args.what}; load average {Path('/proc/loadavg').read_text().split()[:3]}")
     if args.what == "eps":
-        compare_eps(args.sizes, args.dim, args.genes, args.k, args.published_coretype)
+        compare_eps(args.sizes, args.dim, args.genes, args.k, args.published_coretype, tuple(args.precision))
     elif args.what == "baselines":
         compare_baselines()
 

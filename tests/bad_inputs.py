@@ -21,6 +21,7 @@ import numpy as np
 
 import stmorph as st
 from stmorph.errors import (
+    AlignmentError,
     CheckpointMismatchError,
     DamagedFileError,
     InconsistentUnitsError,
@@ -56,7 +57,7 @@ class BadInput:
 
 @cache
 def _sim():
-    return st.datasets.simulate(60, 12, n_planted=3, seed=0, spot_px=16)
+    return st.datasets.simulate(60, 12, n_planted=3, random_state=0, spot_px=16)
 
 
 @cache
@@ -222,6 +223,27 @@ def sps_one_slice_lacks_use_rep():
     return b, lambda: st.tl.sps({"a": a, "b": b}, use_rep="X_lat")
 
 
+# ------------------------------------------------------------------- st.tl.benchmark_encoders
+@_case("st.tl.benchmark_encoders", "fewer than two patient groups (the probe leaves one out)", TooFewObservationsError)
+def benchmark_encoders_fewer_than_two_patient_groups():
+    a, b = table(), table()
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", groups=["p1", "p1"], inplace=True)
+
+
+@_case("st.tl.benchmark_encoders", "an embedding missing from one slice", StmorphKeyError)
+def benchmark_encoders_an_embedding_missing_from_one_slice():
+    a, b = table(), table()
+    del b.obsm["X_lat"]
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", inplace=True)
+
+
+@_case("st.tl.benchmark_encoders", "one slice without the counts layer", StmorphKeyError)
+def benchmark_encoders_one_slice_without_the_counts_layer():
+    a, b = table(), table()
+    del b.layers["counts"]
+    return a, lambda: st.tl.benchmark_encoders({"a": a, "b": b}, use_rep="X_lat", inplace=True)
+
+
 # --------------------------------------------------------------------------- st.tl.image_graph
 @_case("st.tl.image_graph", "NaN in the embedding", NonFiniteError)
 def image_graph_nan_in_the_embedding():
@@ -240,6 +262,18 @@ def image_graph_n_neighbors_number_of_spots():
 def image_graph_unknown_metric():
     a = table()
     return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="manhattan-ish")
+
+
+@_case("st.tl.image_graph", "unknown precision", InvalidParameterError)
+def image_graph_unknown_precision():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", precision="int4")
+
+
+@_case("st.tl.image_graph", "int8 search of a cosine graph", InvalidParameterError)
+def image_graph_int8_search_of_a_cosine_graph():
+    a = table()
+    return a, lambda: st.tl.image_graph(a, use_rep="X_lat", metric="cosine", precision="int8", progress=False)
 
 
 # -------------------------------------------------------------------------- st.pp.prepare_expression
@@ -564,7 +598,7 @@ def extract_patches_image_element_missing():
 
 @_case("st.pp.extract_patches", "pixel size of the image and of the table disagree", InconsistentUnitsError)
 def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16, mpp=0.5)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16, mpp=0.5)
     sdata.tables["table"].uns["stmorph"]["dataset"]["mpp"] = 0.25
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -573,7 +607,7 @@ def extract_patches_pixel_size_of_the_image_and_of_the_table_disagree():
 def extract_patches_image_and_spots_share_no_coordinate_system():
     from spatialdata.transformations import Identity, set_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     set_transformation(sdata.shapes["spots"], {"elsewhere": Identity()}, set_all=True)
     return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, progress=False)
 
@@ -606,7 +640,7 @@ def _zarr_missing_chunk(extract_first: bool, corrupt: bool = False):
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import get_transformation
 
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0)
     image = sdata.images["he"]
     sdata.images["he"] = Image2DModel.parse(
         image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)
@@ -649,6 +683,24 @@ def embed_stain_reference_without_stain_norm():
     return a, lambda: st.tl.embed(a, model="hed", stain_reference=a.obsm["patches"][:4], progress=False)
 
 
+@_case("st.tl.embed", "tile_size= (dense only) with strategy='spot'", InvalidParameterError)
+def embed_tile_size_with_the_spot_strategy():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", strategy="spot", tile_size=512, progress=False)
+
+
+@_case("st.tl.embed", "features_store='zarr' (dense only) with patches in obsm", InvalidParameterError)
+def embed_features_store_zarr_with_patches_in_obsm():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="zarr", progress=False)
+
+
+@_case("st.tl.embed", "features_store='disk'", InvalidParameterError)
+def embed_features_store_disk():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", features_store="disk", progress=False)
+
+
 @_case("st.pp.extract_patches", "zarr image with a chunk missing under a spot", DamagedFileError)
 def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
     sdata = _zarr_missing_chunk(extract_first=False)
@@ -659,6 +711,67 @@ def extract_patches_zarr_image_with_a_chunk_missing_under_a_spot():
 def embed_lazy_patches_whose_zarr_image_lost_a_chunk():
     sdata = _zarr_missing_chunk(extract_first=True)
     return sdata.tables["table"], lambda: st.tl.embed(sdata.tables["table"], model="hed", progress=False)
+
+
+# ------------------------------------------------------- issue 27: Xenium with its post-run H&E
+
+
+def _xenium():
+    """A fresh simulated Xenium slide (``spatialdata_io.xenium`` layout) of 60 cells."""
+    return st.datasets.simulate_xenium(60, random_state=0)
+
+
+@_case("st.pp.extract_patches", "Xenium H&E without its alignment (identity to the Xenium pixels)", AlignmentError)
+def extract_patches_xenium_he_without_alignment():
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = _xenium()
+    set_transformation(sdata.images["he_image"], Identity(), "global")
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium alignment placing cells off the H&E (says how many)", OutOfImageError)
+def extract_patches_xenium_alignment_places_cells_off_the_he():
+    from spatialdata.transformations import Affine, get_transformation, set_transformation
+
+    sdata = _xenium()
+    matrix = get_transformation(sdata.images["he_image"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
+    matrix[0, 2] += 1000.0  # Xenium pixels: the H&E moved right, the left cells off it
+    set_transformation(sdata.images["he_image"], Affine(matrix, ("x", "y"), ("x", "y")), "global")
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, patch_size=16, progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium DAPI morphology image given as the H&E", InputTypeError)
+def extract_patches_xenium_dapi_given_as_the_he():
+    sdata = _xenium()
+    return sdata.tables["table"], lambda: st.pp.extract_patches(sdata, image_key="morphology_focus", progress=False)
+
+
+@_case("st.pp.extract_patches", "Xenium SpatialData without a cell table", StmorphKeyError)
+def extract_patches_xenium_without_a_cell_table():
+    sdata = _xenium()
+    del sdata.tables["table"]
+    return None, lambda: st.pp.extract_patches(sdata, progress=False)
+
+
+@_case("st.pp.pseudo_spots", "pseudo-spot size below the H&E's pixel size", InvalidParameterError)
+def pseudo_spots_size_below_the_pixel_size():
+    sdata = _xenium()
+    return sdata.tables["table"], lambda: st.pp.pseudo_spots(sdata, size_um=0.2)
+
+
+@_case("st.pp.pseudo_spots", "Xenium H&E without its alignment", AlignmentError)
+def pseudo_spots_xenium_he_without_alignment():
+    from spatialdata.transformations import Identity, set_transformation
+
+    sdata = _xenium()
+    set_transformation(sdata.images["he_image"], Identity(), "global")
+    return sdata.tables["table"], lambda: st.pp.pseudo_spots(sdata)
+
+
+@_case("st.pp.pseudo_spots", "not a Xenium SpatialData", InputTypeError)
+def pseudo_spots_not_a_xenium_spatialdata():
+    return None, lambda: st.pp.pseudo_spots(_sim())
 
 
 # ------------------------------------------------------------------------------ st.models.load
@@ -975,9 +1088,9 @@ def her2st_section_name_with_a_path_separator():
     return None, lambda: st.datasets.her2st("../C2")
 
 
-@_case("st.datasets.simulate", "seed=-1", InvalidParameterError)
-def simulate_seed_1():
-    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, seed=-1)
+@_case("st.datasets.simulate", "random_state=-1", InvalidParameterError)
+def simulate_random_state_1():
+    return None, lambda: st.datasets.simulate(20, 5, n_planted=2, random_state=-1)
 
 
 # ------------------------------------------------- issue 22 §6: raw library errors, now named
@@ -1060,7 +1173,7 @@ def embed_registered_featurizer_returning_strings():
 
 @_case("st.tl.embed", "lazy patches record lacking centres_key", StmorphKeyError)
 def embed_lazy_patches_record_lacking_centres_key():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.uns["stmorph"]["patches"]["patches"]["centres_key"]
@@ -1069,7 +1182,7 @@ def embed_lazy_patches_record_lacking_centres_key():
 
 @_case("st.tl.embed", "lazy patches whose window centres were deleted from obsm", StmorphKeyError)
 def embed_lazy_patches_whose_window_centres_were_deleted():
-    sdata = st.datasets.simulate(20, 5, n_planted=1, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(20, 5, n_planted=1, random_state=0, spot_px=16)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
     a = sdata.tables["table"]
     del a.obsm["patches_centres_px"]
@@ -1116,3 +1229,57 @@ def training_a_model_class_instead_of_a_fitted_model():
 @_case("st.pl.sps_vs_score", "no slice ([])", InvalidParameterError)
 def sps_vs_score_no_slice():
     return None, lambda: st.pl.sps_vs_score([], show=False)
+
+
+# ----------------------------------------------------------------------------------- the atlas
+def _scored_slices() -> dict:
+    """Two fresh slices with ``var['eps']`` from ``st.tl.eps`` (the input of the atlas)."""
+    slices = {}
+    for name in ("A1", "B1"):
+        a = table()
+        st.tl.eps(a, use_rep="X_lat", progress=False)
+        a.obs["tissue"] = "breast"
+        slices[name] = a
+    return slices
+
+
+@_case("st.tl.predictable_genes", "the group column missing from one slice", StmorphKeyError)
+def predictable_genes_the_group_column_missing_from_one_slice():
+    slices = _scored_slices()
+    del slices["B1"].obs["tissue"]
+    return slices["B1"], lambda: st.tl.predictable_genes(slices, groupby="tissue")
+
+
+@_case("st.tl.predictable_genes", "a slice without st.tl.eps results", StmorphKeyError)
+def predictable_genes_a_slice_without_eps_results():
+    slices = {**_scored_slices(), "C1": table()}
+    return slices["C1"], lambda: st.tl.predictable_genes(slices)
+
+
+@_case("st.tl.predictable_genes", "q-values of other slices than the EPS table", ShapeMismatchError)
+def predictable_genes_q_values_of_other_slices():
+    eps = np.random.default_rng(0).random((5, 3))
+    import pandas as pd
+
+    table_, qvals = pd.DataFrame(eps, columns=["a", "b", "c"]), pd.DataFrame(eps, columns=["a", "b", "x"])
+    return None, lambda: st.tl.predictable_genes(table_, qvals)
+
+
+@_case("st.tl.enrich_predictable", "gene sets sharing no gene with the scored genes", InvalidParameterError)
+def enrich_predictable_gene_sets_sharing_no_gene_with_the_scored_genes():
+    atlas = st.tl.predictable_genes(_scored_slices())
+    sets = {"ensembl": [f"ENSG{i:011d}" for i in range(30)]}  # other identifiers than the scored symbols
+    return None, lambda: st.tl.enrich_predictable(atlas, sets)
+
+
+@_case("st.pl.marker_panel", "none of the marker genes scored", StmorphKeyError)
+def marker_panel_none_of_the_marker_genes_scored():
+    slices = _scored_slices()
+    return slices["A1"], lambda: st.pl.marker_panel(slices, ["KLK3", "ESR1"], show=False)
+
+
+@_case("st.tl.enrich_predictable", "without the optional decoupler package", MissingDependencyError)
+def enrich_predictable_without_decoupler():
+    atlas = st.tl.predictable_genes(_scored_slices())
+    sets = {"some": list(atlas.index[:6])}
+    return None, _without_module("decoupler", lambda: st.tl.enrich_predictable(atlas, sets))

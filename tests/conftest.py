@@ -87,7 +87,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def sim_sdata():
     """A simulated slice: 400 spots, 60 genes, the first 9 planted (read-only)."""
-    return st.datasets.simulate(400, 60, n_planted=9, seed=0)
+    return st.datasets.simulate(400, 60, n_planted=9, random_state=0)
 
 
 @pytest.fixture

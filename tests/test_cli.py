@@ -43,7 +43,8 @@ def test_demo_writes_results_tables_plots_and_a_self_contained_report(demo_run):
     report = out / "report.html"
     assert re.search(rf"open the report: {re.escape(str(report.resolve()))}", printed)
     pngs = sorted(out.glob("*.png"))
-    kinds = {p.stem.rsplit("_", 1)[0] for p in pngs if p.stem != "sps_vs_score"}
+    cohort = {"sps_vs_score", "atlas_heatmap", "marker_panel", "encoders"}  # one figure each for all sections
+    kinds = {p.stem.rsplit("_", 1)[0] for p in pngs if p.stem not in cohort}
     assert kinds == {
         "ranking",
         "eps_vs_score",
@@ -53,7 +54,7 @@ def test_demo_writes_results_tables_plots_and_a_self_contained_report(demo_run):
         "training",
         "cv_table",
     }
-    assert len(pngs) == 2 * 7 + 1
+    assert len(pngs) == 2 * 7 + len(cohort) and cohort <= {p.stem for p in pngs}
     page = report.read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == len(pngs)
     assert 'src="http' not in page and "<script" not in page  # static, nothing fetched
@@ -98,6 +99,10 @@ def test_demo_results_hold_every_step_per_section(demo_run):
         assert np.isfinite(trust["expected_r"]).sum() >= 140
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "Which predictions to believe" in page and "trusted genes" in page
+    encoders = pd.read_csv(out / "encoders.csv", index_col="encoder")  # the demo's encoder against hed
+    assert list(encoders.index) == [f"X_{ENCODER}", "X_hed"]
+    assert list(encoders.filter(like="probe_fold_").columns) == ["probe_fold_C2", "probe_fold_C3"]
+    assert "Which image encoder suits these sections?" in page
 
 
 def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
@@ -123,6 +128,23 @@ def test_predict_command_reproduces_an_independent_ridge(demo_run, tmp_path):
     assert f"{n_trusted} genes trusted" in printed.getvalue() and "expected_r_spearman" in summary
 
 
+def test_predict_command_writes_intervals_around_the_prediction(demo_run, tmp_path):
+    out, _ = demo_run
+    target = tmp_path / "C2_intervals.h5ad"
+    argv = ["predict", str(out / "C2" / "results.h5ad"), "--reference", str(out / "C3" / "results.h5ad")]
+    argv += ["--method", "knn", "--use-rep", f"X_{ENCODER}", "--interval", "0.8", "--out", str(target)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    query = ad.read_h5ad(target)
+    pred, lower, upper = (query.layers[f"predicted_knn{s}"] for s in ("", "_lower", "_upper"))
+    predicted = np.isfinite(pred)  # NaN: genes the reference lacks, without an interval either
+    assert predicted.mean() > 0.9 and np.array_equal(np.isfinite(lower), predicted)
+    assert np.all(lower[predicted] <= pred[predicted]) and np.all(pred[predicted] <= upper[predicted])
+    assert np.mean(upper[predicted] - lower[predicted]) > 0
+    assert "predicted_knn_lower" in printed.getvalue() and "predicted_knn_upper" in printed.getvalue()
+
+
 def test_eps_command_writes_genes_by_slices(demo_run, tmp_path):
     out, _ = demo_run
     inputs = [str(out / s / "results.h5ad") for s in ("C2", "C3")]
@@ -132,6 +154,39 @@ def test_eps_command_writes_genes_by_slices(demo_run, tmp_path):
     assert list(table.columns) == ["C2", "C3"] and list(summary["slice"]) == ["C2", "C3"]
     demo_eps = pd.read_csv(out / "eps.csv", index_col=0)
     pd.testing.assert_frame_equal(table.loc[demo_eps.index], demo_eps, check_names=False)
+
+
+def test_atlas_command_summarises_the_stored_eps_of_the_demo(demo_run, tmp_path):
+    out, _ = demo_run
+    inputs = [str(out / s / "results.h5ad") for s in ("C2", "C3")]
+    demo_atlas = pd.read_csv(out / "atlas.csv", index_col=0)
+    assert "The predictable-gene atlas of the sections" in (out / "report.html").read_text(encoding="utf-8")
+    top = list(demo_atlas.index[demo_atlas["top"]])
+    gmt = tmp_path / "sets.gmt"
+    gmt.write_text(f"TOP\tthe top genes\t{chr(9).join(top)}\nREST\tothers\t{chr(9).join(demo_atlas.index[50:80])}\n")
+    printed = _run(["atlas", *inputs, "--gene-sets", str(gmt), "--out", str(tmp_path / "h5ad")])
+    assert "enrichment.png" in printed
+    from_slices = pd.read_csv(tmp_path / "h5ad" / "atlas.csv", index_col=0)
+    pd.testing.assert_frame_equal(from_slices, demo_atlas)  # the demo's own atlas: the same stored values
+    assert {p.name for p in (tmp_path / "h5ad").glob("*.png")} == {
+        "eps_heatmap.png",
+        "marker_panel.png",
+        "enrichment.png",
+    }
+    enrichment = pd.read_csv(tmp_path / "h5ad" / "enrichment.csv").set_index(["list", "term"])
+    assert enrichment.loc[("top", "TOP"), "qval"] < 1e-6 and enrichment.loc[("top", "TOP"), "overlap"] == len(top)
+    # from the EPS table alone (no q-values in it): the same means and flags, frac_significant unknown
+    _run(["atlas", str(out / "eps.csv"), "--out", str(tmp_path / "csv")])
+    from_table = pd.read_csv(tmp_path / "csv" / "atlas.csv", index_col=0)
+    columns = ["mean_eps", "n_slices", "consistency", "top", "bottom"]
+    pd.testing.assert_frame_equal(from_table[columns], demo_atlas[columns])
+    assert from_table["frac_significant"].isna().all()
+
+
+def test_atlas_command_needs_metadata_to_group_a_table(demo_run, tmp_path, capsys):
+    out, _ = demo_run
+    assert main(["atlas", str(out / "eps.csv"), "--groupby", "tissue", "--out", str(tmp_path)]) == 2
+    assert "pass metadata=" in capsys.readouterr().err
 
 
 def _run(argv: list[str]) -> str:
@@ -195,7 +250,7 @@ def slice_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slices")
     paths = []
     for seed in (0, 1):
-        adata = st.datasets.simulate(60, 12, n_planted=3, seed=seed, spot_px=16).tables["table"]
+        adata = st.datasets.simulate(60, 12, n_planted=3, random_state=seed, spot_px=16).tables["table"]
         adata.obsm["X_lat"] = np.asarray(adata.obsm["latent"], dtype=np.float32)
         adata.X = np.log1p(adata.X.toarray().astype(np.float32))
         paths.append(folder / f"s{seed}.h5ad")

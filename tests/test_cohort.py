@@ -35,7 +35,7 @@ def client(tmp_path_factory):
 def slices():
     out = {}
     for i in range(4):
-        a = st.datasets.simulate(120, 15, n_planted=3 * i, seed=20 + i).tables["table"]
+        a = st.datasets.simulate(120, 15, n_planted=3 * i, random_state=20 + i).tables["table"]
         st.pp.prepare_expression(a)
         out[f"s{i}"] = a
     return out
@@ -69,7 +69,7 @@ def _serial_embed(sdata) -> np.ndarray:
 
 
 def test_embed_over_spatialdata_objects_and_zarr_paths_equals_the_serial_run(tmp_path, client):
-    slides = [st.datasets.simulate(25, 5, n_planted=2, seed=s) for s in range(3)]
+    slides = [st.datasets.simulate(25, 5, n_planted=2, random_state=s) for s in range(3)]
     expected = [_serial_embed(s) for s in slides]
     for s in slides:
         st.pp.extract_patches(s, store="lazy", progress=False, **PATCHES)
@@ -92,7 +92,7 @@ def test_embed_over_spatialdata_objects_and_zarr_paths_equals_the_serial_run(tmp
 
 
 def test_embed_extracts_missing_patches_lazily_with_the_defaults(tmp_path):
-    sdata = st.datasets.simulate(10, 5, n_planted=2, seed=7)
+    sdata = st.datasets.simulate(10, 5, n_planted=2, random_state=7)
     (table,) = st.tl.embed_cohort([sdata], model="hed", copy=True)
     params = table.uns["stmorph"]["patches"]["patches"]
     assert params["store"] == "lazy" and params["patch_size"] == 224 and params["target_mpp"] == 0.5
@@ -114,7 +114,7 @@ def test_bad_cohort_inputs_are_clear_errors(slices, sim_table):
 
 
 def test_zarr_paths_are_never_written_so_in_place_needs_objects(tmp_path):
-    sdata = st.datasets.simulate(10, 5, n_planted=2, seed=8)
+    sdata = st.datasets.simulate(10, 5, n_planted=2, random_state=8)
     sdata.write(tmp_path / "s.zarr")
     before = sorted((tmp_path / "s.zarr").rglob("*"))
     with pytest.raises(InvalidParameterError, match="copy=True"):
@@ -152,3 +152,12 @@ def test_parallel_kernels_survive_concurrent_threads_on_numba_workqueue_layer():
     proc = subprocess.run([sys.executable, "-c", _CONCURRENT_KERNELS], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "layer workqueue" in proc.stdout
+
+
+def test_a_slide_whose_only_table_has_another_name_needs_no_table_key():
+    sdata = st.datasets.simulate(10, 5, n_planted=2, random_state=9)
+    sdata.tables["bins"] = sdata.tables.pop("table")
+    (table,) = st.tl.embed_cohort([sdata], model="hed", copy=True)
+    expected = st.pp.extract_patches(sdata, copy=True, progress=False)
+    st.tl.embed(expected, model="hed", progress=False)
+    np.testing.assert_array_equal(table.obsm["X_hed"], expected.obsm["X_hed"])

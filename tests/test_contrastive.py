@@ -186,7 +186,7 @@ def tiny_encoder():
 @pytest.fixture(scope="module")
 def tiny_patches():
     """64 simulated 16 px patches (one per spot tile) and their log-normalised expression."""
-    sdata = st.datasets.simulate(64, 12, n_planted=4, spot_px=16, seed=2)
+    sdata = st.datasets.simulate(64, 12, n_planted=4, spot_px=16, random_state=2)
     image = np.asarray(sdata.images["he"]).transpose(1, 2, 0)
     table = sdata.tables["table"]
     centres = np.asarray(table.obsm["spatial"]).astype(int)

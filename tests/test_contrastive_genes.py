@@ -42,16 +42,16 @@ def _union_of_top(Y, sections, n_top):
 @pytest.mark.parametrize("cls", [BLEEP, HECLIP])
 def test_training_genes_are_the_union_of_each_sections_most_variable_genes(cls):
     X, Y, sections = _sections()
-    model = cls(n_top_genes=5, **FAST).fit(X, Y, sections=sections)
+    model = cls(n_top=5, **FAST).fit(X, Y, sections=sections)
     expected = _union_of_top(Y, sections, 5)
     assert expected == list(range(15))  # the planted construction, as a check of the helper above
     np.testing.assert_array_equal(model.train_columns_, expected)
     # the projections see only those genes: BLEEP's expression head takes them, HECLIP's image head outputs them
     head = model.net_.spot_projection.projection if cls is BLEEP else model.net_.image_projection.fc
     assert (head.in_features if cls is BLEEP else head.out_features) == len(expected)
-    pooled = cls(n_top_genes=5, **FAST).fit(X, Y)  # no sections: all spots ranked as one
+    pooled = cls(n_top=5, **FAST).fit(X, Y)  # no sections: all spots ranked as one
     np.testing.assert_array_equal(pooled.train_columns_, _union_of_top(Y, np.zeros(len(Y)), 5))
-    every = cls(train_genes="all", n_top_genes=5, **FAST).fit(X, Y, sections=sections)
+    every = cls(train_genes="all", n_top=5, **FAST).fit(X, Y, sections=sections)
     np.testing.assert_array_equal(every.train_columns_, np.arange(Y.shape[1]))
 
 
@@ -60,7 +60,7 @@ def test_genes_outside_the_training_set_are_predicted_from_the_retrieved_spots(c
     X, Y, sections = _sections()
     quiet = 0.01 * Y[:, :15]  # low-variance copies of the signal genes: never among the top 15 of a section
     Y_all = np.concatenate([Y, quiet], axis=1)
-    model = cls(n_top_genes=5, k=10, **FAST).fit(X, Y_all, sections=sections)
+    model = cls(n_top=5, k=10, **FAST).fit(X, Y_all, sections=sections)
     assert model.train_columns_.max() < Y.shape[1]
     pred = model.predict(X)
     assert pred.shape == Y_all.shape and np.isfinite(pred).all()
@@ -71,12 +71,12 @@ def test_genes_outside_the_training_set_are_predicted_from_the_retrieved_spots(c
 @pytest.mark.parametrize("cls", [BLEEP, HECLIP])
 def test_save_load_keeps_the_training_genes(cls, tmp_path):
     X, Y, sections = _sections()
-    model = cls(n_top_genes=5, **FAST).fit(X, Y, sections=sections)
+    model = cls(n_top=5, **FAST).fit(X, Y, sections=sections)
     model.genes = [f"g{i}" for i in range(Y.shape[1])]
     model.save(tmp_path / "m")
     loaded = st.models.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.train_columns_, model.train_columns_)
-    assert loaded.params["train_genes"] == "hvg" and loaded.params["n_top_genes"] == 5
+    assert loaded.params["train_genes"] == "hvg" and loaded.params["n_top"] == 5
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
 
     arrays = load_file(tmp_path / "m" / "model.safetensors")
@@ -96,7 +96,7 @@ def test_a_model_saved_before_train_genes_existed_loads_as_trained_on_every_gene
     save_file(arrays, tmp_path / "m" / "model.safetensors")
     config_path = tmp_path / "m" / "config.json"
     config = json.loads(config_path.read_text())
-    for key in ("train_genes", "n_top_genes"):
+    for key in ("train_genes", "n_top"):
         del config["params"][key]
     config_path.write_text(json.dumps(config))
     loaded = st.models.load(tmp_path / "m")
@@ -108,8 +108,8 @@ def test_bad_training_gene_settings_raise_clear_errors():
     X, Y, sections = _sections()
     with pytest.raises(InvalidParameterError, match="train_genes"):
         BLEEP(train_genes="variable")
-    with pytest.raises(InvalidParameterError, match="n_top_genes"):
-        HECLIP(n_top_genes=0)
+    with pytest.raises(InvalidParameterError, match="n_top"):
+        HECLIP(n_top=0)
     with pytest.raises(st.errors.ShapeMismatchError, match="section labels"):
         BLEEP(**FAST).fit(X, Y, sections=sections[:-1])
 
@@ -135,13 +135,13 @@ def test_predict_trains_on_each_references_top_genes_and_predicts_every_shared_g
     X, Y, sections = _sections()
     refs = _slices(X, Y, sections)
     query = refs[1].copy()
-    model = st.tl.predict(query, refs, method=method, use_rep="X_emb", n_top_genes=5, return_model=True, **FAST)
+    model = st.tl.predict(query, refs, method=method, use_rep="X_emb", n_top=5, return_model=True, **FAST)
     assert model.genes == [f"g{i}" for i in range(Y.shape[1])]  # "only_here" is not shared
     np.testing.assert_array_equal(model.train_columns_, _union_of_top(Y, sections, 5))
     assert np.isfinite(query.layers[f"predicted_{method}"]).all()  # all 40 genes, not only the 15 trained
     assert query.uns["stmorph"]["predict"][f"predicted_{method}"]["params"]["train_genes"] == "hvg"
 
-    kwargs = {"use_rep": "X_emb", "n_top_genes": 5, "return_model": True, "key_added": "one", **FAST}
+    kwargs = {"use_rep": "X_emb", "n_top": 5, "return_model": True, "key_added": "one", **FAST}
     one = st.tl.predict(query.copy(), refs[1], method=method, **kwargs)
     rows = sections == 1  # one reference is one section, whatever its validation blocks
     np.testing.assert_array_equal(one.train_columns_, _union_of_top(Y[rows], np.zeros(rows.sum()), 5))

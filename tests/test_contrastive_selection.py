@@ -112,7 +112,7 @@ def test_the_validation_spots_are_a_whole_group(monkeypatch):
 
 def test_predict_passes_one_group_per_reference_section(monkeypatch):
     X, Y, groups = _sections()
-    adata = st.datasets.simulate(len(X), Y.shape[1], n_planted=2, seed=0).tables["table"]
+    adata = st.datasets.simulate(len(X), Y.shape[1], n_planted=2, random_state=0).tables["table"]
     adata.X, adata.obsm["X_emb"] = Y, X
     refs = [adata[groups == g].copy() for g in range(3)]
     seen = []
@@ -150,7 +150,7 @@ def test_bad_selection_settings_raise_clear_errors():
         BLEEP(**FAST).fit(X, Y, groups=groups[:-1])
 
 
-def test_training_announces_its_expected_time_after_the_first_batch(monkeypatch, caplog):
+def test_training_announces_its_expected_time_after_the_second_batch(monkeypatch, caplog):
     import logging
     import time
 
@@ -178,3 +178,16 @@ def test_training_announces_its_expected_time_after_the_first_batch(monkeypatch,
     monkeypatch.setattr(train_module, "SLOW_TRAINING_S", 3600.0)
     (record,) = run()
     assert record.levelno == logging.INFO
+
+    calls = []
+
+    def warm_up_then_fast(module, batch):  # a slow first batch (torch's warm-up) must not set the estimate
+        calls.append(1)
+        time.sleep(1.0 if len(calls) == 1 else 0.01)
+        return (module(batch) ** 2).mean()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stmorph"):
+        train(net, warm_up_then_fast, lambda i, t: x[i], 64, epochs=10, batch_size=16, desc="demo", progress=False)
+    (record,) = [r for r in caplog.records if "training takes about" in r.getMessage()]
+    assert float(record.getMessage().split("about ")[1].split(" s ")[0]) < 10  # 40 batches × 1 s would say ≥ 40

@@ -287,7 +287,7 @@ def _chunked_zarr_slide(path: Path):
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import get_transformation
 
-    sdata = st.datasets.simulate(40, 5, n_planted=1, seed=1)
+    sdata = st.datasets.simulate(40, 5, n_planted=1, random_state=1)
     image = sdata.images["he"]
     sdata.images["he"] = Image2DModel.parse(
         image.data, dims=image.dims, chunks=(3, 128, 128), transformations=get_transformation(image, get_all=True)

@@ -128,7 +128,7 @@ def test_loader_offline_error_is_clear(tmp_path, monkeypatch):
 
 
 def test_simulate_plants_image_driven_genes():
-    sdata = st.datasets.simulate(225, 30, n_planted=6, n_factors=3, seed=1)
+    sdata = st.datasets.simulate(225, 30, n_planted=6, n_factors=3, random_state=1)
     table = sdata.tables["table"]
     assert table.var["planted"].sum() == 6
     image = sdata.images["he"].values.astype(float)

@@ -11,7 +11,13 @@ from _adata_compare import assert_adata_equal
 from scipy import sparse
 
 import stmorph as st
-from stmorph.errors import InvalidParameterError, OutOfImageError, StmorphKeyError
+from stmorph.errors import (
+    CheckpointMismatchError,
+    DamagedCheckpointError,
+    InvalidParameterError,
+    OutOfImageError,
+    StmorphKeyError,
+)
 from stmorph.models._encoders import Encoder
 from stmorph.tl import _dense
 from stmorph.tl._dense import choose_strategy
@@ -127,7 +133,8 @@ def test_zarr_store_holds_the_features_and_resumes_after_the_written_chunks(tiny
         table, model=name, strategy="dense", image=image, tile_size=48, halo=16, progress=False, copy=True
     )
     path = tmp_path / "features.zarr"
-    opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16, store="zarr", store_path=path)
+    opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16)
+    opts.update(features_store="zarr", features_path=path)
     st.tl.embed(table, progress=False, **opts)
     np.testing.assert_allclose(np.asarray(table.obsm[f"X_{name}"]), memory.obsm[f"X_{name}"], rtol=1e-6)
     n_tiles = table.uns["stmorph"]["embed"][f"X_{name}"]["n_tiles"]
@@ -141,6 +148,21 @@ def test_zarr_store_holds_the_features_and_resumes_after_the_written_chunks(tiny
     st.tl.embed(table, progress=False, resume=True, **opts)
     np.testing.assert_allclose(np.asarray(table.obsm[f"X_{name}"]), memory.obsm[f"X_{name}"], rtol=1e-6)
     assert table.uns["stmorph"]["embed"][f"X_{name}"]["n_tiles"] < n_tiles
+
+
+def test_a_zarr_store_of_another_run_or_with_damaged_progress_is_refused_as_a_checkpoint(tiny, image, tmp_path):
+    name, _ = tiny
+    table = _bins(image, _grid(2.0))
+    path = tmp_path / "features.zarr"
+    opts = dict(model=name, strategy="dense", image=image, halo=16, features_store="zarr", features_path=path)
+    st.tl.embed(table, tile_size=48, progress=False, **opts)
+    features = np.asarray(table.obsm[f"X_{name}"])
+    with pytest.raises(CheckpointMismatchError, match=r"\['tile_size'\] differ"):
+        st.tl.embed(table, tile_size=96, resume=True, progress=False, **opts)
+    (path / _dense.PROGRESS_FILE).write_text('{"fingerprint": {}, "done": "all"}')
+    with pytest.raises(DamagedCheckpointError, match="done"):
+        st.tl.embed(table, tile_size=48, resume=True, progress=False, **opts)
+    np.testing.assert_array_equal(np.asarray(table.obsm[f"X_{name}"]), features)  # nothing written
 
 
 def test_adjacent_edge_fraction_counts_edges_between_grid_neighbours():
@@ -164,7 +186,7 @@ def _error_cases(image, tmp_path):
         "tile not a multiple of the stride": (InvalidParameterError, dict(image=image, tile_size=50, halo=16)),
         "encoder without a feature map": (InvalidParameterError, dict(image=image, model="hed")),
         "checkpoint with dense": (InvalidParameterError, dict(image=image, checkpoint=tmp_path / "c")),
-        "zarr without a path or zarr source": (InvalidParameterError, dict(image=image, store="zarr")),
+        "zarr without a path or zarr source": (InvalidParameterError, dict(image=image, features_store="zarr")),
     }
 
 
@@ -200,8 +222,8 @@ def test_unwritable_zarr_store_is_refused_before_any_work(tiny, image, tmp_path,
     table = _bins(image, _grid(0.0))
     before = table.copy()
     with pytest.raises(InvalidParameterError, match=problem):
-        st.tl.embed(table, model=name, strategy="dense", image=image, store="zarr", store_path=tmp_path / "f.zarr",
-                    progress=False)  # fmt: skip
+        st.tl.embed(table, model=name, strategy="dense", image=image, features_store="zarr",
+                    features_path=tmp_path / "f.zarr", progress=False)  # fmt: skip
     assert not (tmp_path / "f.zarr").exists()
     assert_adata_equal(table, before)
 
@@ -214,7 +236,7 @@ def test_dense_needs_a_lazy_extraction(tiny, image):
 
 
 def test_bins_of_mixed_sizes_are_refused():
-    sdata = st.datasets.simulate(40, 12, n_planted=3, seed=0, spot_px=16)
+    sdata = st.datasets.simulate(40, 12, n_planted=3, random_state=0, spot_px=16)
     shapes = next(iter(sdata.shapes.values()))
     shapes["radius"] = np.where(np.arange(len(shapes)) % 2, 8.0, 4.0)
     st.pp.extract_patches(sdata, patch_size=16, store="lazy", progress=False)
@@ -227,7 +249,7 @@ def test_zarr_backed_features_build_the_same_image_graph_as_in_memory_ones(tiny,
     table = _bins(image, _grid(2.0))
     opts = dict(model=name, strategy="dense", image=image, tile_size=48, halo=16, progress=False, copy=True)
     memory = st.tl.embed(table, **opts)
-    on_disk = st.tl.embed(table, store="zarr", store_path=tmp_path / "f.zarr", **opts)
+    on_disk = st.tl.embed(table, features_store="zarr", features_path=tmp_path / "f.zarr", **opts)
     for t in (memory, on_disk):
         st.tl.image_graph(t, use_rep=f"X_{name}", n_neighbors=3)
     assert (memory.obsp["image_connectivities"] != on_disk.obsp["image_connectivities"]).nnz == 0

@@ -267,7 +267,7 @@ def test_genes_subset_and_outputs_survive_h5ad(sim_table, tmp_path):
 def test_sps_over_slices_matches_per_slice_eps_and_leaves_slices_unchanged(sim_sdata):
     slices = {}
     for i in range(3):
-        a = st.datasets.simulate(150, 20, n_planted=4 * i, seed=i).tables["table"]
+        a = st.datasets.simulate(150, 20, n_planted=4 * i, random_state=i).tables["table"]
         st.pp.prepare_expression(a)
         slices[f"s{i}"] = a
     before = {k: v.copy() for k, v in slices.items()}
@@ -293,7 +293,7 @@ def test_sps_reads_the_tables_of_a_spatialdata(sim_sdata):
 
     tables = {}
     for i in range(2):
-        a = st.datasets.simulate(120, 15, n_planted=3, seed=10 + i).tables["table"]
+        a = st.datasets.simulate(120, 15, n_planted=3, random_state=10 + i).tables["table"]
         st.pp.prepare_expression(a)
         tables[f"slide{i}"] = a
     summary, table = st.tl.sps(SpatialData(tables=tables), use_rep="latent")

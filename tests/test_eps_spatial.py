@@ -27,7 +27,7 @@ RADIUS_UM = 450.0  # three smoothing lengths of the smooth genes (150 µm)
 @pytest.fixture(scope="module")
 def slice_():
     """A 20 × 20 grid: 3 image-driven genes, 2 spatially smooth genes independent of the image."""
-    sdata = st.datasets.simulate(400, 60, n_planted=3, n_smooth=2, spot_px=16, mpp=PITCH_UM / 16, seed=0)
+    sdata = st.datasets.simulate(400, 60, n_planted=3, n_smooth=2, spot_px=16, mpp=PITCH_UM / 16, random_state=0)
     adata = sdata.tables["table"]
     st.pp.prepare_expression(adata)
     return adata
@@ -116,7 +116,7 @@ def test_excluded_graph_is_stored_with_its_radius_and_not_reused_silently(slice_
 
 
 def test_exclusion_reads_the_pixel_size_from_extract_patches():
-    sdata = st.datasets.simulate(64, 8, n_planted=2, spot_px=16, mpp=6.25, seed=1)
+    sdata = st.datasets.simulate(64, 8, n_planted=2, spot_px=16, mpp=6.25, random_state=1)
     adata = st.pp.extract_patches(sdata, patch_size=16, target_mpp=6.25, progress=False, copy=True)
     del adata.uns["stmorph"]["dataset"]
     st.tl.image_graph(adata, "latent", exclude_radius=150.0, progress=False)
@@ -172,7 +172,7 @@ def test_radius_leaving_fewer_than_2k_candidates_still_finds_the_k_nearest_outsi
 
 
 def test_eps_warns_when_the_image_graph_mostly_joins_spatial_neighbours():
-    sdata = st.datasets.simulate(400, 30, n_planted=5, n_smooth=5, seed=0)
+    sdata = st.datasets.simulate(400, 30, n_planted=5, n_smooth=5, random_state=0)
     table = sdata.tables["table"]
     st.pp.prepare_expression(table)
     # shared-pixel features (tiles wider than the pitch): the image graph links mostly adjacent spots

@@ -169,7 +169,7 @@ def _slide_in_zarr(path):
 
 
 def _slide():
-    return st.datasets.simulate(40, 5, n_planted=1, seed=1, spot_px=48)
+    return st.datasets.simulate(40, 5, n_planted=1, random_state=1, spot_px=48)
 
 
 def _lazy(data, **kwargs):
@@ -256,7 +256,7 @@ def _net_and_data():
 def _train(net, batch_fn, loss_fn, **kwargs):
     from stmorph.models._train import train
 
-    options = {"epochs": 6, "batch_size": 16, "lr": 1e-2, "seed": 3, "val_indices": np.arange(80, 96)}
+    options = {"epochs": 6, "batch_size": 16, "lr": 1e-2, "random_state": 3, "val_indices": np.arange(80, 96)}
     return train(net, loss_fn, batch_fn, 80, progress=False, **options, **kwargs)
 
 

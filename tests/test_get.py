@@ -49,7 +49,7 @@ def test_evaluation_df_is_the_summary_evaluate_returns_and_takes_the_layer_or_th
 def test_cv_df_marks_the_candidate_auto_chose(sim_sdata):
     sections = []
     for seed in range(3):
-        table = st.datasets.simulate(80, 12, n_planted=3, seed=seed).tables["table"]
+        table = st.datasets.simulate(80, 12, n_planted=3, random_state=seed).tables["table"]
         st.pp.prepare_expression(table)
         sections.append(table)
     query, *refs = sections

@@ -18,7 +18,7 @@ PATCHES = {"target_mpp": 4.0, "patch_size": 16}
 @pytest.fixture
 def embedded():
     """A simulated SpatialData with patches and the (torch-free) ``hed`` embedding in its table."""
-    sdata = st.datasets.simulate(150, 20, n_planted=4, seed=3, spot_px=24)
+    sdata = st.datasets.simulate(150, 20, n_planted=4, random_state=3, spot_px=24)
     st.pp.extract_patches(sdata, progress=False, **PATCHES)
     st.tl.embed(sdata, model="hed", progress=False)
     st.pp.prepare_expression(sdata.tables["table"])
@@ -80,7 +80,7 @@ def test_every_tool_takes_a_spatialdata_and_writes_into_its_table(embedded):
     np.testing.assert_array_equal(table.var["eps"], plain.var["eps"])
     assert (table.obsp["image_connectivities"] != plain.obsp["image_connectivities"]).nnz == 0
 
-    reference = st.datasets.simulate(150, 20, n_planted=4, seed=4, spot_px=24)
+    reference = st.datasets.simulate(150, 20, n_planted=4, random_state=4, spot_px=24)
     st.pp.extract_patches(reference, progress=False, **PATCHES)
     st.tl.embed(reference, model="hed", progress=False)
     st.pp.prepare_expression(reference.tables["table"])

@@ -79,7 +79,7 @@ def test_visium_anndata_gives_the_same_patches_as_spatialdata(her2st_adata, c2_d
 
 
 def test_in_place_returns_none_and_copy_returns_a_new_table_leaving_the_spatialdata_unchanged():
-    sdata = st.datasets.simulate(12, 5, n_planted=2, seed=4)
+    sdata = st.datasets.simulate(12, 5, n_planted=2, random_state=4)
     kwargs = {"target_mpp": 3.5, "patch_size": 16, "progress": False}
     copied = st.pp.extract_patches(sdata, copy=True, **kwargs)
     assert "patches" not in sdata.tables["table"].obsm and "patches" in copied.obsm
@@ -161,7 +161,7 @@ def test_failed_extraction_leaves_the_anndata_unchanged(her2st_adata):
 def test_lazy_patches_read_from_zarr_equal_eager_extraction(tmp_path):
     from spatialdata import read_zarr
 
-    sdata = st.datasets.simulate(12, 5, n_planted=2, seed=3)
+    sdata = st.datasets.simulate(12, 5, n_planted=2, random_state=3)
     sdata.write(tmp_path / "sim.zarr")
     on_disk = read_zarr(tmp_path / "sim.zarr")
     kwargs = {"target_mpp": 3.5, "patch_size": 32, "copy": True, "progress": False}
@@ -179,7 +179,7 @@ def test_lazy_patches_read_from_zarr_equal_eager_extraction(tmp_path):
     assert lazy.uns["stmorph"]["patches"]["patches"]["zarr_path"] == str(tmp_path / "sim.zarr")
     from_path = st.tl.embed(lazy, model="hed", progress=False, copy=True)  # reopens the recorded zarr store
     np.testing.assert_array_equal(from_path.obsm["X_hed"], eager.obsm["X_hed"])
-    in_memory = st.pp.extract_patches(st.datasets.simulate(12, 5, n_planted=2, seed=3), store="lazy", **kwargs)
+    in_memory = st.pp.extract_patches(st.datasets.simulate(12, 5, n_planted=2, random_state=3), store="lazy", **kwargs)
     assert "zarr_path" not in in_memory.uns["stmorph"]["patches"]["patches"]
     with pytest.raises(InputTypeError, match="image="):
         st.tl.embed(in_memory, model="hed", progress=False)
@@ -260,7 +260,7 @@ def test_patches_and_parameters_survive_h5ad_round_trip(c2_default, tmp_path):
 
 
 def test_lazy_patches_refuse_another_image_of_the_same_shape():
-    sdata = st.datasets.simulate(40, 6, n_planted=2, seed=5, spot_px=16)
+    sdata = st.datasets.simulate(40, 6, n_planted=2, random_state=5, spot_px=16)
     image = np.asarray(sdata.images["he"].transpose("y", "x", "c"))
     coords = np.asarray(sdata.tables["table"].obsm["spatial"])
     table = st.pp.extract_patches((image, coords), mpp=1.0, target_mpp=2.0, patch_size=16, store="lazy", progress=False)
@@ -276,7 +276,7 @@ def test_lazy_patches_refuse_another_image_of_the_same_shape():
 
 
 def test_a_subset_of_a_lazy_table_reads_the_same_patches_and_still_refuses_another_image():
-    sdata = st.datasets.simulate(40, 6, n_planted=2, seed=5, spot_px=16)
+    sdata = st.datasets.simulate(40, 6, n_planted=2, random_state=5, spot_px=16)
     image = np.asarray(sdata.images["he"].transpose("y", "x", "c"))
     coords = np.asarray(sdata.tables["table"].obsm["spatial"])
     table = st.pp.extract_patches((image, coords), mpp=1.0, target_mpp=2.0, patch_size=16, store="lazy", progress=False)
@@ -297,7 +297,7 @@ def test_threaded_reader_gives_the_plain_embeddings_in_the_same_order(tmp_path, 
 
     from stmorph.pp import PatchReader
 
-    sdata = st.datasets.simulate(12, 5, n_planted=2, seed=3)
+    sdata = st.datasets.simulate(12, 5, n_planted=2, random_state=3)
     sdata.write(tmp_path / "sim.zarr")
     on_disk = read_zarr(tmp_path / "sim.zarr")
     lazy = st.pp.extract_patches(on_disk, store="lazy", target_mpp=3.5, patch_size=32, copy=True, progress=False)

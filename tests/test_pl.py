@@ -176,7 +176,7 @@ def test_eps_vs_score_names_the_missing_step(slices):
 
 def test_eps_ranking_lists_the_most_and_least_predictable_genes(slices):
     query = slices["query"]
-    fig = st.pl.eps_ranking(query, n=10, show=False)
+    fig = st.pl.eps_ranking(query, n_top=10, show=False)
     top_ax, bottom_ax = fig.axes[:2]
     ranked = query.var["eps"].dropna().sort_values(ascending=False)
 
@@ -195,14 +195,14 @@ def test_eps_ranking_ranks_only_genes_detected_in_min_detected_spots_and_shows_d
     query = slices["query"]
     detected = (sparse.csr_matrix(query.layers["counts"]) > 0).sum(axis=0).A1
     threshold = int(np.median(detected))
-    fig = st.pl.eps_ranking(query, n=5, min_detected=threshold, show=False)
+    fig = st.pl.eps_ranking(query, n_top=5, min_detected=threshold, show=False)
     eps = query.var["eps"].where(detected >= threshold).dropna().sort_values(ascending=False)
     top = sorted(zip(fig.axes[0].get_yticks(), fig.axes[0].get_yticklabels()), key=lambda t: -t[0])
     assert [label.get_text().split()[0] for _, label in top] == list(eps.index[:5])
     first = eps.index[0]
     assert f"{detected[query.var_names.get_loc(first)]}/{query.n_obs} spots" in top[0][1].get_text()
     assert f"≥ {threshold} of {query.n_obs} spots" in fig.get_suptitle()
-    default = st.pl.eps_ranking(query, n=5, show=False)
+    default = st.pl.eps_ranking(query, n_top=5, show=False)
     assert f"≥ {int(np.ceil(0.05 * query.n_obs))} of" in default.get_suptitle()
     with pytest.raises(InvalidParameterError, match="Lower `min_detected`"):
         st.pl.eps_ranking(query, min_detected=query.n_obs + 1, show=False)
@@ -222,7 +222,7 @@ def test_sps_vs_score_places_one_point_per_slice(slices):
 
 def test_gene_correlation_heatmaps_follow_the_measured_clustering(slices):
     query = slices["query"]
-    fig = st.pl.gene_correlation(query, n_genes=30, show=False)
+    fig = st.pl.gene_correlation(query, n_top=30, show=False)
     measured_ax, predicted_ax = image_axes(fig)
     names = [t.get_text() for t in measured_ax.get_xticklabels()]
     assert len(names) == 30 and names == [t.get_text() for t in predicted_ax.get_xticklabels()]

@@ -30,7 +30,7 @@ def _registered():
 
 @pytest.fixture(scope="module")
 def table():
-    sim = st.datasets.simulate(60, 12, n_planted=3, seed=0, spot_px=32)
+    sim = st.datasets.simulate(60, 12, n_planted=3, random_state=0, spot_px=32)
     return st.pp.extract_patches(sim, patch_size=64, progress=False, copy=True)
 
 
@@ -112,6 +112,6 @@ def test_a_checkpoint_resumes_only_at_its_precision(table, tmp_path):
 
 
 def test_embed_cohort_passes_precision_through():
-    slides = [st.datasets.simulate(20, 5, n_planted=2, seed=i, spot_px=32) for i in range(2)]
+    slides = [st.datasets.simulate(20, 5, n_planted=2, random_state=i, spot_px=32) for i in range(2)]
     out = st.tl.embed_cohort(slides, model=ENCODER, precision="int8", device="cpu", copy=True)
     assert [t.uns["stmorph"]["embed"][f"X_{ENCODER}"]["precision"] for t in out] == ["int8", "int8"]

@@ -42,8 +42,8 @@ def sim(sim_table):
 @pytest.fixture(scope="module")
 def sim_pair():
     """Two independently simulated slices with the same genes (reference, query)."""
-    ref = _prepared(st.datasets.simulate(300, 30, n_planted=6, seed=10).tables["table"], seed=2)
-    query = _prepared(st.datasets.simulate(200, 30, n_planted=6, seed=11).tables["table"], seed=3)
+    ref = _prepared(st.datasets.simulate(300, 30, n_planted=6, random_state=10).tables["table"], seed=2)
+    query = _prepared(st.datasets.simulate(200, 30, n_planted=6, random_state=11).tables["table"], seed=3)
     return ref, query
 
 

@@ -113,7 +113,7 @@ def hostile(p: Param) -> hs.SearchStrategy:
 
 @cache
 def _sim_sdata():
-    return st.datasets.simulate(40, 10, n_planted=3, seed=0, spot_px=16)
+    return st.datasets.simulate(40, 10, n_planted=3, random_state=0, spot_px=16)
 
 
 def _sim_table():
@@ -200,12 +200,13 @@ def _params() -> list[Param]:
         P("tl.embed", "stain_norm", "choice", lambda a, v: _embed(a, stain_norm=v), choices=("macenko", "reinhard")),
         P("tl.evaluate", "n_top", "int", lambda a, v: st.tl.evaluate(a, "predicted_ridge", n_top=v), 1,
           target=_predicted),
-        P("pl.eps_ranking", "n", "int", lambda a, v: st.pl.eps_ranking(a, n=v, show=False), 1, target=_predicted),
+        P("pl.eps_ranking", "n_top", "int", lambda a, v: st.pl.eps_ranking(a, n_top=v, show=False), 1,
+          target=_predicted),
         P("pl.eps_vs_score", "ncols", "int", lambda a, v: st.pl.eps_vs_score(a, ncols=v, show=False), 1,
           target=_predicted),
         P("pl.eps_vs_score", "size", "float", lambda a, v: st.pl.eps_vs_score(a, size=v, show=False), 0, None, True,
           target=_predicted),
-        P("pl.gene_correlation", "n_genes", "int", lambda a, v: st.pl.gene_correlation(a, n_genes=v, show=False), 2,
+        P("pl.gene_correlation", "n_top", "int", lambda a, v: st.pl.gene_correlation(a, n_top=v, show=False), 2,
           target=_predicted),
         P("pp.extract_patches", "key_added", "output key", lambda a, v: _patches(a, key_added=v), target=_sim_table),
         P("pp.extract_patches", "image_key", "key", lambda a, v: _patches(a, image_key=v), target=_sim_table,
@@ -227,7 +228,8 @@ def _params() -> list[Param]:
         P("datasets.simulate", "n_spots", "int", lambda a, v: _sim(a, n_spots=v), 1, target=lambda: None),
         P("datasets.simulate", "spot_px", "int", lambda a, v: _sim(a, spot_px=v), 1, 1024, target=lambda: None),
         P("datasets.simulate", "effect", "float", lambda a, v: _sim(a, effect=v), target=lambda: None),
-        P("datasets.simulate", "seed", "int", lambda a, v: _sim(a, seed=v), 0, 2**32 - 1, target=lambda: None),
+        P("datasets.simulate", "random_state", "int", lambda a, v: _sim(a, random_state=v), 0, 2**32 - 1,
+          target=lambda: None),
     ]  # fmt: skip
 
 

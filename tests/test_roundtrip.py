@@ -38,7 +38,7 @@ def _assert_serialisable(value, where: str = "uns") -> None:
 @pytest.fixture(scope="module")
 def pipeline():
     """patches → embed (hed) → prepare_expression → eps → predict (ridge, bleep) → evaluate, on a small slice."""
-    sdata = st.datasets.simulate(96, 24, n_planted=6, seed=1, spot_px=32)
+    sdata = st.datasets.simulate(96, 24, n_planted=6, random_state=1, spot_px=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         st.pp.extract_patches(sdata, patch_size=32, progress=False)
@@ -66,7 +66,7 @@ def test_pipeline_wrote_every_stmorph_output(pipeline):
 def test_uns_follows_one_layout_tool_then_key(pipeline):
     _, table = pipeline
     root = table.uns["stmorph"]
-    planted = {"n_planted": 6, "n_factors": 3, "effect": 1.0, "seed": 1}  # the arguments of simulate above
+    planted = {"n_planted": 6, "n_factors": 3, "effect": 1.0, "random_state": 1}  # the arguments of simulate above
     assert root["dataset"] == {"name": "simulate", "mpp": 1.0, "params": planted}
     for tool in ("patches", "embed", "eps", "predict", "evaluate"):
         assert all(isinstance(record, Mapping) for record in root[tool].values()), tool

@@ -61,7 +61,7 @@ def test_cross_validate_returns_the_out_of_fold_predictions_it_scored():
 
 def _sections(n_sections=4, n_spots=150, n_genes=40, n_planted=8, seed=0, shuffle=False):
     """Sections cut from one simulated slice (one image→gene mapping); log1p expression in X."""
-    adata = st.datasets.simulate(n_sections * n_spots, n_genes, n_planted=n_planted, seed=seed).tables["table"]
+    adata = st.datasets.simulate(n_sections * n_spots, n_genes, n_planted=n_planted, random_state=seed).tables["table"]
     sc.pp.normalize_total(adata)
     sc.pp.log1p(adata)
     out = [adata[i * n_spots : (i + 1) * n_spots].copy() for i in range(n_sections)]

@@ -67,11 +67,22 @@ def _prepare_section(sdata: SpatialData, name: str, settings: DemoSettings) -> A
     from .pl import visium_uns
 
     table = pp.extract_patches(sdata, copy=True, progress=False)
-    table.uns["spatial"] = visium_uns(sdata, table, "he", name, 2000)
+    table.uns[Key.uns.spatial] = visium_uns(sdata, table, "he", name, 2000)
     with _torch_threads(settings.torch_threads):
-        tl.embed(table, model=settings.encoder, progress=False)
+        for encoder in settings.encoders:
+            tl.embed(table, model=encoder, progress=False)
     del table.obsm["patches"]  # ~150 kB per spot; the embedding is what the rest needs
     pp.prepare_expression(table)
+    return table
+
+
+def _encoder_table(tables: dict[str, AnnData], settings: DemoSettings, out: Path) -> pd.DataFrame:
+    """SPS and the HEST-Benchmark probe of each embedding (a fold per section) into ``encoders.csv``; empty without."""
+    if not settings.compare_encoders:
+        return pd.DataFrame()
+    reps = [f"X_{encoder}" for encoder in settings.encoders]
+    table = tl.benchmark_encoders(tables, use_rep=reps)
+    table.to_csv(out / "encoders.csv")
     return table
 
 
@@ -87,7 +98,10 @@ def _shared_genes(tables: dict[str, AnnData], n_genes: int | None) -> list[str]:
         return list(shared)
     markers = [g for g in MARKER_GENES if g in shared][:n_genes]
     counts = ad.concat(
-        {name: ad.AnnData(X=t[:, shared].layers["counts"], var=t.var[[]].loc[shared]) for name, t in tables.items()},
+        {
+            name: ad.AnnData(X=t[:, shared].layers[Key.layers.counts], var=t.var[[]].loc[shared])
+            for name, t in tables.items()
+        },
         label="section",
     )
     hvg = sc.pp.highly_variable_genes(
@@ -128,7 +142,7 @@ def _evaluate(tables: dict[str, AnnData], genes: list[str], settings: DemoSettin
     for name in _bar(list(tables), "3/4 evaluate", progress):
         table = tables[name]
         for method in settings.methods:
-            tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer="log1p")
+            tl.evaluate(table, f"predicted_{method}", marker_genes=markers, rank_layer=Key.layers.log1p)
             summary = get.evaluation_df(table, method)
             rows.append(summary.assign(section=name, method=summary.index, sps=table.uns["sps"]["sps"]))
     metrics = pd.concat(rows, ignore_index=True)
@@ -170,11 +184,11 @@ def _section_figures(name: str, table: AnnData, genes: list[str], settings: Demo
     scores = [f"pearson_{m}" for m in settings.methods]
     shown = _plot_genes(table, genes, settings)
     figures = {
-        "ranking": pl.eps_ranking(table, n=15, show=False),
+        "ranking": pl.eps_ranking(table, n_top=15, show=False),
         "eps_vs_score": pl.eps_vs_score(table, scores, show=False),
         "spatial": pl.spatial(table, shown, scale="shared", show=False),
         "spatial_pattern": pl.spatial(table, shown, show=False),
-        "gene_correlation": pl.gene_correlation(table, n_genes=40, show=False),
+        "gene_correlation": pl.gene_correlation(table, n_top=40, show=False),
     }
     if "auto" in settings.methods:
         figures["cv_table"] = pl.cv_table(table, show=False)
@@ -193,7 +207,29 @@ def _figures(result: DemoResult, settings: DemoSettings, out: Path, progress: bo
     figures["sps_vs_score"] = [
         ("all", _save(pl.sps_vs_score(result.tables, scores, show=False), out / "sps_vs_score.png"))
     ]
+    if not result.encoders.empty:
+        figures["benchmark_encoders"] = [
+            ("all", _save(pl.benchmark_encoders(result.encoders, show=False), out / "encoders.png"))
+        ]
     return figures
+
+
+def atlas_markers(genes: Sequence[str]) -> list[str]:
+    """The marker panel's genes: the EPS paper's markers, then the demo's breast markers that were scored."""
+    from .tl import PAPER_MARKERS
+
+    return list(PAPER_MARKERS) + [g for g in MARKER_GENES if g in genes and g not in PAPER_MARKERS]
+
+
+def _atlas(result: DemoResult, out: Path) -> None:
+    """The cohort atlas of the sections (their stored EPS and q-values): ``atlas.csv`` and its two figures."""
+    result.atlas = tl.predictable_genes(result.tables)
+    result.atlas.to_csv(out / "atlas.csv")
+    result.figures["atlas_heatmap"] = [
+        ("all", _save(pl.eps_heatmap(result.tables, n_top=30, show=False), out / "atlas_heatmap.png"))
+    ]
+    panel = pl.marker_panel(result.tables, atlas_markers(result.genes), show=False)
+    result.figures["marker_panel"] = [("all", _save(panel, out / "marker_panel.png"))]
 
 
 def _write_results(tables: dict[str, AnnData], out: Path) -> None:
@@ -272,7 +308,9 @@ def run_demo_steps(
     :class:`DemoResult`; ``result.report`` is the path of ``report.html``. The folder also holds
     ``<section>/results.h5ad``, ``eps.csv`` (genes × sections), ``sps.csv``, ``metrics.csv`` (one
     row per section and method), ``cv.csv`` (with ``"auto"``: the CV table of every query section,
-    one row per candidate and fold) and the PNGs.
+    one row per candidate and fold), ``atlas.csv`` (:func:`stmorph.tl.predictable_genes` over the
+    sections), ``encoders.csv`` (``settings.compare_encoders``: the table of
+    :func:`stmorph.tl.benchmark_encoders`, one fold per section) and the PNGs.
 
     Examples
     --------
@@ -314,6 +352,7 @@ def run_demo_steps(
     )
     eps = pd.DataFrame({s: t.var.loc[genes, "eps"] for s, t in tables.items()})
     result = DemoResult(tables=tables, sps=sps, eps=eps, metrics=metrics, genes=genes, cv=_cv_tables(tables))
+    result.encoders = _encoder_table(tables, settings, out)
     if not result.cv.empty:
         result.cv.to_csv(out / "cv.csv", index=False)
     eps.to_csv(out / "eps.csv", index_label="gene")
@@ -321,6 +360,7 @@ def run_demo_steps(
     metrics.to_csv(out / "metrics.csv", index=False)
     _write_results(tables, out)
     result.figures = _figures(result, settings, out, progress)
+    _atlas(result, out)
     timings["write + plot"] = time.perf_counter() - start - sum(timings.values())
     result.timings = timings
     result.report = write_report(out / "report.html", result, settings, sections)

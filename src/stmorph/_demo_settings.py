@@ -38,6 +38,10 @@ class DemoSettings:
         Torch CPU threads during the run (restored afterwards; ``None`` leaves torch's setting). The
         demo's networks are small: with one thread they train as fast as with two on an idle 2-core
         machine, and many times faster when other processes compete for the cores.
+    compare_encoders
+        Encoders available offline compared with ``encoder`` by :func:`stmorph.tl.benchmark_encoders`
+        (SPS and the HEST-Benchmark probe, one fold per section) in the report's encoder table;
+        ``()`` skips the table.
     """
 
     encoder: str = "default"
@@ -46,10 +50,16 @@ class DemoSettings:
     method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     plot_genes: tuple[str, ...] = ()
     torch_threads: int | None = 1
+    compare_encoders: tuple[str, ...] = ("hed",)
 
     @property
     def use_rep(self) -> str:
         return f"X_{self.encoder}"
+
+    @property
+    def encoders(self) -> list[str]:
+        """The encoders the demo embeds: ``encoder``, then the others of ``compare_encoders``."""
+        return list(dict.fromkeys([self.encoder, *self.compare_encoders]))
 
 
 @dataclass
@@ -62,6 +72,8 @@ class DemoResult:
     metrics: pd.DataFrame
     genes: list[str]
     cv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    atlas: pd.DataFrame = field(default_factory=pd.DataFrame)
+    encoders: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     report: Path | None = None

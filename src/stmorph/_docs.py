@@ -19,10 +19,14 @@ progress = """progress
         Show progress bars."""
 
 table_key = """table_key
-        When ``adata`` is a :class:`~spatialdata.SpatialData`: the table to use (``None``: its only
-        table); the outputs are written into that table."""
+        When ``adata`` is a :class:`~spatialdata.SpatialData`: the table to use (``None``, the
+        default of every stmorph function: its only table); the outputs are written into that table."""
 
-FRAGMENTS = {"copy": copy, "progress": progress, "table_key": table_key}
+spatial_key = """spatial_key
+        Key in ``adata.obsm`` of the spot centres, in pixels of the full-resolution image (as
+        squidpy's ``spatial_key``)."""
+
+FRAGMENTS = {"copy": copy, "progress": progress, "spatial_key": spatial_key, "table_key": table_key}
 
 
 def doc_params(*names: str) -> Callable[[F], F]:

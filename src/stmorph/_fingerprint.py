@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,6 +87,26 @@ def sample_indices(n: int, k: int = _SAMPLE) -> np.ndarray:
 def differences(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """Sorted keys whose values differ between two fingerprints (a key missing on one side differs)."""
     return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+
+
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write ``path`` by ``write(tmp)`` on a file beside it, then rename: a crash leaves the old or the new file.
+
+    The one way the resumable runs (embedding checkpoints, dense features, training state) save
+    their progress.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> replace_atomically(folder / "state.json", lambda tmp: tmp.write_text("{}"))
+    >>> sorted(p.name for p in folder.iterdir())
+    ['state.json']
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def check_same(saved: Mapping[str, Any], now: Mapping[str, Any], where: str, advice: str) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._keys import Key
 from ._logging import logger
 from .errors import DamagedFileError, InputTypeError, MissingPathError, StmorphKeyError
 
@@ -162,7 +163,7 @@ def _h5ad_table(path: Path) -> AnnData:
     table = read_h5ad(path)
     if _has_patches(table):
         return table
-    if "spatial" in table.uns:
+    if Key.uns.spatial in table.uns:
         pp.extract_patches(table, progress=False)
         return table
     raise StmorphKeyError(

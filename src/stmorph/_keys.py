@@ -33,6 +33,8 @@ class Key:
         """``uns`` paths (tuples are paths into nested dicts, as :func:`~stmorph._anndata.commit_outputs` takes)."""
 
         root = UNS_KEY
+        spatial = "spatial"
+        """Visium libraries ``uns["spatial"][library_id]`` (images, scale factors), as :func:`scanpy.read_visium`."""
         dataset = (UNS_KEY, "dataset")
         """Metadata of the example datasets: ``{"name", "section", "mpp"}``."""
 
@@ -50,6 +52,8 @@ class Key:
         """``obsm`` keys."""
 
         patches = "patches"
+        spatial = "spatial"
+        """Spot centres in full-resolution image pixels (x = column, y = row): every ``spatial_key`` default."""
 
         @staticmethod
         def embedding(model: str) -> str:
@@ -121,6 +125,10 @@ class Key:
         """``layers`` keys."""
 
         predicted_prefix = _PREDICTED
+        counts = "counts"
+        """Raw counts kept by :func:`~stmorph.pp.prepare_expression`."""
+        log1p = "log1p"
+        """Normalised log1p expression kept by :func:`~stmorph.pp.prepare_expression`."""
 
         @staticmethod
         def predicted(method: str) -> str:

@@ -104,8 +104,12 @@ _FILES = {
     "cv.csv": 'the cross-validation table of <code>method="auto"</code>: per query section, candidate and '
     "held-out reference section, the mean Pearson over the 50 most variable genes and over all genes, and the "
     "candidate chosen",
+    "atlas.csv": "the predictable-gene atlas over the sections (<code>st.tl.predictable_genes</code>): per gene its "
+    "mean EPS, the share of sections where it is significant, its consistency and the top/bottom 5 % flags",
     "metrics.csv": "prediction quality per section and method (mean Pearson over marker genes MG, the 50 most "
     "expressed HEG-50 and most variable HVG-50 genes, all genes; Spearman, RMSE, SSIM and Hit@T over all genes)",
+    "encoders.csv": "the encoder table: per image encoder the mean SPS over sections, its permutation p-value, "
+    "the HEST-Benchmark probe's mean Pearson r and its sd over the sections left out",
     "*.png": "every figure of this report",
 }
 
@@ -182,6 +186,50 @@ def trust_summary(result: DemoResult, methods: Sequence[str], n_genes: int = 5) 
     return pd.DataFrame(rows)
 
 
+_ATLAS_TEXT = {
+    "atlas_heatmap": "EPS of the 30 genes with the highest mean EPS (rows) in every section (columns), both ordered "
+    "by clustering: a gene predictable in one section only stands out as a lone bright cell.",
+    "marker_panel": "EPS (left) of named genes in every section (one dot per section, a bar at the mean) and how "
+    "well each method predicted them there (right: Pearson r, each section predicted from the others). The first "
+    "six are the EPS paper's markers (KLK3, ERBB2, ESR1 predictable across its cancers; CD274, BRCA1, BRCA2 not); "
+    "genes not among the scored genes here are named in the title. The others are this demo's breast markers.",
+}
+
+
+def _gene_list(atlas: pd.DataFrame, flag: str, n: int) -> str:
+    columns = {
+        "mean_eps": "mean EPS",
+        "n_slices": "sections",
+        "frac_significant": "significant in",
+        "consistency": "consistency",
+    }
+    rows = atlas[atlas[flag]]
+    rows = rows.head(n) if flag == "top" else rows.iloc[::-1].head(n)
+    return _table(rows[list(columns)].rename(columns=columns).rename_axis("gene").reset_index())
+
+
+def _atlas_section(result: DemoResult, n: int = 15) -> list[str]:
+    """The cohort atlas: the most and least predictable genes over all sections, the heatmap, the marker panel."""
+    atlas = result.atlas
+    n_flagged = int(atlas["top"].sum())
+    body = [
+        "<h2>The predictable-gene atlas of the sections</h2>",
+        "<p>Over all sections together (the EPS paper, Fig. 2): each gene's mean EPS, the share of sections where "
+        "it is significantly predictable (q &lt; 0.05), and its <i>consistency</i> — the share of sections where "
+        "its EPS is above that section's median gene, so 1 means always among the more predictable half whatever "
+        f"the section's SPS. The top and bottom 5 % by mean EPS ({n_flagged} genes each; <code>atlas.csv</code> has "
+        f"all of them) are the genes the image predicts best and worst; the {n} most extreme of each:</p>",
+        "<h3>Most predictable</h3>",
+        _gene_list(atlas, "top", n),
+        "<h3>Least predictable</h3>",
+        _gene_list(atlas, "bottom", n),
+    ]
+    for kind, text in _ATLAS_TEXT.items():
+        if kind in result.figures:
+            body += [f"<p>{text}</p>", _image(result.figures[kind][0][1])]
+    return body
+
+
 def write_report(path: Path, result: DemoResult, settings: DemoSettings, sections: Sequence[str]) -> Path:
     """Write the one-page HTML report of a demo run to ``path`` and return ``path``."""
     from . import __version__
@@ -225,6 +273,8 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
             "per candidate (<code>cv.csv</code> has every fold):</p>",
             _cv_summary(result.cv),
         ]
+    if not result.encoders.empty:
+        body += _encoder_section(result.encoders, result.figures.get("benchmark_encoders", []))
     trust = trust_summary(result, settings.methods)
     if not trust.empty:
         body += [
@@ -236,6 +286,8 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
             "left-out section's measured expression shows how far that held:</p>",
             _table(trust),
         ]
+    if not result.atlas.empty:
+        body += _atlas_section(result)
     for kind in _TEXT:
         if kind in result.figures:
             body.append(_figure_block(kind, result.figures[kind]))
@@ -252,6 +304,25 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
     )
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _encoder_section(encoders: pd.DataFrame, figure: list[tuple[str, Path]]) -> list[str]:
+    """The encoder table: which image encoder available offline suits these sections, by SPS and by the probe."""
+    columns = {"sps": "SPS", "sps_pval": "SPS p-value", "probe_pearson_mean": "probe r", "probe_pearson_sd": "sd"}
+    shown = encoders[list(columns)].rename(columns=columns).reset_index()
+    shown["encoder"] = shown["encoder"].str.removeprefix("X_")
+    return [
+        "<h2>Which image encoder suits these sections?</h2>",
+        "<p>Two answers for each encoder available offline: SPS, the mean EPS of a section averaged over the "
+        "sections (no training; its p-value compares it with the spots shuffled against the image graph), and the "
+        "HEST-Benchmark linear probe: standardise, PCA to 256 components and ridge regression onto the log counts of "
+        "the 50 most variable well-detected genes, trained on all sections but one and scored (mean Pearson r over "
+        "the genes) on the one left out. HEST leaves out a patient; these sections all come from one patient, so "
+        "the probe here measures transfer between sections of one tumour (<code>st.tl.benchmark_encoders</code>, "
+        "<code>encoders.csv</code>).</p>",
+        _table(shown),
+        *(_image(path) for _, path in figure),
+    ]
 
 
 def _markers(result: DemoResult) -> list[str]:

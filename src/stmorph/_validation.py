@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from scipy import sparse
 
+from ._keys import Key
 from ._tables import is_spatialdata
 from .errors import (
     DamagedFileError,
@@ -387,6 +388,38 @@ _KIND_TEXT = {
     "file_to_write": "file to write, not a folder",
     "file_to_create": "file to write, not a folder",
 }
+
+
+def get_coordinates(adata: AnnData, spatial_key: str = Key.obsm.spatial, need: str = "this") -> np.ndarray:
+    """Spot centres ``obsm[spatial_key][:, :2]`` in pixels (float64), after checking they are usable.
+
+    ``need`` names what needs them, for the error messages.
+
+    Raises
+    ------
+    StmorphKeyError
+        ``obsm[spatial_key]`` is missing.
+    InvalidParameterError
+        It is not a finite ``n_obs × 2`` (or wider) array of numbers.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.ones((2, 1)), obsm={"xy": np.array([[1, 2, 9], [3, 4, 9]])})
+    >>> get_coordinates(adata, "xy").tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if spatial_key not in adata.obsm:
+        raise StmorphKeyError(
+            f"{need} needs spot coordinates in adata.obsm[{spatial_key!r}] (pixels of the full-resolution "
+            f"image; `spatial_key=` names another key); available: {sorted(adata.obsm.keys())}."
+        )
+    xy = np.asarray(adata.obsm[spatial_key])
+    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
+        raise InvalidParameterError(
+            f"adata.obsm[{spatial_key!r}] must be a finite n_obs × 2 array of numbers; found shape {xy.shape}."
+        )
+    return xy[:, :2].astype(np.float64)
 
 
 def get_rep(adata: AnnData, use_rep: str, *, finite: bool = True) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The ``stmorph`` command: ``stmorph demo``, ``stmorph embed``, ``stmorph eps``, ``stmorph predict``.
+"""The ``stmorph`` command: ``demo``, ``embed``, ``eps``, ``predict``, ``atlas`` and ``benchmark``.
 
 ``embed``, ``eps`` and ``predict`` take raw inputs too (a Space Ranger or Visium HD folder, a
 SpatialData ``.zarr``, a HEST-1k sample, an ``.h5ad`` with patches; :mod:`stmorph._inputs`): their
@@ -26,6 +26,8 @@ _HELP = {
     "embed": "image embeddings of a slide (Space Ranger, Visium HD, .zarr, HEST, .h5ad) into an .h5ad",
     "eps": "EPS per gene and SPS of slices saved as .h5ad",
     "predict": "predict a slice's expression from reference slices",
+    "atlas": "predictable-gene atlas of a cohort from a stored EPS table (CSV + PNG)",
+    "benchmark": "compare image embeddings of slices: SPS and the HEST-Benchmark probe",
 }
 TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
 """The methods ``--epochs`` applies to."""
@@ -40,6 +42,13 @@ _DESCRIPTION = {
     "write eps.csv (genes × slices) and sps.csv to the output folder.",
     "predict": "Fit a method on the reference slice(s) and predict the query; writes the query with "
     "layers['predicted_<method>'] and, with --evaluate, the metrics.",
+    "atlas": "Summarise stored EPS over slices with st.tl.predictable_genes (never recomputing EPS): the eps.csv of "
+    "`stmorph eps` (genes × slices) or .h5ad slices after st.tl.eps (e.g. the demo's results.h5ad, which also hold "
+    "q-values and evaluated predictions). Writes atlas.csv, eps_heatmap.png, marker_panel.png and, with --gene-sets, "
+    "enrichment.csv and enrichment.png.",
+    "benchmark": "Compare the embeddings --use-rep of slices saved as .h5ad with st.tl.benchmark_encoders: mean SPS "
+    "and the HEST-Benchmark linear probe (one fold per patient group, --groups); writes encoders.csv and "
+    "encoders.png to the output folder.",
 }
 
 
@@ -85,6 +94,9 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--sections", nargs="+", default=["C2", "C3", "C4", "C5"], help="HER2ST sections (≥ 2)")
     demo.add_argument("--data-dir", default=None, help="folder holding her2st/ (default: $STMORPH_DATA_DIR)")
     demo.add_argument("--encoder", default="default", help="image encoder of st.tl.embed (default: %(default)s)")
+    demo.add_argument(
+        "--compare-encoders", nargs="*", default=["hed"], help="encoders of the report's encoder table (default: hed)"
+    )
     demo.add_argument("--methods", nargs="+", default=["auto", "bleep"], help="prediction methods")
     demo.add_argument("--n-genes", type=int, default=2000, help="genes to predict, most expressed first; 0 = all")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs of torch methods (default: paper's)")
@@ -109,8 +121,41 @@ def _predict_arguments(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--layer", default=None, help="expression layer to learn (default: X)")
     _add_output_arguments(predict, None, use_rep=True)
     predict.add_argument("--evaluate", action="store_true", help="also score the prediction against the measured")
+    predict.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="also write conformal prediction intervals of this coverage, e.g. 0.9 (layers <layer>_lower/_upper)",
+    )
     predict.add_argument("--params", default="{}", help="method options as JSON, e.g. '{\"epochs\": 20}'")
     _add_input_arguments(predict)
+
+
+def _atlas_arguments(atlas: argparse.ArgumentParser) -> None:
+    from .tl import PAPER_MARKERS
+
+    atlas.add_argument("inputs", nargs="+", help="one eps.csv (genes × slices) or .h5ad slices after st.tl.eps")
+    _add_output_arguments(atlas, "stmorph_atlas")
+    atlas.add_argument("--qvals", default=None, help="q-values CSV of the same genes × slices as eps.csv")
+    atlas.add_argument("--fraction", type=float, default=0.05, help="top/bottom share of genes (default: 0.05)")
+    atlas.add_argument("--min-slices", type=int, default=1, help="slices a gene needs to be flagged (default: 1)")
+    atlas.add_argument("--groupby", default=None, help="group of each slice: a column of --metadata or of obs")
+    atlas.add_argument("--metadata", default=None, help="CSV with one row per slice (first column: slice name)")
+    atlas.add_argument("--gene-sets", default=None, help="GMT file of gene sets to test the top/bottom genes against")
+    atlas.add_argument("--markers", nargs="+", default=list(PAPER_MARKERS), help="genes of the marker panel")
+    atlas.add_argument("--n-top", type=int, default=30, help="genes in the heatmap (default: 30)")
+
+
+def _benchmark_arguments(benchmark: argparse.ArgumentParser) -> None:
+    benchmark.add_argument("inputs", nargs="+", help="slices: .h5ad files holding every embedding of --use-rep")
+    benchmark.add_argument("--use-rep", nargs="+", required=True, help="obsm keys of the embeddings to compare")
+    benchmark.add_argument(
+        "--groups", nargs="+", default=None, help="patient group of each input, in order (default: one per input)"
+    )
+    benchmark.add_argument("--out", default="stmorph_benchmark", help="output folder (default: %(default)s)")
+    benchmark.add_argument("--n-top", type=int, default=50, help="probe genes (default: %(default)s, HEST's)")
+    benchmark.add_argument("--n-perms", type=int, default=99, help="shuffles for the SPS p-value (default: 99)")
+    benchmark.add_argument("--prepared", action="store_true", help="X already holds prepared (scaled) expression")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
-        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments), ("predict", _predict_arguments)
+        ("demo", _demo_arguments), ("embed", _embed_arguments), ("eps", _eps_arguments),
+        ("predict", _predict_arguments), ("atlas", _atlas_arguments), ("benchmark", _benchmark_arguments),
     )  # fmt: skip
     for name, add_arguments in commands:
         add_arguments(sub.add_parser(name, help=_HELP[name], description=_DESCRIPTION[name]))
@@ -145,6 +191,7 @@ def _run_demo(args: argparse.Namespace) -> None:
         n_genes=args.n_genes or None,
         method_kwargs={m: kwargs for m in args.methods if m in TRAINED_OVER_EPOCHS},
         torch_threads=args.torch_threads or None,
+        compare_encoders=tuple(args.compare_encoders),
     )
     report = run_demo(
         args.out, sections=args.sections, data_dir=args.data_dir, settings=settings, progress=not args.no_progress
@@ -173,13 +220,14 @@ def _embedded(path: str, args: argparse.Namespace, option: str, use_rep: str | N
 
     from . import tl
     from ._inputs import input_kind, read_h5ad, read_slide
+    from ._keys import Key
 
     if input_kind(path) == "h5ad":
         adata = read_h5ad(path, option)
         _check_use_rep(adata, path, option, args.use_rep)  # an explicit --use-rep must be there
         if use_rep is not None and use_rep in adata.obsm:
             return adata
-        if "patches" not in adata.obsm and "spatial" not in adata.uns:
+        if Key.obsm.patches not in adata.obsm and Key.uns.spatial not in adata.uns:
             raise UsageError(
                 f"{option}: {path!r} has no obsm[{use_rep!r}] and no patches or image to embed; pass "
                 f"--use-rep with one of its embeddings {sorted(adata.obsm)}."
@@ -243,7 +291,33 @@ def _run_eps(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'eps.csv'} and {out / 'sps.csv'}")
 
 
-_PREDICT_OWN = ("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added")
+def _run_benchmark(args: argparse.Namespace) -> None:
+    from . import pl, pp, tl
+    from ._inputs import read_h5ad
+
+    check_int(args.n_top, "--n-top", low=1)
+    check_int(args.n_perms, "--n-perms", low=0)
+    check_path(args.out, "--out", "folder_to_write")
+    if args.groups is not None and len(args.groups) != len(args.inputs):
+        raise UsageError(f"--groups has {len(args.groups)} entries for {len(args.inputs)} inputs; give one per input.")
+    slices = dict(zip(_slice_names(args.inputs), (read_h5ad(p, "input") for p in args.inputs)))
+    if not args.prepared:
+        for adata in slices.values():
+            pp.prepare_expression(adata)
+    table = tl.benchmark_encoders(
+        slices, use_rep=args.use_rep, groups=args.groups, n_top=args.n_top, n_perms=args.n_perms
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "encoders.csv")
+    pl.benchmark_encoders(table, save=out / "encoders.png", show=False)
+    print(table[["sps", "sps_pval", "probe_pearson_mean", "probe_pearson_sd"]].to_string())
+    print(f"wrote {out / 'encoders.csv'} and {out / 'encoders.png'}")
+
+
+_PREDICT_OWN = (
+    *("query", "reference", "method", "use_rep", "layer", "model", "copy", "return_model", "key_added", "interval"),
+)
 """Options of st.tl.predict that the ``predict`` command sets itself (not accepted in ``--params``)."""
 
 
@@ -273,10 +347,13 @@ def _run_predict(args: argparse.Namespace) -> None:
     use_rep = _use_rep(args)
     query = _embedded(args.query, args, "query", use_rep)
     references = [_embedded(p, args, "--reference", use_rep) for p in args.reference]
-    tl.predict(query, references, method=args.method, use_rep=use_rep, layer=args.layer, **params)
+    tl.predict(
+        query, references, method=args.method, use_rep=use_rep, layer=args.layer, interval=args.interval, **params
+    )
     layer = f"predicted_{args.method}"
     query.write_h5ad(args.out)
-    print(f"wrote {args.out} with layers[{layer!r}]")
+    written = [layer] if args.interval is None else [layer, f"{layer}_lower", f"{layer}_upper"]
+    print(f"wrote {args.out} with layers {written}")
     trusted = Key.var.trust(layer, "trusted")
     if trusted in query.var:
         print(f"{int(query.var[trusted].sum())} genes trusted: var[{trusted!r}] (expected r, EPS q: st.get.trust_df)")
@@ -287,7 +364,84 @@ def _run_predict(args: argparse.Namespace) -> None:
         print(f"wrote the metrics into {args.out}")
 
 
-_COMMANDS = {"demo": _run_demo, "embed": _run_embed, "eps": _run_eps, "predict": _run_predict}
+def _read_csv_table(path: str, option: str):
+    """A CSV whose first column is the row names, as a DataFrame; missing or unreadable: a named error."""
+    import pandas as pd
+
+    from .errors import DamagedFileError
+
+    check_path(path, option, "file")
+    try:
+        return pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{option}: {path!r} is not a readable CSV table ({err}).") from None
+
+
+def _atlas_input(paths: Sequence[str]):
+    """The cohort of ``stmorph atlas``: one EPS CSV table, or the slices of ``.h5ad`` files."""
+    from ._inputs import read_h5ad
+
+    if len(paths) == 1 and Path(paths[0]).suffix.lower() == ".csv":
+        return _read_csv_table(paths[0], "input")
+    if any(Path(p).suffix.lower() != ".h5ad" for p in paths):
+        raise UsageError("atlas takes one eps.csv (genes × slices) or .h5ad slices; found " + ", ".join(paths) + ".")
+    return dict(zip(_slice_names(paths), (read_h5ad(p, "input") for p in paths)))
+
+
+def _run_atlas(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    from . import pl, tl
+
+    check_int(args.n_top, "--n-top", low=1)
+    check_path(args.out, "--out", "folder_to_write")
+    cohort = _atlas_input(args.inputs)
+    qvals = _read_csv_table(args.qvals, "--qvals") if args.qvals else None
+    metadata = _read_csv_table(args.metadata, "--metadata") if args.metadata else None
+    group = {"groupby": args.groupby, "metadata": metadata}
+    atlas = tl.predictable_genes(cohort, qvals, fraction=args.fraction, min_slices=args.min_slices, **group)
+    enrichment = tl.enrich_predictable(atlas, args.gene_sets) if args.gene_sets else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atlas.to_csv(out / "atlas.csv")
+    written = ["atlas.csv"]
+    figures = {
+        "eps_heatmap.png": pl.eps_heatmap(cohort, n_top=args.n_top, show=False, **group),
+        "marker_panel.png": _marker_panel(cohort, args.markers),
+    }
+    if enrichment is not None:
+        enrichment.to_csv(out / "enrichment.csv", index=False)
+        figures["enrichment.png"] = pl.enrichment(enrichment, show=False)
+        written.append("enrichment.csv")
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(out / name, dpi=110, bbox_inches="tight")
+            written.append(name)
+    print(atlas.loc[atlas["top"], ["mean_eps", "n_slices", "frac_significant", "consistency"]].head(10).to_string())
+    print(f"wrote {', '.join(written)} to {out}")
+
+
+def _marker_panel(cohort, markers: Sequence[str]):
+    """The marker panel, or ``None`` (with a note) when no marker was scored."""
+    from . import pl
+    from .errors import StmorphKeyError
+
+    try:
+        return pl.marker_panel(cohort, markers, show=False)
+    except StmorphKeyError as err:
+        print(f"no marker panel: {err}", file=sys.stderr)
+        return None
+
+
+_COMMANDS = {
+    "demo": _run_demo,
+    "embed": _run_embed,
+    "eps": _run_eps,
+    "predict": _run_predict,
+    "atlas": _run_atlas,
+    "benchmark": _run_benchmark,
+}
 
 
 def _run(command: str, args: argparse.Namespace) -> int:

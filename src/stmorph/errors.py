@@ -18,6 +18,7 @@ InvalidParameterError
 from __future__ import annotations
 
 __all__ = [
+    "AlignmentError",
     "CheckpointMismatchError",
     "DamagedCheckpointError",
     "DamagedFileError",
@@ -67,6 +68,10 @@ class InputTypeError(ValueError, TypeError):
 
 class OutOfImageError(ValueError):
     """Spot coordinates lie outside the image."""
+
+
+class AlignmentError(ValueError):
+    """An image has no alignment to the spots' coordinates (e.g. a Xenium H&E read without its alignment file)."""
 
 
 class InconsistentUnitsError(ValueError):

@@ -117,7 +117,7 @@ def cv_df(adata: AnnData, key: str = "predicted_auto") -> pd.DataFrame:
     Examples
     --------
     >>> import stmorph as st
-    >>> sections = [st.datasets.simulate(80, 12, n_planted=3, seed=s).tables["table"] for s in range(3)]
+    >>> sections = [st.datasets.simulate(80, 12, n_planted=3, random_state=s).tables["table"] for s in range(3)]
     >>> for t in sections:
     ...     st.pp.prepare_expression(t)
     >>> query, *refs = sections

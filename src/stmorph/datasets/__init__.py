@@ -7,5 +7,6 @@ from ._her2st import her2st, her2st_adata
 from ._her2st import her2st_files as her2st_files
 from ._hest import read_hest
 from ._simulate import simulate
+from ._xenium import simulate_xenium
 
-__all__ = ["her2st", "her2st_adata", "read_hest", "simulate"]
+__all__ = ["her2st", "her2st_adata", "read_hest", "simulate", "simulate_xenium"]

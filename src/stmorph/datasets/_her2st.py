@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._image import no_pixel_limit, read_rgb
+from .._keys import Key
 from .._logging import logger
 from .._validation import check_path
 from ..errors import DamagedFileError, InputTypeError, InvalidParameterError, MissingPathError, NonFiniteError
@@ -210,7 +211,7 @@ def _table(section: str, files: dict[str, Path]) -> tuple[AnnData, float]:
     var = pd.DataFrame(index=pd.Index(counts.columns.astype(str), name=None))
     adata = ad.AnnData(X=sparse.csr_matrix(counts.to_numpy(np.int32)), obs=obs, var=var)
     adata.var_names_make_unique()
-    adata.obsm["spatial"] = spots[["pixel_x", "pixel_y"]].to_numpy(np.float64)
+    adata.obsm[Key.obsm.spatial] = spots[["pixel_x", "pixel_y"]].to_numpy(np.float64)
     return adata, mpp
 
 
@@ -304,7 +305,7 @@ def her2st_adata(section: str = "C2", data_dir: str | os.PathLike | None = None)
     image = read_rgb(files["image"])
     hires, hires_scale = _downscale(image, 2000)
     lowres, lowres_scale = _downscale(image, 600)
-    adata.uns["spatial"] = {
+    adata.uns[Key.uns.spatial] = {
         section: {
             "images": {"hires": hires, "lowres": lowres},
             "scalefactors": {

@@ -91,7 +91,7 @@ def _check_options(
     spot_px: int,
     mpp: float,
     smooth_um: float,
-    seed: int,
+    random_state: int,
 ) -> None:
     for value, name in ((n_spots, "n_spots"), (n_genes, "n_genes"), (n_factors, "n_factors")):
         check_int(value, name, low=1)
@@ -101,7 +101,7 @@ def _check_options(
     check_range(effect, "effect")
     check_range(mpp, "mpp", low=0)
     check_range(smooth_um, "smooth_um", low=0)
-    check_seed(seed, "seed")
+    check_seed(random_state)
 
 
 def simulate(
@@ -115,7 +115,7 @@ def simulate(
     effect: float = 1.0,
     spot_px: int = 112,
     mpp: float = 1.0,
-    seed: int = 0,
+    random_state: int = 0,
 ) -> SpatialData:
     """Simulate a slice where the image drives a known subset of genes.
 
@@ -163,15 +163,15 @@ def simulate(
         of a default ``st.pp.extract_patches`` patch (224 px at 0.5 µm/px).
     mpp
         Pixel size in µm recorded in the ``"um"`` coordinate system.
-    seed
-        Random seed.
+    random_state
+        Seed of the random numbers.
 
     Returns
     -------
     SpatialData laid out like :func:`~stmorph.datasets.her2st`; the table additionally has
     ``var["planted"]`` (bool), ``var["factor"]`` (factor index, -1 for noise) and
     ``obsm["latent"]`` (the true factors, n_spots × n_factors); ``uns["stmorph"]["dataset"]`` is
-    ``{"name": "simulate", "mpp": mpp, "params": {"n_planted", "n_factors", "effect", "seed"}}``
+    ``{"name": "simulate", "mpp": mpp, "params": {"n_planted", "n_factors", "effect", "random_state"}}``
     (plus ``"n_smooth"`` and ``"smooth_um"`` when ``n_smooth > 0``); ``var["smooth"]`` (bool) marks
     the smooth genes.
 
@@ -191,9 +191,9 @@ def simulate(
     """
     import anndata as ad
 
-    _check_options(n_spots, n_genes, n_planted, n_smooth, n_factors, effect, spot_px, mpp, smooth_um, seed)
-    rng = np.random.default_rng(seed)
-    spatial_rng = np.random.default_rng([seed, 1])  # smooth genes and shared pixels: their own stream
+    _check_options(n_spots, n_genes, n_planted, n_smooth, n_factors, effect, spot_px, mpp, smooth_um, random_state)
+    rng = np.random.default_rng(random_state)
+    spatial_rng = np.random.default_rng([random_state, 1])  # smooth genes and shared pixels: their own stream
     z = rng.standard_normal((n_spots, n_factors))
     side = int(np.ceil(np.sqrt(n_spots)))
     grid = np.stack(np.divmod(np.arange(n_spots), side), axis=1)  # (row, col)
@@ -213,10 +213,10 @@ def simulate(
         index=pd.Index([f"{name}{g}" for g, name in enumerate(names)]),
     )
     table = ad.AnnData(X=sparse.csr_matrix(counts), obs=pd.DataFrame(index=obs_names), var=var)
-    table.obsm["spatial"] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
+    table.obsm[Key.obsm.spatial] = (grid[:, ::-1] + 0.5) * spot_px  # x = column, y = row
     table.obsm["latent"] = z
     table.obsm["latent_tile"] = np.hstack([z, shared])
-    params = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "seed": seed}
+    params = {"n_planted": n_planted, "n_factors": n_factors, "effect": effect, "random_state": random_state}
     if n_smooth:
         params.update(n_smooth=n_smooth, smooth_um=float(smooth_um))
     commit_outputs(table, uns={Key.uns.dataset: {"name": "simulate", "mpp": float(mpp), "params": params}})

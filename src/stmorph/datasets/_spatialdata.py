@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._image import MICRON_CS
+from .._keys import Key
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -61,7 +62,7 @@ def build_spatialdata(image: np.ndarray, table: AnnData, mpp: float, spot_radius
     img = Image2DModel.parse(
         np.moveaxis(image, -1, 0), dims=("c", "y", "x"), c_coords=["r", "g", "b"], transformations=tf
     )
-    coords = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    coords = np.asarray(table.obsm[Key.obsm.spatial], dtype=np.float64)
     shapes = ShapesModel.parse(
         coords,
         geometry=0,

@@ -32,6 +32,8 @@ from ._encoders import with_precision as with_precision
 from ._ensemble import FirstColumns as FirstColumns
 from ._ensemble import member_label as member_label
 from ._io import load
+from ._lowp import Int8Gram as Int8Gram
+from ._lowp import int8_available as int8_available
 from ._predictor import Predictor, register_method
 from ._predictor import list_methods as list_methods
 from ._predictor import make_method as make_method

@@ -59,7 +59,7 @@ MODES = ("frozen", "end_to_end")
 SELECTIONS = ("score", "loss")
 RETRIEVAL_KEYS = ("image", "expression")
 TRAIN_GENES = ("hvg", "all")
-N_TOP_GENES = 1000
+N_TOP = 1000
 """BLEEP's gene set: the union of each training section's 1000 most variable genes."""
 SLOW_HEAD_GENES = 5000
 """HECLIP's image head ends in an ``n × n`` layer over the training genes: above this, warn before training."""
@@ -191,7 +191,7 @@ class ContrastivePredictor(TorchPredictor):
         projection_dim: int | None = None,
         dropout: float = 0.1,
         train_genes: str = "hvg",
-        n_top_genes: int = N_TOP_GENES,
+        n_top: int = N_TOP,
         epochs: int | None = None,
         batch_size: int | None = None,
         n_views: int | None = None,
@@ -215,7 +215,7 @@ class ContrastivePredictor(TorchPredictor):
         check_choice(aggregation, AGGREGATIONS, "aggregation")
         check_choice(select, SELECTIONS, "select")
         check_choice(train_genes, TRAIN_GENES, "train_genes")
-        check_int(n_top_genes, "n_top_genes", low=1)
+        check_int(n_top, "n_top", low=1)
         if retrieve_from is not None:
             check_choice(retrieve_from, RETRIEVAL_KEYS, "retrieve_from")
         check_encoder_name(encoder)
@@ -241,7 +241,7 @@ class ContrastivePredictor(TorchPredictor):
             "temperature": float(temperature),
             "dropout": float(dropout),
             "train_genes": train_genes,
-            "n_top_genes": int(n_top_genes),
+            "n_top": int(n_top),
             "lr": float(lr),
             "weight_decay": float(weight_decay),
             "val_fraction": float(val_fraction),
@@ -363,7 +363,7 @@ class ContrastivePredictor(TorchPredictor):
             columns = np.arange(n_genes)
             logger.info("%s: training the projections on all %d genes", self.name, n_genes)
         else:
-            columns = training_columns(Y, sections, p["n_top_genes"])
+            columns = training_columns(Y, sections, p["n_top"])
             n_sections = 1 if sections is None else len(np.unique(sections))
             logger.info(
                 "%s: training the projections on %d of %d genes (the union of %d section(s)' %d most variable; "
@@ -372,7 +372,7 @@ class ContrastivePredictor(TorchPredictor):
                 len(columns),
                 n_genes,
                 n_sections,
-                p["n_top_genes"],
+                p["n_top"],
                 n_genes,
             )
         if not self.expression_head and len(columns) > SLOW_HEAD_GENES:
@@ -384,7 +384,7 @@ class ContrastivePredictor(TorchPredictor):
                 len(columns),
                 len(columns),
                 len(columns),
-                p["n_top_genes"],
+                p["n_top"],
             )
         return columns
 
@@ -434,7 +434,7 @@ class ContrastivePredictor(TorchPredictor):
             batch_size=p["batch_size"],
             lr=p["lr"],
             weight_decay=p["weight_decay"],
-            seed=self.random_state,
+            random_state=self.random_state,
             val_indices=n_copies + np.arange(len(val_idx)) if len(val_idx) else None,
             # keep the best epoch, as both papers do; stop early after `patience` epochs without a better one
             patience=p.get("patience", epochs) if len(val_idx) else None,
@@ -581,11 +581,11 @@ class BLEEP(ContrastivePredictor):
         Dropout of the projection heads (0.1).
     train_genes
         Genes the projections learn: ``"hvg"`` (default, BLEEP's protocol) the union of each
-        reference section's ``n_top_genes`` most variable genes among those predicted (which
+        reference section's ``n_top`` most variable genes among those predicted (which
         every reference and the query have; ``sections`` in :meth:`fit`, one per reference in
         ``st.tl.predict``); ``"all"`` every predicted gene. Either way every gene is predicted:
         retrieval averages the reference spots' whole expression.
-    n_top_genes
+    n_top
         Genes taken from each reference section with ``train_genes="hvg"`` (BLEEP: 1000).
     epochs, batch_size
         Batches of 256 spots (BLEEP); 150 epochs end-to-end (BLEEP), at most 300 in frozen mode,
@@ -672,7 +672,7 @@ class HECLIP(ContrastivePredictor):
     mode, encoder, weights, temperature, dropout, lr, weight_decay, val_fraction, patience, select, \
 grouped_validation, refit, k, aggregation, chunk_size, inference_batch_size, random_state, device, progress
         As for :class:`BLEEP`.
-    train_genes, n_top_genes
+    train_genes, n_top
         As for :class:`BLEEP`. The image is projected to the training genes (an ``n × n``
         layer), so the default ``"hvg"`` also keeps HECLIP fast: on all ~14,500 genes of a
         HER2ST section one frozen epoch takes about half a minute on 2 CPU cores.

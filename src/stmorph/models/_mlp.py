@@ -103,7 +103,7 @@ class MLP(ArrayModel, Predictor):
             batch_size=p["batch_size"],
             lr=p["lr"],
             weight_decay=p["weight_decay"],
-            seed=self.random_state,
+            random_state=self.random_state,
             val_indices=np.arange(n_train, len(order)) if n_train < len(order) else None,
             patience=p["patience"] if n_train < len(order) else None,
             progress=self.progress,

@@ -185,7 +185,7 @@ class STNet(TorchPredictor):
             batch_size=p["batch_size"],
             lr=p["lr"],
             weight_decay=p["weight_decay"],
-            seed=self.random_state,
+            random_state=self.random_state,
             val_indices=len(train_idx) + np.arange(len(val_idx)) if len(val_idx) else None,
             patience=p["epochs"] if len(val_idx) else None,  # keep the best epoch
             progress=self.progress,

@@ -148,9 +148,9 @@ def min_detected_spots(n_obs: int, min_detected: int | None) -> int:
 
 
 def _ranked(
-    adata: AnnData, eps_key: str, qval_key: str, n: int, min_detected: int
+    adata: AnnData, eps_key: str, qval_key: str, n_top: int, min_detected: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Top-``n`` and bottom-``n`` genes by EPS (finite, detected in ``min_detected`` spots), with q and detection."""
+    """The ``n_top`` highest and lowest genes by EPS (finite, detected in ``min_detected`` spots), with q, detection."""
     frame = pd.DataFrame(
         {
             "eps": get_stored(adata, "var", eps_key, _EPS_CALL).to_numpy(np.float64),
@@ -166,8 +166,8 @@ def _ranked(
             f"adata.var[{eps_key!r}] has no finite value for a gene detected in >= {min_detected} spots; "
             "nothing to rank. Lower `min_detected`."
         )
-    n = min(n, len(frame) // 2) if len(frame) > 1 else 1
-    return frame.iloc[:n], frame.iloc[::-1].iloc[:n]
+    n_top = min(n_top, len(frame) // 2) if len(frame) > 1 else 1
+    return frame.iloc[:n_top], frame.iloc[::-1].iloc[:n_top]
 
 
 def _significance(qval: np.ndarray, floor: float = 1e-300) -> np.ndarray:
@@ -195,7 +195,7 @@ def _ranking_panel(ax: Axes, genes: pd.DataFrame, title: str, norm, cmap, n_obs:
 @checks_keys("eps_key", "qval_key")
 def eps_ranking(
     adata: AnnData,
-    n: int = 20,
+    n_top: int = 20,
     *,
     eps_key: str = "eps",
     qval_key: str | None = None,
@@ -205,7 +205,7 @@ def eps_ranking(
     show: bool | None = None,
     save: str | os.PathLike | bool | None = None,
 ) -> Figure | None:
-    """The ``n`` most and ``n`` least image-predictable genes, with their EPS and q-values.
+    """The ``n_top`` most and ``n_top`` least image-predictable genes, with their EPS and q-values.
 
     Two bar charts (most predictable on the left, least on the right); each bar is labelled with
     its gene, Benjamini–Hochberg q-value and the number of spots where it is detected, and coloured
@@ -216,7 +216,7 @@ def eps_ranking(
     ----------
     adata
         AnnData with ``var[eps_key]`` and ``var[qval_key]`` from :func:`stmorph.tl.eps`.
-    n
+    n_top
         Genes per panel (at most half of the genes with a finite EPS).
     eps_key, qval_key
         ``var`` columns with the EPS and its q-value (default ``f"{{eps_key}}_qval"``); the
@@ -227,7 +227,7 @@ def eps_ranking(
     cmap
         Colour map of −log10(q).
     figsize
-        Figure size in inches (default grows with ``n``).
+        Figure size in inches (default grows with ``n_top``).
     {show_save_returns}
 
     Examples
@@ -236,17 +236,17 @@ def eps_ranking(
     >>> adata = st.datasets.simulate(100, 20).tables["table"]
     >>> st.pp.prepare_expression(adata)
     >>> st.tl.eps(adata, use_rep="latent")
-    >>> fig = st.pl.eps_ranking(adata, n=5, show=False)
+    >>> fig = st.pl.eps_ranking(adata, n_top=5, show=False)
     >>> fig.axes[0].get_title()
     '5 most predictable genes'
     """
     import matplotlib.pyplot as plt
     from matplotlib.colors import Normalize
 
-    check_int(n, "n", low=1)
+    check_int(n_top, "n_top", low=1)
     _utils.check_plot_options(show=show, save=save, figsize=figsize)
     min_detected = min_detected_spots(adata.n_obs, min_detected)
-    top, bottom = _ranked(adata, eps_key, qval_key or f"{eps_key}_qval", int(n), min_detected)
+    top, bottom = _ranked(adata, eps_key, qval_key or f"{eps_key}_qval", int(n_top), min_detected)
     significance = _significance(pd.concat([top, bottom])["qval"].to_numpy())
     finite = significance[np.isfinite(significance)]
     norm = Normalize(0.0, max(float(finite.max()), 1.0) if len(finite) else 1.0)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._keys import Key
 from .._scores import top_n
 from .._validation import check_int, check_range, checks_keys, get_genes, get_matrix
 from ..errors import InvalidParameterError, StmorphKeyError
@@ -29,14 +30,14 @@ def _layer_matrix(adata: AnnData, layer: str, predicted: Sequence[str]):
 
 def _expression_level(adata: AnnData, fallback) -> np.ndarray:
     """Mean expression per gene, from raw counts or log1p when stored (scaled ``X`` has no level)."""
-    for layer in ("counts", "log1p"):
+    for layer in (Key.layers.counts, Key.layers.log1p):
         if layer in adata.layers:
             return np.asarray(adata.layers[layer].mean(axis=0)).ravel()
     return np.asarray(np.nanmean(_utils.dense_columns(fallback, np.arange(adata.n_vars)), axis=0)).ravel()
 
 
-def _choose_genes(adata: AnnData, matrices: dict, genes: Sequence[str] | None, n_genes: int) -> np.ndarray:
-    """Positions of ``genes``, or of the ``n_genes`` most expressed genes predicted in every layer."""
+def _choose_genes(adata: AnnData, matrices: dict, genes: Sequence[str] | None, n_top: int) -> np.ndarray:
+    """Positions of ``genes``, or of the ``n_top`` most expressed genes predicted in every layer."""
     if genes is not None:
         return get_genes(adata, genes)
     predicted_everywhere = np.ones(adata.n_vars, dtype=bool)
@@ -49,7 +50,7 @@ def _choose_genes(adata: AnnData, matrices: dict, genes: Sequence[str] | None, n
             f"only {len(candidates)} gene(s) have values in every layer {list(matrices)}; need at least 2."
         )
     level = _expression_level(adata, next(iter(matrices.values())))[candidates]
-    return candidates[top_n(level, n_genes)]
+    return candidates[top_n(level, n_top)]
 
 
 def _correlation(values: np.ndarray) -> np.ndarray:
@@ -84,7 +85,7 @@ def _upper_similarity(a: np.ndarray, b: np.ndarray) -> float:
 def gene_correlation(
     adata: AnnData,
     layers: Sequence[str] | None = None,
-    n_genes: int = 50,
+    n_top: int = 50,
     *,
     genes: Sequence[str] | None = None,
     cmap: str = "RdBu_r",
@@ -107,7 +108,7 @@ def gene_correlation(
     layers
         ``"measured"`` (the expression the predictions were trained on) and/or layer names.
         Default: ``"measured"`` and every ``layers["predicted_*"]``.
-    n_genes
+    n_top
         Number of genes when ``genes`` is not given: the most highly expressed genes (mean of
         ``layers["counts"]`` or ``layers["log1p"]`` when stored, else of the measured values)
         among those with values in every layer.
@@ -125,17 +126,17 @@ def gene_correlation(
     >>> adata = st.datasets.simulate(200, 20).tables["table"]
     >>> st.pp.prepare_expression(adata)
     >>> st.tl.predict(adata, method="ridge", use_rep="latent", split=0.2)
-    >>> fig = st.pl.gene_correlation(adata, ["measured", "predicted_ridge"], n_genes=10, show=False)
+    >>> fig = st.pl.gene_correlation(adata, ["measured", "predicted_ridge"], n_top=10, show=False)
     >>> fig.axes[0].get_title()
     'measured'
     """
-    check_int(n_genes, "n_genes", low=2)
+    check_int(n_top, "n_top", low=2)
     check_range(panel_size, "panel_size", low=0, high=_utils.MAX_INCHES)
     _utils.check_plot_options(show=show, save=save)
     layers = list(layers) if layers is not None else [_utils.MEASURED, *_utils.require_predicted_layers(adata)]
     predicted = [layer for layer in layers if layer != _utils.MEASURED]
     matrices = {layer: _layer_matrix(adata, layer, predicted) for layer in layers}
-    idx = _choose_genes(adata, matrices, genes, int(n_genes))
+    idx = _choose_genes(adata, matrices, genes, int(n_top))
     corrs = {layer: _correlation(_utils.dense_columns(m, idx)) for layer, m in matrices.items()}
     order = cluster_order(corrs[layers[0]])
     names = adata.var_names[idx][order]

@@ -19,10 +19,12 @@ from .._validation import (
     check_mapping,
     check_range,
     checks_keys,
+    get_coordinates,
     get_genes,
     get_matrix,
 )
 from ..errors import InvalidParameterError, StmorphKeyError
+from ..pp import he_placement, is_xenium
 from . import _utils
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
 MAX_IMAGE_SIDE = 20000
+DEFAULT_IMAGE_KEY = "he"
 """Largest ``max_image_side`` in pixels (the background image is held in memory)."""
 
 
@@ -72,14 +75,21 @@ def _spot_diameter(sdata: SpatialData, table: AnnData, coords: np.ndarray) -> fl
     return 0.5 * float(np.median(dist[:, 1]))
 
 
-def visium_uns(sdata: SpatialData, table: AnnData, image_key: str, library_id: str, max_side: int) -> dict[str, Any]:
+def visium_uns(
+    sdata: SpatialData,
+    table: AnnData,
+    image_key: str,
+    library_id: str,
+    max_side: int,
+    spatial_key: str = Key.obsm.spatial,
+) -> dict[str, Any]:
     """A Visium-style ``uns["spatial"]`` for ``scanpy.pl.spatial`` built from a SpatialData image element."""
     if image_key not in sdata.images:
         raise StmorphKeyError(
             f"sdata.images[{image_key!r}] not found; available: {list(sdata.images.keys())}. Pass `image_key=`."
         )
     image, scale = _downscaled_image(sdata.images[image_key], max_side)
-    coords = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    coords = get_coordinates(table, spatial_key, "st.pl.spatial")
     return {
         library_id: {
             "images": {"hires": image},
@@ -92,7 +102,7 @@ def visium_uns(sdata: SpatialData, table: AnnData, image_key: str, library_id: s
 
 
 def _library_id(adata: AnnData, library_id: str | None) -> str:
-    libraries = list(check_mapping(adata.uns["spatial"], "adata.uns['spatial']").keys())
+    libraries = list(check_mapping(adata.uns[Key.uns.spatial], "adata.uns['spatial']").keys())
     if library_id is None:
         if len(libraries) != 1:
             raise InvalidParameterError(
@@ -105,20 +115,43 @@ def _library_id(adata: AnnData, library_id: str | None) -> str:
 
 
 def _table_and_image(
-    data: AnnData | SpatialData, *, table_key: str, image_key: str, library_id: str | None, max_side: int
-) -> tuple[AnnData, dict[str, Any], str]:
-    """The expression table, a ``uns["spatial"]``-style image record, and its library id, for both layouts."""
+    data: AnnData | SpatialData,
+    *,
+    table_key: str | None,
+    image_key: str,
+    library_id: str | None,
+    max_side: int,
+    spatial_key: str,
+) -> tuple[AnnData, dict[str, Any], str, np.ndarray]:
+    """The expression table, a ``uns["spatial"]``-style image record, its library id and the centres in its pixels."""
+    if is_xenium(data):
+        return _xenium_table_and_image(data, table_key, image_key, library_id, max_side)
     if is_spatialdata(data):
         table = table_of(data, table_key, name="st.pl.spatial")
         library_id = library_id or str(dataset_info(table).get("section", image_key))
-        return table, visium_uns(data, table, image_key, library_id, max_side), library_id
-    if "spatial" not in data.uns:
+        record = visium_uns(data, table, image_key, library_id, max_side, spatial_key)
+        return table, record, library_id, get_coordinates(table, spatial_key, "st.pl.spatial")
+    if Key.uns.spatial not in data.uns:
         raise StmorphKeyError(
             "adata.uns['spatial'] not found: st.pl.spatial needs the H&E image. Pass the SpatialData object, or a "
             "Visium-style AnnData such as `st.datasets.her2st_adata(section)` / `scanpy.read_visium(...)`."
         )
     library_id = _library_id(data, library_id)
-    return data, {library_id: _small_visium_record(data.uns["spatial"][library_id], library_id, max_side)}, library_id
+    record = _small_visium_record(data.uns[Key.uns.spatial][library_id], library_id, max_side)
+    return data, {library_id: record}, library_id, get_coordinates(data, spatial_key, "st.pl.spatial")
+
+
+def _xenium_table_and_image(
+    sdata: SpatialData, table_key: str | None, image_key: str, library_id: str | None, max_side: int
+) -> tuple[AnnData, dict[str, Any], str, np.ndarray]:
+    """A Xenium table (cells or pseudo-spots, centres in µm) placed on its aligned H&E by the H&E's alignment."""
+    table, image_key, centres, diameter = he_placement(
+        sdata, table_key, None if image_key == DEFAULT_IMAGE_KEY and image_key not in sdata.images else image_key
+    )
+    image, scale = _downscaled_image(sdata.images[image_key], max_side)
+    library_id = library_id or image_key
+    factors = {"tissue_hires_scalef": scale, "spot_diameter_fullres": diameter}
+    return table, {library_id: {"images": {"hires": image}, "scalefactors": factors}}, library_id, centres
 
 
 def _small_visium_record(record: dict[str, Any], library_id: str, max_side: int) -> dict[str, Any]:
@@ -288,7 +321,7 @@ def _draw_obs(view: AnnData, column: str, cells: list[Any], limits: tuple[float,
 
 
 @_utils.shared_docs
-@checks_keys("library_id", "table_key", "image_key", many=("genes", "layers"))
+@checks_keys("library_id", "table_key", "image_key", "spatial_key", many=("genes", "layers"))
 def spatial(
     data: AnnData | SpatialData,
     genes: str | Sequence[str],
@@ -298,8 +331,9 @@ def spatial(
     percentiles: tuple[float, float] = (1.0, 99.0),
     interval_width: bool = False,
     library_id: str | None = None,
-    table_key: str = "table",
-    image_key: str = "he",
+    table_key: str | None = None,
+    image_key: str = DEFAULT_IMAGE_KEY,
+    spatial_key: str = Key.obsm.spatial,
     max_image_side: int = 1000,
     cmap: str = "viridis",
     size: float = 1.0,
@@ -322,7 +356,10 @@ def spatial(
     data
         A Visium-style :class:`~anndata.AnnData` with ``uns["spatial"]`` (e.g.
         :func:`stmorph.datasets.her2st_adata`), or a :class:`~spatialdata.SpatialData` whose table
-        ``tables[table_key]`` has ``obsm["spatial"]`` in pixels of ``images[image_key]``. The
+        ``tables[table_key]`` has ``obsm[spatial_key]`` in pixels of ``images[image_key]``, or a
+        Xenium SpatialData (``spatialdata_io.xenium``; cells, or the pseudo-spots of
+        :func:`stmorph.pp.pseudo_spots` with ``table_key=``): its centres in µm are placed on the
+        aligned H&E by the H&E's alignment, cells drawn 10 µm wide, pseudo-spots their side. The
         object is never modified.
     genes
         Gene name(s) in ``var_names``, and/or numeric ``obs`` columns (e.g. ``"tissue_fraction"`` from
@@ -348,7 +385,10 @@ def spatial(
         Library in ``uns["spatial"]`` (AnnData; needed when there are several) or the name
         shown for a SpatialData image (default: the table's section).
     table_key, image_key
-        Table and image element of a SpatialData.
+        Table and image element of a SpatialData (``table_key=None``: its only table; a Xenium
+        SpatialData without an ``image_key`` image: its aligned H&E).
+    spatial_key
+        Key in ``obsm`` of the spot centres in full-resolution pixels (as squidpy's ``spatial_key``).
     max_image_side
         The image is block-averaged down to at most this longest side for drawing (the full-resolution
         SpatialData image, or the Visium ``hires``/``lowres`` image).
@@ -383,9 +423,10 @@ def spatial(
     names = [genes] if isinstance(genes, str) else list(genes)
     check_range(percentiles[0], "percentiles[0]", 0, 100, inclusive=True)
     check_range(percentiles[1], "percentiles[1]", percentiles[0], 100, inclusive=True)
-    table, spatial_uns, library_id = _table_and_image(
-        data, table_key=table_key, image_key=image_key, library_id=library_id, max_side=max_image_side
-    )
+    table, spatial_uns, library_id, centres = _table_and_image(
+        data, table_key=table_key, image_key=image_key, library_id=library_id, max_side=max_image_side,
+        spatial_key=spatial_key,
+    )  # fmt: skip
     columns = obs_columns(table, names)
     genes = [name for name in names if name not in columns]
     layers = list(layers) if layers is not None else _default_layers(table, genes)
@@ -401,8 +442,8 @@ def spatial(
         X=values.pop(_utils.MEASURED) if _utils.MEASURED in values else np.zeros((table.n_obs, len(genes))),
         layers=values,
         obs={name: np.asarray(table.obs[name], dtype=np.float64) for name in columns},
-        obsm={"spatial": np.asarray(table.obsm["spatial"], dtype=np.float64)},
-        uns={"spatial": spatial_uns},
+        obsm={Key.obsm.spatial: centres},  # scanpy reads "spatial", in pixels of the full-resolution image
+        uns={Key.uns.spatial: spatial_uns},
     )
     view.var_names = genes
     view.obs_names = table.obs_names

@@ -11,5 +11,15 @@ from ._patches import extract_patches
 from ._stain import StainNormalizer as StainNormalizer
 from ._stain import stain_normalizer as stain_normalizer
 from ._windows import read_patches as read_patches
+from ._xenium import he_placement as he_placement
+from ._xenium import is_xenium as is_xenium
+from ._xenium import pseudo_spots
 
-__all__: list[str] = ["FilePatchReader", "PatchReader", "extract_patches", "patch_reader", "prepare_expression"]
+__all__: list[str] = [
+    "FilePatchReader",
+    "PatchReader",
+    "extract_patches",
+    "patch_reader",
+    "prepare_expression",
+    "pseudo_spots",
+]

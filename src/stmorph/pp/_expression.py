@@ -71,10 +71,10 @@ def _run_pipeline(
     _check_genes_left(work, len(var_names), min_cells, min_counts)
     if work.n_obs > n_top_genes:
         sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor="seurat_v3", subset=True)
-    work.layers["counts"] = work.X.copy()
+    work.layers[Key.layers.counts] = work.X.copy()
     sc.pp.normalize_total(work, target_sum=target_sum)
     sc.pp.log1p(work)
-    work.layers["log1p"] = work.X.copy()
+    work.layers[Key.layers.log1p] = work.X.copy()
     if sparse.issparse(work.X):  # z-scores are dense; densify here rather than inside scanpy (which warns)
         work.X = work.X.toarray()
     sc.pp.scale(work, max_value=max_value)
@@ -190,7 +190,7 @@ def prepare_expression(
     commit_outputs(
         adata,
         var={col: work.var[col].to_numpy() for col in work.var.columns},
-        layers={"counts": work.layers["counts"], "log1p": work.layers["log1p"]},
+        layers={name: work.layers[name] for name in (Key.layers.counts, Key.layers.log1p)},
         uns={Key.uns.tool("prepare_expression"): params},
     )
     return adata if copy else None

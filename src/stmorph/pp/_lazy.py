@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._anndata import tool_record
+from .._keys import Key
 from .._logging import warn_user
 from .._tables import is_spatialdata
 from .._validation import (
@@ -261,7 +262,8 @@ def _lazy_image(adata: AnnData, params: dict[str, Any], image: Any) -> Any:
         visium = adata if image is None else image
         if not isinstance(visium, AnnData):
             raise InputTypeError("for patches from a Visium AnnData pass `image=` that AnnData (or nothing).")
-        _, src = visium_source(visium, params["library_id"], params["source_mpp"])
+        spatial_key = params.get("spatial_key", Key.obsm.spatial)
+        _, src = visium_source(visium, params["library_id"], params["source_mpp"], spatial_key)
         if src.info.get("image") != params.get("image"):
             raise InvalidParameterError(
                 f"the patches were extracted from the {params.get('image')!r} image but now the "

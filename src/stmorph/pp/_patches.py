@@ -16,9 +16,10 @@ from .._keys import Key
 from .._logging import logger
 from .._validation import check_bool, check_choice, check_int, check_range, checks_keys
 from ._lazy import PatchReader, sample_record
-from ._sources import patch_source
+from ._sources import patch_source, tile_mpp
 from ._tissue import tissue_mask, window_fractions
 from ._windows import as_yxc, check_inside, check_stored, read_patches, window_origins, windows_inside
+from ._xenium import cell_patch_um, is_xenium, xenium_source
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -42,7 +43,7 @@ def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_si
     return window_fractions(found, origins, window_px), found.threshold
 
 
-@checks_keys("image_key", "table_key", "shapes_key", "library_id", "key_added")
+@checks_keys("image_key", "table_key", "shapes_key", "library_id", "spatial_key", "key_added")
 def extract_patches(
     data: SpatialData | AnnData | tuple[Any, np.ndarray],
     *,
@@ -51,9 +52,11 @@ def extract_patches(
     bin_size: int | None = None,
     shapes_key: str | None = None,
     library_id: str | None = None,
+    spatial_key: str = Key.obsm.spatial,
     mpp: float | None = None,
-    target_mpp: float = 0.5,
+    target_mpp: float | None = None,
     patch_size: int = 224,
+    patch_um: float | None = None,
     store: str = "memory",
     key_added: str = "patches",
     batch_size: int = 256,
@@ -62,9 +65,9 @@ def extract_patches(
 ) -> AnnData | None:
     """Cut one square H&E patch centred on each spot, at a fixed physical resolution.
 
-    Each patch covers ``patch_size * target_mpp`` µm (default 224 px × 0.5 µm/px = 112 µm, the
-    EPS paper's tiles): a window of ``patch_size * target_mpp / mpp`` source pixels is cut around
-    the spot centre and resized to ``patch_size`` pixels (Lanczos; copied unchanged when no
+    Each patch covers ``patch_um = patch_size * target_mpp`` µm (default 224 px × 0.5 µm/px = 112 µm,
+    the EPS paper's tiles; 48 µm for Xenium cells): a window of ``patch_um / mpp`` source pixels is
+    cut around the spot centre and resized to ``patch_size`` pixels (Lanczos; copied unchanged when no
     resizing is needed). Parts of a window outside the image are white.
 
     Parameters
@@ -74,12 +77,20 @@ def extract_patches(
           ``tables[table_key]``, placed on the image through the shapes' and image's
           transformations to a common coordinate system (``"global"`` preferred). A multiscale
           image is read at the coarsest level still at least as fine as ``target_mpp``. Without
-          annotated shapes, ``obsm["spatial"]`` is taken as full-resolution image pixels.
-        - Visium-style :class:`~anndata.AnnData` (``obsm["spatial"]``, ``uns["spatial"][library_id]``):
+          annotated shapes, ``obsm[spatial_key]`` is taken as full-resolution image pixels.
+        - Visium-style :class:`~anndata.AnnData` (``obsm[spatial_key]``, ``uns["spatial"][library_id]``):
           the full-resolution image ``metadata["source_image_path"]`` when that file exists, else
           the hires (then lowres) image with its scale factor.
+        - Xenium :class:`~spatialdata.SpatialData` (``spatialdata_io.xenium(..., cells_as_circles=True,
+          aligned_images=True)``, recognised by ``sdata.attrs["spatialdata_io_reader"]`` or a table
+          annotating ``cell_circles``/``cell_labels``): the cells of its table (or the pseudo-spots
+          of :func:`~stmorph.pp.pseudo_spots`, ``table_key=``) on the post-run H&E, placed by the
+          H&E's alignment (its affine to ``"global"``) and the cells' µm scale; the H&E's pixel size
+          is read from that product (``mpp_from="xenium_alignment"``). The DAPI morphology images are
+          never used. ``bin_size``, ``shapes_key`` and ``library_id`` do not apply.
         - ``(image, coordinates)``: an ``(H, W, 3)`` uint8 array and ``(n, 2)`` centres in its
-          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned.
+          pixels (x = column, y = row); ``mpp`` is required. A new AnnData is returned (the centres in
+          ``obsm[spatial_key]``).
     image_key
         SpatialData image element. Default: the only one, else the finest image that shares a
         coordinate system with the spot shapes (a ``spatialdata_io.visium`` full-resolution image
@@ -94,6 +105,9 @@ def extract_patches(
         SpatialData shapes of the spots. Default: the shapes the table annotates.
     library_id
         Key in ``uns["spatial"]`` of a Visium AnnData (default: the only one).
+    spatial_key
+        Key in ``obsm`` of the spot centres in full-resolution pixels (as squidpy's ``spatial_key``):
+        read from a Visium AnnData or a SpatialData table without annotated shapes.
     mpp
         µm per pixel of the full-resolution image. Default, for a SpatialData, in this order: the
         image's ``"um"`` coordinate system; ``table.uns["stmorph"]["dataset"]["mpp"]``; the table's
@@ -102,9 +116,15 @@ def extract_patches(
         name). For a Visium AnnData: ``scalefactors["microns_per_pixel"]``, else 55 µm /
         ``spot_diameter_fullres``. The source used is logged and recorded (``mpp_from``).
     target_mpp
-        µm per pixel of the patches.
+        µm per pixel of the patches. Default 0.5, or ``patch_um / patch_size`` when ``patch_um`` is given
+        or the table holds Xenium cells.
     patch_size
         Patch side in pixels.
+    patch_um
+        Tile side in µm (instead of ``target_mpp``). Default for Xenium cells: 48 µm (about four cell
+        diameters, so a patch holds the cell and its neighbours; 224 px of it are 0.21 µm/px, the
+        pixel size of a 40× scan); otherwise ``patch_size × target_mpp`` (112 µm), also for Xenium
+        pseudo-spots, as HEST-1k cuts them.
     store
         ``"memory"`` stores the pixels in ``obsm[key_added]``. ``"lazy"`` stores only the window
         centres (``obsm[f"{key_added}_centres_px"]``) and parameters (for a SpatialData read from a zarr
@@ -137,7 +157,8 @@ def extract_patches(
     segment tissue; :mod:`stmorph.pp._tissue`), the same with either ``store``. Drop background
     and edge patches with e.g. ``adata[adata.obs["tissue_fraction"] > 0.5]``.
     ``uns["stmorph"]["patches"][key_added]`` : parameters (``target_mpp``, ``patch_size``,
-    ``source_mpp``, ``image_mpp`` and ``level`` read, ``window_px``, ``tile_um``, source,
+    ``source_mpp``, ``image_mpp`` and ``level`` read, for Xenium ``unit`` (``"cells"`` or ``"pseudo_spots"``)
+    and ``spatial_mpp`` (1: ``obsm["spatial"]`` is in µm), ``window_px``, ``tile_um``, source,
     ``tissue_threshold`` (the mask's saturation threshold, 0–255); for a
     SpatialData the ``image_key``, ``table_key``, ``mpp_from`` and, for Visium HD, ``bin_size_um``;
     ``store="lazy"``: ``centres_key``, and ``sample_obs``, ``sample_centres`` and ``sample_hashes``
@@ -147,7 +168,9 @@ def extract_patches(
     Raises
     ------
     OutOfImageError
-        Spot centres lie outside the image (the message gives how many).
+        Spot centres lie outside the image (the message gives how many; for Xenium, after the alignment).
+    AlignmentError
+        A Xenium H&E has no alignment to the cells (read without its alignment file).
     InvalidParameterError
         The pixel size is unknown (pass ``mpp=``; e.g. shapes of neither circles nor bin squares) or
         a parameter is out of range.
@@ -169,14 +192,23 @@ def extract_patches(
     (50, 64, 64, 3)
     """
     check_choice(store, _STORES, "store")
-    check_range(target_mpp, "target_mpp", low=0, high=MAX_MPP)
     check_int(patch_size, "patch_size", low=1, high=MAX_PATCH_SIZE)
+    for value, name in ((target_mpp, "target_mpp"), (patch_um, "patch_um")):
+        if value is not None:
+            check_range(value, name, low=0, high=MAX_MPP * patch_size if name == "patch_um" else MAX_MPP)
     check_int(batch_size, "batch_size", low=1)
     if mpp is not None:
         check_range(mpp, "mpp", low=0, high=MAX_MPP)
     check_bool(progress, "progress")
     check_bool(copy, "copy")
-    table, source = patch_source(data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp)
+    xenium = is_xenium(data)
+    target_mpp = tile_mpp(target_mpp, patch_um, patch_size, cell_patch_um(data, table_key) if xenium else None)
+    if xenium:
+        table, source = xenium_source(data, image_key, table_key, mpp, target_mpp)
+    else:
+        table, source = patch_source(
+            data, image_key, table_key, bin_size, shapes_key, library_id, mpp, target_mpp, spatial_key
+        )
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp

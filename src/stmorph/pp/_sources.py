@@ -19,6 +19,7 @@ import numpy as np
 
 from .._anndata import dataset_info
 from .._image import image_mpp, read_rgb
+from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata
 from .._validation import (
@@ -71,6 +72,29 @@ class PatchSource:
     mpp: float
     info: dict[str, Any] = field(default_factory=dict)
     overview: Any = None
+
+
+DEFAULT_TARGET_MPP = 0.5
+"""µm per pixel of the patches when neither ``target_mpp`` nor ``patch_um`` is given (224 px = 112 µm)."""
+
+
+def tile_mpp(target_mpp: float | None, patch_um: float | None, patch_size: int, default_um: float | None) -> float:
+    """µm per patch pixel: ``target_mpp``; else ``patch_um`` (or ``default_um``) over ``patch_size``; else 0.5.
+
+    Examples
+    --------
+    >>> tile_mpp(None, 48.0, 224, None), tile_mpp(None, None, 224, None)
+    (0.21428571428571427, 0.5)
+    """
+    if target_mpp is not None and patch_um is not None:
+        raise InvalidParameterError(
+            f"target_mpp={target_mpp:g} and patch_um={patch_um:g} both set the tile's size "
+            "(patch_um = target_mpp × patch_size); pass one of them."
+        )
+    if target_mpp is not None:
+        return float(target_mpp)
+    tile_um = patch_um if patch_um is not None else default_um
+    return DEFAULT_TARGET_MPP if tile_um is None else float(tile_um) / patch_size
 
 
 def one_key(keys: Sequence[str], given: str | None, what: str, arg: str) -> str:
@@ -223,7 +247,7 @@ def choose_image(sdata: SpatialData, image_key: str | None, shapes: Any) -> str:
 
 def _table_microns_per_pixel(table: AnnData) -> float | None:
     """``uns["spatial"][library]["scalefactors"]["microns_per_pixel"]`` of a table with one library."""
-    libraries = table.uns.get("spatial")
+    libraries = table.uns.get(Key.uns.spatial)
     if not isinstance(libraries, Mapping) or len(libraries) != 1:
         return None
     scalefactors = next(iter(libraries.values())).get("scalefactors", {})
@@ -232,10 +256,17 @@ def _table_microns_per_pixel(table: AnnData) -> float | None:
 
 
 def _circle_diameter(shapes: Any) -> float | None:
-    """Median diameter of circle shapes (points with a ``radius``), in their own units."""
+    """Diameter of Visium spot circles (points sharing one ``radius``), in their own units.
+
+    Circles of several radii (e.g. Xenium cells, ``radius`` from each cell's area) are not Visium
+    spots: ``None``.
+    """
     if "radius" not in shapes.columns or not (shapes.geometry.geom_type == "Point").all():
         return None
-    return 2 * float(np.median(shapes["radius"].to_numpy(np.float64)))
+    radius = shapes["radius"].to_numpy(np.float64)
+    if len(radius) == 0 or not np.allclose(radius, radius[0], rtol=1e-6):
+        return None
+    return 2 * float(radius[0])
 
 
 def _square_side(shapes: Any) -> float | None:
@@ -282,6 +313,7 @@ MPP_SOURCES = {
     "scalefactors": "the table's scalefactors['microns_per_pixel']",
     "visium_spot_circles": f"the Visium spot circles ({VISIUM_SPOT_UM:g} µm diameter)",
     "visium_hd_bin_squares": "the Visium HD bin squares (side = bin size)",
+    "xenium_alignment": "the Xenium alignment of the H&E (cells' µm → H&E pixels)",
 }
 """What each recorded ``mpp_from`` value means."""
 
@@ -326,6 +358,7 @@ def _from_spatialdata(
     shapes_key: str | None,
     mpp: float | None,
     target_mpp: float,
+    spatial_key: str = Key.obsm.spatial,
 ) -> tuple[AnnData, PatchSource]:
     table_key = choose_table(sdata.tables.keys(), table_key, bin_size)
     table = sdata.tables[table_key]
@@ -333,12 +366,13 @@ def _from_spatialdata(
     shapes = None if shapes_key is None else sdata.shapes[shapes_key]
     image_key = choose_image(sdata, image_key, shapes)
     element = sdata.images[image_key]
-    if own is None:  # no annotated shapes: obsm["spatial"] holds full-resolution image pixels
-        if "spatial" not in table.obsm:
+    if own is None:  # no annotated shapes: obsm[spatial_key] holds full-resolution image pixels
+        if spatial_key not in table.obsm:
             raise StmorphKeyError(
-                "the table annotates no shapes element and has no obsm['spatial']; pass `shapes_key=`."
+                f"the table annotates no shapes element and has no obsm[{spatial_key!r}]; pass `shapes_key=` "
+                "(or `spatial_key=` the obsm key of the spot centres)."
             )
-        centres0 = np.asarray(table.obsm["spatial"], dtype=np.float64)[:, :2]
+        centres0 = np.asarray(table.obsm[spatial_key], dtype=np.float64)[:, :2]
         to_image = np.eye(3)
     else:
         cs = _common_cs(element, shapes)
@@ -346,23 +380,32 @@ def _from_spatialdata(
         centres0 = own @ to_image[:2, :2].T + to_image[:2, 2]
     mpp0, mpp_from = _spatialdata_mpp(sdata, image_key, table, table_key, (shapes_key, shapes), to_image, mpp)
     logger.info("extract_patches: images[%r] at %.4f µm/px, from %s", image_key, mpp0, MPP_SOURCES[mpp_from])
-    levels = pyramid_levels(element)
-    level = _choose_level(levels, mpp0, target_mpp)
-    factor = np.array(
-        [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
-    )
-    info = {
-        "source": "spatialdata", "image_key": image_key, "table_key": table_key, "level": level,
-        "source_mpp": mpp0, "mpp_from": mpp_from,
-    }  # fmt: skip
+    info = {"table_key": table_key, "mpp_from": mpp_from}
     bin_um = _named_bin_um(table_key) if mpp_from == "visium_hd_bin_squares" else None
     if bin_um is not None:
         info["bin_size_um"] = bin_um
     if shapes_key is not None:
         info["shapes_key"] = shapes_key
+    return table, image_source(sdata, image_key, centres0, mpp0, target_mpp, info)
+
+
+def image_source(
+    sdata: SpatialData, image_key: str, centres0: np.ndarray, mpp0: float, target_mpp: float, info: dict[str, Any]
+) -> PatchSource:
+    """The :class:`PatchSource` of ``images[image_key]`` read at the level :func:`_choose_level` picks.
+
+    ``centres0`` are in pixels of level 0, whose pixel size is ``mpp0``; ``info`` is recorded as well.
+    """
+    element = sdata.images[image_key]
+    levels = pyramid_levels(element)
+    level = _choose_level(levels, mpp0, target_mpp)
+    factor = np.array(
+        [levels[0].sizes["x"] / levels[level].sizes["x"], levels[0].sizes["y"] / levels[level].sizes["y"]]
+    )
+    info = {"source": "spatialdata", "image_key": image_key, "level": level, "source_mpp": mpp0, **info}
     if sdata.path is not None:  # zarr-backed: the image can be opened again from there
         info["zarr_path"] = str(sdata.path)
-    return table, PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
+    return PatchSource(levels[level], centres0 / factor, mpp0 * float(factor[0]), info, levels[-1])
 
 
 def _scalefactor(scalefactors: Mapping, name: str, library_id: str) -> float:
@@ -383,16 +426,21 @@ def _visium_mpp(scalefactors: Mapping, mpp: float | None, library_id: str) -> fl
     )
 
 
-def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> tuple[AnnData, PatchSource]:
-    check_mapping(adata.uns["spatial"], "uns['spatial']")
-    library_id = one_key(adata.uns["spatial"].keys(), library_id, "library_id in uns['spatial']", "library_id")
-    lib = check_mapping(adata.uns["spatial"][library_id], f"uns['spatial'][{library_id!r}]")
+def visium_source(
+    adata: AnnData, library_id: str | None, mpp: float | None, spatial_key: str = Key.obsm.spatial
+) -> tuple[AnnData, PatchSource]:
+    libraries = check_mapping(adata.uns[Key.uns.spatial], "uns['spatial']")
+    library_id = one_key(libraries.keys(), library_id, "library_id in uns['spatial']", "library_id")
+    lib = check_mapping(libraries[library_id], f"uns['spatial'][{library_id!r}]")
     scalefactors = check_mapping(lib.get("scalefactors", {}), f"uns['spatial'][{library_id!r}]['scalefactors']")
     mpp_full = _visium_mpp(scalefactors, mpp, library_id)
-    if "spatial" not in adata.obsm:
-        raise StmorphKeyError("adata.obsm['spatial'] (spot centres in full-resolution pixels) not found.")
-    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    info = {"source": "visium", "library_id": library_id, "source_mpp": mpp_full}
+    if spatial_key not in adata.obsm:
+        raise StmorphKeyError(
+            f"adata.obsm[{spatial_key!r}] (spot centres in full-resolution pixels) not found; `spatial_key=` names "
+            f"another key. Available: {sorted(adata.obsm.keys())}."
+        )
+    centres = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+    info = {"source": "visium", "library_id": library_id, "source_mpp": mpp_full, "spatial_key": spatial_key}
     path = lib.get("metadata", {}).get("source_image_path")
     if path and Path(path).is_file():
         return adata, PatchSource(read_rgb(Path(path)), centres, mpp_full, {**info, "image": "fullres"})
@@ -417,7 +465,7 @@ def visium_source(adata: AnnData, library_id: str | None, mpp: float | None) -> 
     )
 
 
-def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
+def _from_pair(data: tuple, mpp: float | None, spatial_key: str) -> tuple[AnnData, PatchSource]:
     import anndata as ad
     import pandas as pd
 
@@ -432,27 +480,27 @@ def _from_pair(data: tuple, mpp: float | None) -> tuple[AnnData, PatchSource]:
             "the pixel size of a plain image is unknown; pass `mpp=<µm per pixel>` (e.g. 0.5 for a 20× scan)."
         )
     adata = ad.AnnData(obs=pd.DataFrame(index=pd.Index([str(i) for i in range(len(coords))])))
-    adata.obsm["spatial"] = coords[:, :2]
+    adata.obsm[spatial_key] = coords[:, :2]
     return adata, PatchSource(image, coords[:, :2], float(mpp), {"source": "array", "source_mpp": float(mpp)})
 
 
 def patch_source(
     data: Any, image_key: str | None, table_key: str | None, bin_size: int | None, shapes_key: str | None,
-    library_id: str | None, mpp: float | None, target_mpp: float,
+    library_id: str | None, mpp: float | None, target_mpp: float, spatial_key: str = Key.obsm.spatial,
 ) -> tuple[AnnData, PatchSource]:  # fmt: skip
     from anndata import AnnData
 
     if is_spatialdata(data):
-        return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp)
+        return _from_spatialdata(data, image_key, table_key, bin_size, shapes_key, mpp, target_mpp, spatial_key)
     if isinstance(data, AnnData):
-        if "spatial" not in data.uns:
+        if Key.uns.spatial not in data.uns:
             raise StmorphKeyError(
                 "the AnnData has no uns['spatial'] (Visium layout); pass a SpatialData object or an "
                 "(image, coordinates) pair instead."
             )
-        return visium_source(data, library_id, mpp)
+        return visium_source(data, library_id, mpp, spatial_key)
     if isinstance(data, tuple | list):
-        return _from_pair(tuple(data), mpp)
+        return _from_pair(tuple(data), mpp, spatial_key)
     raise InputTypeError(
         f"extract_patches takes a SpatialData, a Visium-style AnnData or an (image, coordinates) pair; "
         f"found {type(data).__name__}."

@@ -15,7 +15,7 @@ from .._parallel import map_slides
 from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys, format_keys
 from ._embed import next_sequence
-from ._embed_engine import check_engine_options, embedding_outputs
+from ._embed_engine import EncoderOptions, SpotOptions, embedding_outputs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,12 +39,12 @@ def _open(item: SpatialData | str | os.PathLike, tables_only: bool = False) -> S
     )
 
 
-def _table(sdata: SpatialData, table_key: str) -> AnnData:
+def _table(sdata: SpatialData, table_key: str | None) -> AnnData:
     return table_of(sdata, table_key, name="st.tl.embed_cohort")
 
 
 def slide_embedding(
-    item: SpatialData | str | os.PathLike, *, table_key: str, patches_key: str, key: str, **options: Any
+    item: SpatialData | str | os.PathLike, *, table_key: str | None, patches_key: str, key: str, engine: EncoderOptions
 ) -> dict[str, dict]:
     """Outputs of embedding one slide, as ``commit_outputs`` keyword arguments; the slide is not changed.
 
@@ -65,7 +65,7 @@ def slide_embedding(
         outputs["obsm"][params["centres_key"]] = table.obsm[params["centres_key"]]
         outputs["obs"][Key.obs.patch_complete] = table.obs[Key.obs.patch_complete].to_numpy()
         outputs["uns"][Key.uns.tool("patches", patches_key)] = params
-    emb, params = embedding_outputs(table, patches_key=patches_key, image=sdata, progress=False, **options)
+    emb, params = embedding_outputs(table, engine, SpotOptions(), patches_key=patches_key, image=sdata)
     outputs["obsm"][key] = emb
     outputs["uns"][Key.uns.tool("embed", key)] = {**params, "sequence": next_sequence(table)}
     return outputs
@@ -92,7 +92,7 @@ def embed_cohort(
     device: str = "auto",
     key_added: str | None = None,
     patches_key: str = "patches",
-    table_key: str = "table",
+    table_key: str | None = None,
     num_workers: int = 1,
     client: Any = None,
     precision: str = "auto",
@@ -114,7 +114,7 @@ def embed_cohort(
     model, weights, batch_size, device, key_added, patches_key, num_workers, precision
         As in :func:`embed`, with the same defaults.
     table_key
-        The table of each SpatialData.
+        The table of each SpatialData (``None``: each slide's only table), as in :func:`embed`.
     client
         A :class:`dask.distributed.Client` whose workers embed the slides (``client.map``);
         ``None`` embeds them in parallel on dask's local threaded scheduler.
@@ -144,12 +144,15 @@ def embed_cohort(
     Examples
     --------
     >>> import stmorph as st
-    >>> slides = [st.datasets.simulate(20, 5, n_planted=2, seed=i) for i in range(2)]
+    >>> slides = [st.datasets.simulate(20, 5, n_planted=2, random_state=i) for i in range(2)]
     >>> st.tl.embed_cohort(slides, model="hed")
     >>> [s.tables["table"].obsm["X_hed"].shape for s in slides]
     [(20, 57), (20, 57)]
     """
-    check_engine_options(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision)
+    engine = EncoderOptions(
+        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=False,
+        precision=precision,
+    )  # fmt: skip
     check_bool(copy, "copy")
     slides = list(slides)
     if not slides:
@@ -159,10 +162,7 @@ def embed_cohort(
     _check_writable(slides, copy)
     tables = [_table(_open(item, tables_only=True), table_key) for item in slides]  # checks every item first
     key = key_added or Key.obsm.embedding(model)
-    options = {"model": model, "weights": weights, "batch_size": batch_size, "device": device, "precision": precision}
-    one_slide = partial(
-        slide_embedding, table_key=table_key, patches_key=patches_key, key=key, num_workers=num_workers, **options
-    )
+    one_slide = partial(slide_embedding, table_key=table_key, patches_key=patches_key, key=key, engine=engine)
     results = map_slides(one_slide, slides, client=client)
     tables = [t.copy() if copy else t for t in tables]
     for table, outputs in zip(tables, results):

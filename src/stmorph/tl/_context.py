@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from .._keys import Key
 from .._logging import warn_user
 from .._validation import (
     InvalidParameterError,
@@ -214,39 +215,43 @@ def from_record(record: Mapping[str, Any] | None) -> Context | None:
     return parse_context({k: record[k] for k in ("n_neighbors", "radius", "spread", "isolated") if k in record})
 
 
-def slice_context(adata: AnnData, x: np.ndarray, context: Context, what: str) -> np.ndarray:
+def slice_context(
+    adata: AnnData, x: np.ndarray, context: Context, what: str, spatial_key: str = Key.obsm.spatial
+) -> np.ndarray:
     """The context features of one slice: ``x`` with its spots' neighbours' mean (and spread) appended.
 
     Parameters
     ----------
     adata
-        The slice: ``obsm["spatial"]`` and its pixel size (see :func:`~stmorph.tl._spatial.pixel_size`).
+        The slice: ``obsm[spatial_key]`` and its pixel size (see :func:`~stmorph.tl._spatial.pixel_size`).
     x
         ``(n_obs, d)`` embeddings of its spots.
     context
         The neighbourhood.
     what
         Name of the slice in error messages (``"query"``, ``"reference[1]"``).
+    spatial_key
+        ``obsm`` key of the spot centres.
     """
     try:
-        return context.features(x, spatial_um(adata, need="context"))
+        return context.features(x, spatial_um(adata, "context", spatial_key))
     except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
         raise type(err)(f"{what}: {err}") from None
 
 
-def has_context(adata: AnnData) -> bool:
-    """Whether the slice has usable ``obsm["spatial"]`` and a pixel size (what context features need)."""
+def has_context(adata: AnnData, spatial_key: str = Key.obsm.spatial) -> bool:
+    """Whether the slice has usable ``obsm[spatial_key]`` and a pixel size (what context features need)."""
     try:
-        spatial_um(adata, need="context")
+        spatial_um(adata, "context", spatial_key)
     except (KeyError, ValueError):
         return False
     return True
 
 
-def slice_spacing(adata: AnnData, what: str) -> float:
+def slice_spacing(adata: AnnData, what: str, spatial_key: str = Key.obsm.spatial) -> float:
     """Median distance in µm from each spot of a slice to its nearest other spot."""
     try:
-        return median_spacing(spatial_um(adata, need="context"))
+        return median_spacing(spatial_um(adata, "context", spatial_key))
     except (KeyError, ValueError) as err:
         raise type(err)(f"{what}: {err}") from None
 

@@ -9,7 +9,7 @@ cells, so a window covering cells partly weighs each cell by its overlap. A wind
 the cells (e.g. 224 px at stride 32) is the plain mean of the 7 × 7 cells under it — the global
 average pooling that gives the encoder's per-patch embedding, applied to the map of the larger tile.
 
-Features are held in memory or written to a zarr array (``store="zarr"``) a chunk of rows at a
+Features are held in memory or written to a zarr array (``features_store="zarr"``) a chunk of rows at a
 time; a zarr run records the finished chunks and resumes after them.
 """
 
@@ -24,10 +24,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._fingerprint import check_same, replace_atomically
 from .._logging import logger
 from .._tables import is_spatialdata
-from .._validation import InvalidParameterError, StmorphKeyError, check_choice
+from .._validation import (
+    InvalidParameterError,
+    StmorphKeyError,
+    check_bool,
+    check_choice,
+    check_int,
+    check_path,
+    read_json,
+)
+from ..errors import DamagedCheckpointError
 from ..pp import PatchReader, lazy_patch_params, patch_reader, read_patches
+from ._embed_engine import EncoderOptions, StrategyOptions
 from ._embed_resume import fingerprint
 from ._spatial import median_spacing
 
@@ -41,6 +52,28 @@ DENSE_STORES = ("memory", "zarr")
 PROGRESS_FILE = "stmorph_progress.json"
 CHUNK_ROWS = 4096
 _SIZE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class DenseOptions(StrategyOptions):
+    """The options of :func:`~stmorph.tl.embed` that only the dense strategy reads (checked when built)."""
+
+    strategy = "dense"
+    advice = "Per spot, embeddings are held in memory and the encoder sees one patch at a time."
+
+    tile_size: int = 1792
+    halo: int = 128
+    features_store: str = "memory"
+    features_path: str | os.PathLike | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        check_int(self.tile_size, "tile_size", low=1)
+        check_int(self.halo, "halo", low=0)
+        check_choice(self.features_store, DENSE_STORES, "features_store")
+        if self.features_path is not None:
+            check_path(self.features_path, "features_path", "folder_to_write")
+        check_bool(self.resume, "resume")
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -175,11 +208,11 @@ def _tile_features(
 # --------------------------------------------------------------------------------------------- #
 # Where the features go: memory, or a zarr array written a chunk of rows at a time
 # --------------------------------------------------------------------------------------------- #
-def default_store_path(params: dict[str, Any], key: str) -> Path:
+def default_features_path(params: dict[str, Any], key: str) -> Path:
     """``<store>.<key>.zarr`` beside the SpatialData zarr store the patches were extracted from."""
     if "zarr_path" not in params:
         raise InvalidParameterError(
-            "store='zarr' needs store_path=<folder>: the image is not read from a SpatialData zarr store "
+            "features_store='zarr' needs features_path=<folder>: the image is not read from a SpatialData zarr store "
             "to write the features beside."
         )
     zarr_path = Path(params["zarr_path"])
@@ -192,12 +225,12 @@ def check_writable(path: Path, nbytes: int) -> None:
     while not parent.exists():
         parent = parent.parent
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InvalidParameterError(f"store_path {str(path)!r} is read-only; pass a writable store_path.")
+        raise InvalidParameterError(f"features_path {str(path)!r} is read-only; pass a writable features_path.")
     free = shutil.disk_usage(parent).free
     if free < nbytes:
         raise InvalidParameterError(
-            f"store_path {str(path)!r}: the disk is (nearly) full: the features need up to {nbytes / 1e6:.1f} MB "
-            f"and {free / 1e6:.1f} MB are free; pass a store_path on a larger disk."
+            f"features_path {str(path)!r}: the disk is (nearly) full: the features need up to {nbytes / 1e6:.1f} MB "
+            f"and {free / 1e6:.1f} MB are free; pass a features_path on a larger disk."
         )
 
 
@@ -221,15 +254,10 @@ class Rows:
 
         progress = path / PROGRESS_FILE
         if resume and progress.is_file():
-            state = json.loads(progress.read_text())
-            differ = sorted(
-                k for k in set(state["fingerprint"]) | set(print_) if state["fingerprint"].get(k) != print_.get(k)
-            )
-            if differ:
-                raise InvalidParameterError(
-                    f"store_path {str(path)!r} holds another run: {differ} differ. Use another store_path, or "
-                    "resume=False to start over."
-                )
+            fields = {"fingerprint": dict, "done": list}
+            state = read_json(progress, "dense features progress", fields, error=DamagedCheckpointError)
+            advice = "Use another features_path, or resume=False to start over."
+            check_same(state["fingerprint"], print_, f"features_path {str(path)!r}", advice)
             self.array, self.done = zarr.open_array(path, mode="r+"), set(state["done"])
             logger.info("embed: resuming %s with %d of %d chunks written", path, len(self.done), self.n_chunks)
         else:
@@ -267,9 +295,8 @@ class Rows:
                 self._save()
 
     def _save(self) -> None:
-        tmp = self.path / (PROGRESS_FILE + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.print, "done": sorted(self.done)}))
-        os.replace(tmp, self.path / PROGRESS_FILE)
+        state = {"fingerprint": self.print, "done": sorted(self.done)}
+        replace_atomically(self.path / PROGRESS_FILE, lambda tmp: tmp.write_text(json.dumps(state)))
 
     def result(self) -> Any:
         """The features: a numpy array, or a dask array reading the zarr array."""
@@ -295,38 +322,31 @@ def _lazy_reader(adata: AnnData, patches_key: str, image: Any) -> tuple[PatchRea
 
 def dense_embedding_outputs(
     adata: AnnData,
+    engine: EncoderOptions,
+    dense: DenseOptions,
     *,
-    model: str,
-    weights: str | None,
     key: str,
     patches_key: str,
     image: Any,
-    tile_size: int,
-    halo: int,
-    device: str,
-    store: str,
-    store_path: str | os.PathLike | None,
-    resume: bool,
-    progress: bool,
 ) -> tuple[Any, dict[str, Any]]:
     """Dense features of every bin of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
 
-    The computing step of :func:`~stmorph.tl.embed` with ``strategy="dense"`` (same options).
+    The computing step of :func:`~stmorph.tl.embed` with ``strategy="dense"``.
     """
     from tqdm.auto import tqdm
 
     from ..models import feature_map, inference_encoder, resolve_device
 
-    check_choice(store, DENSE_STORES, "store")
+    model, weights, progress = engine.model, engine.weights_name, engine.progress
     reader, params = _lazy_reader(adata, patches_key, image)
     check_bin_sizes(image, params, adata.obs_names)
     fmap_fn = feature_map(inference_encoder(model, weights))
-    tiling = Tiling(int(tile_size), int(halo), fmap_fn.stride)
+    tiling = Tiling(int(dense.tile_size), int(dense.halo), fmap_fn.stride)
     check_tiling(tiling.tile_size, tiling.halo, reader.patch_size, tiling.stride)
     dim = fmap_fn.encoder.dim
     path = None
-    if store == "zarr":
-        path = Path(store_path) if store_path is not None else default_store_path(params, key)
+    if dense.features_store == "zarr":
+        path = Path(dense.features_path) if dense.features_path is not None else default_features_path(params, key)
         check_writable(path, adata.n_obs * dim * 4)
     settings = {
         "model": model,
@@ -335,23 +355,25 @@ def dense_embedding_outputs(
         "tile_size": tiling.tile_size,
         "halo": tiling.halo,
     }
-    rows = Rows(adata.n_obs, dim, path, fingerprint(adata.obs_names, **settings), resume)
+    rows = Rows(adata.n_obs, dim, path, fingerprint(adata.obs_names, **settings), dense.resume)
     todo = rows.todo()
     u = reader.centres[todo] * (reader.patch_size / reader.window_px)  # bin centres in target pixels
     tiles, owner = np.unique(np.floor(u / tiling.core).astype(np.int64), axis=0, return_inverse=True)
     owner = owner.ravel()
     order = np.lexsort((tiles[:, 0], tiles[:, 1]))  # row by row: a raster-ordered table fills its chunks in turn
-    dev = resolve_device(device)
+    dev = resolve_device(engine.device)
     for t in tqdm(order, desc=f"dense embedding ({model})", disable=not progress, leave=False):
         mine = np.flatnonzero(owner == t)
         rows.write(todo[mine], _tile_features(fmap_fn, reader, tiling, tiles[t], u[mine], dev))
-    logger.info("embed: %d bins from %d tiles of %d px (halo %d px)", len(todo), len(tiles), tile_size, halo)
+    logger.info(
+        "embed: %d bins from %d tiles of %d px (halo %d px)", len(todo), len(tiles), tiling.tile_size, tiling.halo
+    )
     params_out = {
         **settings, "strategy": "dense", "kind": "torch", "mean": list(fmap_fn.encoder.mean),
         "std": list(fmap_fn.encoder.std),
-        "stride": tiling.stride, "n_tiles": len(tiles), "device": str(dev), "store": store, "dim": int(dim),
-        "n_patches": int(adata.n_obs), "pooling": "mean",
+        "stride": tiling.stride, "n_tiles": len(tiles), "device": str(dev), "features_store": dense.features_store,
+        "dim": int(dim), "n_patches": int(adata.n_obs), "pooling": "mean",
     }  # fmt: skip
     if path is not None:
-        params_out["store_path"] = str(path)
+        params_out["features_path"] = str(path)
     return rows.result(), params_out

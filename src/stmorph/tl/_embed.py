@@ -11,9 +11,8 @@ from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
 from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
-from ..pp import stain_normalizer
-from ._dense import choose_strategy, dense_embedding_outputs
-from ._embed_engine import check_engine_options, embedding_outputs
+from ._dense import DenseOptions, choose_strategy, dense_embedding_outputs
+from ._embed_engine import EncoderOptions, SpotOptions, embedding_outputs
 
 if TYPE_CHECKING:
     import os
@@ -43,14 +42,20 @@ def embed(
     strategy: str = "spot",
     tile_size: int = 1792,
     halo: int = 128,
-    store: str = "memory",
-    store_path: str | os.PathLike | None = None,
+    features_store: str = "memory",
+    features_path: str | os.PathLike | None = None,
     stain_norm: str | None = None,
     stain_reference: Any = None,
     precision: str = "auto",
     copy: bool = False,
 ) -> AnnData | None:
     """Embed each spot's image patch with an image encoder.
+
+    The options come in three groups: the encoder and how it runs (``model`` to ``num_workers``,
+    ``progress``, ``precision``; every strategy), the per-spot strategy's (``checkpoint``, ``on_error``,
+    ``stain_norm``, ``stain_reference``) and the dense strategy's (``tile_size``, ``halo``,
+    ``features_store``, ``features_path``); ``resume`` continues either strategy's saved run. An
+    option of the strategy not run is refused rather than ignored.
 
     Parameters
     ----------
@@ -116,13 +121,14 @@ def embed(
         Dense strategy: side of the tiles fed to the encoder and the margin on each side whose
         features are only context, in pixels at ``target_mpp`` (multiples of the encoder's stride;
         ``halo`` at least half the window).
-    store
+    features_store
         Dense strategy: ``"memory"`` holds the features in ``obsm``; ``"zarr"`` writes them to a zarr
-        array (``store_path``, default ``<store>.<key_added>.zarr`` beside the SpatialData zarr
+        array (``features_path``, default ``<store>.<key_added>.zarr`` beside the SpatialData zarr
         store) and puts a dask array reading it in ``obsm``. A zarr run records its finished
-        chunks: ``resume=True`` continues it.
-    store_path
-        Folder of the zarr array for ``store="zarr"``.
+        chunks: ``resume=True`` continues it. (Not to be confused with
+        :func:`~stmorph.pp.extract_patches`' ``store``, where the patches are kept.)
+    features_path
+        Folder of the zarr array for ``features_store="zarr"``.
     stain_norm
         Stain normalisation of each patch as it is read, before the encoder (per-spot strategy):
         ``None`` (default, none), ``"macenko"`` (Macenko et al., ISBI 2009) or ``"reinhard"``
@@ -146,7 +152,7 @@ def embed(
     ``None`` if ``copy=False``, else a new :class:`~anndata.AnnData`. Sets:
 
     ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings (a dask array over the zarr array with
-    ``store="zarr"``).
+    ``features_store="zarr"``).
     ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device, precision;
     with ``stain_norm``, a ``stain_norm`` record: method, library version, reference and its fitted
     parameters, ``n_unchanged`` patches;
@@ -162,10 +168,12 @@ def embed(
     InvalidParameterError
         Unknown encoder (the registered names are listed) or weights that do not suit it; with
         ``strategy="dense"``: bins of mixed sizes, a tile smaller than the window, an encoder without
-        a spatial feature map, a read-only or too small ``store_path``, or ``checkpoint`` /
+        a spatial feature map, a read-only or too small ``features_path``, or ``checkpoint`` /
         ``on_error`` given (a dense run resumes from its zarr store); unknown ``stain_norm``, Reinhard without
         ``stain_reference``, ``stain_reference`` without ``stain_norm``, ``stain_norm`` with
-        ``strategy="dense"``, or a reference without stains.
+        ``strategy="dense"``, or a reference without stains; an unknown ``precision``, ``"int8"`` off
+        the CPU or for an encoder without linear layers, a precision other than ``"auto"`` for
+        ``"hed"`` or with ``strategy="dense"``.
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -198,50 +206,34 @@ def embed(
             f"embed takes one table; found a {type(adata).__name__} of {len(adata)} items. "
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
-    check_engine_options(
-        batch_size=batch_size, num_workers=num_workers, device=device, on_error=on_error, checkpoint=checkpoint,
-        resume=resume, progress=progress, precision=precision,
+    engine = EncoderOptions(
+        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        precision=precision,
     )  # fmt: skip
+    dense = DenseOptions(
+        tile_size=tile_size, halo=halo, features_store=features_store, features_path=features_path, resume=resume
+    )
+    spot = SpotOptions.build(
+        checkpoint=checkpoint, resume=resume, on_error=on_error, stain_norm=stain_norm, stain_reference=stain_reference
+    )
     check_bool(copy, "copy")
     if is_spatialdata(adata) and image is None:
         image = adata  # lazy patches are read from the SpatialData's image
     adata = table_of(adata, table_key, name="st.tl.embed")
     key = key_added or Key.obsm.embedding(model)
-    if stain_norm is None and stain_reference is not None:
-        raise InvalidParameterError("stain_reference= is used only with stain_norm='macenko' or 'reinhard'.")
-    normaliser = None if stain_norm is None else stain_normalizer(stain_norm, stain_reference)
     if choose_strategy(adata, patches_key, strategy) == "dense":
-        _no_spot_options(checkpoint, on_error, stain_norm, precision)
-        emb, params = dense_embedding_outputs(
-            adata, model=model, weights=weights, key=key, patches_key=patches_key, image=image,
-            tile_size=tile_size, halo=halo, device=device, store=store, store_path=store_path, resume=resume,
-            progress=progress,
-        )  # fmt: skip
+        spot.refuse_for("dense")
+        if precision != "auto":
+            raise InvalidParameterError("strategy='dense' computes in float32; precision= is for strategy='spot'.")
+        emb, params = dense_embedding_outputs(adata, engine, dense, key=key, patches_key=patches_key, image=image)
     else:
-        emb, params = _spot_outputs(
-            adata, model=model, weights=weights, batch_size=batch_size, device=device, patches_key=patches_key,
-            image=image, num_workers=num_workers, progress=progress, checkpoint=checkpoint, resume=resume,
-            on_error=on_error, store=store, stain_norm=normaliser, precision=precision,
-        )  # fmt: skip
+        dense.refuse_for("spot")
+        emb, params = embedding_outputs(adata, engine, spot, patches_key=patches_key, image=image)
     logger.info("embed: %d patches → obsm[%r] (%d-d, %s)", len(emb), key, emb.shape[1], model)
     params["sequence"] = next_sequence(adata)
     adata = adata.copy() if copy else adata
     commit_outputs(adata, obsm={key: emb}, uns={Key.uns.tool("embed", key): params})
     return adata if copy else None
-
-
-def _no_spot_options(checkpoint: Any, on_error: str, stain_norm: str | None, precision: str) -> None:
-    if checkpoint is not None or on_error != "raise" or stain_norm is not None or precision != "auto":
-        raise InvalidParameterError(
-            "strategy='dense' takes neither checkpoint=, on_error=, stain_norm= nor precision=: it resumes from its "
-            "zarr store (store='zarr', resume=True), reads whole tiles and computes in float32."
-        )
-
-
-def _spot_outputs(adata: AnnData, *, store: str, **options: Any) -> tuple[Any, dict[str, Any]]:
-    if store != "memory":
-        raise InvalidParameterError(f"store={store!r} is for strategy='dense'; per-spot embeddings are held in memory.")
-    return embedding_outputs(adata, **options)
 
 
 def next_sequence(adata: AnnData) -> int:

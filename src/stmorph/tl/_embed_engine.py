@@ -2,6 +2,12 @@
 
 :func:`embedding_outputs` computes the embeddings of every patch of a table and the parameters
 recorded with them, without changing the table; the public functions write them.
+
+The options of ``embed`` travel as two small frozen objects built (and checked) once by the public
+function: :class:`EncoderOptions`, what every strategy needs (the encoder and how it runs), and
+:class:`SpotOptions`, what only the per-spot strategy reads (checkpoints, skipping unreadable
+patches, stain normalisation). The dense strategy's own options are
+:class:`~stmorph.tl._dense.DenseOptions`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -18,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._validation import (
+    InvalidParameterError,
     ShapeMismatchError,
     check_bool,
     check_choice,
@@ -192,98 +200,156 @@ def _embed_features(
     return np.concatenate(out)
 
 
-def _engine(
-    encoder: Encoder | Featurizer, model: str, batch_size: int | str, device: str, num_workers: int, precision: str
-) -> tuple[Run, dict[str, Any], int]:
+def _engine(encoder: Encoder | Featurizer, options: EncoderOptions) -> tuple[Run, dict[str, Any], int]:
     """The encoder as a :data:`~stmorph.tl._embed_resume.Run` function, its parameters and the batch size."""
+    workers = options.num_workers
     if isinstance(encoder, Encoder):
         from ..models import resolve_device
 
-        dev = resolve_device(device)
-        encoder = with_precision(encoder, precision, dev)
-        batch = resolve_batch_size(batch_size, encoder, dev)
-        run = partial(_embed_torch, encoder=encoder, batch_size=batch, device=dev, num_workers=num_workers)
+        dev = resolve_device(options.device)
+        encoder = with_precision(encoder, options.precision, dev)
+        batch = resolve_batch_size(options.batch_size, encoder, dev)
+        run = partial(_embed_torch, encoder=encoder, batch_size=batch, device=dev, num_workers=workers)
         params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std), "precision": encoder.precision}
         return run, {**params, "input_size": encoder.input_size, "device": str(dev)}, batch
-    with_precision(encoder, precision, None)  # a featurizer takes only "auto"
-    batch = resolve_batch_size(batch_size, encoder, None)
-    run = partial(_embed_features, fn=encoder, name=model, batch_size=batch, num_workers=num_workers)
+    with_precision(encoder, options.precision, None)  # a featurizer takes only "auto"
+    batch = resolve_batch_size(options.batch_size, encoder, None)
+    run = partial(_embed_features, fn=encoder, name=options.model, batch_size=batch, num_workers=workers)
     return run, {"kind": "features"}, batch
 
 
-def check_engine_options(
-    *,
-    batch_size: int | str,
-    num_workers: int,
-    device: str,
-    on_error: str = "raise",
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    precision: str = "auto",
-) -> None:
-    """Raise :class:`InvalidParameterError` (naming the option) for a bad option of the embedding engine."""
-    if not (isinstance(batch_size, str) and batch_size == AUTO):
-        check_int(batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
-    check_int(num_workers, "num_workers", low=0)
-    check_device(device)
-    check_choice(on_error, ON_ERROR, "on_error")
-    if checkpoint is not None:
-        check_path(checkpoint, "checkpoint", "folder_to_write")
-    check_bool(resume, "resume")
-    check_bool(progress, "progress")
-    check_choice(precision, EMBED_PRECISIONS, "precision")
+@dataclass(frozen=True)
+class EncoderOptions:
+    """The options of :func:`~stmorph.tl.embed` that every strategy reads: the encoder and how it runs.
+
+    Checked when built (:class:`~stmorph.errors.InvalidParameterError` naming the option);
+    :func:`~stmorph.tl.embed_cohort` builds the same object with the same defaults.
+    """
+
+    model: str = "default"
+    weights: str | os.PathLike | None = None
+    batch_size: int | str = AUTO
+    device: str = "auto"
+    num_workers: int = 1
+    progress: bool = True
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.batch_size, str) and self.batch_size == AUTO):
+            check_int(self.batch_size, "batch_size", low=1, high=MAX_BATCH_SIZE)
+        check_int(self.num_workers, "num_workers", low=0)
+        check_device(self.device)
+        check_bool(self.progress, "progress")
+        check_choice(self.precision, EMBED_PRECISIONS, "precision")
+
+    @property
+    def weights_name(self) -> str | None:
+        """``weights`` as recorded: a path as a string, ``"hub"``, or ``None``."""
+        if self.weights is None or self.weights == "hub":
+            return self.weights
+        return str(Path(self.weights))
+
+
+class StrategyOptions:
+    """Options that apply to one strategy; :meth:`refuse_for` names those changed from their defaults."""
+
+    strategy: str = ""
+    advice: str = ""
+
+    def changed(self) -> list[str]:
+        """The options given a value other than their default (``resume`` is shared, never counted)."""
+        return [f.name for f in fields(self) if f.name != "resume" and getattr(self, f.name) != f.default]
+
+    def refuse_for(self, strategy: str) -> None:
+        """Raise when options of this strategy were given to a run of ``strategy``."""
+        changed = self.changed()
+        if changed:
+            names = ", ".join(f"{name}=" for name in changed)
+            raise InvalidParameterError(
+                f"strategy={strategy!r} does not take {names} (strategy={self.strategy!r} only). {self.advice}"
+            )
+
+
+@dataclass(frozen=True)
+class SpotOptions(StrategyOptions):
+    """The options of :func:`~stmorph.tl.embed` that only the per-spot strategy reads."""
+
+    strategy = "spot"
+    advice = (
+        "The dense strategy resumes from its zarr store (features_store='zarr', resume=True) and reads whole tiles."
+    )
+
+    checkpoint: str | os.PathLike | None = None
+    resume: bool = False
+    on_error: str = "raise"
+    stain_norm: StainNormalizer | None = None
+    """The normaliser, already fitted on its reference (``None``: none)."""
+
+    def __post_init__(self) -> None:
+        check_choice(self.on_error, ON_ERROR, "on_error")
+        if self.checkpoint is not None:
+            check_path(self.checkpoint, "checkpoint", "folder_to_write")
+        check_bool(self.resume, "resume")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
+        on_error: str = "raise",
+        stain_norm: str | None = None,
+        stain_reference: Any = None,
+    ) -> SpotOptions:
+        """The options from :func:`~stmorph.tl.embed`'s keywords; the stain normaliser is fitted here."""
+        from ..pp import stain_normalizer
+
+        if stain_norm is None and stain_reference is not None:
+            raise InvalidParameterError("stain_reference= is used only with stain_norm='macenko' or 'reinhard'.")
+        normaliser = None if stain_norm is None else stain_normalizer(stain_norm, stain_reference)
+        return cls(checkpoint=checkpoint, resume=resume, on_error=on_error, stain_norm=normaliser)
 
 
 def embedding_outputs(
     adata: AnnData,
+    engine: EncoderOptions,
+    spot: SpotOptions,
     *,
-    model: str,
-    weights: str | os.PathLike | None,
-    batch_size: int | str,
-    device: str,
     patches_key: str,
     image: Any,
-    num_workers: int,
-    progress: bool,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    on_error: str = "raise",
-    stain_norm: StainNormalizer | None = None,
-    precision: str = "auto",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Float32 embeddings of every patch of ``adata`` and their ``uns`` parameters; ``adata`` is not changed.
 
-    The computing step of :func:`~stmorph.tl.embed` (its options, same meaning, checked by the caller
-    with :func:`check_engine_options`); ``stain_norm`` is applied to each batch as it is read.
+    The computing step of :func:`~stmorph.tl.embed` with the per-spot strategy; ``spot.stain_norm``
+    is applied to each batch as it is read.
     """
-    fetch = _patch_fetcher(adata, patches_key, image, on_error)
+    stain_norm = spot.stain_norm
+    fetch = _patch_fetcher(adata, patches_key, image, spot.on_error)
     read = fetch if stain_norm is None else lambda idx: stain_norm(fetch(idx))
-    weights = None if weights is None else str(Path(weights)) if weights != "hub" else "hub"
-    settings = {"model": model, "weights": weights or "", "patches_key": patches_key}
+    weights = engine.weights_name
+    settings = {"model": engine.model, "weights": weights or "", "patches_key": patches_key}
     if stain_norm is not None:  # part of what a checkpoint was made with
         settings["stain_norm"] = json.dumps(stain_norm.record, sort_keys=True)
-    if precision != "auto":
-        settings["precision"] = precision
-    encoder = inference_encoder(model, weights)
-    run, engine_params, batch_size = _engine(encoder, model, batch_size, device, num_workers, precision)
+    if engine.precision != "auto":
+        settings["precision"] = engine.precision
+    run, engine_params, batch_size = _engine(inference_encoder(engine.model, weights), engine)
     params: dict[str, Any] = {**settings, **engine_params}
     failed: dict[str, str] = {}
-    if checkpoint is None and on_error == "raise":
-        emb = run(read, adata.n_obs, progress)
+    if spot.checkpoint is None and spot.on_error == "raise":
+        emb = run(read, adata.n_obs, engine.progress)
     else:
-        if checkpoint is not None:  # what the checkpoint was made from: checked when it is resumed
+        if spot.checkpoint is not None:  # what the checkpoint was made from: checked when it is resumed
             settings = {**settings, **_source_fingerprint(adata, patches_key, fetch, weights)}
         emb, failed = run_batches(
-            run, read, adata.obs_names, batch_size, checkpoint=checkpoint, resume=resume, on_error=on_error,
-            settings=settings, progress=progress,
+            run, read, adata.obs_names, batch_size, checkpoint=spot.checkpoint, resume=spot.resume,
+            on_error=spot.on_error, settings=settings, progress=engine.progress,
         )  # fmt: skip
-        params["on_error"] = on_error
+        params["on_error"] = spot.on_error
     if stain_norm is not None:
         params["stain_norm"] = {**stain_norm.record, "n_unchanged": stain_norm.unchanged}
     emb = emb.astype(np.float32, copy=False)
     read = ~adata.obs_names.isin(list(failed))
-    check_finite(emb[read], f"embeddings of encoder {model!r}")
+    check_finite(emb[read], f"embeddings of encoder {engine.model!r}")
     if failed:
         params["failed"] = {"obs_names": list(failed), "errors": list(failed.values())}
     params.update(dim=int(emb.shape[1]), batch_size=int(batch_size), n_patches=len(emb))

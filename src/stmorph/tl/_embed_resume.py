@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._fingerprint import check_same, hash_arrays
+from .._fingerprint import check_same, hash_arrays, replace_atomically
 from .._logging import logger, warn_user
 from .._validation import InvalidParameterError, read_json
 from ..errors import CheckpointMismatchError, DamagedCheckpointError
@@ -152,9 +152,7 @@ class Checkpoint:
             size = (self.folder / EMBEDDINGS_FILE).stat().st_size
             state["rows"] = {"shape": list(self.rows.shape), "dtype": _DTYPE.str, "size": size, "batches": self.sums}
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (PROGRESS_FILE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.folder / PROGRESS_FILE)  # atomic: a crash leaves the old or the new state
+        replace_atomically(self.folder / PROGRESS_FILE, lambda tmp: tmp.write_text(json.dumps(state)))
 
     def result(self) -> np.ndarray:
         if self.rows is None:

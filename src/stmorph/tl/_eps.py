@@ -60,7 +60,7 @@ from ._graph import (
     stored_exclude_radius,
     stored_graph,
 )
-from ._spatial import SPATIAL_KEY, adjacent_edge_fraction, check_exclude_radius, spot_positions
+from ._spatial import adjacent_edge_fraction, check_exclude_radius, spot_positions
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -186,6 +186,7 @@ def _graph_for(
     random_state: int,
     progress: bool,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> tuple[sparse.csr_matrix, dict | None]:
     """The graph to use and, when it had to be built, the ``obsp``/``uns`` entries to store."""
     if use_rep is None and Key.obsp.connectivities(graph_key) not in adata.obsp:
@@ -194,7 +195,7 @@ def _graph_for(
         check_stored_exclusion(adata, graph_key, exclude_radius)
     if use_rep is None:
         return stored_graph(adata, graph_key), None
-    if matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius):
+    if matches_stored(adata, graph_key, use_rep, n_neighbors, exclude_radius=exclude_radius, spatial_key=spatial_key):
         if _has_all_edges(adata, graph_key, n_neighbors):
             return stored_graph(adata, graph_key), None
         logger.info("eps: the stored graph %r lost edges (a subset of the spots?); building it again", graph_key)
@@ -203,6 +204,7 @@ def _graph_for(
         use_rep,
         n_neighbors=n_neighbors,
         exclude_radius=exclude_radius,
+        spatial_key=spatial_key,
         key_added=graph_key,
         random_state=random_state,
         progress=progress,
@@ -302,7 +304,7 @@ def _expression(
 
 def n_detected(adata: AnnData, layer: str | None) -> np.ndarray:
     """Spots where each gene is detected: non-zero in ``layers["counts"]``, else in the expression used."""
-    return nonzero_counts(get_matrix(adata, "counts" if "counts" in adata.layers else layer))
+    return nonzero_counts(get_matrix(adata, Key.layers.counts if Key.layers.counts in adata.layers else layer))
 
 
 def resolve_pvalues(pvalues: str | None, n_perms: int | None) -> tuple[str, int]:
@@ -353,6 +355,7 @@ def _eps_of(
     random_state: int = 0,
     progress: bool = False,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> tuple[EPSResult, np.ndarray, sparse.csr_matrix, dict | None, Any]:
     """EPS of one slice without touching it: the step :func:`eps` and :func:`slice_eps` share.
 
@@ -371,7 +374,9 @@ def _eps_of(
     check_n_neighbors(adata.n_obs, n_neighbors, "EPS")
     pvalues, n_perms = resolve_pvalues(pvalues, n_perms)
     X, names, idx = _expression(adata, layer, genes, mask_var)
-    graph, graph_outputs = _graph_for(adata, use_rep, n_neighbors, graph_key, random_state, progress, exclude_radius)
+    graph, graph_outputs = _graph_for(
+        adata, use_rep, n_neighbors, graph_key, random_state, progress, exclude_radius, spatial_key
+    )
     result = compute_eps(
         graph,
         X,
@@ -398,9 +403,11 @@ ADJACENT_WARNING = 0.5
 """``st.tl.eps`` warns when more than this fraction of the image graph's edges join spatial neighbours."""
 
 
-def _adjacent_fraction(adata: AnnData, graph: sparse.csr_matrix, exclude_radius: float | None) -> float:
+def _adjacent_fraction(
+    adata: AnnData, graph: sparse.csr_matrix, exclude_radius: float | None, spatial_key: str
+) -> float:
     """Fraction of the graph's edges between spatially adjacent spots; warns when it is most of them."""
-    fraction = adjacent_edge_fraction(graph, spot_positions(adata))
+    fraction = adjacent_edge_fraction(graph, spot_positions(adata, spatial_key=spatial_key))
     if fraction > ADJACENT_WARNING and exclude_radius is None:
         warn_user(
             f"{fraction:.0%} of the image graph's edges join spatially adjacent spots: EPS on this graph "
@@ -418,16 +425,17 @@ def _spatial_columns(
     n_neighbors: int,
     max_value: float | None,
     key_added: str,
+    spatial_key: str,
 ) -> dict[str, np.ndarray]:
     """``var[f'{key_added}_spatial']``: ``-log C`` of ``X`` on the spatial kNN graph (``{}`` without coordinates)."""
-    if SPATIAL_KEY not in adata.obsm:
+    if spatial_key not in adata.obsm:
         return {}
-    graph = spatial_knn_graph(spot_positions(adata), n_neighbors)
+    graph = spatial_knn_graph(spot_positions(adata, spatial_key=spatial_key), n_neighbors)
     return {Key.var.spatial_eps(key_added): compute_eps(graph, X, names, max_value=max_value).eps}
 
 
-@doc_params("table_key", "copy")
-@checks_keys("use_rep", "graph_key", "layer", "key_added", "table_key")
+@doc_params("spatial_key", "table_key", "copy")
+@checks_keys("use_rep", "graph_key", "layer", "key_added", "spatial_key", "table_key")
 def eps(
     adata: AnnData | SpatialData,
     use_rep: str | None = None,
@@ -441,6 +449,7 @@ def eps(
     pvalues: str | None = None,
     n_perms: int | None = None,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     random_state: int = 0,
     key_added: str = "eps",
     table_key: str | None = None,
@@ -508,6 +517,8 @@ def eps(
         neighbours are taken only among spots farther than this, so neighbours that share
         tissue or pixels cannot raise EPS. ``None``: the paper's graph. A stored graph is reused
         only when it was built with the same radius.
+    {spatial_key}
+        Read for ``exclude_radius``, the spatial EPS column and the adjacent-edge fraction.
     random_state
         Seed of the permutations and of an approximate graph.
     key_added
@@ -533,8 +544,8 @@ def eps(
     ``adata.uns['sps']`` : ``{'sps', 'n_genes', 'n_neighbors', 'graph_key', 'layer', 'pvalues', 'n_perms', ...}``,
     ``pvalues`` naming the null used.
     ``adata.var[f'{key_added}_spatial']`` : ``-log`` Geary's C of the gene on the spatial kNN
-    graph of ``obsm['spatial']`` (same ``n_neighbors``), to read beside EPS; only when
-    ``obsm['spatial']`` exists.
+    graph of ``obsm[spatial_key]`` (same ``n_neighbors``), to read beside EPS; only when
+    ``obsm[spatial_key]`` exists.
     ``adata.uns['stmorph']['eps'][key_added]`` : the parameters.
     ``adata.obsp`` / ``adata.uns[graph_key]`` : the graph, when it was built here.
 
@@ -565,11 +576,12 @@ def eps(
         random_state,
         progress,
         exclude_radius,
+        spatial_key,
     )
     detected = n_detected(adata, layer)
     logger.info("EPS of %d genes on %d spots: SPS = %.4f", result.n_genes, adata.n_obs, result.sps)
     per_gene = dict(zip(Key.var.eps(key_added), (result.eps, result.pval, result.qval)))
-    per_gene.update(_spatial_columns(adata, X, result.genes, n_neighbors, max_value, key_added))
+    per_gene.update(_spatial_columns(adata, X, result.genes, n_neighbors, max_value, key_added, spatial_key))
 
     adata = adata.copy() if copy else adata
     columns = {}
@@ -591,8 +603,8 @@ def eps(
     radius = _radius_used(adata, graph_key, exclude_radius, graph_outputs)
     if radius is not None:  # the radius of the graph used, also when it was stored before
         params["exclude_radius"] = radius
-    if SPATIAL_KEY in adata.obsm:
-        params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius)
+    if spatial_key in adata.obsm:
+        params["adjacent_edge_fraction"] = _adjacent_fraction(adata, graph, radius, spatial_key)
     uns = {Key.uns.sps(key_added): {"sps": result.sps, "n_genes": result.n_genes, **params}}
     uns[Key.uns.tool("eps", key_added)] = params
     outputs = graph_outputs or {"obsp": {}, "uns": {}}
@@ -611,6 +623,7 @@ def slice_eps(
     mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> tuple[float, int, int, pd.Series, float | None]:
     """SPS of one slice without touching it: ``(sps, n_spots, n_genes, eps per gene, exclude_radius)``.
 
@@ -618,13 +631,14 @@ def slice_eps(
     is that of the graph used (``None``: the paper's graph), also when the graph was stored.
     """
     result, _, _, graph_outputs, _ = _eps_of(
-        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, mask_var, exclude_radius=exclude_radius
-    )
+        adata, use_rep, n_neighbors, graph_key, layer, genes, max_value, mask_var,
+        exclude_radius=exclude_radius, spatial_key=spatial_key,
+    )  # fmt: skip
     eps = pd.Series(result.eps, index=result.genes, name="eps")
     return result.sps, adata.n_obs, result.n_genes, eps, _radius_used(adata, graph_key, exclude_radius, graph_outputs)
 
 
-@checks_keys("use_rep", "graph_key", "layer")
+@checks_keys("use_rep", "graph_key", "layer", "spatial_key")
 def sps(
     data: Sequence[AnnData] | Mapping[str, AnnData] | SpatialData,
     use_rep: str | None = None,
@@ -636,6 +650,7 @@ def sps(
     mask_var: str | np.ndarray | _Default | None = HVG_MASK,
     max_value: float | None = None,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     client: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Slice Predictability Score of many slices: the cohort analysis of the EPS paper (Fig. 2).
@@ -648,9 +663,9 @@ def sps(
     data
         A list of AnnData (slices named ``"0"``, ``"1"``, ...), a dict ``{name: AnnData}``, or a
         :class:`~spatialdata.SpatialData` whose tables are the slices (named by table key).
-    use_rep, n_neighbors, graph_key, layer, genes, mask_var, max_value, exclude_radius
+    use_rep, n_neighbors, graph_key, layer, genes, mask_var, max_value, exclude_radius, spatial_key
         As in :func:`eps`; expression should be prepared (:func:`stmorph.pp.prepare_expression`).
-        With ``exclude_radius`` each slice needs ``obsm['spatial']`` and its pixel size.
+        With ``exclude_radius`` each slice needs ``obsm[spatial_key]`` and its pixel size.
     client
         A :class:`dask.distributed.Client` whose workers process the slides (``client.map`` of
         :func:`slice_eps`); ``None`` processes them in parallel on dask's local threaded scheduler.
@@ -672,7 +687,7 @@ def sps(
     Examples
     --------
     >>> import stmorph as st
-    >>> slices = {f"s{i}": st.datasets.simulate(200, 20, seed=i).tables["table"] for i in range(2)}
+    >>> slices = {f"s{i}": st.datasets.simulate(200, 20, random_state=i).tables["table"] for i in range(2)}
     >>> for a in slices.values():
     ...     st.pp.prepare_expression(a)
     >>> summary, table = st.tl.sps(slices, use_rep="latent")
@@ -692,6 +707,7 @@ def sps(
         mask_var=mask_var,
         max_value=max_value,
         exclude_radius=exclude_radius,
+        spatial_key=spatial_key,
     )
     results = map_slides(one_slice, slices.values(), client=client)
     rows, columns = [], {}

@@ -88,7 +88,7 @@ def reference_hvgs(
     Examples
     --------
     >>> import stmorph as st
-    >>> refs = [st.datasets.simulate(50, 20, seed=s).tables["table"] for s in (1, 2)]
+    >>> refs = [st.datasets.simulate(50, 20, random_state=s).tables["table"] for s in (1, 2)]
     >>> genes = st.tl.reference_hvgs(refs, n_top=5)
     >>> 5 <= len(genes) <= 10
     True

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -38,6 +39,14 @@ EXACT_MAX_OBS = 50_000
 
 METRICS = ("euclidean", "cosine")
 METHODS = ("auto", "exact", "pynndescent")
+PRECISIONS = ("auto", "float32", "int8")
+
+INT8_MIN_OBS = 20_000
+"""``precision="auto"`` searches in int8 from this many spots on (where the matrix products dominate)."""
+
+INT8_CANDIDATES = 64
+"""Candidates per spot kept by the int8 search (at least ``2 * n_neighbors``): the more, the wider the
+margin between the ``k``-th neighbour and the first spot left out, so the fewer spots recomputed."""
 
 _BLOCK_ELEMENTS = 2**22
 """Similarity entries held at once by the exact search (a 2048 × 2048 block: 16 MiB of float32).
@@ -67,26 +76,113 @@ def _rerank(rep: np.ndarray, cand: np.ndarray, k: int, metric: str) -> tuple[np.
     """
     from ._knn_kernels import candidate_distances
 
-    dist = run_kernel(candidate_distances, rep, cand, metric == "cosine")
+    dist = run_kernel(candidate_distances, rep, np.arange(cand.shape[0]), cand, metric == "cosine")
     order = np.lexsort((cand, dist), axis=1)[:, :k]  # by distance, then by index
     return np.take_along_axis(cand, order, axis=1), np.take_along_axis(dist, order, axis=1)
 
 
-def knn_exact(
+def _float32_products(base: np.ndarray, norms: np.ndarray, bounded: bool) -> tuple[Callable, Callable]:
+    """``(pack, products)`` of :func:`_scan` for BLAS products in the embedding's own precision.
+
+    With ``bounded``, each block comes with the bound ``γ_d max|x_i| max|x_j|`` on the rounding
+    error of its products (``γ_d = d u / (1 - d u)``, ``u`` the unit roundoff; any summation order).
+    """
+    unit = np.finfo(base.dtype).eps / 2
+    gamma = base.shape[1] * unit / (1 - base.shape[1] * unit) if bounded else 0.0
+
+    def pack(cols: slice) -> tuple[np.ndarray, float]:
+        return base[cols], float(norms[cols].max())
+
+    def products(rows: slice, packed: tuple[np.ndarray, float]) -> tuple[np.ndarray, float]:
+        return base[rows] @ packed[0].T, gamma * float(norms[rows].max()) * packed[1]
+
+    return pack, products
+
+
+def _scan(
+    base: np.ndarray,
+    sqnorm: np.ndarray,
+    m: int,
+    exclusion: Exclusion | None,
+    pack: Callable,
+    products: Callable,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` best ``(key, id)`` candidates of every spot, over the blocks on and above the diagonal.
+
+    ``pack(cols)`` prepares a column block once; ``products(rows, packed)`` returns the block's
+    similarities and a bound on their error, which lowers the keys (so they bound the exact keys
+    from below). Returns ``(keys, ids)``, ``n × m``, sorted; every spot left out of a row has a
+    key no smaller than the row's last.
+    """
+    from tqdm.auto import tqdm
+
+    from ._knn_kernels import merge_columns, merge_rows
+
+    n = base.shape[0]
+    keys = np.full((n, m), np.inf)
+    cand = np.full((n, m), np.iinfo(np.int64).max, dtype=np.int64)
+    xy, r2 = (np.zeros((n, 2)), -1.0) if exclusion is None else (exclusion.xy, exclusion.radius**2)
+    size = max(1, min(n, math.isqrt(_BLOCK_ELEMENTS)))
+    starts = range(0, n, size)
+    pairs = [(i, j) for j in starts for i in starts if i <= j]  # each column block packed once
+    packed_j, packed = -1, None
+    for i, j in tqdm(pairs, desc="exact kNN", disable=not progress):
+        rows, cols = slice(i, min(i + size, n)), slice(j, min(j + size, n))
+        if j != packed_j:
+            packed_j, packed = j, pack(cols)
+        sims, bound = products(rows, packed)
+        run_kernel(merge_rows, sims, sqnorm, i, j, keys[rows], cand[rows], xy, r2, 2.0 * bound)
+        if j > i:
+            run_kernel(merge_columns, sims, sqnorm, j, i, keys[cols], cand[cols], xy, r2, 2.0 * bound)
+    return keys, cand
+
+
+def _base_and_norms(rep: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows searched (L2-normalised for ``"cosine"``) and their squared norms in float64."""
+    base = rep
+    if metric == "cosine":
+        norm = np.linalg.norm(rep, axis=1, keepdims=True)
+        base = np.divide(rep, norm, out=np.zeros_like(rep), where=norm > 0)
+    return base, np.einsum("ij,ij->i", base, base, dtype=np.float64)
+
+
+def knn_exact(rep: np.ndarray, n_neighbors: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN (self excluded) by BLAS brute force over blocks of bounded memory: ``(indices, distances)``.
+
+    :func:`knn_search` (same arguments) without the rows it recomputed; each array
+    ``n × n_neighbors``, sorted by (distance, index).
+    """
+    idx, dist, _ = knn_search(rep, n_neighbors, **options)
+    return idx, dist
+
+
+def knn_search(
     rep: np.ndarray,
     n_neighbors: int,
     *,
     metric: str = "euclidean",
     exclusion: Exclusion | None = None,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact kNN (self excluded) by BLAS brute force over blocks of bounded memory.
+    precision: str = "float32",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact kNN (self excluded) by brute force over blocks of bounded memory, proven exact.
 
-    The similarity matrix is computed block by block with one matrix product each (float32 for
-    float32 input), and only for blocks on and above the diagonal: a block serves both its rows
-    and, transposed, its columns, which halves the work. A running list of the ``2k`` best
-    candidates per spot is kept; they are then re-ranked with exact float64 distances and ties are
-    broken by the smaller index, so the result does not depend on the block size or thread count.
+    The similarity matrix is computed block by block with one matrix product each, and only for
+    blocks on and above the diagonal: a block serves both its rows and, transposed, its columns,
+    which halves the work. A running list of the best candidates per spot is kept (``2k`` in
+    float32, :data:`INT8_CANDIDATES` in int8).
+
+    The candidates of each spot come from float32 or int8 products, each with a proven bound on
+    its error (int8: :class:`~stmorph.models.Int8Gram`; float32: rounding, ``γ_d |x_i| |x_j|``).
+    Keys lowered by that bound are lower bounds of the exact squared distances, so after the scan
+    every spot left out of a row's candidates is at least as far as the row's last key says. The
+    candidates are re-ranked with exact float64 distances, in key order and only as far as needed
+    (:func:`~stmorph.tl._knn_kernels.rerank_proven`); a row whose ``n_neighbors``-th exact distance
+    is below the next key is proven exact (no spot left out can come closer, or tie).
+    Every other row is recomputed exactly (:func:`_exact_rows`). Ties are broken by the smaller
+    index, so the graph does not depend on the block size, thread count or precision.
+    (``metric="cosine"`` searches in float32 and re-ranks without the proof.)
 
     Parameters
     ----------
@@ -95,40 +191,92 @@ def knn_exact(
     n_neighbors
         Neighbours per spot.
     metric
-        ``"euclidean"`` or ``"cosine"``.
+        ``"euclidean"`` or ``"cosine"`` (``"cosine"`` only in float32).
     exclusion
         Take each spot's neighbours only among spots farther than ``exclusion.radius`` µm.
     progress
         Show a progress bar over blocks.
+    precision
+        ``"float32"`` (BLAS in the embedding's precision) or ``"int8"`` products for the candidates.
 
     Returns
     -------
-    ``(indices, distances)``, each ``n × n_neighbors``, sorted by (distance, index).
+    ``(indices, distances, recomputed)``: the neighbours and distances as :func:`knn_exact`
+    returns them, and the rows that the proof did not cover and were recomputed.
     """
-    from tqdm.auto import tqdm
-
-    from ._knn_kernels import merge_columns, merge_rows
-
     n = rep.shape[0]
-    m = min(2 * n_neighbors, n - 1)
-    base = rep
-    if metric == "cosine":
-        norm = np.linalg.norm(rep, axis=1, keepdims=True)
-        base = np.divide(rep, norm, out=np.zeros_like(rep), where=norm > 0)
-    sqnorm = np.einsum("ij,ij->i", base, base, dtype=np.float64)
-    keys = np.full((n, m), np.inf)
-    cand = np.full((n, m), np.iinfo(np.int64).max, dtype=np.int64)
-    xy, r2 = (np.zeros((n, 2)), -1.0) if exclusion is None else (exclusion.xy, exclusion.radius**2)
-    size = max(1, min(n, math.isqrt(_BLOCK_ELEMENTS)))
-    starts = range(0, n, size)
-    pairs = [(i, j) for i in starts for j in starts if j >= i]
-    for i, j in tqdm(pairs, desc="exact kNN", disable=not progress):
-        rows, cols = slice(i, min(i + size, n)), slice(j, min(j + size, n))
-        sims = base[rows] @ base[cols].T
-        run_kernel(merge_rows, sims, sqnorm, i, j, keys[rows], cand[rows], xy, r2)
-        if j > i:
-            run_kernel(merge_columns, sims, sqnorm, j, i, keys[cols], cand[cols], xy, r2)
-    return _rerank(rep, cand, n_neighbors, metric)
+    base, sqnorm = _base_and_norms(rep, metric)
+    if precision == "int8":
+        from ..models import Int8Gram
+
+        if metric != "euclidean":
+            raise ValueError("the int8 search is Euclidean only; resolve_precision says so to users")
+        m = min(max(INT8_CANDIDATES, 2 * n_neighbors), n - 1)
+        gram = Int8Gram(base)
+        keys, cand = _scan(base, sqnorm, m, exclusion, gram.pack, gram.products, progress)
+        del gram
+    else:
+        m = min(2 * n_neighbors, n - 1)
+        pack, products = _float32_products(base, np.sqrt(sqnorm), bounded=metric == "euclidean")
+        keys, cand = _scan(base, sqnorm, m, exclusion, pack, products, progress)
+    if metric != "euclidean":
+        idx, dist = _rerank(rep, cand, n_neighbors, metric)
+        return idx, dist, np.empty(0, dtype=np.int64)
+    from ._knn_kernels import rerank_proven
+
+    margin = 1e-9 * (1.0 + sqnorm + sqnorm.max())  # float64 rounding of the distances compared
+    idx, dist, proven = run_kernel(rerank_proven, rep, sqnorm, keys, cand, n_neighbors, margin)
+    recomputed = np.flatnonzero(~proven)
+    if recomputed.size:
+        idx[recomputed], dist[recomputed] = _exact_rows(base, sqnorm, recomputed, n_neighbors, exclusion)
+    logger.info(
+        "exact kNN (%s search): %d of %d spots proven exact, %d recomputed",
+        precision,
+        n - recomputed.size,
+        n,
+        recomputed.size,
+    )
+    return idx, dist, recomputed
+
+
+def _exact_rows(
+    base: np.ndarray, sqnorm: np.ndarray, rows: np.ndarray, k: int, exclusion: Exclusion | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact ``k`` nearest of ``rows`` (Euclidean, self and ``exclusion`` left out), from full rows of products.
+
+    Each row's products with every spot come from one BLAS product in ``base``'s precision, whose
+    rounding error is at most ``γ_d |x_i| |x_j|`` (``γ_d = d u / (1 - d u)``, any summation order).
+    Every spot whose key, lowered by that bound, is within the row's ``k``-th key raised by it is
+    a possible neighbour; all of them (however many: duplicated spots tie) are re-ranked with exact
+    float64 distances.
+    """
+    from ._knn_kernels import candidate_distances
+
+    n, d = base.shape
+    unit = np.finfo(base.dtype).eps / 2
+    gamma = d * unit / (1 - d * unit)
+    norms = np.sqrt(sqnorm)
+    idx, dist = np.empty((rows.size, k), dtype=np.int64), np.empty((rows.size, k))
+    step = max(1, _BLOCK_ELEMENTS // n)
+    for start in range(0, rows.size, step):
+        chunk = rows[start : start + step]
+        keys = sqnorm - 2.0 * (base[chunk] @ base.T).astype(np.float64)
+        keys[np.arange(chunk.size), chunk] = np.inf
+        if exclusion is not None:
+            offset = exclusion.xy[chunk][:, None, :] - exclusion.xy[None, :, :]
+            keys[np.einsum("rjc,rjc->rj", offset, offset) <= exclusion.radius**2] = np.inf
+        slack = 2.0 * gamma * norms[chunk] * norms.max() + 1e-9 * (1.0 + sqnorm[chunk] + sqnorm.max())
+        kth = np.partition(keys, k - 1, axis=1)[:, k - 1]
+        near = keys <= (kth + 2.0 * slack)[:, None]
+        width = int(near.sum(axis=1).max())
+        cand = np.full((chunk.size, width), -1, dtype=np.int64)
+        r, j = np.nonzero(near)
+        cand[r, np.arange(r.size) - np.searchsorted(r, r)] = j
+        got = run_kernel(candidate_distances, base, chunk, cand, False)
+        order = np.lexsort((np.where(cand < 0, n, cand), got), axis=1)[:, :k]
+        idx[start : start + chunk.size] = np.take_along_axis(cand, order, axis=1)
+        dist[start : start + chunk.size] = np.take_along_axis(got, order, axis=1)
+    return idx, dist
 
 
 def drop_self(idx: np.ndarray, dist: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,6 +339,32 @@ def resolve_method(method: str, n_obs: int) -> str:
     return method
 
 
+def resolve_precision(precision: str, metric: str, n_obs: int) -> str:
+    """``"auto"`` → ``"int8"`` or ``"float32"``; raise when ``"int8"`` cannot be used.
+
+    ``"auto"`` searches in int8 when the graph is Euclidean, has at least :data:`INT8_MIN_OBS`
+    spots, torch is already imported (as after :func:`~stmorph.tl.embed`: importing it only for
+    the search would add ~0.5 GB to the process) and its int8 kernel runs exactly here.
+    """
+    from ..models import int8_available
+
+    check_choice(precision, PRECISIONS, "precision")
+    if precision == "auto":
+        usable = metric == "euclidean" and n_obs >= INT8_MIN_OBS and "torch" in sys.modules
+        return "int8" if usable and int8_available() else "float32"
+    if precision == "int8" and metric != "euclidean":
+        raise InvalidParameterError(
+            f"precision='int8' searches Euclidean distances, not metric={metric!r}; use metric='euclidean' "
+            "(with normalize=True it ranks neighbours as cosine does) or precision='float32'."
+        )
+    if precision == "int8" and not int8_available():
+        raise InvalidParameterError(
+            "precision='int8' needs torch's oneDNN int8 matrix product, which does not run exactly on this "
+            "machine; use precision='float32' (or 'auto', which falls back to it)."
+        )
+    return precision
+
+
 def check_n_neighbors(n_obs: int, n_neighbors: int, what: str) -> None:
     """Raise unless ``n_neighbors >= 1`` and ``n_obs`` spots leave every spot that many others.
 
@@ -210,24 +384,32 @@ def knn_graph(
     exclusion: Exclusion | None = None,
     random_state: int = 0,
     progress: bool = False,
+    precision: str = "auto",
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix, str]:
     """Directed unweighted kNN graph of embeddings, as ``(connectivities, distances, method used)``.
 
     Pure function behind :func:`image_graph` (no AnnData). ``connectivities`` holds ``1.0`` for
     each edge ``i → j`` (j among the ``n_neighbors`` nearest of i, self excluded, and farther
     than ``exclusion.radius`` from i when ``exclusion`` is given); ``distances`` holds the
-    distance of the same edges.
+    distance of the same edges. ``precision`` chooses the products of the exact search
+    (:func:`resolve_precision`; the graph is the same either way).
     """
     check_choice(metric, METRICS, "metric")
     check_n_neighbors(rep.shape[0], n_neighbors, "a kNN graph")
     method = resolve_method(method, rep.shape[0])
+    precision = resolve_precision(precision, metric, rep.shape[0])
     rep = prepare_embedding(rep, metric=metric, normalize=normalize)
     t0 = time.perf_counter()
     if method == "exact":
-        idx, dist = knn_exact(rep, n_neighbors, metric=metric, exclusion=exclusion, progress=progress)
+        idx, dist = knn_exact(
+            rep, n_neighbors, metric=metric, exclusion=exclusion, progress=progress, precision=precision
+        )
+        method_used = f"exact, {precision} search"
     else:
         idx, dist = knn_pynndescent(rep, n_neighbors, metric=metric, exclusion=exclusion, random_state=random_state)
-    logger.info("kNN graph (%s, k=%d, n=%d) in %.1f s", method, n_neighbors, rep.shape[0], time.perf_counter() - t0)
+        method_used = method
+    elapsed = time.perf_counter() - t0
+    logger.info("kNN graph (%s, k=%d, n=%d) in %.1f s", method_used, n_neighbors, rep.shape[0], elapsed)
     conn, dists = edges_to_csr(idx, dist)
     return conn, dists, method
 
@@ -264,9 +446,11 @@ def build_graph(
     normalize: bool = True,
     method: str = "auto",
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     key_added: str = "image",
     random_state: int = 0,
     progress: bool = False,
+    precision: str = "auto",
 ) -> tuple[sparse.csr_matrix, dict[str, dict]]:
     """The graph of :func:`image_graph` without touching ``adata``: ``(connectivities, outputs)``.
 
@@ -275,7 +459,8 @@ def build_graph(
     """
     rep = get_rep(adata, use_rep)
     check_n_neighbors(rep.shape[0], n_neighbors, "a kNN graph")
-    exclusion = exclusion_for(adata, exclude_radius, n_neighbors)
+    exclusion = exclusion_for(adata, exclude_radius, n_neighbors, spatial_key)
+    precision = resolve_precision(precision, metric, rep.shape[0])
     conn, dists, used = knn_graph(
         rep,
         n_neighbors,
@@ -285,6 +470,7 @@ def build_graph(
         exclusion=exclusion,
         random_state=random_state,
         progress=progress,
+        precision=precision,
     )
     params = {
         "use_rep": use_rep,
@@ -294,8 +480,10 @@ def build_graph(
         "method": used,
         "random_state": int(random_state),
     }
+    if used == "exact":  # the products its candidates were found with (the graph is the same)
+        params["precision"] = precision
     if exclusion is not None:  # absent = the paper's graph (h5ad cannot store None)
-        params["exclude_radius"] = exclusion.radius
+        params.update(exclude_radius=exclusion.radius, spatial_key=spatial_key)
     conn_key, dist_key = Key.obsp.connectivities(key_added), Key.obsp.distances(key_added)
     record = {"connectivities_key": conn_key, "distances_key": dist_key, "params": params}
     return conn, {"obsp": {conn_key: conn, dist_key: dists}, "uns": {key_added: record}}
@@ -337,6 +525,7 @@ def matches_stored(
     metric: str = "euclidean",
     normalize: bool = True,
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> bool:
     """Whether ``obsp`` holds the graph ``key`` built (as :func:`image_graph` records) with these options."""
     params = stored_params(adata, key)
@@ -347,6 +536,7 @@ def matches_stored(
         and params.get("normalize", True) == normalize
         and params.get("metric", "euclidean") == metric
         and stored_exclude_radius(adata, key) == exclude_radius
+        and (exclude_radius is None or params.get("spatial_key", Key.obsm.spatial) == spatial_key)
     )
 
 
@@ -367,8 +557,8 @@ def stored_graph(adata: AnnData, key: str) -> sparse.csr_matrix:
     return graph
 
 
-@doc_params("table_key", "copy")
-@checks_keys("use_rep", "key_added", "table_key")
+@doc_params("spatial_key", "table_key", "copy")
+@checks_keys("use_rep", "key_added", "spatial_key", "table_key")
 def image_graph(
     adata: AnnData | SpatialData,
     use_rep: str,
@@ -377,7 +567,9 @@ def image_graph(
     metric: Literal["euclidean", "cosine"] = "euclidean",
     normalize: bool = True,
     method: Literal["auto", "exact", "pynndescent"] = "auto",
+    precision: Literal["auto", "float32", "int8"] = "auto",
     exclude_radius: float | None = None,
+    spatial_key: str = Key.obsm.spatial,
     key_added: str = "image",
     random_state: int = 0,
     table_key: str | None = None,
@@ -406,11 +598,22 @@ def image_graph(
         ``"exact"``: BLAS brute force in row blocks (memory bounded, ties broken by the smaller
         index); ``"pynndescent"``: approximate; ``"auto"``: exact up to
         :data:`EXACT_MAX_OBS` (50,000) spots, pynndescent above.
+    precision
+        Products the exact search finds its candidates with; the graph is the same either way.
+        ``"float32"``: BLAS in float32. ``"int8"``: int8 products (oneDNN through torch, x86),
+        faster where the matrix products dominate, made exact by a proof: each product's
+        quantisation error is bounded, the candidates are re-ranked with exact float64 distances,
+        and every spot whose ``n_neighbors``-th neighbour lies within the bound of the first spot
+        left out is recomputed exactly (their number is logged). ``"auto"``: int8 for Euclidean
+        graphs of at least :data:`INT8_MIN_OBS` spots once torch is imported (as after
+        :func:`~stmorph.tl.embed`) and where its kernel runs, float32 otherwise. ``"int8"`` needs
+        ``metric="euclidean"``.
     exclude_radius
         Spatial-proximity control, in µm: each spot's neighbours are taken only among spots
-        farther than this from it (centres ``obsm['spatial']`` times the pixel size recorded in
+        farther than this from it (centres ``obsm[spatial_key]`` times the pixel size recorded in
         ``uns['stmorph']['dataset']['mpp']`` or by :func:`~stmorph.pp.extract_patches`). ``None``:
         the paper's graph. A radius above the tile width removes neighbours that share pixels.
+    {spatial_key}
     key_added
         Prefix of the output keys.
     random_state
@@ -427,14 +630,16 @@ def image_graph(
     ``adata.obsp[f'{key_added}_connectivities']`` : binary directed kNN graph (CSR, ``n × n``).
     ``adata.obsp[f'{key_added}_distances']`` : distances of the same edges.
     ``adata.uns[key_added]`` : ``{'connectivities_key', 'distances_key', 'params'}``
-    (``params['exclude_radius']`` only when one was used).
+    (``params['exclude_radius']`` only when one was used; ``params['precision']``, the products
+    of an exact search).
 
     Raises
     ------
     InvalidParameterError
-        ``exclude_radius`` is not a finite number > 0, or the pixel size is unknown.
+        ``exclude_radius`` is not a finite number > 0, or the pixel size is unknown;
+        ``precision="int8"`` with ``metric="cosine"`` or where the int8 kernel does not run.
     StmorphKeyError
-        ``exclude_radius`` is given and ``obsm['spatial']`` is missing.
+        ``exclude_radius`` is given and ``obsm[spatial_key]`` is missing.
     TooFewObservationsError
         The radius leaves some spot fewer than ``n_neighbors`` candidates.
 
@@ -445,6 +650,8 @@ def image_graph(
     >>> st.tl.image_graph(adata, "latent", n_neighbors=5)
     >>> int(adata.obsp["image_connectivities"].sum(axis=1).max())
     5
+    >>> adata.uns["image"]["params"]["precision"]  # "auto": int8 from 20,000 spots on
+    'float32'
     >>> st.tl.image_graph(adata, "latent", exclude_radius=250.0, key_added="far")
     >>> adata.uns["far"]["params"]["exclude_radius"]
     250.0
@@ -452,6 +659,7 @@ def image_graph(
     check_int(n_neighbors, "n_neighbors", low=1)
     check_choice(metric, METRICS, "metric")
     check_choice(method, METHODS, "method")
+    check_choice(precision, PRECISIONS, "precision")
     check_bool(normalize, "normalize")
     check_seed(random_state)
     check_bool(progress, "progress")
@@ -464,7 +672,9 @@ def image_graph(
         metric=metric,
         normalize=normalize,
         method=method,
+        precision=precision,
         exclude_radius=exclude_radius,
+        spatial_key=spatial_key,
         key_added=key_added,
         random_state=random_state,
         progress=progress,

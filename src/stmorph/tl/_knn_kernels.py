@@ -2,7 +2,9 @@
 
 Both kernels merge one block of similarities ``s`` into the running ``m`` best candidates of
 their rows, in place. Row ``r`` (global index ``row0 + r``) sees column ``j = col0 + c`` with key
-``sqnorm[j] - 2 s``: the squared Euclidean distance minus the row constant ``|x_r|^2``. Self
+``sqnorm[j] - 2 s - slack``: the squared Euclidean distance minus the row constant ``|x_r|^2``,
+lowered by ``slack`` (``0`` for float32 products; twice the proven error bound of int8 ones, so
+that the key is a lower bound of the exact one). Self
 pairs are skipped. ``keys``/``ids`` (``rows × m``, sorted) keep the smallest ``(key, id)`` pairs in
 lexicographic order, so the result does not depend on the order in which blocks are merged.
 Spots ``j`` with ``|xy_j - xy_i|^2 <= r2`` are no candidates of spot ``i`` (the spatial exclusion
@@ -52,6 +54,7 @@ def merge_rows(
     ids: np.ndarray,
     xy: np.ndarray,
     r2: float,
+    slack: float,
 ) -> None:
     """Merge ``sims`` (``rows × cols``) into the candidates of its rows."""
     n_rows, n_cols = sims.shape
@@ -60,7 +63,7 @@ def merge_rows(
         worst, worst_id, own = keys[r, m - 1], ids[r, m - 1], row0 + r
         for c in range(n_cols):
             j = col0 + c
-            key = sqnorm[j] - 2.0 * sims[r, c]
+            key = sqnorm[j] - 2.0 * sims[r, c] - slack
             if (key < worst or (key == worst and j < worst_id)) and _allowed(xy, r2, own, j):
                 _insert(keys, ids, r, key, j)
                 worst, worst_id = keys[r, m - 1], ids[r, m - 1]
@@ -76,6 +79,7 @@ def merge_columns(
     ids: np.ndarray,
     xy: np.ndarray,
     r2: float,
+    slack: float,
 ) -> None:
     """Merge ``sims.T`` (``sims`` is ``cols × rows``) into the candidates of its rows, without a transposed copy."""
     n_cols, n_rows = sims.shape
@@ -90,7 +94,7 @@ def merge_columns(
             worst[r] = keys[start + r, m - 1]
         for c in range(n_cols):
             j = col0 + c
-            sq = sqnorm[j]
+            sq = sqnorm[j] - slack
             hit = False
             for r in range(width):
                 tmp[r] = sq - 2.0 * sims[c, start + r]
@@ -127,8 +131,8 @@ def _cosine(rep: np.ndarray, i: int, j: int) -> float:
 
 
 @numba.njit(parallel=True, cache=True)
-def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
-    """Exact float64 distances from ``rep[i]`` to each ``rep[cand[i, t]]`` (``inf`` for ids outside ``rep``).
+def candidate_distances(rep: np.ndarray, queries: np.ndarray, cand: np.ndarray, cosine: bool) -> np.ndarray:
+    """Exact float64 distances from ``rep[queries[r]]`` to each ``rep[cand[r, t]]`` (``inf`` for ids outside ``rep``).
 
     Euclidean, or cosine distance ``1 - cos`` (``1`` when a norm is 0). Every product is formed in
     float64 from the stored values, so float32 near-ties are resolved exactly; nothing of size
@@ -136,13 +140,63 @@ def candidate_distances(rep: np.ndarray, cand: np.ndarray, cosine: bool) -> np.n
     """
     n = rep.shape[0]
     out = np.empty(cand.shape)
-    for i in numba.prange(cand.shape[0]):
+    for r in numba.prange(cand.shape[0]):
+        i = queries[r]
         for t in range(cand.shape[1]):
-            j = cand[i, t]
+            j = cand[r, t]
             if j < 0 or j >= n:
-                out[i, t] = np.inf
+                out[r, t] = np.inf
             elif cosine:
-                out[i, t] = _cosine(rep, i, j)
+                out[r, t] = _cosine(rep, i, j)
             else:
-                out[i, t] = _euclidean(rep, i, j)
+                out[r, t] = _euclidean(rep, i, j)
     return out
+
+
+@numba.njit(parallel=True, cache=True)
+def rerank_proven(
+    rep: np.ndarray, sqnorm: np.ndarray, keys: np.ndarray, cand: np.ndarray, k: int, margin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` nearest of each row's candidates by exact Euclidean distance, and whether that is proven exact.
+
+    ``keys``/``cand`` are the sorted lower-bound keys and ids of :func:`merge_rows`: every spot left
+    out of row ``i`` has a key of at least ``keys[i, -1]``. Candidates are taken in key order and
+    their exact float64 distances computed until the next key (plus ``sqnorm[i]``: a lower bound of
+    the squared distance of it and of every later spot) exceeds the ``k``-th squared distance found
+    by more than ``margin[i]``: then no spot left can come closer or tie, and the row is proven.
+    Returns ``(ids, distances, proven)``, ``ids``/``distances`` ``n × k`` sorted by (distance, id).
+    """
+    n, m = cand.shape
+    idx = np.empty((n, k), dtype=np.int64)
+    dist = np.empty((n, k))
+    proven = np.zeros(n, dtype=np.bool_)
+    for i in numba.prange(n):
+        best_d = np.full(k, np.inf)
+        best_j = np.full(k, np.iinfo(np.int64).max)
+        found = 0
+        done = False
+        for t in range(m):
+            j = cand[i, t]
+            if j < 0 or j >= n:  # no spot left at all
+                done = True
+                break
+            if found == k and keys[i, t] + sqnorm[i] > best_d[k - 1] ** 2 + margin[i]:
+                done = True
+                break
+            d = _euclidean(rep, i, j)
+            if found < k:
+                found += 1
+            if d < best_d[k - 1] or (d == best_d[k - 1] and j < best_j[k - 1]):
+                p = k - 1
+                while p > 0 and (best_d[p - 1] > d or (best_d[p - 1] == d and best_j[p - 1] > j)):
+                    best_d[p] = best_d[p - 1]
+                    best_j[p] = best_j[p - 1]
+                    p -= 1
+                best_d[p] = d
+                best_j[p] = j
+        if not done:  # every candidate computed: the spots left out must lie beyond the last key
+            done = found == k and keys[i, m - 1] + sqnorm[i] > best_d[k - 1] ** 2 + margin[i]
+        proven[i] = done
+        idx[i] = best_j
+        dist[i] = best_d
+    return idx, dist, proven

@@ -91,6 +91,9 @@ class InputSpec:
     spacing_um
         Median spot spacing of the training slices in µm (with ``context``), to warn about a query
         whose spots lie much closer or farther apart.
+    spatial_key
+        ``obsm`` key of the spot centres (context features, spatial CV blocks); a property of the
+        slices, not of the model, so it is not recorded.
     """
 
     use_rep: tuple[str, ...]
@@ -98,6 +101,7 @@ class InputSpec:
     scaling: Mapping[str, Sequence[float]] | None = None
     context: Context | None = None
     spacing_um: float | None = None
+    spatial_key: str = Key.obsm.spatial
 
     def __post_init__(self) -> None:
         if self.kind == "patches" and len(self.use_rep) > 1:
@@ -113,12 +117,13 @@ class InputSpec:
         return f"obsm[{self.use_rep[0] if len(self.use_rep) == 1 else list(self.use_rep)!r}]"
 
     @classmethod
-    def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None) -> InputSpec:
+    def of_model(cls, model: Predictor, use_rep: str | Sequence[str] | None, spatial_key: str) -> InputSpec:
         """The spec ``model`` was trained with (``use_rep`` may rename the keys in the new slice)."""
         keys = _rep_keys(use_rep or model.training.get("use_rep"))
         record = model.training.get("context")
         spacing = record.get("spacing_um") if record else None
-        return cls(keys, model.input, model.training.get("scaling"), context_from_record(record), spacing)
+        context = context_from_record(record)
+        return cls(keys, model.input, model.training.get("scaling"), context, spacing, spatial_key)
 
     def read(self, adata: AnnData, what: str) -> np.ndarray:
         """The raw inputs of every spot of ``adata``: ``(n, d)`` float32 embeddings or uint8 patches."""
@@ -128,7 +133,7 @@ class InputSpec:
             x = np.concatenate([get_rep(adata, key).astype(np.float32, copy=False) for key in self.use_rep], axis=1)
         except (KeyError, ValueError) as err:  # name which object failed (query or which reference)
             raise type(err)(f"{what}: {err}") from None
-        return x if self.context is None else slice_context(adata, x, self.context, what)
+        return x if self.context is None else slice_context(adata, x, self.context, what, self.spatial_key)
 
     def scale(self, x: np.ndarray) -> np.ndarray:
         """``x`` standardised with the training statistics (unchanged without them)."""
@@ -148,14 +153,15 @@ class InputSpec:
         """This spec with the median spot spacing of the training ``slices`` (with context; warns when they differ)."""
         if self.context is None:
             return self
-        spacings = [slice_spacing(adata, name) for adata, name in zip(slices, what)]
+        spacings = [slice_spacing(adata, name, self.spatial_key) for adata, name in zip(slices, what)]
         check_spacings(spacings, what)
         return replace(self, spacing_um=float(np.median(spacings)))
 
     def check_query(self, query: AnnData) -> None:
         """Warn when the query's spots are spaced much unlike the training slices' (with context)."""
         if self.context is not None and self.spacing_um is not None:
-            check_spacings([self.spacing_um, slice_spacing(query, "query")], ["the references", "the query"])
+            spacing = slice_spacing(query, "query", self.spatial_key)
+            check_spacings([self.spacing_um, spacing], ["the references", "the query"])
 
     def own_only(self, width: int) -> InputSpec:
         """The spec of the first ``width`` input columns: the spots' own embeddings, without context."""
@@ -314,11 +320,11 @@ def _expression(adata: AnnData, layer: str | None, genes: Sequence[str], what: s
     return sub.astype(np.float32, copy=False)
 
 
-def _blocks(adata: AnnData, seed: int) -> np.ndarray | None:
-    """Spatial CV blocks of ``adata``'s spots, or ``None`` without ``obsm["spatial"]``."""
-    if "spatial" not in adata.obsm:
+def _blocks(adata: AnnData, seed: int, spatial_key: str) -> np.ndarray | None:
+    """Spatial CV blocks of ``adata``'s spots, or ``None`` without ``obsm[spatial_key]``."""
+    if spatial_key not in adata.obsm:
         return None
-    return spatial_blocks(np.asarray(adata.obsm["spatial"])[:, :2], random_state=seed)
+    return spatial_blocks(np.asarray(adata.obsm[spatial_key])[:, :2], random_state=seed)
 
 
 def _split(n_obs: int, fraction: float, random_state: int) -> np.ndarray:
@@ -365,6 +371,7 @@ def _request(
     checkpoint: str | os.PathLike | None,
     resume: bool,
     context: bool | Mapping[str, Any] | None = None,
+    spatial_key: str = Key.obsm.spatial,
 ) -> Request:
     """Check what to fit before any data is read: the method and its options, or ``auto``'s candidates."""
     if method is None:
@@ -379,7 +386,8 @@ def _request(
                 f"found {given}."
             )
         parsed = parse_candidates(candidates)
-        spec = InputSpec(_rep_keys(use_rep), context=parse_context(DEFAULT_CONTEXT if context is None else context))
+        parsed_context = parse_context(DEFAULT_CONTEXT if context is None else context)
+        spec = InputSpec(_rep_keys(use_rep), context=parsed_context, spatial_key=spatial_key)
         if spec.context is None or not uses_context(parsed):
             parsed, spec = without_context(parsed), replace(spec, context=None)
         if not parsed:
@@ -388,15 +396,19 @@ def _request(
     model = make_method(method, options, **common)
     if checkpoint is not None or resume:
         model.set_checkpoint(checkpoint, resume)
-    spec = InputSpec(_rep_keys(use_rep), model.input, context=parse_context(context))
+    spec = InputSpec(_rep_keys(use_rep), model.input, context=parse_context(context), spatial_key=spatial_key)
     return Request(method, spec, layer, genes, model, None, common)
 
 
 def _settle_context(request: Request, slices: Sequence[AnnData]) -> Request:
     """``auto``'s request without its context candidates when it may drop them and a slice has no coordinates."""
-    if not request.optional_context or request.spec.context is None or all(map(has_context, slices)):
+    if (
+        not request.optional_context
+        or request.spec.context is None
+        or all(has_context(s, request.spec.spatial_key) for s in slices)
+    ):
         return request
-    logger.info("auto: context candidates skipped: a slice lacks obsm['spatial'] or its pixel size")
+    logger.info("auto: context candidates skipped: a slice lacks obsm[%r] or its pixel size", request.spec.spatial_key)
     spec = replace(request.spec, context=None)
     return replace(request, spec=spec, candidates=without_context(request.candidates), optional_context=False)
 
@@ -459,7 +471,7 @@ def _fit_across(query: AnnData, refs: list[AnnData], request: Request) -> Fitted
     data = TrainingData(genes, spec.scale(x_train), np.concatenate(ys), spec, _layer_name(request.layer))
     data.sections = np.repeat(np.arange(len(refs)), [len(x) for x in xs])
     if request.needs_groups:
-        data.groups, data.blocks = _reference_groups(refs, request.common["random_state"])
+        data.groups, data.blocks = _reference_groups(refs, request.common["random_state"], spec.spatial_key)
     model, extra = _fit(request, data)
     return Fitted(model, _as_trained(spec.scale(x_query), data), extra, data=data)
 
@@ -474,7 +486,7 @@ def _fit_within(query: AnnData, split: float, request: Request) -> Fitted:
     y = _expression(query, request.layer, genes, "query")
     data = TrainingData(genes, spec.scale(x[~test]), y[~test], spec, _layer_name(request.layer))
     if request.needs_groups:
-        data.groups = data.blocks = _blocks(query[~test], request.common["random_state"])
+        data.groups = data.blocks = _blocks(query[~test], request.common["random_state"], spec.spatial_key)
     model, extra = _fit(request, data)
     labels = pd.Categorical(np.where(test, "test", "train"), categories=["train", "test"])
     same = SPLIT_KEY in query.obs and np.array_equal(query.obs[SPLIT_KEY].astype(str), np.asarray(labels))
@@ -489,7 +501,12 @@ def _as_trained(x_query: np.ndarray, data: TrainingData) -> np.ndarray:
 
 
 def _apply_model(
-    query: AnnData, model: Predictor, method: str | None, use_rep: str | Sequence[str] | None, given: list[str]
+    query: AnnData,
+    model: Predictor,
+    method: str | None,
+    use_rep: str | Sequence[str] | None,
+    given: list[str],
+    spatial_key: str,
 ) -> Fitted:
     """A fitted model: check it matches the call, then prepare the query as it was trained."""
     if not isinstance(model, Predictor) or not model.is_trained:
@@ -500,7 +517,7 @@ def _apply_model(
         raise InvalidParameterError(f"method={method!r} does not match the fitted model's method {model.name!r}.")
     if given:
         raise InvalidParameterError(f"model= is already fitted; options {given} cannot change it. Refit instead.")
-    spec = InputSpec.of_model(model, use_rep)
+    spec = InputSpec.of_model(model, use_rep, spatial_key)
     get_genes(query, model.genes, what="query")
     spec.check_query(query)
     x_query = spec.read(query, "query")
@@ -512,9 +529,9 @@ def _layer_name(layer: str | None) -> str:
     return "X" if layer is None else layer
 
 
-def _reference_groups(refs: list[AnnData], seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _reference_groups(refs: list[AnnData], seed: int, spatial_key: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Fold labels of the reference spots (their sections; one section: its spatial blocks) and the blocks."""
-    per_ref = [_blocks(ref, seed) for ref in refs]
+    per_ref = [_blocks(ref, seed, spatial_key) for ref in refs]
     blocks = None
     if all(b is not None for b in per_ref):
         blocks = np.concatenate([b + N_BLOCKS * i for i, b in enumerate(per_ref)])
@@ -626,8 +643,8 @@ def _interval_layers(fitted: Fitted, predicted: np.ndarray, query: AnnData, key:
     return dict(zip(Key.layers.interval(key), (lower, upper)))
 
 
-@doc_params("copy")
-@checks_keys("layer", "key_added", "table_key", many=("use_rep",))
+@doc_params("spatial_key", "copy")
+@checks_keys("layer", "key_added", "spatial_key", "table_key", many=("use_rep",))
 def predict(
     query: AnnData | SpatialData,
     reference: AnnData | SpatialData | Sequence[AnnData | SpatialData] | None = None,
@@ -640,6 +657,7 @@ def predict(
     candidates: Sequence[str | tuple[str, Mapping[str, Any]]] | None = None,
     interval: float | None = None,
     context: bool | Mapping[str, Any] | None = None,
+    spatial_key: str = Key.obsm.spatial,
     key_added: str | None = None,
     model: Predictor | None = None,
     return_model: bool = False,
@@ -717,7 +735,7 @@ def predict(
         Append to each spot's embedding the mean embedding of its spatial neighbours in the same
         slice (the tissue around it): ``True`` for the default (the 6 nearest spots, mean only;
         chosen by grouped CV on the HER2ST references), or a dict with ``n_neighbors`` (nearest
-        spots) or ``radius`` (µm; from ``obsm["spatial"]`` times the slice's pixel size), and
+        spots) or ``radius`` (µm; from ``obsm[spatial_key]`` times the slice's pixel size), and
         optionally ``spread=True`` (also the neighbours' standard deviation) and
         ``isolated="self"`` (a spot with no neighbour within ``radius`` gets its own embedding
         as context; else such spots raise an error that counts them). Embedding methods only.
@@ -726,6 +744,9 @@ def predict(
         model keeps its context, so ``model=`` and a saved model prepare a new slice the same way;
         a query whose spot spacing differs from the references' by more than 1.5× is warned
         about. EPS never uses context (``exclude_radius`` is its spatial control).
+    {spatial_key}
+        Read for ``context`` and for the spatial blocks of cross-validation within one section;
+        every slice (query and references) keeps its centres under this key.
     key_added
         Layer name for the prediction; default ``f"predicted_{method}"``.
     model
@@ -803,7 +824,7 @@ def predict(
     >>> adata.layers["predicted_ridge"].shape
     (200, 20)
     >>> model = st.tl.predict(adata, method="linear", use_rep="X_latent", split=0.2, return_model=True)
-    >>> other = st.datasets.simulate(100, 20, n_planted=4, seed=1).tables["table"]
+    >>> other = st.datasets.simulate(100, 20, n_planted=4, random_state=1).tables["table"]
     >>> other.obsm["X_latent"] = other.obsm["latent"]
     >>> st.tl.predict(other, model=model)  # no refit
     """
@@ -828,13 +849,13 @@ def predict(
         given = sorted(method_kwargs) + ["checkpoint"] * (checkpoint is not None) + ["resume"] * bool(resume)
         given += ["candidates"] * (candidates is not None) + ["genes"] * (genes is not None)
         given += ["context"] * (context is not None)
-        fitted = _apply_model(query, model, method, use_rep, given)
+        fitted = _apply_model(query, model, method, use_rep, given, spatial_key)
         if interval is not None:
             stored_calibration(model.calibration, interval)
     else:
         common = {"random_state": random_state, "device": device, "progress": progress}
         request = _request(
-            method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume, context
+            method, use_rep, layer, genes, candidates, method_kwargs, common, checkpoint, resume, context, spatial_key
         )
         request.interval = interval
         wants_trust = _wants_trust(trust, request)

@@ -20,13 +20,11 @@ from scipy import sparse
 
 from .._anndata import dataset_info, read_uns
 from .._keys import Key
-from ..errors import InconsistentUnitsError, InvalidParameterError, StmorphKeyError, TooFewObservationsError
+from .._validation import get_coordinates
+from ..errors import InconsistentUnitsError, InvalidParameterError, TooFewObservationsError
 
 if TYPE_CHECKING:
     from anndata import AnnData
-
-SPATIAL_KEY = "spatial"
-"""``obsm`` key of the spot centres, in pixels of the full-resolution image (scanpy/squidpy convention)."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,12 @@ def _patches_mpp(adata: AnnData) -> set[float]:
     """The full-resolution pixel sizes recorded by :func:`~stmorph.pp.extract_patches` runs."""
     node = read_uns(adata, Key.uns.tool("patches"))
     records = node.values() if isinstance(node, Mapping) else ()
-    return {float(r["source_mpp"]) for r in records if isinstance(r, Mapping) and r.get("source_mpp") is not None}
+    found = (r.get("spatial_mpp", r.get("source_mpp")) for r in records if isinstance(r, Mapping))  # Xenium: µm
+    return {float(mpp) for mpp in found if mpp is not None}
 
 
 def pixel_size(adata: AnnData, need: str = "exclude_radius") -> float:
-    """µm per pixel of ``obsm["spatial"]``: the dataset record, else the patches record of ``extract_patches``.
+    """µm per pixel of the spot centres: the dataset record, else the patches record of ``extract_patches``.
 
     ``need`` names the option that needs it, for the error message.
 
@@ -100,45 +99,37 @@ def pixel_size(adata: AnnData, need: str = "exclude_radius") -> float:
         found.add(float(dataset_mpp))
     if not found:
         raise InvalidParameterError(
-            f"{need} needs the pixel size of obsm['spatial'], found neither in "
+            f"{need} needs the pixel size of the spot coordinates, found neither in "
             "uns['stmorph']['dataset']['mpp'] nor in a record of st.pp.extract_patches; run "
             "st.pp.extract_patches first or set adata.uns['stmorph']['dataset'] = {'mpp': <µm per pixel>}."
         )
     if not np.allclose(min(found), max(found), rtol=1e-6):
         raise InconsistentUnitsError(
-            f"the recorded pixel sizes of obsm['spatial'] disagree: {sorted(found)} µm/px "
+            f"the recorded pixel sizes of the spot coordinates disagree: {sorted(found)} µm/px "
             "(uns['stmorph']['dataset']['mpp'] and the extract_patches records)."
         )
     return min(found)
 
 
-def spot_positions(adata: AnnData, need: str = "exclude_radius") -> np.ndarray:
-    """Spot centres ``obsm["spatial"][:, :2]`` in pixels (float64), after checking they are usable (``need``: see
+def spot_positions(adata: AnnData, need: str = "exclude_radius", spatial_key: str = Key.obsm.spatial) -> np.ndarray:
+    """Spot centres ``obsm[spatial_key][:, :2]`` in pixels (float64), after checking they are usable (``need``: see
     :func:`pixel_size`)."""
-    if SPATIAL_KEY not in adata.obsm:
-        raise StmorphKeyError(
-            f"{need} needs spot coordinates in adata.obsm['spatial'] (pixels of the full-resolution "
-            f"image); available: {sorted(adata.obsm.keys())}."
-        )
-    xy = np.asarray(adata.obsm[SPATIAL_KEY])
-    if xy.ndim != 2 or xy.shape[0] != adata.n_obs or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
-        raise InvalidParameterError(
-            f"adata.obsm['spatial'] must be a finite n_obs × 2 array of numbers; found shape {xy.shape}."
-        )
-    return xy[:, :2].astype(np.float64)
+    return get_coordinates(adata, spatial_key, need)
 
 
-def spatial_um(adata: AnnData, need: str = "exclude_radius") -> np.ndarray:
+def spatial_um(adata: AnnData, need: str = "exclude_radius", spatial_key: str = Key.obsm.spatial) -> np.ndarray:
     """Spot centres in µm: :func:`spot_positions` times :func:`pixel_size` (``need``: see :func:`pixel_size`)."""
-    return spot_positions(adata, need) * pixel_size(adata, need)
+    return spot_positions(adata, need, spatial_key) * pixel_size(adata, need)
 
 
-def exclusion_for(adata: AnnData, exclude_radius: float | None, n_neighbors: int) -> Exclusion | None:
+def exclusion_for(
+    adata: AnnData, exclude_radius: float | None, n_neighbors: int, spatial_key: str = Key.obsm.spatial
+) -> Exclusion | None:
     """The checked :class:`Exclusion` of ``exclude_radius`` µm on ``adata`` (``None`` for none)."""
     radius = check_exclude_radius(exclude_radius)
     if radius is None:
         return None
-    exclusion = Exclusion(spatial_um(adata), radius)
+    exclusion = Exclusion(spatial_um(adata, spatial_key=spatial_key), radius)
     exclusion.check_candidates(n_neighbors)
     return exclusion
 

@@ -551,6 +551,24 @@ def embed_unknown_on_error():
     return a, lambda: st.tl.embed(a, model="hed", on_error="ignore", progress=False)
 
 
+@_case("st.tl.embed", "unknown precision", InvalidParameterError)
+def embed_unknown_precision():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="default", precision="fp16", progress=False)
+
+
+@_case("st.tl.embed", "precision='int8' for a CNN (no linear layers)", InvalidParameterError)
+def embed_int8_for_a_cnn():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="default", precision="int8", device="cpu", progress=False)
+
+
+@_case("st.tl.embed", "precision for a featurizer without torch", InvalidParameterError)
+def embed_precision_for_a_featurizer():
+    a = table()
+    return a, lambda: st.tl.embed(a, model="hed", precision="bf16", progress=False)
+
+
 # ---------------------------------------------------------------------- st.pp.extract_patches
 def _pair(coords: np.ndarray):
     image = np.zeros((100, 80, 3), dtype=np.uint8)

@@ -28,6 +28,7 @@ from ._encoders import feature_map as feature_map
 from ._encoders import inference_encoder as inference_encoder
 from ._encoders import list_encoders as list_encoders
 from ._encoders import register_encoder as register_encoder
+from ._encoders import with_precision as with_precision
 from ._ensemble import FirstColumns as FirstColumns
 from ._ensemble import member_label as member_label
 from ._io import load
@@ -36,6 +37,7 @@ from ._lowp import int8_available as int8_available
 from ._predictor import Predictor, register_method
 from ._predictor import list_methods as list_methods
 from ._predictor import make_method as make_method
+from ._presets import EMBED_PRECISIONS as EMBED_PRECISIONS
 from ._train import resolve_device as resolve_device
 from ._weights import load_state_dict_safely
 

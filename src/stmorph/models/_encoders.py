@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._logging import logger
-from .._validation import InputTypeError, InvalidParameterError, format_keys
-from ._presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset
+from .._validation import InputTypeError, InvalidParameterError, check_choice, format_keys
+from ._presets import EMBED_PRECISIONS, IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset
 from ._presets import UNI_ARCH as UNI_ARCH  # re-exported: benchmarks build UNI from it
 from ._weights import load_into, load_state_dict_safely, map_hf_dinov2_keys
 
@@ -67,7 +67,9 @@ class Encoder:
         The module is a CNN converted to channels-last memory format; :func:`patches_to_tensor`
         then returns channels-last tensors too.
     precision
-        ``"fp32"``, or the autocast dtype (``"fp16"``, ``"bf16"``) the module uses on CUDA in eval mode.
+        ``"fp32"``, or the autocast dtype (``"fp16"``, ``"bf16"``) the module uses on CUDA in eval mode;
+        after :func:`with_precision`, what it computes in on the device given (``"int8"``: quantised
+        linear layers).
     """
 
     module: torch.nn.Module
@@ -594,6 +596,86 @@ def inference_encoder(name: str, weights: str | None = None) -> Encoder | Featur
     """:func:`resolve_encoder` for embedding only: a torch encoder's batch norms are folded (:func:`fold_batchnorm`)."""
     built = resolve_encoder(name, weights)
     return fold_batchnorm(built) if isinstance(built, Encoder) else built
+
+
+def _precision_error(encoder: Encoder | Featurizer, precision: str, device: torch.device | None) -> str | None:
+    """Why ``encoder`` cannot run at ``precision`` (not ``"auto"``) on ``device``, or ``None``."""
+    name = getattr(encoder, "name", "") or getattr(encoder, "__name__", type(encoder).__name__)
+    if not isinstance(encoder, Encoder):
+        return f"encoder {name!r} computes fixed features without torch; it takes only precision='auto'."
+    from ._precision import has_linear
+
+    if precision == "int8" and device.type != "cpu":
+        return f"precision='int8' runs on the CPU only (device {device.type!r}); use 'bf16' on {device.type!r}."
+    if precision == "int8" and not has_linear(encoder.module):
+        return (
+            f"precision='int8' quantises linear layers and encoder {name!r} has none (a CNN such as 'default'); "
+            "use 'bf16' or 'fp32'."
+        )
+    return None
+
+
+def with_precision(encoder: Encoder | Featurizer, precision: str, device: torch.device | None) -> Encoder | Featurizer:
+    """The encoder computing at ``precision`` on ``device`` (for inference; the encoder given is not changed).
+
+    Parameters
+    ----------
+    encoder
+        A torch :class:`Encoder` (or, with ``"auto"`` only, a featurizer).
+    precision
+        One of :data:`~stmorph.models._presets.EMBED_PRECISIONS`:
+
+        - ``"auto"``: the encoder as built (float32 on the CPU; on CUDA a preset autocasts to its
+          model card's dtype);
+        - ``"fp32"``: float32 everywhere (a preset's CUDA autocast is turned off);
+        - ``"bf16"``: the forward pass under bfloat16 :func:`torch.autocast` on the input's device,
+          features returned as float32 (fast where the CPU has native bfloat16, e.g. AVX-512 BF16 or
+          AMX; slower than float32 where it has not, e.g. AVX2 only);
+        - ``"int8"``: the linear layers dynamically quantised to int8 (CPU only; transformers such
+          as the ViT presets, where they hold nearly all the work; refused for an encoder without
+          linear layers, such as the CNN ``"default"``).
+    device
+        The torch device the encoder will run on (``None`` for a featurizer).
+
+    Returns
+    -------
+    The :class:`Encoder` with its ``precision`` field set to what it computes in on ``device``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown ``precision``; a featurizer (``"hed"``) with a precision other than ``"auto"``;
+        ``"int8"`` off the CPU or for an encoder without linear layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    >>> enc = Encoder(net, dim=4, mean=(0.5,) * 3, std=(0.5,) * 3, input_size=8, name="tiny")
+    >>> fast = with_precision(enc, "int8", torch.device("cpu"))
+    >>> fast.precision, fast.module(torch.zeros(2, 3, 8, 8)).shape
+    ('int8', torch.Size([2, 4]))
+    """
+    import dataclasses
+
+    check_choice(precision, EMBED_PRECISIONS, "precision")
+    problem = None if precision == "auto" else _precision_error(encoder, precision, device)
+    if problem:
+        raise InvalidParameterError(problem)
+    if not isinstance(encoder, Encoder) or (precision == "auto" and device.type == "cuda"):
+        return encoder
+    if precision == "auto":
+        return dataclasses.replace(encoder, precision="fp32")  # a preset autocasts only on CUDA
+    import torch
+
+    from ._precision import Autocast, quantise_linear, without_autocast
+
+    module = without_autocast(encoder.module)
+    if precision == "bf16":
+        module = Autocast(module, torch.bfloat16)
+    elif precision == "int8":
+        module = quantise_linear(module)
+    return dataclasses.replace(encoder, module=module.eval(), precision=precision)
 
 
 def build_encoder(name: str, weights: str | None = None) -> Encoder:

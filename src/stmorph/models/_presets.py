@@ -23,6 +23,10 @@ POOLINGS = ("cls", "cls+mean")
 """``"cls"``: the class token; ``"cls+mean"``: class token concatenated with the mean of the patch
 tokens (register tokens excluded)."""
 PRECISIONS = ("fp32", "fp16", "bf16")
+EMBED_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+"""``precision=`` of :func:`stmorph.tl.embed`: ``"auto"`` (float32 on the CPU; on CUDA a preset's model-card
+autocast, :attr:`Preset.precision`), ``"fp32"``, ``"bf16"`` (bfloat16 autocast) or ``"int8"`` (dynamically
+quantised linear layers, CPU only)."""
 
 
 @dataclass(frozen=True)

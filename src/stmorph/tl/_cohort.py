@@ -95,6 +95,7 @@ def embed_cohort(
     table_key: str | None = None,
     num_workers: int = 1,
     client: Any = None,
+    precision: str = "auto",
     copy: bool = False,
 ) -> list[AnnData] | None:
     """Embed the spot patches of many slides, in parallel with dask: :func:`embed` for a cohort.
@@ -110,7 +111,7 @@ def embed_cohort(
     slides
         One item per slide: :class:`~spatialdata.SpatialData` objects and/or paths of zarr stores
         of them (read lazily, images as dask; never written to).
-    model, weights, batch_size, device, key_added, patches_key, num_workers
+    model, weights, batch_size, device, key_added, patches_key, num_workers, precision
         As in :func:`embed`, with the same defaults.
     table_key
         The table of each SpatialData (``None``: each slide's only table), as in :func:`embed`.
@@ -149,8 +150,9 @@ def embed_cohort(
     [(20, 57), (20, 57)]
     """
     engine = EncoderOptions(
-        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=False
-    )
+        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=False,
+        precision=precision,
+    )  # fmt: skip
     check_bool(copy, "copy")
     slides = list(slides)
     if not slides:

@@ -10,7 +10,7 @@ from .._docs import doc_params
 from .._keys import Key
 from .._logging import logger
 from .._tables import is_spatialdata, table_of
-from .._validation import InputTypeError, check_bool, checks_keys
+from .._validation import InputTypeError, InvalidParameterError, check_bool, checks_keys
 from ._dense import DenseOptions, choose_strategy, dense_embedding_outputs
 from ._embed_engine import EncoderOptions, SpotOptions, embedding_outputs
 
@@ -46,12 +46,13 @@ def embed(
     features_path: str | os.PathLike | None = None,
     stain_norm: str | None = None,
     stain_reference: Any = None,
+    precision: str = "auto",
     copy: bool = False,
 ) -> AnnData | None:
     """Embed each spot's image patch with an image encoder.
 
     The options come in three groups: the encoder and how it runs (``model`` to ``num_workers``,
-    ``progress``; every strategy), the per-spot strategy's (``checkpoint``, ``on_error``,
+    ``progress``, ``precision``; every strategy), the per-spot strategy's (``checkpoint``, ``on_error``,
     ``stain_norm``, ``stain_reference``) and the dense strategy's (``tile_size``, ``halo``,
     ``features_store``, ``features_path``); ``resume`` continues either strategy's saved run. An
     option of the strategy not run is refused rather than ignored.
@@ -137,6 +138,13 @@ def embed(
         uint8 RGB reference the normaliser is fitted on: ``(n, P, P, 3)`` patches (e.g. well-stained
         patches of a reference slide, the same for every slide of a cohort) or an ``(H, W, 3)`` image.
         Default, Macenko only: torchstain's published reference stain matrix.
+    precision
+        Arithmetic of a torch encoder (per-spot strategy): ``"auto"`` (default: float32 on the CPU; on
+        CUDA a foundation-model preset autocasts to its model card's dtype), ``"fp32"``, ``"bf16"``
+        (bfloat16 autocast; fast only on hardware with native bfloat16) or ``"int8"`` (the linear
+        layers dynamically quantised; CPU only, for transformers such as ``"uni"``; a CNN such as
+        ``"default"`` has none). The features stay float32; their cosine to float32 features and the
+        speed-up on a CPU are measured in the benchmarks page. Recorded in ``uns``.
     {copy}
 
     Returns
@@ -145,7 +153,7 @@ def embed(
 
     ``obsm[key_added]`` : float32 ``(n_spots, dim)`` embeddings (a dask array over the zarr array with
     ``features_store="zarr"``).
-    ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device;
+    ``uns["stmorph"]["embed"][key_added]`` : parameters (model, weights, dim, normalisation, device, precision;
     with ``stain_norm``, a ``stain_norm`` record: method, library version, reference and its fitted
     parameters, ``n_unchanged`` patches;
     ``on_error`` and the ``failed`` spots' ``obs_names`` and ``errors`` when given ``checkpoint`` or ``on_error``;
@@ -163,7 +171,9 @@ def embed(
         a spatial feature map, a read-only or too small ``features_path``, or ``checkpoint`` /
         ``on_error`` given (a dense run resumes from its zarr store); unknown ``stain_norm``, Reinhard without
         ``stain_reference``, ``stain_reference`` without ``stain_norm``, ``stain_norm`` with
-        ``strategy="dense"``, or a reference without stains.
+        ``strategy="dense"``, or a reference without stains; an unknown ``precision``, ``"int8"`` off
+        the CPU or for an encoder without linear layers, a precision other than ``"auto"`` for
+        ``"hed"`` or with ``strategy="dense"``.
     FileNotFoundError
         The weights file does not exist.
     ShapeMismatchError
@@ -181,6 +191,15 @@ def embed(
     >>> st.tl.embed(table)
     >>> table.obsm["X_default"].shape
     (50, 1280)
+
+    A ViT at int8 on the CPU (here a small timm ViT with random weights, registered for the example):
+
+    >>> import timm
+    >>> vit = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    >>> st.tl.register_encoder("tiny_vit", vit, overwrite=True)
+    >>> st.tl.embed(table, model="tiny_vit", precision="int8", device="cpu")
+    >>> table.uns["stmorph"]["embed"]["X_tiny_vit"]["precision"]
+    'int8'
     """
     if isinstance(adata, list | tuple):
         raise InputTypeError(
@@ -188,8 +207,9 @@ def embed(
             "Embed many slides (SpatialData objects or zarr paths) with `st.tl.embed_cohort`."
         )
     engine = EncoderOptions(
-        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress
-    )
+        model=model, weights=weights, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress,
+        precision=precision,
+    )  # fmt: skip
     dense = DenseOptions(
         tile_size=tile_size, halo=halo, features_store=features_store, features_path=features_path, resume=resume
     )
@@ -203,6 +223,8 @@ def embed(
     key = key_added or Key.obsm.embedding(model)
     if choose_strategy(adata, patches_key, strategy) == "dense":
         spot.refuse_for("dense")
+        if precision != "auto":
+            raise InvalidParameterError("strategy='dense' computes in float32; precision= is for strategy='spot'.")
         emb, params = dense_embedding_outputs(adata, engine, dense, key=key, patches_key=patches_key, image=image)
     else:
         dense.refuse_for("spot")

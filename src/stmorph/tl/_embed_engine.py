@@ -36,7 +36,7 @@ from .._validation import (
     get_patches,
     numeric_array,
 )
-from ..models import Encoder, Featurizer, inference_encoder, patches_to_tensor
+from ..models import EMBED_PRECISIONS, Encoder, Featurizer, inference_encoder, patches_to_tensor, with_precision
 from ._embed_resume import ON_ERROR, Fetch, Run, run_batches
 
 if TYPE_CHECKING:
@@ -207,10 +207,12 @@ def _engine(encoder: Encoder | Featurizer, options: EncoderOptions) -> tuple[Run
         from ..models import resolve_device
 
         dev = resolve_device(options.device)
+        encoder = with_precision(encoder, options.precision, dev)
         batch = resolve_batch_size(options.batch_size, encoder, dev)
         run = partial(_embed_torch, encoder=encoder, batch_size=batch, device=dev, num_workers=workers)
-        params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std)}
+        params = {"kind": "torch", "mean": list(encoder.mean), "std": list(encoder.std), "precision": encoder.precision}
         return run, {**params, "input_size": encoder.input_size, "device": str(dev)}, batch
+    with_precision(encoder, options.precision, None)  # a featurizer takes only "auto"
     batch = resolve_batch_size(options.batch_size, encoder, None)
     run = partial(_embed_features, fn=encoder, name=options.model, batch_size=batch, num_workers=workers)
     return run, {"kind": "features"}, batch
@@ -230,6 +232,7 @@ class EncoderOptions:
     device: str = "auto"
     num_workers: int = 1
     progress: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.batch_size, str) and self.batch_size == AUTO):
@@ -237,6 +240,7 @@ class EncoderOptions:
         check_int(self.num_workers, "num_workers", low=0)
         check_device(self.device)
         check_bool(self.progress, "progress")
+        check_choice(self.precision, EMBED_PRECISIONS, "precision")
 
     @property
     def weights_name(self) -> str | None:
@@ -326,6 +330,8 @@ def embedding_outputs(
     settings = {"model": engine.model, "weights": weights or "", "patches_key": patches_key}
     if stain_norm is not None:  # part of what a checkpoint was made with
         settings["stain_norm"] = json.dumps(stain_norm.record, sort_keys=True)
+    if engine.precision != "auto":
+        settings["precision"] = engine.precision
     run, engine_params, batch_size = _engine(inference_encoder(engine.model, weights), engine)
     params: dict[str, Any] = {**settings, **engine_params}
     failed: dict[str, str] = {}

@@ -161,7 +161,9 @@ def _params() -> list[Param]:
     P = Param
     return [
         P("pp.extract_patches", "target_mpp", "float", lambda a, v: _patches(a, target_mpp=v), 0, 1e4, True,
-          target=_sim_table),
+          target=_sim_table, optional=True),  # None: from patch_um, else 0.5 µm/px
+        P("pp.extract_patches", "patch_um", "float", lambda a, v: _patches(a, patch_um=v), 0, 1e4, True,
+          target=_sim_table, optional=True),
         P("pp.extract_patches", "mpp", "float", lambda a, v: _patches(a, mpp=v), 0, 1e4, True, target=_sim_table,
           optional=True),
         P("pp.extract_patches", "patch_size", "int", lambda a, v: _patches(a, patch_size=v), 1, 4096,

@@ -14,7 +14,7 @@ import numpy as np
 from .._anndata import commit_outputs
 from .._keys import Key
 from .._logging import logger
-from .._validation import check_bool, check_choice, check_int, check_range, checks_keys
+from .._validation import InvalidParameterError, check_bool, check_choice, check_int, check_range, checks_keys
 from ._lazy import PatchReader, sample_record
 from ._sources import patch_source, tile_mpp
 from ._tissue import tissue_mask, window_fractions
@@ -33,6 +33,29 @@ MAX_MPP = 1e4
 """Largest pixel size in µm accepted for ``mpp`` / ``target_mpp`` (1 cm per pixel)."""
 
 _STORES = ("memory", "lazy")
+
+
+MAX_WINDOW_BYTES = 2**30
+"""Largest source window one patch may read (1 GiB of RGB: a side of ~18,900 px)."""
+
+
+def check_window(window_px: float, tile_um: float, image_shape: tuple[int, ...]) -> None:
+    """Raise a named error when one patch's source window could not be held in memory.
+
+    Examples
+    --------
+    >>> check_window(224.0, 112.0, (1000, 1000, 3))
+    >>> check_window(2e5, 1e5, (200, 200, 3))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    stmorph.errors.InvalidParameterError: a 1e+05 µm patch is a 200000 × 200000 px window ..., 112 GiB per patch; ...
+    """
+    if 3 * window_px**2 > MAX_WINDOW_BYTES:
+        raise InvalidParameterError(
+            f"a {tile_um:.3g} µm patch is a {window_px:.0f} × {window_px:.0f} px window of the image "
+            f"({image_shape[0]} × {image_shape[1]} px), {3 * window_px**2 / 2**30:.0f} GiB per patch; choose a "
+            "smaller patch_um or target_mpp."
+        )
 
 
 def _tissue_fraction(source: PatchSource, image: Any, window_px: float, patch_size: int) -> tuple[np.ndarray, float]:
@@ -212,6 +235,7 @@ def extract_patches(
     image = as_yxc(source.image)
     check_inside(source.centres, image.shape, table.obs_names)
     window_px = patch_size * target_mpp / source.mpp
+    check_window(window_px, patch_size * target_mpp, image.shape)
     check_stored(source.image, source.centres, window_px, patch_size, table.obs_names)
     logger.info(
         "extract_patches: %d spots, %.1f µm tiles (%.1f source px at %.3f µm/px → %d px), store=%s",

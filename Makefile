@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
-	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider
+	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile  # one file per worker: its fixtures run once
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix

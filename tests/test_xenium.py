@@ -238,3 +238,27 @@ def test_pseudo_spots_inplace_false_returns_the_table_and_writes_nothing():
     spots = st.pp.pseudo_spots(sdata, size_um=50, inplace=False)
     assert spots.obs["n_cells"].sum() == 300 and set(sdata.tables) == {"table"}
     assert tool_record(spots, "pseudo_spots", "pseudo_spots_50um")["size_um"] == 50.0
+
+
+def _embedded_cells(random_state: int):
+    sdata = st.datasets.simulate_xenium(400, random_state=random_state)
+    st.pp.extract_patches(sdata, patch_size=64, progress=False)
+    table = sdata.tables["table"]
+    st.tl.embed(table, model="hed", progress=False)
+    st.pp.prepare_expression(table)
+    return table
+
+
+def test_prediction_on_xenium_cells_recovers_the_genes_the_he_shows_and_nothing_from_shuffled_pairs():
+    reference, query = _embedded_cells(0), _embedded_cells(1)
+    shuffled = reference.copy()  # null: each reference cell's expression given another cell's patch
+    shuffled.X = shuffled.X[np.random.default_rng(0).permutation(shuffled.n_obs)]
+    scores = {}
+    for name, ref in {"paired": reference, "shuffled": shuffled}.items():
+        target = query.copy()
+        st.tl.predict(target, [ref], method="knn", use_rep="X_hed", progress=False)
+        st.tl.evaluate(target, "predicted_knn")
+        scores[name] = target.var["pearson_knn"].groupby(target.var["planted"]).mean()
+    # genes drawn from the H&E are predicted across slides, genes the H&E does not show are not
+    assert scores["paired"]["image"] > 0.4 > scores["paired"]["spatial"] + 0.2
+    assert abs(scores["shuffled"]["image"]) < 0.2

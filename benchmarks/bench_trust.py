@@ -82,7 +82,8 @@ def main() -> None:
                     query = tables[query_name].copy()
                     start = time.perf_counter()
                     st.tl.predict(query, refs, method=method, use_rep="X_default", genes=genes, random_state=seed,
-                                  progress=False, device="cpu", key_added="pred", **options)  # fmt: skip
+                                  progress=False, device="cpu", key_added="pred", trust=True,  # on for trained methods too
+                                  **options)  # fmt: skip
                     row = {"method": label, "seed": seed, "query": query_name, "null": null}
                     row.update(scores(query, genes, "pred"), seconds=time.perf_counter() - start)
                     rows.append(row)

@@ -81,9 +81,9 @@ def main() -> None:
                     refs = [shuffled(r, seed + i) for i, r in enumerate(refs)] if null else refs
                     query = tables[query_name].copy()
                     start = time.perf_counter()
+                    # trust on for the trained methods too (off by default for them)
                     st.tl.predict(query, refs, method=method, use_rep="X_default", genes=genes, random_state=seed,
-                                  progress=False, device="cpu", key_added="pred", trust=True,  # on for trained methods too
-                                  **options)  # fmt: skip
+                                  progress=False, device="cpu", key_added="pred", trust=True, **options)  # fmt: skip
                     row = {"method": label, "seed": seed, "query": query_name, "null": null}
                     row.update(scores(query, genes, "pred"), seconds=time.perf_counter() - start)
                     rows.append(row)

@@ -32,6 +32,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture
+def fast_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``method="auto"`` without its network candidate (BLEEP with context) whatever the data size, for the tests
+    of other parts of ``auto``; tests/test_knn_cv.py checks that BLEEP joins and leaves by its cost."""
+    monkeypatch.setattr("stmorph.tl._auto.NETWORK_SPOT_FITS", 0)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Folder holding ``her2st/``; fails (not skips) when the shipped data is absent."""

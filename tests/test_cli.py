@@ -69,12 +69,13 @@ def test_demo_results_hold_every_step_per_section(demo_run):
         (s, m) for s in ("C2", "C3") for m in ("auto", "bleep")
     )
     cv = pd.read_csv(out / "cv.csv")  # one reference: the CV folds are its contiguous spatial blocks
-    assert set(cv["section"]) == {"C2", "C3"} and set(cv["candidate"]) == {  # auto's defaults: context, ensemble
-        "knn(k=cv)",
+    assert set(cv["section"]) == {"C2", "C3"} and set(cv["candidate"]) == {  # auto's defaults: context, ensemble,
+        "knn(k=cv)",  # and BLEEP with context (181 spots × 5 blocks: affordable)
         "ridge(alpha=cv, standardize=True)",
         "knn(k=cv, context=True)",
         "ridge(alpha=cv, standardize=True, context=True)",
         "ensemble(n_best=2)",
+        "bleep(context=True)",
     }
     for _, rows in cv.groupby("section"):
         means = rows.groupby("candidate")["pearson_hvg50"].mean()

@@ -46,6 +46,7 @@ def test_evaluation_df_is_the_summary_evaluate_returns_and_takes_the_layer_or_th
         st.get.evaluation_df(c3, "predicted_knn")
 
 
+@pytest.mark.usefixtures("fast_auto")
 def test_cv_df_marks_the_candidate_auto_chose(sim_sdata):
     sections = []
     for seed in range(3):

@@ -10,9 +10,11 @@ from sklearn.linear_model import Ridge as SkRidge
 
 import stmorph as st
 from stmorph._validation import InvalidParameterError, ShapeMismatchError, StmorphKeyError, TooFewObservationsError
+from stmorph.models import member_label
 from stmorph.models._baselines import KNN, Ridge, ridge_solution
 from stmorph.models._cv import ALPHA_GRID, K_GRID, spatial_blocks
 from stmorph.models._retrieval import retrieve, retrieve_grid
+from stmorph.tl._auto import _members, affordable, parse_candidates
 
 
 def _pearson_cols(truth, pred):
@@ -251,6 +253,33 @@ def test_bad_candidates_raise_named_errors_and_leave_the_query_unchanged(candida
     with pytest.raises(InvalidParameterError, match="auto"):
         st.tl.predict(query, sections, method="ridge", candidates=["knn"], use_rep="X_emb", progress=False)
     assert_adata_equal(query, before)
+
+
+def test_auto_takes_bleep_with_context_only_while_its_fits_are_affordable(caplog):
+    candidates = parse_candidates(None)
+    bleep = member_label("bleep", {"context": True})
+    labels = [label for label, _, _ in candidates]
+    assert bleep in labels and "ensemble(n_best=2)" in labels
+    assert [label for label, _, _ in affordable(candidates, 732, 4)] == labels  # HER2ST: 4 references
+    with caplog.at_level("INFO", logger="stmorph"):
+        kept = affordable(candidates, 4000, 4)  # one Visium slide per reference
+    assert [label for label, _, _ in kept] == [label for label in labels if label != bleep]
+    assert bleep in caplog.text and "candidates=" in caplog.text
+    ours = [("knn", {"k": 5}), ("bleep", {"context": True, "epochs": 2})]  # the ensemble pools fast methods only
+    assert _members([*parse_candidates(ours), ("ensemble", "ensemble", {"n_best": 1})], None) == [("knn", {"k": 5})]
+
+
+def test_default_auto_skips_bleep_above_its_budget_and_compares_the_fast_candidates(monkeypatch, caplog):
+    monkeypatch.setattr("stmorph.tl._auto.NETWORK_SPOT_FITS", 100)  # these 3 × 60 spots × 3 folds pass it
+    *sections, query = _linear_sections(4)
+    for section in [*sections, query]:  # a pixel size: the context candidates stay
+        section.uns["stmorph"] = {"dataset": {"mpp": 2.0}}
+    with caplog.at_level("INFO", logger="stmorph"):
+        st.tl.predict(query, sections, method="auto", use_rep="X_emb", progress=False)
+    cv = query.uns["stmorph"]["predict"]["predicted_auto"]["cv"]
+    assert "bleep(context=True)" in caplog.text and "skipped" in caplog.text
+    assert not any(c.startswith("bleep") for c in cv["candidate"])
+    assert {"knn(k=cv)", "ridge(alpha=cv, standardize=True, context=True)"} <= set(cv["candidate"])
 
 
 def test_reference_hvgs_is_the_union_of_each_references_top_genes():

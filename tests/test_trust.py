@@ -72,6 +72,7 @@ def _sections(n_sections=4, n_spots=150, n_genes=40, n_planted=8, seed=0, shuffl
     return out[:-1], out[-1]
 
 
+@pytest.mark.usefixtures("fast_auto")
 @pytest.mark.parametrize("method", ["knn", "ridge", "auto"])
 def test_planted_genes_get_a_higher_expected_r_than_unplanted_ones(method):
     refs, query = _sections()

@@ -19,11 +19,17 @@ DEFAULT_CANDIDATES: tuple = (
     ("knn", {"k": "cv", "context": True}),
     ("ridge", {"alpha": "cv", "standardize": True, "context": True}),
     (ENSEMBLE, {"n_best": 2}),
+    ("bleep", {"context": True}),
 )
-"""The candidates of ``method="auto"``: knn and ridge on the spot's own embedding and with its context, and the
-z-scored average of the pair of them whose average is best by grouped CV. ``mlp`` and frozen ``bleep``/``heclip``
-on request: on the HER2ST leave-one-section-out grid none of them beat these (docs/benchmarks.md), and each costs
-a network fit per fold."""
+"""The candidates of ``method="auto"``: knn and ridge on the spot's own embedding and with its context, the
+z-scored average of the pair of them whose average is best by grouped CV, and frozen BLEEP with context when
+its fits are affordable (:data:`NETWORK_SPOT_FITS`). ``mlp``, ``heclip`` and BLEEP without context on request:
+on the HER2ST leave-one-section-out grid none of them beat these (docs/benchmarks.md)."""
+NETWORK_SPOT_FITS = 4000
+"""The default candidates that train a network (BLEEP) join ``method="auto"`` when the training spots times the
+CV folds (the spots its CV fits and final fit train on, in all) is at most this. Measured on 2 CPU cores
+(docs/benchmarks.md): HER2ST's four references, 732 spots × 4 folds, take ~2 minutes of BLEEP fits; above it a
+default ``auto`` would pass its 5-minute budget, so it compares the fast candidates only and says so."""
 
 Candidate = tuple[str, str, dict[str, Any]]
 """``(label, method, options)`` of one candidate; ``options`` may hold ``context`` (bool)."""
@@ -78,12 +84,35 @@ def without_context(candidates: Sequence[Candidate]) -> list[Candidate]:
     return [c for c in candidates if not _own(c[2])[1]]
 
 
+def trains_network(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether a candidate trains a network (mlp, bleep, heclip): a fit costs seconds to minutes, not milliseconds."""
+    return name != ENSEMBLE and make_method(name, _own(options)[0]).resumable
+
+
+def affordable(candidates: Sequence[Candidate], n_spots: int, n_folds: int) -> list[Candidate]:
+    """The default candidates without those that train a network when ``n_spots × n_folds`` passes
+    :data:`NETWORK_SPOT_FITS` (logged, with how to include them)."""
+    networks = [label for label, name, options in candidates if trains_network(name, options)]
+    if not networks or n_spots * n_folds <= NETWORK_SPOT_FITS:
+        return list(candidates)
+    logger.info(
+        "auto: skipped %s, whose %d fits on %d training spots would take minutes on a CPU (more than %d spots × "
+        "folds); name it in candidates= to include it",
+        networks,
+        n_folds + 1,
+        n_spots,
+        NETWORK_SPOT_FITS,
+    )
+    return [c for c in candidates if c[0] not in networks]
+
+
 def _members(candidates: Sequence[Candidate], width: int | None) -> list[tuple[str, dict[str, Any]]]:
-    """The non-ensemble candidates as ensemble members; those without context read the first ``width`` columns."""
+    """The pool of a pooled ensemble: the candidates that train no network (the pair search refits each member
+    once per inner fold); those without context read the first ``width`` columns."""
     members = []
     for _, name, options in candidates:
         own, context = _own(options)
-        if name != ENSEMBLE:
+        if name != ENSEMBLE and not trains_network(name, options):
             members.append((name, own if context or width is None else {**own, "columns": width}))
     return members
 

@@ -55,7 +55,7 @@ from ..models import (
     spatial_blocks,
     stored_calibration,
 )
-from ._auto import AUTO, Candidate, parse_candidates, select, uses_context, without_context
+from ._auto import AUTO, Candidate, affordable, parse_candidates, select, uses_context, without_context
 from ._context import DEFAULT as DEFAULT_CONTEXT
 from ._context import Context, check_spacings, has_context, parse_context, slice_context, slice_spacing
 from ._context import from_record as context_from_record
@@ -235,6 +235,8 @@ class Request:
     """Also predict the training spots out of fold (expected accuracy per gene)."""
     optional_context: bool = False
     """``auto`` with ``context=None``: drop the context candidates when a slice lacks coordinates or pixel size."""
+    default_candidates: bool = False
+    """``auto`` with ``candidates=None``: drop the network candidates when their fits are not affordable."""
 
     @property
     def needs_groups(self) -> bool:
@@ -392,7 +394,17 @@ def _request(
             parsed, spec = without_context(parsed), replace(spec, context=None)
         if not parsed:
             raise InvalidParameterError('context=False leaves method="auto" no candidate without context.')
-        return Request(method, spec, layer, genes, None, parsed, common, optional_context=context is None)
+        return Request(
+            method,
+            spec,
+            layer,
+            genes,
+            None,
+            parsed,
+            common,
+            optional_context=context is None,
+            default_candidates=candidates is None,
+        )
     model = make_method(method, options, **common)
     if checkpoint is not None or resume:
         model.set_checkpoint(checkpoint, resume)
@@ -422,8 +434,11 @@ def _fit(request: Request, data: TrainingData) -> tuple[Predictor, dict[str, Any
     needs_oof = request.trust or request.interval is not None  # expected r and intervals share them
     if model is None:
         width = None if data.spec.context is None else data.x.shape[1] // data.spec.context.multiplier
+        candidates = request.candidates
+        if request.default_candidates:
+            candidates = affordable(candidates, len(data.x), len(np.unique(data.groups)))
         model, context, cv_table, oof = select(
-            request.candidates, data.x, data.y, data.groups, data.blocks, width, **request.common
+            candidates, data.x, data.y, data.groups, data.blocks, width, **request.common
         )
         if width is not None and not context:  # the winner reads the spots' own embeddings only
             data.x, data.spec = data.x[:, :width], data.spec.own_only(width)
@@ -718,10 +733,13 @@ def predict(
         ``method="auto"`` only: method names or ``(name, options)`` pairs; an option
         ``context=True`` makes the candidate read the context features, and an ``"ensemble"``
         without ``members`` is the z-scored average of the ``n_best`` other candidates whose average
-        is best by a CV inside each fold (so its score is honest). Default: ``knn(k="cv")`` and
-        ``ridge(alpha="cv", standardize=True)``, each without and with context, and
-        ``ensemble(n_best=2)``. ``"mlp"``, ``"bleep"``, ``"heclip"`` (frozen) can be added; they did
-        not beat these on the HER2ST sections (docs/benchmarks.md) and each trains a network per fold.
+        is best by a CV inside each fold among the candidates that train no network (so its score is
+        honest). Default: ``knn(k="cv")`` and ``ridge(alpha="cv", standardize=True)``, each without
+        and with context, ``ensemble(n_best=2)``, and frozen ``bleep`` with context when the training
+        spots × CV folds are at most :data:`~stmorph.tl._auto.NETWORK_SPOT_FITS` (4,000: about two
+        minutes of fits on 2 CPU cores; above it ``auto`` logs that it skipped BLEEP). ``"mlp"``,
+        ``"heclip"`` (frozen) can be added; they did not beat these on the HER2ST sections
+        (docs/benchmarks.md) and each trains a network per fold.
     interval
         Nominal coverage in ``(0, 1)`` of prediction intervals per spot × gene (e.g. ``0.9``), or
         ``None`` for none. Split conformal: the training spots are predicted out of fold (leave one

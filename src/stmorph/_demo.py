@@ -3,8 +3,9 @@
 For every section: cut a patch around each spot, embed it, prepare the expression as the EPS
 paper does, and compute EPS/SPS on the image graph. Then predict each section from the others
 (leave one section out) with ``method="auto"`` (the best of untrained knn retrieval and ridge, on
-each spot's embedding and with the mean embedding of its 6 nearest spots, and their z-scored
-ensemble, each with its settings chosen by grouped cross-validation over the reference sections) and BLEEP
+each spot's embedding and with the mean embedding of its 6 nearest spots, their z-scored
+ensemble, and frozen BLEEP with context, each with its settings chosen by grouped cross-validation
+over the reference sections) and BLEEP
 (frozen embeddings), evaluate, and write the results, the CV tables, the plots and a one-page
 ``report.html``.
 """

@@ -267,8 +267,8 @@ def write_report(path: Path, result: DemoResult, settings: DemoSettings, section
             "<h2>Which method did the cross-validation choose?</h2>",
             "<p><code>auto</code> compared its candidates (untrained retrieval of the most similar reference spots, "
             "<code>knn</code>, and ridge regression, on each spot's embedding and with the mean embedding of its 6 "
-            "nearest spots (<code>context=True</code>), and the z-scored average of the two best, each with its "
-            "setting chosen by an inner cross-validation) by "
+            "nearest spots (<code>context=True</code>), the z-scored average of the two best of those, each with its "
+            "setting chosen by an inner cross-validation, and BLEEP with context when its fits are affordable) by "
             "holding out one reference section at a time; the query section played no part. Mean held-out Pearson "
             "per candidate (<code>cv.csv</code> has every fold):</p>",
             _cv_summary(result.cv),

@@ -33,7 +33,7 @@ TRAINED_OVER_EPOCHS = ("mlp", "bleep", "heclip", "stnet")
 """The methods ``--epochs`` applies to."""
 _DESCRIPTION = {
     "demo": "Embed the spots, compute EPS/SPS per section, predict each section from the others (auto: the "
-    "cross-validated best of knn and ridge, and BLEEP), "
+    "cross-validated best of knn, ridge, their ensemble and BLEEP with context; and BLEEP), "
     "evaluate, and write results.h5ad per section, eps.csv, metrics.csv, PNGs and report.html.",
     "embed": "Read a slide (a Visium or Visium HD Space Ranger folder, a SpatialData .zarr store, a HEST-1k sample "
     "<root>/st/<id>.h5ad, or an .h5ad with patches or a Visium image), cut one patch per spot with "

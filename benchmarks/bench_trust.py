@@ -43,7 +43,7 @@ def shuffled(ref, seed: int):
 
 
 def scores(query, genes: list[str], key: str) -> dict:
-    """Spearman/MAE of expected vs achieved r, trusted precision/recall."""
+    """Spearman/MAE/bias (expected − achieved) of expected vs achieved r, trusted precision/recall."""
     truth = truth_of(query, genes)
     achieved = column_pearson(truth, query[:, genes].layers[key])
     var = query.var.loc[genes]
@@ -54,6 +54,7 @@ def scores(query, genes: list[str], key: str) -> dict:
     return {
         "spearman": spearmanr(expected[ok], achieved[ok])[0],
         "mae_hvg50": float(np.nanmean(np.abs(expected - achieved)[hvg])),
+        "bias_hvg50": float(np.nanmean((expected - achieved)[hvg])),  # < 0: the query does better than foretold
         "n_trusted": int(trusted.sum()),
         "precision": float(np.mean(achieved[trusted] >= 0.1)) if trusted.any() else np.nan,
         "recall": float(np.mean(trusted[np.isfinite(achieved) & (achieved >= 0.3)])),
@@ -92,7 +93,7 @@ def main() -> None:
     df = pd.DataFrame(rows)
     if args.out:
         df.to_csv(args.out, index=False)
-    print(df.groupby(["method", "null", "query"])[["spearman", "mae_hvg50", "precision", "recall", "n_trusted"]]
+    print(df.groupby(["method", "null", "query"])[["spearman", "mae_hvg50", "bias_hvg50", "precision", "recall", "n_trusted"]]
           .mean().round(3).to_string())  # fmt: skip
 
 

@@ -242,7 +242,13 @@ def test_auto_picks_the_planted_best_method_and_stores_the_cv_table(make, winner
 
 @pytest.mark.parametrize(
     ("candidates", "match"),
-    [([], "empty"), (["knn", "magic"], "magic"), ([("ridge", {"bogus": 1})], "bogus"), (["knn", "knn"], "duplicates")],
+    [
+        ([], "empty"),
+        (["knn", "magic"], "magic"),
+        ([("ridge", {"bogus": 1})], "bogus"),
+        (["knn", "knn"], "duplicates"),
+        (["bleep", ("ensemble", {"n_best": 1})], "train no network"),
+    ],
 )
 def test_bad_candidates_raise_named_errors_and_leave_the_query_unchanged(candidates, match):
     sections = _linear_sections(3)

@@ -68,9 +68,15 @@ def parse_candidates(candidates: Sequence | None) -> list[Candidate]:
         parsed.append((member_label(name, options), name, options))
     if len({label for label, _, _ in parsed}) != len(parsed):
         raise InvalidParameterError(f"candidates holds duplicates: {[label for label, _, _ in parsed]}.")
-    for _, name, options in parsed:
+    for label, name, options in parsed:
         if _is_pool(name, options):  # its members are the other candidates: n_best is checked against them
-            make_method(name, {**_own(options)[0], "members": _members(parsed, None) or ["knn"]})
+            pool = _members(parsed, None)
+            if not pool:
+                raise InvalidParameterError(
+                    f"candidate {label!r} averages the other candidates that train no network (knn, ridge, ...); "
+                    "there are none."
+                )
+            make_method(name, {**_own(options)[0], "members": pool})
     return parsed
 
 

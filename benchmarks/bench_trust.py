@@ -93,8 +93,8 @@ def main() -> None:
     df = pd.DataFrame(rows)
     if args.out:
         df.to_csv(args.out, index=False)
-    print(df.groupby(["method", "null", "query"])[["spearman", "mae_hvg50", "bias_hvg50", "precision", "recall", "n_trusted"]]
-          .mean().round(3).to_string())  # fmt: skip
+    columns = ["spearman", "mae_hvg50", "bias_hvg50", "precision", "recall", "n_trusted"]
+    print(df.groupby(["method", "null", "query"])[columns].mean().round(3).to_string())
 
 
 if __name__ == "__main__":

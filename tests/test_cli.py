@@ -27,7 +27,7 @@ def colour_features(patches: np.ndarray, grid: int = 4) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, data_dir):
-    """``stmorph demo`` on C2 and C3 with a cheap encoder, 150 genes and 3 BLEEP epochs (run once)."""
+    """``stmorph demo`` on C2 and C3 with a cheap encoder, 150 genes and 3 BLEEP epochs, auto's too (run once)."""
     st.tl.register_encoder(ENCODER, colour_features, overwrite=True)
     out = tmp_path_factory.mktemp("demo")
     argv = ["demo", "--out", str(out), "--sections", "C2", "C3", "--data-dir", str(data_dir)]
@@ -70,12 +70,12 @@ def test_demo_results_hold_every_step_per_section(demo_run):
     )
     cv = pd.read_csv(out / "cv.csv")  # one reference: the CV folds are its contiguous spatial blocks
     assert set(cv["section"]) == {"C2", "C3"} and set(cv["candidate"]) == {  # auto's defaults: context, ensemble,
-        "knn(k=cv)",  # and BLEEP with context (181 spots × 5 blocks: affordable)
+        "knn(k=cv)",  # and BLEEP with context, its epochs from --epochs
         "ridge(alpha=cv, standardize=True)",
         "knn(k=cv, context=True)",
         "ridge(alpha=cv, standardize=True, context=True)",
         "ensemble(n_best=2)",
-        "bleep(context=True)",
+        "bleep(context=True, epochs=3)",
     }
     for _, rows in cv.groupby("section"):
         means = rows.groupby("candidate")["pearson_hvg50"].mean()

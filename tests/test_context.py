@@ -206,6 +206,7 @@ def _planted_slice(seed: int, side: int = 14):
     return adata
 
 
+@pytest.mark.usefixtures("fast_auto")
 def test_predict_recovers_a_neighbour_signal_with_context_and_auto_chooses_it():
     import stmorph as st
 

@@ -99,7 +99,9 @@ def _demo_arguments(demo: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("--methods", nargs="+", default=["auto", "bleep"], help="prediction methods")
     demo.add_argument("--n-genes", type=int, default=2000, help="genes to predict, most expressed first; 0 = all")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs of torch methods (default: paper's)")
+    demo.add_argument(
+        "--epochs", type=int, default=None, help="epochs of torch methods and of auto's BLEEP (default: paper's)"
+    )
     demo.add_argument(
         "--torch-threads", type=int, default=1, help="torch CPU threads, 0 = torch's default (default: %(default)s)"
     )
@@ -184,12 +186,11 @@ def _run_demo(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")  # the demo only writes files; no display needed
     from ._demo import DemoSettings, run_demo
 
-    kwargs = {"epochs": args.epochs} if args.epochs else {}
     settings = DemoSettings(
         encoder=args.encoder,
         methods=tuple(args.methods),
         n_genes=args.n_genes or None,
-        method_kwargs={m: kwargs for m in args.methods if m in TRAINED_OVER_EPOCHS},
+        method_kwargs=_epochs_kwargs(args.methods, args.epochs),
         torch_threads=args.torch_threads or None,
         compare_encoders=tuple(args.compare_encoders),
     )
@@ -197,6 +198,19 @@ def _run_demo(args: argparse.Namespace) -> None:
         args.out, sections=args.sections, data_dir=args.data_dir, settings=settings, progress=not args.no_progress
     )
     print(f"stmorph demo finished; open the report: {report.resolve()}")
+
+
+def _epochs_kwargs(methods: Sequence[str], epochs: int | None) -> dict[str, dict]:
+    """``--epochs`` as options of each torch method, and of ``auto``'s candidates that train a network."""
+    if not epochs:
+        return {}
+    from .tl._auto import AUTO, DEFAULT_CANDIDATES, trains_network
+
+    kwargs = {m: {"epochs": epochs} for m in methods if m in TRAINED_OVER_EPOCHS}
+    if AUTO in methods:
+        candidates = [(n, {**o, "epochs": epochs} if trains_network(n, o) else o) for n, o in DEFAULT_CANDIDATES]
+        kwargs[AUTO] = {"candidates": candidates}
+    return kwargs
 
 
 def _slice_names(paths: Sequence[str]) -> list[str]:

@@ -204,7 +204,7 @@ def _epochs_kwargs(methods: Sequence[str], epochs: int | None) -> dict[str, dict
     """``--epochs`` as options of each torch method, and of ``auto``'s candidates that train a network."""
     if not epochs:
         return {}
-    from .tl._auto import AUTO, DEFAULT_CANDIDATES, trains_network
+    from .tl import AUTO, DEFAULT_CANDIDATES, trains_network
 
     kwargs = {m: {"epochs": epochs} for m in methods if m in TRAINED_OVER_EPOCHS}
     if AUTO in methods:

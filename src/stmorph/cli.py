@@ -204,11 +204,11 @@ def _epochs_kwargs(methods: Sequence[str], epochs: int | None) -> dict[str, dict
     """``--epochs`` as options of each torch method, and of ``auto``'s candidates that train a network."""
     if not epochs:
         return {}
-    from .tl import AUTO, DEFAULT_CANDIDATES, trains_network
+    from .tl import AUTO, DEFAULT_CANDIDATES
 
     kwargs = {m: {"epochs": epochs} for m in methods if m in TRAINED_OVER_EPOCHS}
     if AUTO in methods:
-        candidates = [(n, {**o, "epochs": epochs} if trains_network(n, o) else o) for n, o in DEFAULT_CANDIDATES]
+        candidates = [(n, {**o, "epochs": epochs} if n in TRAINED_OVER_EPOCHS else o) for n, o in DEFAULT_CANDIDATES]
         kwargs[AUTO] = {"candidates": candidates}
     return kwargs
 

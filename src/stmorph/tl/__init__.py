@@ -12,7 +12,6 @@ from ._atlas import score_table as score_table
 from ._atlas import slice_groups as slice_groups
 from ._auto import AUTO as AUTO
 from ._auto import DEFAULT_CANDIDATES as DEFAULT_CANDIDATES
-from ._auto import trains_network as trains_network
 from ._benchmark import benchmark_encoders
 from ._benchmark import stored_benchmark as stored_benchmark
 from ._cohort import embed_cohort
